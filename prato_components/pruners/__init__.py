@@ -1,0 +1,14 @@
+"""Token pruners behind one interface (:mod:`.base`), available by name (:mod:`.registry`)."""
+
+from prato_components.pruners.base import (
+    StageInput,
+    TokenPruner,
+    TokenSelection,
+    keep_count,
+    select_threshold,
+    select_topk,
+    straight_through,
+)
+from prato_components.pruners.prato import PrATo, entropy_rank_weights, prompt_boxes_or_image
+from prato_components.pruners.registry import PRUNERS, create_pruner, register_pruner
+from prato_components.pruners.roi_align import roi_align

@@ -1,0 +1,64 @@
+"""Checks of the network call ``network(image, boxes=None)`` with errors that name the problem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_image", "check_network_boxes"]
+
+
+def check_image(image: torch.Tensor, in_channels: int, spatial_shape: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``image`` is ``[B, in_channels, *spatial_shape]`` and finite."""
+    dims = len(spatial_shape)
+    if image.ndim != dims + 2:
+        raise ValueError(
+            f"expected an image of shape [B, C, {', '.join('*' * dims)}] ({dims}D), got shape {tuple(image.shape)}"
+        )
+    if image.shape[1] != in_channels:
+        raise ValueError(f"the network expects {in_channels} input channel(s), got {image.shape[1]}")
+    if tuple(image.shape[2:]) != tuple(spatial_shape):
+        raise ValueError(
+            f"the network was built for images of spatial shape {tuple(spatial_shape)}, got {tuple(image.shape[2:])}; "
+            "resize/crop in preprocessing or use a sliding-window inferer"
+        )
+    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+        raise ValueError("the image contains NaN or infinite values")
+
+
+def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: Sequence[int]) -> torch.Tensor | None:
+    """Validate box prompts for a batch and return them as ``[B, M, 2*D]`` float.
+
+    ``boxes`` may be ``[B, 2*D]`` (one box per image) or ``[B, M, 2*D]``; rows with ``max < min`` on some axis
+    are padding (no box) and are allowed. A real box must be finite, have a positive size on every axis and
+    overlap the image ``[0, size]``.
+    """
+    if boxes is None:
+        return None
+    dims = len(spatial_shape)
+    boxes = torch.as_tensor(boxes)
+    if boxes.ndim == 2:
+        boxes = boxes.unsqueeze(1)
+    if boxes.ndim != 3 or boxes.shape[0] != batch:
+        raise ValueError(f"boxes must have shape [B={batch}, M, {2 * dims}] or [B, {2 * dims}], got {tuple(boxes.shape)}")
+    if boxes.shape[-1] != 2 * dims:
+        raise ValueError(
+            f"a box has {boxes.shape[-1]} values but the image has {dims} spatial dims (expected {2 * dims}: "
+            "min corner then max corner)"
+        )
+    boxes = boxes.float()
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes contain NaN or infinite values")
+    lo, hi = boxes[..., :dims], boxes[..., dims:]
+    real = ~(hi < lo).any(dim=-1)
+    if bool((real & (hi == lo).any(dim=-1)).any()):
+        raise ValueError("empty box: a box has zero size along an axis (max == min)")
+    size = torch.tensor(list(spatial_shape), dtype=boxes.dtype, device=boxes.device)
+    outside = ((hi <= 0) | (lo >= size)).any(dim=-1) & real
+    if bool(outside.any()):
+        b, m = (int(i) for i in outside.nonzero()[0])
+        raise ValueError(
+            f"box {boxes[b, m].tolist()} of image {b} lies outside the image of spatial shape {tuple(spatial_shape)}"
+        )
+    return boxes

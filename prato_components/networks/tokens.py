@@ -1,0 +1,216 @@
+"""The executor: applies a :class:`TokenSelection` to the live tokens and restores the full grid.
+
+Modes (``TokenState(mode=...)``):
+
+- ``"gather"``: kept tokens are gathered (``torch.gather``) and later blocks run on ``[B, K, C]``. Needs a
+  selection with the same ``K`` in every image (top-k). This is where the speed comes from.
+- ``"padded"``: variable ``K`` per image (fixed threshold) gathered to the batch maximum; padding rows are
+  excluded from attention by a key mask (:attr:`TokenState.key_mask`).
+- ``"mask"``: the paper's literal ``beta * Y``: tokens are multiplied by the 0/1 keep mask and the full
+  length is kept. A reference; it saves nothing.
+
+Restoring the grid (for dense decoders) scatters the live tokens back; pruned positions are filled by
+``fill="zero"`` (the literal ``beta * Y``) or ``fill="carry"`` (the value the token had when pruned).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from prato_components.pruners.base import StageInput, TokenSelection, straight_through
+
+__all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState"]
+
+EXECUTOR_MODES = ("gather", "padded", "mask")
+FILL_POLICIES = ("zero", "carry")
+
+
+@dataclass
+class StageReport:
+    """Tokens entering and kept at one stage boundary, per image (``[B]`` float tensors)."""
+
+    stage: int
+    tokens_in: torch.Tensor
+    tokens_kept: torch.Tensor
+
+    @property
+    def kept_fraction(self) -> float:
+        return float(self.tokens_kept.sum() / self.tokens_in.sum().clamp(min=1))
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` for ``x`` of shape ``[B, n, ...]`` and ``index`` ``[B, K]``."""
+    if x.ndim == 2:
+        return x.gather(1, index)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, *x.shape[2:]))
+
+
+class TokenState:
+    """The live tokens of one forward pass and the executor that prunes them.
+
+    Args:
+        tokens: the full token sequence ``[B, N, C]`` on ``grid_shape``.
+        grid_shape: token grid, ``prod(grid_shape) == N``.
+        mode: one of :data:`EXECUTOR_MODES`.
+        fill: one of :data:`FILL_POLICIES`, used by :meth:`restore`.
+    """
+
+    def __init__(self, tokens: torch.Tensor, grid_shape: tuple[int, ...], mode: str = "gather", fill: str = "carry"):
+        if mode not in EXECUTOR_MODES:
+            raise ValueError(f"unknown executor mode {mode!r}; choose one of {EXECUTOR_MODES}")
+        if fill not in FILL_POLICIES:
+            raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
+        if tokens.shape[1] != math.prod(grid_shape):
+            raise ValueError(f"{tokens.shape[1]} tokens do not fill a grid of shape {tuple(grid_shape)}")
+        self.mode, self.fill = mode, fill
+        self.grid_shape = tuple(grid_shape)
+        self.num_tokens = tokens.shape[1]
+        self.tokens = tokens
+        self.token_index: torch.Tensor | None = None  # [B, n] grid positions; None while nothing is pruned
+        self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
+        self.alive: torch.Tensor | None = None  # [B, N] mask mode: tokens not yet pruned
+        self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
+        self.reports: list[StageReport] = []
+        self.aux_losses: list[torch.Tensor] = []
+        self.memory: dict = {}
+
+    @property
+    def pruned(self) -> bool:
+        return self.token_index is not None or self.alive is not None
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """``[B, n]`` bool key mask for attention (``True`` attends); only in ``padded`` mode."""
+        return self.valid
+
+    # ------------------------------------------------------------------ stage boundary
+    def stage_input(
+        self,
+        stage: int,
+        stride: tuple[float, ...],
+        boxes: torch.Tensor | None,
+        attention: torch.Tensor | None = None,
+    ) -> StageInput:
+        """Describe the live tokens to a pruner."""
+        tokens, index, valid = self.tokens, self.token_index, self.valid
+        if self.alive is not None:  # mask mode: show the pruner only the tokens still alive
+            index, valid = self._compact(self.alive)
+            tokens = _gather_rows(self.tokens, index.clamp(max=self.num_tokens - 1))
+        if index is None:
+            index = torch.arange(self.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
+        return StageInput(
+            tokens=tokens,
+            token_index=index,
+            valid=valid,
+            grid_shape=self.grid_shape,
+            stride=tuple(float(s) for s in stride),
+            boxes=boxes,
+            stage=stage,
+            feature_map=lambda: self.feature_map(),
+            attention=attention,
+            memory=self.memory,
+        )
+
+    def apply(self, selection: TokenSelection, stage: int, inputs: StageInput) -> None:
+        """Prune the live tokens according to ``selection`` (made over ``inputs``)."""
+        keep = selection.keep_mask if inputs.valid is None else selection.keep_mask & inputs.valid
+        tokens_in = torch.ones_like(keep, dtype=torch.float32) if inputs.valid is None else inputs.valid.float()
+        self.reports.append(StageReport(stage, tokens_in.sum(1).detach(), keep.sum(1).float().detach()))
+        if selection.aux_loss is not None:
+            self.aux_losses.append(selection.aux_loss)
+        weights = None
+        if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
+            weights = straight_through(keep, selection.scores)
+        self.carry = self.restore(fill="carry")  # value of every token now, kept for those pruned here
+        if self.mode == "mask":
+            self._apply_mask(keep, weights, inputs)
+        elif self.mode == "gather":
+            if selection.keep_index is None:
+                raise ValueError(
+                    "executor mode 'gather' needs a selection with the same number of tokens in every image "
+                    "(top-k or percentile threshold); a fixed threshold keeps a variable number: use mode 'padded' "
+                    "or 'mask'"
+                )
+            self._apply_gather(selection.keep_index, None, weights, inputs)
+        else:
+            order, valid = self._compact(keep)
+            self._apply_gather(order, valid, weights, inputs)
+
+    def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
+        counts = keep.sum(1)
+        k_max = int(counts.max())
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
+        valid = _gather_rows(keep, order)
+        if bool(valid.all()):
+            return order, None
+        return order.masked_fill(~valid, keep.shape[1]), valid
+
+    def _apply_gather(self, rows, valid, weights, inputs) -> None:
+        rows_safe = rows if valid is None else rows.clamp(max=self.tokens.shape[1] - 1)
+        tokens = _gather_rows(self.tokens, rows_safe)
+        if weights is not None:
+            tokens = tokens * _gather_rows(weights, rows_safe).unsqueeze(-1)
+        index = _gather_rows(inputs.token_index, rows_safe)
+        if valid is not None:
+            index = index.masked_fill(~valid, self.num_tokens)
+        self.tokens, self.token_index, self.valid = tokens, index, valid
+
+    def _apply_mask(self, keep, weights, inputs) -> None:
+        index = inputs.token_index
+        live = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=torch.bool, device=keep.device)
+        live.scatter_(1, index, keep)
+        self.alive = live[:, : self.num_tokens]
+        if weights is None:
+            factor = self.alive.to(self.tokens.dtype)
+        else:
+            factor = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=weights.dtype, device=weights.device)
+            factor = factor.scatter(1, index, weights * keep)[:, : self.num_tokens]
+        self.tokens = self.tokens * factor.unsqueeze(-1)
+
+    # ------------------------------------------------------------------ restoring the grid
+    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid) -> torch.Tensor:
+        """``base`` with ``tokens`` written at grid positions ``index`` (padding rows dropped)."""
+        if valid is None:
+            return base.scatter(1, index.unsqueeze(-1).expand_as(tokens), tokens)
+        padded = torch.cat([base, base.new_zeros(base.shape[0], 1, base.shape[2])], dim=1)
+        return padded.scatter(1, index.unsqueeze(-1).expand_as(tokens), tokens)[:, : self.num_tokens]
+
+    def restore(
+        self,
+        tokens: torch.Tensor | None = None,
+        fill: str | None = None,
+        carry_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The live tokens (or ``tokens`` aligned with them) on the full grid, ``[B, N, C]``.
+
+        Args:
+            tokens: values aligned with the live tokens (e.g. after a final norm); default the live tokens.
+            fill: override of the fill policy.
+            carry_transform: applied to the carried values (e.g. the same final norm), ``carry`` fill only.
+        """
+        tokens = self.tokens if tokens is None else tokens
+        fill = self.fill if fill is None else fill
+        if not self.pruned:
+            return tokens
+        if fill == "carry" and self.carry is not None:
+            base = self.carry if carry_transform is None else carry_transform(self.carry)
+        else:
+            base = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        if self.alive is not None:
+            return torch.where(self.alive.unsqueeze(-1), tokens, base)
+        return self._scatter(base, tokens, self.token_index, self.valid)
+
+    def feature_map(self) -> torch.Tensor:
+        """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill)."""
+        grid = self.restore(fill="carry")
+        return grid.transpose(1, 2).reshape(grid.shape[0], grid.shape[2], *self.grid_shape)
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum of the side losses the pruners returned in this forward pass."""
+        return torch.stack(self.aux_losses).sum() if self.aux_losses else None

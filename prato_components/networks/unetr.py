@@ -1,0 +1,142 @@
+"""UNETR with token pruning between its ViT blocks, built on MONAI's ``UNETR``.
+
+The pruned network *is* a MONAI ``UNETR`` (same modules, same state-dict keys) plus one pruner per pruned
+stage under ``pruners.<stage>``; :func:`patch_unetr` turns an existing ``UNETR`` into one in place (the
+ToMe way). Stage ``s`` in {1, 2, 3} is the boundary after ViT block ``3s`` (0-based), where UNETR taps
+``hidden_states_out[3s]`` for its decoder: the tap sees the tokens before pruning, restored to the grid; the
+blocks after it run on the kept tokens only.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import UNETR
+
+from prato_components.networks.blocks import check_supported_block, transformer_block_forward
+from prato_components.networks.inputs import check_image, check_network_boxes
+from prato_components.networks.tokens import StageReport, TokenState
+from prato_components.pruners.base import TokenPruner
+from prato_components.pruners.registry import PRUNERS, create_pruner
+
+__all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
+
+UNETR_STAGES = (1, 2, 3)
+
+
+def _build_pruner(pruner: TokenPruner | str | None, pruner_kwargs: Mapping | None, dim: int) -> TokenPruner | None:
+    if pruner is None or isinstance(pruner, TokenPruner):
+        return pruner
+    kwargs = dict(pruner_kwargs or {})
+    if "dim" in inspect.signature(PRUNERS[pruner.lower()]).parameters if pruner.lower() in PRUNERS else False:
+        kwargs.setdefault("dim", dim)
+    return create_pruner(pruner, **kwargs)
+
+
+class PrunedUNETR(UNETR):
+    """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None)``.
+
+    Args:
+        pruner: a :class:`TokenPruner`, a registered pruner name (built with ``pruner_kwargs``; ``dim`` is
+            filled in) or ``None`` for the unpruned baseline. Each pruned stage gets its own copy.
+        prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)``; the paper uses ``(1, 2)``.
+        executor: ``"gather"`` (fast), ``"padded"`` (variable counts) or ``"mask"`` (reference).
+        fill: how pruned positions are filled when the grid is restored: ``"carry"`` or ``"zero"``.
+        pruner_kwargs: keyword arguments for a pruner given by name.
+        unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
+            ``spatial_dims``, ``hidden_size`` ...).
+
+    After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image and
+    :attr:`aux_loss` holds the pruners' side loss (or ``None``).
+    """
+
+    def __init__(
+        self,
+        *,
+        pruner: TokenPruner | str | None = None,
+        prune_stages: Sequence[int] = (1, 2),
+        executor: str = "gather",
+        fill: str = "carry",
+        pruner_kwargs: Mapping | None = None,
+        **unetr_kwargs,
+    ) -> None:
+        super().__init__(**unetr_kwargs)
+        self._setup_pruning(_build_pruner(pruner, pruner_kwargs, self.hidden_size), prune_stages, executor, fill)
+
+    def _setup_pruning(self, pruner: TokenPruner | None, prune_stages: Sequence[int], executor: str, fill: str) -> None:
+        stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
+        if any(s not in UNETR_STAGES for s in stages):
+            raise ValueError(f"UNETR prune_stages must be a subset of {UNETR_STAGES}, got {list(prune_stages)}")
+        TokenState(torch.zeros(1, 1, 1), (1,), executor, fill)  # validates mode and fill
+        for block in self.vit.blocks:
+            check_supported_block(block)
+        self.prune_stages = tuple(stages)
+        self.executor, self.fill = executor, fill
+        self.pruners = nn.ModuleDict({str(s): copy.deepcopy(pruner) for s in stages})
+        self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
+        self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
+        self.token_report: list[StageReport] = []
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        check_image(x_in, self.in_channels, self.img_size)
+        boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
+        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor, self.fill)
+        taps: dict[int, torch.Tensor] = {}
+        for index, block in enumerate(self.vit.blocks):
+            stage = (index // 3) if index % 3 == 0 and index > 0 else None
+            pruner = self.pruners[str(stage)] if stage in self.prune_stages else None
+            want_attention = pruner is not None and pruner.needs_attention
+            state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
+            if stage is None or stage not in UNETR_STAGES:
+                continue
+            taps[stage] = state.restore()
+            if pruner is not None:
+                inputs = state.stage_input(stage, self.patch_size, boxes, attention)
+                state.apply(pruner(inputs), stage, inputs)
+        final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
+        self.token_report, self.aux_loss = state.reports, state.aux_loss
+
+        enc1 = self.encoder1(x_in)
+        enc2 = self.encoder2(self.proj_feat(taps[1]))
+        enc3 = self.encoder3(self.proj_feat(taps[2]))
+        enc4 = self.encoder4(self.proj_feat(taps[3]))
+        dec3 = self.decoder5(self.proj_feat(final), enc4)
+        dec2 = self.decoder4(dec3, enc3)
+        dec1 = self.decoder3(dec2, enc2)
+        return self.out(self.decoder2(dec1, enc1))
+
+    def kept_fraction(self) -> float:
+        """Fraction of the grid's tokens alive after the last pruned stage of the last forward pass."""
+        if not self.token_report:
+            return 1.0
+        n = float(torch.tensor(self.feat_size).prod())
+        return float(self.token_report[-1].tokens_kept.mean()) / n
+
+    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a plain MONAI ``UNETR`` state dict; the pruners keep their own (fresh) weights."""
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"not a UNETR state dict: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+def patch_unetr(
+    model: UNETR,
+    pruner: TokenPruner | str | None,
+    prune_stages: Sequence[int] = (1, 2),
+    executor: str = "gather",
+    fill: str = "carry",
+    pruner_kwargs: Mapping | None = None,
+) -> PrunedUNETR:
+    """Turn an existing MONAI ``UNETR`` (weights and all) into a :class:`PrunedUNETR` in place."""
+    if not isinstance(model, UNETR):
+        raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
+    model.__class__ = PrunedUNETR
+    model._setup_pruning(_build_pruner(pruner, pruner_kwargs, model.hidden_size), prune_stages, executor, fill)
+    return model

@@ -1,0 +1,166 @@
+"""The pruning interface shared by every method.
+
+At a stage boundary a backbone hands its pruner a :class:`StageInput` (the live tokens, where they sit on
+the grid, the prompts, and the last attention map for pruners that ask for it) and gets back a
+:class:`TokenSelection`. The backbone's executor (:class:`prato_components.networks.tokens.TokenState`)
+applies the selection, so a backbone never knows which method it carries.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "StageInput",
+    "TokenSelection",
+    "TokenPruner",
+    "keep_count",
+    "select_topk",
+    "select_threshold",
+    "straight_through",
+]
+
+
+def keep_count(num_tokens: int, keep_ratio: float) -> int:
+    """Tokens kept out of ``num_tokens`` at ``keep_ratio`` (rounded, at least one).
+
+    Every pruner uses this one rule so that methods compared at the same ratio keep the same number of
+    tokens. ``keep_ratio = 1 - q / 100`` is the per-image ``q``-th percentile threshold of the paper.
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+    return max(1, min(num_tokens, int(math.floor(num_tokens * keep_ratio + 0.5))))
+
+
+@dataclass
+class StageInput:
+    """What a pruner sees at a stage boundary.
+
+    Attributes:
+        tokens: live tokens ``[B, n, C]``.
+        token_index: ``[B, n]`` position of each live token in the flattened full grid (row-major over
+            ``grid_shape``); padding rows (see ``valid``) hold ``N = prod(grid_shape)``.
+        valid: ``[B, n]`` bool, ``False`` on padding rows when images keep different numbers of tokens;
+            ``None`` when every row is a real token.
+        grid_shape: the full token grid, e.g. ``(14, 14)``.
+        stride: network-input voxels per grid cell along each axis.
+        boxes: ``[B, M, 2*D]`` box prompts in network-input voxel coordinates (padding rows have
+            max < min), or ``None`` without a prompt.
+        stage: index of the stage boundary (1-based, backbone specific).
+        attention: ``[B, heads, n, n]`` attention probabilities of the last block, only for pruners whose
+            ``needs_attention`` is ``True``.
+        feature_map: callable returning the live tokens restored to the grid, ``[B, C, *grid_shape]``
+            (pruned positions hold the value they had when pruned); computed on demand.
+        memory: a dict that lives for one forward pass, shared by all stages (for scores accumulated
+            across layers or stages).
+    """
+
+    tokens: torch.Tensor
+    token_index: torch.Tensor
+    valid: torch.Tensor | None
+    grid_shape: tuple[int, ...]
+    stride: tuple[float, ...]
+    boxes: torch.Tensor | None
+    stage: int
+    feature_map: Callable[[], torch.Tensor]
+    attention: torch.Tensor | None = None
+    memory: dict = field(default_factory=dict)
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.grid_shape)
+
+    def token_centres(self) -> torch.Tensor:
+        """``[B, n, D]`` centres of the live tokens in network-input voxel coordinates."""
+        index = self.token_index.clamp(max=math.prod(self.grid_shape) - 1)
+        coords = []
+        for size in reversed(self.grid_shape):
+            coords.append(index % size)
+            index = torch.div(index, size, rounding_mode="floor")
+        cells = torch.stack(coords[::-1], dim=-1).to(self.tokens.dtype) + 0.5
+        return cells * torch.tensor(self.stride, dtype=self.tokens.dtype, device=self.tokens.device)
+
+
+@dataclass
+class TokenSelection:
+    """A pruner's decision over the ``n`` live tokens of a :class:`StageInput`.
+
+    Attributes:
+        keep_mask: ``[B, n]`` bool, ``True`` for tokens that stay.
+        keep_index: ``[B, K]`` ascending indices into the live tokens when every image keeps the same
+            ``K`` (top-k); ``None`` when the count varies per image (fixed threshold).
+        scores: ``[B, n]`` differentiable keep probabilities; in training the executor multiplies kept
+            tokens by ``straight_through(keep_mask, scores)`` (1 in the forward pass) so the scorer learns.
+        aux_loss: a scalar side loss to add to the training loss (e.g. DynamicViT's ratio loss).
+    """
+
+    keep_mask: torch.Tensor
+    keep_index: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+    @property
+    def num_kept(self) -> torch.Tensor:
+        """``[B]`` number of kept tokens per image."""
+        return self.keep_mask.sum(dim=1)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
+    return hard.to(soft.dtype) + soft - soft.detach()
+
+
+def select_topk(scores: torch.Tensor, keep_ratio: float, valid: torch.Tensor | None = None) -> TokenSelection:
+    """Keep the ``keep_count(n_valid, keep_ratio)`` highest scores of every image (same K for all images).
+
+    Args:
+        scores: ``[B, n]`` scores (higher keeps); kept as ``TokenSelection.scores`` for straight-through.
+        keep_ratio: fraction of the live tokens to keep.
+        valid: optional ``[B, n]`` bool; padding rows are never kept and the count is taken over the
+            smallest number of valid rows in the batch so that K is the same for every image.
+    """
+    num_live = scores.shape[1] if valid is None else int(valid.sum(dim=1).min())
+    k = keep_count(num_live, keep_ratio)
+    ranked = scores.detach() if valid is None else scores.detach().masked_fill(~valid, float("-inf"))
+    keep_index = ranked.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    keep_mask = torch.zeros_like(ranked, dtype=torch.bool).scatter_(1, keep_index, True)
+    return TokenSelection(keep_mask=keep_mask, keep_index=keep_index, scores=scores)
+
+
+def select_threshold(scores: torch.Tensor, threshold: float, valid: torch.Tensor | None = None) -> TokenSelection:
+    """Keep tokens whose score exceeds ``threshold`` (a variable count per image; at least one kept)."""
+    keep = scores.detach() > threshold
+    if valid is not None:
+        keep &= valid
+    best = (scores.detach() if valid is None else scores.detach().masked_fill(~valid, float("-inf"))).argmax(1)
+    keep[torch.arange(keep.shape[0], device=keep.device), best] = True  # never empty an image
+    return TokenSelection(keep_mask=keep, keep_index=None, scores=scores)
+
+
+class TokenPruner(nn.Module):
+    """Base class of all pruners: ``forward(StageInput) -> TokenSelection``.
+
+    Args:
+        keep_ratio: fraction of the live tokens kept at each stage boundary (the common budget).
+
+    Class attributes:
+        needs_attention: set ``True`` to receive the last block's attention map (slower attention path).
+    """
+
+    needs_attention: bool = False
+
+    def __init__(self, keep_ratio: float = 0.75) -> None:
+        super().__init__()
+        keep_count(1, keep_ratio)  # validates the ratio
+        self.keep_ratio = keep_ratio
+
+    def forward(self, inputs: StageInput) -> TokenSelection:  # pragma: no cover - interface
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(StageInput) -> TokenSelection")
+
+    def extra_repr(self) -> str:
+        return f"keep_ratio={self.keep_ratio}"
