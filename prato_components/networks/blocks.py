@@ -35,7 +35,8 @@ def transformer_block_forward(
     Args:
         block: the MONAI block whose weights are used.
         x: tokens ``[B, n, C]``.
-        key_mask: optional ``[B, n]`` bool, ``False`` on padding rows (they are not attended to).
+        key_mask: optional ``[B, n]`` key mask: bool (``False`` keys are not attended to) or a float policy in
+            [0, 1] that carries a gradient (DynamicViT's masked softmax: a query always attends to itself).
         return_attention: also return the attention probabilities ``[B, heads, n, n]``.
 
     Returns:
@@ -49,7 +50,16 @@ def transformer_block_forward(
     mask = None if key_mask is None else key_mask[:, None, None, :]
     probs = None
     dropout = attn.dropout_rate if block.training else 0.0
-    if return_attention:
+    if key_mask is not None and key_mask.is_floating_point():
+        logits = (q @ k.transpose(-2, -1)) * attn.scale
+        policy = key_mask[:, None, None, :]
+        eye = torch.eye(num, dtype=policy.dtype, device=policy.device)
+        policy = policy + (1.0 - policy) * eye
+        weights = (logits - logits.amax(dim=-1, keepdim=True)).exp() * policy
+        probs = weights / (weights.sum(dim=-1, keepdim=True) + 1e-6)
+        out = attn.drop_weights(probs) @ v
+        probs = probs if return_attention else None
+    elif return_attention:
         logits = (q @ k.transpose(-2, -1)) * attn.scale
         if mask is not None:
             logits = logits.masked_fill(~mask, float("-inf"))

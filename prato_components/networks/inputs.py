@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from prato_components.prompts.boxes import validate_boxes
+
 __all__ = ["check_image", "check_network_boxes"]
 
 
@@ -32,7 +34,7 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
 
     ``boxes`` may be ``[B, 2*D]`` (one box per image) or ``[B, M, 2*D]``; rows with ``max < min`` on some axis
     are padding (no box) and are allowed. A real box must be finite, have a positive size on every axis and
-    overlap the image ``[0, size]``.
+    overlap the image ``[0, size]`` (:func:`~prato_components.prompts.validate_boxes` on all rows at once).
     """
     if boxes is None:
         return None
@@ -47,18 +49,5 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
             f"a box has {boxes.shape[-1]} values but the image has {dims} spatial dims (expected {2 * dims}: "
             "min corner then max corner)"
         )
-    boxes = boxes.float()
-    if not bool(torch.isfinite(boxes).all()):
-        raise ValueError("boxes contain NaN or infinite values")
-    lo, hi = boxes[..., :dims], boxes[..., dims:]
-    real = ~(hi < lo).any(dim=-1)
-    if bool((real & (hi == lo).any(dim=-1)).any()):
-        raise ValueError("empty box: a box has zero size along an axis (max == min)")
-    size = torch.tensor(list(spatial_shape), dtype=boxes.dtype, device=boxes.device)
-    outside = ((hi <= 0) | (lo >= size)).any(dim=-1) & real
-    if bool(outside.any()):
-        b, m = (int(i) for i in outside.nonzero()[0])
-        raise ValueError(
-            f"box {boxes[b, m].tolist()} of image {b} lies outside the image of spatial shape {tuple(spatial_shape)}"
-        )
-    return boxes
+    flat = validate_boxes(boxes.reshape(-1, 2 * dims), spatial_shape, allow_padding=True, name="boxes (flattened [B*M, 2D])")
+    return flat.reshape(boxes.shape).to(boxes.device)

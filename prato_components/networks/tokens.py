@@ -8,6 +8,9 @@ Modes (``TokenState(mode=...)``):
   excluded from attention by a key mask (:attr:`TokenState.key_mask`).
 - ``"mask"``: the paper's literal ``beta * Y``: tokens are multiplied by the 0/1 keep mask and the full
   length is kept. A reference; it saves nothing.
+- ``"attention_mask"``: the full length is kept and pruned tokens are masked out of attention as keys, so kept
+  tokens compute exactly what ``gather`` computes for them (the correctness anchor). With a differentiable
+  selection in training the key mask is a straight-through float policy (DynamicViT's training mode).
 
 Restoring the grid (for dense decoders) scatters the live tokens back; pruned positions are filled by
 ``fill="zero"`` (the literal ``beta * Y``) or ``fill="carry"`` (the value the token had when pruned).
@@ -25,7 +28,7 @@ from prato_components.pruners.base import StageInput, TokenSelection, straight_t
 
 __all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState"]
 
-EXECUTOR_MODES = ("gather", "padded", "mask")
+EXECUTOR_MODES = ("gather", "padded", "mask", "attention_mask")
 FILL_POLICIES = ("zero", "carry")
 
 
@@ -72,10 +75,13 @@ class TokenState:
         self.tokens = tokens
         self.token_index: torch.Tensor | None = None  # [B, n] grid positions; None while nothing is pruned
         self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
-        self.alive: torch.Tensor | None = None  # [B, N] mask mode: tokens not yet pruned
+        self.alive: torch.Tensor | None = None  # [B, N] full-length modes: tokens not yet pruned
+        self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
+        self.kept_grids: list[tuple[int, torch.Tensor]] = []  # (stage, [B, N] bool alive after that stage)
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
         self.reports: list[StageReport] = []
         self.aux_losses: list[torch.Tensor] = []
+        self.aux_logits: list[torch.Tensor] = []
         self.memory: dict = {}
 
     @property
@@ -84,8 +90,31 @@ class TokenState:
 
     @property
     def key_mask(self) -> torch.Tensor | None:
-        """``[B, n]`` bool key mask for attention (``True`` attends); only in ``padded`` mode."""
+        """``[B, n]`` key mask for attention (``True``/1 attends): padding rows in ``padded`` mode, pruned
+        tokens in ``attention_mask`` mode (a float policy when it carries a gradient); ``None`` otherwise."""
+        if self.mode == "attention_mask":
+            return self.policy if self.policy is not None else self.alive
         return self.valid
+
+    def alive_grid(self) -> torch.Tensor:
+        """``[B, N]`` bool: grid positions whose token is still alive."""
+        if self.alive is not None:
+            return self.alive
+        batch = self.tokens.shape[0]
+        if self.token_index is None:
+            return torch.ones(batch, self.num_tokens, dtype=torch.bool, device=self.tokens.device)
+        grid = torch.zeros(batch, self.num_tokens + 1, dtype=torch.bool, device=self.tokens.device)
+        return grid.scatter_(1, self.token_index, True)[:, : self.num_tokens]
+
+    def pruned_at(self) -> torch.Tensor:
+        """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
+        stage_of = torch.zeros(self.tokens.shape[0], self.num_tokens, dtype=torch.long, device=self.tokens.device)
+        previous = None
+        for stage, alive in self.kept_grids:
+            dropped = ~alive if previous is None else previous & ~alive
+            stage_of = stage_of.masked_fill(dropped, stage)
+            previous = alive
+        return stage_of
 
     # ------------------------------------------------------------------ stage boundary
     def stage_input(
@@ -93,11 +122,11 @@ class TokenState:
         stage: int,
         stride: tuple[float, ...],
         boxes: torch.Tensor | None,
-        attention: torch.Tensor | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> StageInput:
         """Describe the live tokens to a pruner."""
         tokens, index, valid = self.tokens, self.token_index, self.valid
-        if self.alive is not None:  # mask mode: show the pruner only the tokens still alive
+        if self.alive is not None:  # full-length modes: show the pruner only the tokens still alive
             index, valid = self._compact(self.alive)
             tokens = _gather_rows(self.tokens, index.clamp(max=self.num_tokens - 1))
         if index is None:
@@ -111,7 +140,7 @@ class TokenState:
             boxes=boxes,
             stage=stage,
             feature_map=lambda: self.feature_map(),
-            attention=attention,
+            attentions=list(attentions or []),
             memory=self.memory,
         )
 
@@ -122,11 +151,13 @@ class TokenState:
         self.reports.append(StageReport(stage, tokens_in.sum(1).detach(), keep.sum(1).float().detach()))
         if selection.aux_loss is not None:
             self.aux_losses.append(selection.aux_loss)
+        if selection.aux_logits is not None:
+            self.aux_logits.append(selection.aux_logits)
         weights = None
         if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
             weights = straight_through(keep, selection.scores)
         self.carry = self.restore(fill="carry")  # value of every token now, kept for those pruned here
-        if self.mode == "mask":
+        if self.mode in ("mask", "attention_mask"):
             self._apply_mask(keep, weights, inputs)
         elif self.mode == "gather":
             if selection.keep_index is None:
@@ -139,6 +170,7 @@ class TokenState:
         else:
             order, valid = self._compact(keep)
             self._apply_gather(order, valid, weights, inputs)
+        self.kept_grids.append((stage, self.alive_grid()))
 
     def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
@@ -165,12 +197,16 @@ class TokenState:
         live = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=torch.bool, device=keep.device)
         live.scatter_(1, index, keep)
         self.alive = live[:, : self.num_tokens]
-        if weights is None:
-            factor = self.alive.to(self.tokens.dtype)
-        else:
+        factor = None
+        if weights is not None:  # straight-through keep weights on the grid (0 where dead)
             factor = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=weights.dtype, device=weights.device)
             factor = factor.scatter(1, index, weights * keep)[:, : self.num_tokens]
-        self.tokens = self.tokens * factor.unsqueeze(-1)
+            if self.policy is not None:
+                factor = factor * self.policy
+        if self.mode == "attention_mask":
+            self.policy = factor
+        else:
+            self.tokens = self.tokens * (self.alive.to(self.tokens.dtype) if factor is None else factor).unsqueeze(-1)
 
     # ------------------------------------------------------------------ restoring the grid
     def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid) -> torch.Tensor:

@@ -48,11 +48,15 @@ class PrunedUNETR(UNETR):
         executor: ``"gather"`` (fast), ``"padded"`` (variable counts) or ``"mask"`` (reference).
         fill: how pruned positions are filled when the grid is restored: ``"carry"`` or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
+        completion: optional module ``completion(grid [B, N, C], state: TokenState, tap: int) -> grid`` applied to
+            every restored grid the decoder taps once tokens were pruned (a learned fill, e.g. STP's MTA);
+            ``tap`` is the stage (1-3) or 4 for the final ViT output.
         unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
             ``spatial_dims``, ``hidden_size`` ...).
 
-    After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image and
-    :attr:`aux_loss` holds the pruners' side loss (or ``None``).
+    After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
+    :attr:`aux_loss` holds the pruners' side loss (or ``None``) and :attr:`aux_logits` their intermediate
+    segmentation logits (for :class:`~prato_components.engine.PrunedSegLoss`).
     """
 
     def __init__(
@@ -63,12 +67,21 @@ class PrunedUNETR(UNETR):
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        completion: nn.Module | None = None,
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
-        self._setup_pruning(_build_pruner(pruner, pruner_kwargs, self.hidden_size), prune_stages, executor, fill)
+        pruner = _build_pruner(pruner, pruner_kwargs, self.hidden_size)
+        self._setup_pruning(pruner, prune_stages, executor, fill, completion)
 
-    def _setup_pruning(self, pruner: TokenPruner | None, prune_stages: Sequence[int], executor: str, fill: str) -> None:
+    def _setup_pruning(
+        self,
+        pruner: TokenPruner | None,
+        prune_stages: Sequence[int],
+        executor: str,
+        fill: str,
+        completion: nn.Module | None = None,
+    ) -> None:
         stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
         if any(s not in UNETR_STAGES for s in stages):
             raise ValueError(f"UNETR prune_stages must be a subset of {UNETR_STAGES}, got {list(prune_stages)}")
@@ -78,30 +91,18 @@ class PrunedUNETR(UNETR):
         self.prune_stages = tuple(stages)
         self.executor, self.fill = executor, fill
         self.pruners = nn.ModuleDict({str(s): copy.deepcopy(pruner) for s in stages})
+        self.completion = completion
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
         self.token_report: list[StageReport] = []
         self.aux_loss: torch.Tensor | None = None
+        self.aux_logits: list[torch.Tensor] = []
 
     def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(x_in, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
-        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor, self.fill)
-        taps: dict[int, torch.Tensor] = {}
-        for index, block in enumerate(self.vit.blocks):
-            stage = (index // 3) if index % 3 == 0 and index > 0 else None
-            pruner = self.pruners[str(stage)] if stage in self.prune_stages else None
-            want_attention = pruner is not None and pruner.needs_attention
-            state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
-            if stage is None or stage not in UNETR_STAGES:
-                continue
-            taps[stage] = state.restore()
-            if pruner is not None:
-                inputs = state.stage_input(stage, self.patch_size, boxes, attention)
-                state.apply(pruner(inputs), stage, inputs)
-        final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
-        self.token_report, self.aux_loss = state.reports, state.aux_loss
-
+        taps, final, state = self._encode(x_in, boxes)
+        self.token_report, self.aux_loss, self.aux_logits = state.reports, state.aux_loss, state.aux_logits
         enc1 = self.encoder1(x_in)
         enc2 = self.encoder2(self.proj_feat(taps[1]))
         enc3 = self.encoder3(self.proj_feat(taps[2]))
@@ -111,6 +112,48 @@ class PrunedUNETR(UNETR):
         dec1 = self.decoder3(dec2, enc2)
         return self.out(self.decoder2(dec1, enc1))
 
+    def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None):
+        """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
+        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
+        mode = first.train_executor if first is not None and self.training and first.train_executor else self.executor
+        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, mode, self.fill)
+        taps: dict[int, torch.Tensor] = {}
+        active: TokenPruner | None = None  # the pruner of the last pruned stage runs the blocks after it
+        attentions: list[torch.Tensor] = []
+        for index, block in enumerate(self.vit.blocks):
+            stage = index // 3 if index % 3 == 0 and index > 0 else None
+            upcoming = self._next_pruner(index)
+            want_attention = upcoming is not None and upcoming.needs_attention
+            if active is None:
+                state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
+            else:
+                state.tokens, attention = active.run_block(block, state, want_attention)
+            if attention is not None:
+                attentions.append(attention)
+            if stage is None:
+                continue
+            taps[stage] = self._complete(state.restore(), state, stage)
+            if stage in self.prune_stages:
+                active = self.pruners[str(stage)]
+                inputs = state.stage_input(stage, self.patch_size, boxes, attentions)
+                state.apply(active(inputs), stage, inputs)
+                attentions = []
+        final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
+        return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
+
+    def _next_pruner(self, block_index: int) -> TokenPruner | None:
+        """The pruner of the first pruned stage boundary at or after ``block_index``."""
+        for stage in self.prune_stages:
+            if 3 * stage >= block_index:
+                return self.pruners[str(stage)]
+        return None
+
+    def _complete(self, grid: torch.Tensor, state: TokenState, tap: int) -> torch.Tensor:
+        """Apply the learned completion (e.g. STP's MTA) to a restored grid once tokens were pruned."""
+        if self.completion is None or not state.pruned:
+            return grid
+        return self.completion(grid, state, tap)
+
     def kept_fraction(self) -> float:
         """Fraction of the grid's tokens alive after the last pruned stage of the last forward pass."""
         if not self.token_report:
@@ -119,9 +162,9 @@ class PrunedUNETR(UNETR):
         return float(self.token_report[-1].tokens_kept.mean()) / n
 
     def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a plain MONAI ``UNETR`` state dict; the pruners keep their own (fresh) weights."""
+        """Load a plain MONAI ``UNETR`` state dict; pruners and completion keep their own (fresh) weights."""
         result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
+        missing = [k for k in result.missing_keys if not k.startswith(("pruners.", "completion."))]
         if missing or result.unexpected_keys:
             raise KeyError(f"not a UNETR state dict: missing {missing}, unexpected {result.unexpected_keys}")
 
@@ -133,10 +176,12 @@ def patch_unetr(
     executor: str = "gather",
     fill: str = "carry",
     pruner_kwargs: Mapping | None = None,
+    completion: nn.Module | None = None,
 ) -> PrunedUNETR:
     """Turn an existing MONAI ``UNETR`` (weights and all) into a :class:`PrunedUNETR` in place."""
     if not isinstance(model, UNETR):
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
     model.__class__ = PrunedUNETR
-    model._setup_pruning(_build_pruner(pruner, pruner_kwargs, model.hidden_size), prune_stages, executor, fill)
+    pruner = _build_pruner(pruner, pruner_kwargs, model.hidden_size)
+    model._setup_pruning(pruner, prune_stages, executor, fill, completion)
     return model

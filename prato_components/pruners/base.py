@@ -52,8 +52,9 @@ class StageInput:
         boxes: ``[B, M, 2*D]`` box prompts in network-input voxel coordinates (padding rows have
             max < min), or ``None`` without a prompt.
         stage: index of the stage boundary (1-based, backbone specific).
-        attention: ``[B, heads, n, n]`` attention probabilities of the last block, only for pruners whose
-            ``needs_attention`` is ``True``.
+        attentions: attention probabilities ``[B, heads, n_l, n_l]`` of every block since the previous pruned
+            stage boundary (over the tokens live in that block), only for pruners whose ``needs_attention`` is
+            ``True``; otherwise empty. The last entry is over the current live tokens.
         feature_map: callable returning the live tokens restored to the grid, ``[B, C, *grid_shape]``
             (pruned positions hold the value they had when pruned); computed on demand.
         memory: a dict that lives for one forward pass, shared by all stages (for scores accumulated
@@ -68,7 +69,7 @@ class StageInput:
     boxes: torch.Tensor | None
     stage: int
     feature_map: Callable[[], torch.Tensor]
-    attention: torch.Tensor | None = None
+    attentions: list[torch.Tensor] = field(default_factory=list)
     memory: dict = field(default_factory=dict)
 
     @property
@@ -97,12 +98,15 @@ class TokenSelection:
         scores: ``[B, n]`` differentiable keep probabilities; in training the executor multiplies kept
             tokens by ``straight_through(keep_mask, scores)`` (1 in the forward pass) so the scorer learns.
         aux_loss: a scalar side loss to add to the training loss (e.g. DynamicViT's ratio loss).
+        aux_logits: ``[B, classes, *grid_shape]`` intermediate segmentation logits to be supervised with the
+            label (e.g. DToP's auxiliary heads); see :class:`prato_components.engine.PrunedSegLoss`.
     """
 
     keep_mask: torch.Tensor
     keep_index: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    aux_logits: torch.Tensor | None = None
 
     @property
     def num_kept(self) -> torch.Tensor:
@@ -149,10 +153,17 @@ class TokenPruner(nn.Module):
         keep_ratio: fraction of the live tokens kept at each stage boundary (the common budget).
 
     Class attributes:
-        needs_attention: set ``True`` to receive the last block's attention map (slower attention path).
+        needs_attention: set ``True`` to receive the attention maps of the blocks before the boundary
+            (``StageInput.attentions``); those blocks then take the slower explicit attention path.
+        train_executor: executor mode to use while training instead of the network's (e.g. DynamicViT trains
+            with ``"attention_mask"``); ``None`` keeps the network's.
+
+    Subclasses may override :meth:`run_block` to change how the blocks after their stage are computed
+    (e.g. Evo-ViT updates the pruned tokens through a representative token).
     """
 
     needs_attention: bool = False
+    train_executor: str | None = None
 
     def __init__(self, keep_ratio: float = 0.75) -> None:
         super().__init__()
@@ -161,6 +172,14 @@ class TokenPruner(nn.Module):
 
     def forward(self, inputs: StageInput) -> TokenSelection:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement forward(StageInput) -> TokenSelection")
+
+    def run_block(self, block: nn.Module, state, return_attention: bool = False):
+        """Run one transformer ``block`` on ``state`` (a :class:`~prato_components.networks.tokens.TokenState`)
+        after this pruner's stage; returns ``(tokens, attention or None)``. Default: the block on the live
+        tokens with the executor's key mask."""
+        from prato_components.networks.blocks import transformer_block_forward
+
+        return transformer_block_forward(block, state.tokens, state.key_mask, return_attention)
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.keep_ratio}"
