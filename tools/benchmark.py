@@ -1,0 +1,193 @@
+"""Compare networks: parameters, GFLOPs, kept tokens, CPU latency and the pruners' own cost.
+
+Networks come from presets (paper-size UNETR-2D configurations) or from bundles (their ``network_def``)::
+
+    python tools/benchmark.py presets unetr,unetr_prato,unetr_prato_mask,unetr_prato_keep50
+    python tools/benchmark.py bundles bundles/unetr_baseline,bundles/unetr_prato --image_size 224
+
+The first network is the reference for the ratios. Latency: eval mode, ``torch.inference_mode()``, warm-up,
+fixed thread count, median of interleaved repeats (DESIGN.md §10). The pruners' own cost is timed with
+forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import fire
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from prato_components.efficiency import count_flops, count_parameters, interleaved_latency  # noqa: E402
+
+UNETR_2D = {
+    "_target_": "prato_components.networks.PrunedUNETR",
+    "in_channels": 1,
+    "out_channels": 4,
+    "img_size": 224,
+    "spatial_dims": 2,
+    "feature_size": 16,
+}
+PRESETS: dict[str, dict] = {
+    "unetr": {**UNETR_2D, "pruner": None},
+    "unetr_prato": {**UNETR_2D, "pruner": "prato", "prune_stages": [1, 2]},
+    "unetr_prato_mask": {**UNETR_2D, "pruner": "prato", "prune_stages": [1, 2], "executor": "mask"},
+    "unetr_prato_keep50": {**UNETR_2D, "pruner": "prato", "prune_stages": [1, 2], "pruner_kwargs": {"keep_ratio": 0.5}},
+    "monai_unetr": {**{k: v for k, v in UNETR_2D.items() if k != "_target_"}, "_target_": "monai.networks.nets.UNETR"},
+}
+
+
+def central_box(spatial_shape: Sequence[int], fraction: float = 0.4) -> torch.Tensor:
+    """A box covering the central ``fraction`` of each side, ``[1, 2D]`` in voxel coordinates."""
+    lo = [s * (1 - fraction) / 2 for s in spatial_shape]
+    hi = [s - low for s, low in zip(spatial_shape, lo)]
+    return torch.tensor([lo + hi], dtype=torch.float32)
+
+
+class PrunerTimer:
+    """Sums the wall-clock time spent inside the pruner (and completion) modules of a network."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.seconds, self.calls, self._start, self._handles = 0.0, 0, {}, []
+        modules = list(getattr(network, "pruners", {}).values() if hasattr(network, "pruners") else [])
+        if getattr(network, "completion", None) is not None:
+            modules.append(network.completion)
+        for module in modules:
+            self._handles.append(module.register_forward_pre_hook(self._enter))
+            self._handles.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, module, args):
+        self._start[id(module)] = time.perf_counter()
+
+    def _leave(self, module, args, output):
+        self.seconds += time.perf_counter() - self._start.pop(id(module))
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+
+def _call(network: nn.Module, image: torch.Tensor, boxes: torch.Tensor):
+    if "boxes" in getattr(network.forward, "__code__", type("", (), {"co_varnames": ()})).co_varnames:
+        return lambda: network(image, boxes=boxes)
+    return lambda: network(image)
+
+
+def compare(
+    networks: dict[str, nn.Module],
+    image_shape: Sequence[int],
+    batch_size: int = 1,
+    box_fraction: float = 0.4,
+    threads: int = 2,
+    warmup: int = 3,
+    repeats: int = 10,
+) -> list[dict]:
+    """Measure every network on the same input; returns one row per network (first = reference)."""
+    torch.manual_seed(0)
+    image = torch.randn(batch_size, *image_shape)
+    boxes = central_box(image_shape[1:], box_fraction).expand(batch_size, -1).clone()
+    rows, fns, timers = [], {}, {}
+    for name, net in networks.items():
+        net.eval()
+        fn = _call(net, image, boxes)
+        flops, per_module = count_flops(lambda fn=fn: fn(), by_module=True)
+        pruner_flops = sum(v for k, v in per_module.items() if k.count(".") == 2 and ".pruners." in k)
+        pruner_flops += sum(v for k, v in per_module.items() if k.endswith(".completion"))
+        kept = net.kept_fraction() if hasattr(net, "kept_fraction") else 1.0
+        rows.append({"network": name, "params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9,
+                     "pruner_gflops": pruner_flops / 1e9, "kept_fraction": kept})
+        fns[name], timers[name] = fn, PrunerTimer(net)
+    interleaved_latency(fns, warmup=0, repeats=warmup, threads=threads)  # warm-up, untimed
+    for timer in timers.values():
+        timer.reset()
+    latency = interleaved_latency(fns, warmup=0, repeats=repeats, threads=threads)
+    runs = repeats
+    reference = rows[0]
+    for row in rows:
+        name = row["network"]
+        row["latency_ms"] = latency[name] * 1e3
+        row["pruner_ms"] = timers[name].seconds / runs * 1e3
+        row["flops_ratio"] = row["gflops"] / reference["gflops"]
+        row["latency_ratio"] = latency[name] / latency[reference["network"]]
+        row["pruner_share_of_ref_latency"] = row["pruner_ms"] / reference["latency_ms"] if name != reference["network"] else 0.0
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`compare` rows."""
+    columns = [("network", "{}"), ("params_M", "{:.2f}"), ("gflops", "{:.2f}"), ("flops_ratio", "{:.3f}"),
+               ("kept_fraction", "{:.3f}"), ("latency_ms", "{:.1f}"), ("latency_ratio", "{:.3f}"),
+               ("pruner_gflops", "{:.4f}"), ("pruner_ms", "{:.2f}"), ("pruner_share_of_ref_latency", "{:.2%}")]
+    cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _instantiate(config: dict) -> nn.Module:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser({"network_def": config})
+    return parser.get_parsed_content("network_def")
+
+
+def _bundle_network(bundle_dir: str, overrides: dict) -> tuple[nn.Module, list[int]]:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
+    parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
+    parser["bundle_root"] = bundle_dir
+    parser.update(overrides)
+    image = parser.get("_meta_#network_data_format#inputs#image")
+    spatial = [int(parser.get("image_size"))] * len(image["spatial_shape"]) if "image_size" in overrides else image["spatial_shape"]
+    return parser.get_parsed_content("network_def"), [int(image["num_channels"]), *spatial]
+
+
+class Benchmark:
+    """Benchmark CLI (fire)."""
+
+    def presets(self, names: str | Sequence[str] = "unetr,unetr_prato,unetr_prato_mask,unetr_prato_keep50",
+                batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 3, json_out: str | None = None) -> str:
+        """Compare preset networks (paper-size UNETR-2D at 224x224; see ``PRESETS``)."""
+        names = names.split(",") if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+        torch.manual_seed(0)
+        networks = {name: _instantiate(PRESETS[name]) for name in names}
+        shape = [PRESETS[names[0]]["in_channels"]] + [PRESETS[names[0]]["img_size"]] * PRESETS[names[0]]["spatial_dims"]
+        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
+
+    def bundles(self, dirs: str | Sequence[str], image_size: int | None = None, batch_size: int = 1, threads: int = 2,
+                repeats: int = 10, warmup: int = 3, json_out: str | None = None) -> str:
+        """Compare the ``network_def`` of bundles (the first is the reference)."""
+        dirs = dirs.split(",") if isinstance(dirs, str) else list(dirs)
+        overrides = {"image_size": image_size} if image_size else {}
+        networks, shape = {}, None
+        for d in dirs:
+            torch.manual_seed(0)
+            net, shape_d = _bundle_network(d, overrides)
+            networks[os.path.basename(os.path.normpath(d))] = net
+            shape = shape or shape_d
+        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
+
+    @staticmethod
+    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out) -> str:
+        rows = compare(networks, shape, batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(rows, f, indent=2)
+        header = f"input [{batch_size}, {', '.join(map(str, shape))}], threads={threads}, repeats={repeats}, torch {torch.__version__}"
+        return header + "\n" + format_table(rows)
+
+
+if __name__ == "__main__":
+    fire.Fire(Benchmark)
