@@ -1,0 +1,57 @@
+"""Data set layouts (ACDC, ISIC, MSD/decathlon), splits, data transforms and synthetic generators."""
+
+from prato_components.data.datalists import (
+    ACDC_LABELS,
+    DATASETS,
+    ISIC_LAYOUTS,
+    SPLITS,
+    acdc_datalist,
+    acdc_slice_datalist,
+    decathlon_datalist,
+    isic_datalist,
+    load_or_create_split,
+    parse_acdc_info,
+    slice_datalist,
+    split_datalist,
+)
+from prato_components.data.synthetic import (
+    ACDC_GROUPS,
+    make_acdc_like,
+    make_acdc_like_splits,
+    make_decathlon_like,
+    make_isic_like,
+)
+from prato_components.data.transforms import (
+    BinarizeMaskd,
+    CheckLabelValuesd,
+    ExtractSlice,
+    ExtractSliced,
+    SafeLoadImaged,
+    describe_source,
+)
+
+__all__ = [
+    "ACDC_GROUPS",
+    "ACDC_LABELS",
+    "DATASETS",
+    "ISIC_LAYOUTS",
+    "SPLITS",
+    "BinarizeMaskd",
+    "CheckLabelValuesd",
+    "ExtractSlice",
+    "ExtractSliced",
+    "SafeLoadImaged",
+    "acdc_datalist",
+    "acdc_slice_datalist",
+    "decathlon_datalist",
+    "describe_source",
+    "isic_datalist",
+    "load_or_create_split",
+    "make_acdc_like",
+    "make_acdc_like_splits",
+    "make_decathlon_like",
+    "make_isic_like",
+    "parse_acdc_info",
+    "slice_datalist",
+    "split_datalist",
+]

@@ -1,0 +1,142 @@
+"""The evaluation report: per-class accuracy, token sparsity and efficiency, written atomically.
+
+The accuracy numbers come from MONAI's metric handlers (``MeanDice``, ``MeanIoUHandler``,
+``HausdorffDistance`` with ``save_details=True``); this handler reduces their per-image, per-class details,
+adds the token sparsity collected by :class:`~prato_components.engine.handlers.TokenSparsityHandler` and the
+network's GFLOPs and CPU latency on one input of the network's size, writes ``metrics.json`` and
+``metrics.csv`` to ``output_dir`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+
+from prato_components.efficiency import count_flops, measure_latency
+
+__all__ = ["EvaluationReport", "write_text_atomic"]
+
+logger = logging.getLogger(__name__)
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    values = values[~torch.isnan(values) & ~torch.isinf(values)]
+    return float(values.mean()) if values.numel() else float("nan")
+
+
+class EvaluationReport:
+    """Summarise an evaluation run.
+
+    Args:
+        output_dir: where ``metrics.json`` / ``metrics.csv`` go.
+        class_names: names of the foreground classes, in label order (1, 2, ...).
+        metric_names: the evaluator metric names whose ``metric_details`` ([images, classes]) are reported.
+        network: the evaluated network, for GFLOPs and latency (``None`` skips them).
+        input_shape: ``[C, *spatial]`` of one network input (batch 1) for GFLOPs and latency.
+        box_fraction: the central box used for the efficiency measurement.
+        latency_repeats: timed repeats (median); 0 skips latency.
+        threads: torch threads during the latency measurement.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        class_names: Sequence[str],
+        metric_names: Sequence[str],
+        network: nn.Module | None = None,
+        input_shape: Sequence[int] | None = None,
+        box_fraction: float = 0.4,
+        latency_repeats: int = 5,
+        threads: int = 2,
+    ) -> None:
+        self.output_dir, self.class_names, self.metric_names = output_dir, list(class_names), list(metric_names)
+        self.network, self.input_shape = network, list(input_shape) if input_shape else None
+        self.box_fraction, self.latency_repeats, self.threads = box_fraction, latency_repeats, threads
+        self.summary: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def efficiency(self) -> dict[str, float]:
+        """GFLOPs (and latency) of the network on one input of ``input_shape`` with a central box."""
+        if self.network is None or self.input_shape is None:
+            return {}
+        net = getattr(self.network, "module", self.network)
+        device = next(net.parameters()).device
+        spatial = self.input_shape[1:]
+        image = torch.randn(1, *self.input_shape, device=device)
+        lo = [s * (1 - self.box_fraction) / 2 for s in spatial]
+        boxes = torch.tensor([lo + [s - x for s, x in zip(spatial, lo)]], device=device)
+        was_training = net.training
+        net.eval()
+        try:
+            result = {"gflops": count_flops(net, image, boxes=boxes) / 1e9}
+            if self.latency_repeats > 0:
+                seconds = measure_latency(lambda: net(image, boxes=boxes), warmup=2, repeats=self.latency_repeats,
+                                          threads=self.threads)
+                result["latency_ms"] = seconds * 1e3
+        finally:
+            net.train(was_training)
+        return result
+
+    def __call__(self, engine: Engine) -> None:
+        details = getattr(engine.state, "metric_details", {}) or {}
+        per_class: dict[str, dict[str, float]] = {}
+        for name in self.metric_names:
+            if name not in details:
+                continue
+            values = torch.as_tensor(details[name], dtype=torch.float64)
+            if values.ndim == 1:
+                values = values[:, None]
+            per_class[name] = {cls: _nanmean(values[:, i]) for i, cls in enumerate(self.class_names[: values.shape[1]])}
+            per_class[name]["mean"] = _nanmean(values)
+        summary = {
+            "num_images": int(next(iter(details.values())).shape[0]) if details else 0,
+            "metrics": per_class,
+            "tokens": {k: float(v) for k, v in engine.state.metrics.items() if "kept_fraction" in k or "sparsity" in k},
+        }
+        summary.update(self.efficiency())
+        self.summary = summary
+        write_text_atomic(json.dumps(summary, indent=2, default=float), os.path.join(self.output_dir, "metrics.json"))
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["metric", *self.class_names, "mean"])
+        for name, values in per_class.items():
+            writer.writerow([name, *[values.get(c, float("nan")) for c in self.class_names], values["mean"]])
+        write_text_atomic(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
+        print(self.format(summary), flush=True)
+
+    def format(self, summary: dict) -> str:
+        """A plain-text table of the summary."""
+        width = max([len(c) for c in self.class_names] + [8])
+        lines = [f"{'metric':<10}" + "".join(f"{c:>{width + 2}}" for c in self.class_names + ["mean"])]
+        for name, values in summary["metrics"].items():
+            cells = [values.get(c, float("nan")) for c in self.class_names] + [values["mean"]]
+            lines.append(f"{name:<10}" + "".join(f"{v:>{width + 2}.4f}" if not math.isnan(v) else f"{'nan':>{width + 2}}" for v in cells))
+        for key, value in summary["tokens"].items():
+            lines.append(f"{key}: {value:.4f}")
+        for key in ("gflops", "latency_ms"):
+            if key in summary:
+                lines.append(f"{key}: {summary[key]:.3f}")
+        lines.append(f"images: {summary['num_images']}")
+        return "\n".join(lines)
