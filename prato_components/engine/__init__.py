@@ -4,4 +4,4 @@ from prato_components.engine.checkpoint import BestModelSaver, TrainingCheckpoin
 from prato_components.engine.evaluation import EvaluationReport, write_text_atomic
 from prato_components.engine.handlers import TokenSparsityHandler, summarise_token_reports
 from prato_components.engine.inferers import PromptedInferer, boxes_for_slices
-from prato_components.engine.losses import PrunedSegLoss, label_on_grid
+from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid

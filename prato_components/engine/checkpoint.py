@@ -57,8 +57,9 @@ class TrainingCheckpoint:
 
     Args:
         save_dir: checkpoint folder.
-        save_dict: objects with ``state_dict``/``load_state_dict``, e.g. ``{"network": net, "optimizer": opt,
-            "trainer": trainer}``; the trainer's state restores the epoch and iteration counters.
+        save_dict: objects with ``state_dict``/``load_state_dict``, e.g. ``{"network": net, "optimizer": opt}``.
+        engine_key: the engine the handler is attached to is saved too under this key (its state restores the
+            epoch and iteration counters); ``None`` leaves it out.
         resume: load ``save_dir/last.pt`` when training starts, if it exists.
         filename: name of the resume checkpoint.
         final_filename: also write the network weights alone under this name when training completes.
@@ -72,13 +73,17 @@ class TrainingCheckpoint:
         filename: str = "last.pt",
         final_filename: str | None = "model_final.pt",
         network_key: str = "network",
+        engine_key: str | None = "trainer",
     ) -> None:
         self.save_dir, self.save_dict, self.resume = save_dir, dict(save_dict), resume
+        self.engine_key = engine_key
         self.path = os.path.join(save_dir, filename)
         self.final_path = os.path.join(save_dir, final_filename) if final_filename else None
         self.network_key = network_key
 
     def attach(self, engine: Engine) -> None:
+        if self.engine_key:
+            self.save_dict[self.engine_key] = engine
         engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
         if self.final_path:

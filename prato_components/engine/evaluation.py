@@ -109,7 +109,7 @@ class EvaluationReport:
             if values.ndim == 1:
                 values = values[:, None]
             per_class[name] = {cls: _nanmean(values[:, i]) for i, cls in enumerate(self.class_names[: values.shape[1]])}
-            per_class[name]["mean"] = _nanmean(values)
+            per_class[name]["mean"] = float(engine.state.metrics.get(name, _nanmean(values)))
         summary = {
             "num_images": int(next(iter(details.values())).shape[0]) if details else 0,
             "metrics": per_class,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from prato_components.prompts.boxes import padding_boxes
@@ -47,6 +48,8 @@ class PromptedInferer(Inferer):
         self.spatial_dims, self.slice_batch_size = spatial_dims, slice_batch_size
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, boxes: torch.Tensor | None = None, **kwargs):
+        if isinstance(boxes, MetaTensor):
+            boxes = boxes.as_tensor()
         image_dims = inputs.ndim - 2
         if image_dims == self.spatial_dims:
             return network(inputs, *args, boxes=boxes, **kwargs)
@@ -55,6 +58,8 @@ class PromptedInferer(Inferer):
                 f"a {self.spatial_dims}D network cannot segment an input of shape {tuple(inputs.shape)} "
                 f"(expected [B, C, {self.spatial_dims} or {self.spatial_dims + 1} spatial dims])"
             )
+        source = inputs if isinstance(inputs, MetaTensor) else None
+        inputs = inputs.as_tensor() if source is not None else inputs
         batch, num_slices = inputs.shape[0], inputs.shape[-1]
         slices = inputs.movedim(-1, 1).reshape(batch * num_slices, *inputs.shape[1:-1])
         slice_boxes = boxes_for_slices(None if boxes is None else torch.as_tensor(boxes).float(), num_slices)
@@ -63,4 +68,9 @@ class PromptedInferer(Inferer):
             part = slice(start, start + self.slice_batch_size)
             outputs.append(network(slices[part], *args, boxes=None if slice_boxes is None else slice_boxes[part], **kwargs))
         out = torch.cat(outputs)
-        return out.reshape(batch, num_slices, *out.shape[1:]).movedim(1, -1)
+        out = out.reshape(batch, num_slices, *out.shape[1:]).movedim(1, -1)
+        if source is None:
+            return out
+        result = MetaTensor(out)
+        result.copy_meta_from(source)
+        return result

@@ -8,11 +8,13 @@ label reduced to their token grid).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["PrunedSegLoss", "label_on_grid"]
+__all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid"]
 
 
 def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -56,3 +58,103 @@ class PrunedSegLoss(nn.Module):
             terms = [self.loss(logits, label_on_grid(label, tuple(logits.shape[2:]), logits.shape[1])) for logits in aux_logits]
             total = total + self.logits_weight * torch.stack(terms).mean()
         return total
+
+
+class DistillationLoss(nn.Module):
+    """``loss(pred, label) + weight * D(pred, teacher(image, boxes))``: distillation from a frozen unpruned network.
+
+    DynamicViT's optional distillation, for segmentation: the pruned (student) network's logits are pulled towards
+    those of a frozen teacher on the same input, voxel by voxel. MONAI's trainer calls ``loss_function(pred, label)``
+    only, so a forward pre-hook on the student records its last input (``image`` and ``boxes``) and the teacher
+    runs on it here, under ``torch.no_grad()``. Wrap a :class:`PrunedSegLoss` to keep the pruners' side terms::
+
+        loss = DistillationLoss(PrunedSegLoss(DiceCELoss(to_onehot_y=True, softmax=True), net), net, teacher,
+                                teacher_checkpoint="unetr_baseline/models/model.pt")
+
+    Args:
+        loss: the loss of the student's prediction and the label.
+        network: the student network (DDP-wrapped is fine).
+        teacher: the unpruned network (e.g. ``PrunedUNETR(pruner=None, ...)`` or MONAI's ``UNETR`` with the same
+            configuration); frozen and kept in eval mode. Called with ``boxes=`` only if its ``forward`` takes them.
+        teacher_checkpoint: optional path of the teacher's state dict (a dict holding it under ``"network"``,
+            ``"model"`` or ``"state_dict"`` is unwrapped; a plain UNETR state dict also loads into a ``PrunedUNETR``).
+        weight: weight of the distillation term.
+        kind: ``"kl"``: ``T^2 * KL(softmax(teacher / T) || softmax(pred / T))`` over the channels, averaged over
+            voxels; ``"mse"``: mean squared difference of the logits.
+        temperature: ``T`` of ``"kl"``.
+    """
+
+    def __init__(
+        self,
+        loss: nn.Module,
+        network: nn.Module,
+        teacher: nn.Module,
+        teacher_checkpoint: str | None = None,
+        weight: float = 1.0,
+        kind: str = "kl",
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if kind not in ("kl", "mse"):
+            raise ValueError(f"kind must be 'kl' or 'mse', got {kind!r}")
+        if temperature <= 0 or weight < 0:
+            raise ValueError(f"temperature must be > 0 and weight >= 0, got {temperature} and {weight}")
+        self.loss, self.teacher = loss, teacher
+        self.weight, self.kind, self.temperature = weight, kind, temperature
+        if teacher_checkpoint is not None:
+            self._load_teacher(teacher_checkpoint)
+        self.teacher.requires_grad_(False).eval()
+        student = getattr(network, "module", network)
+        self._inputs: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._hook = student.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
+        self._teacher_takes_boxes = "boxes" in inspect.signature(teacher.forward).parameters
+
+    def _load_teacher(self, path: str) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("network", "model", "state_dict"):
+            if isinstance(state, dict) and isinstance(state.get(key), dict):
+                state = state[key]
+                break
+        if hasattr(self.teacher, "load_unpruned_state_dict"):  # a PrunedUNETR teacher takes a plain UNETR state dict
+            self.teacher.load_unpruned_state_dict(state)
+        else:
+            self.teacher.load_state_dict(state)
+
+    def _record_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        image = args[0] if args else kwargs.get("x_in", kwargs.get("image"))
+        boxes = args[1] if len(args) > 1 else kwargs.get("boxes")
+        self._inputs = (image, boxes)
+
+    def train(self, mode: bool = True) -> DistillationLoss:
+        super().train(mode)
+        self.teacher.eval()  # the teacher stays frozen in eval mode
+        return self
+
+    def teacher_logits(self, like: torch.Tensor) -> torch.Tensor:
+        """The teacher's logits on the student's last input, shaped and placed like ``like``."""
+        if self._inputs is None:
+            raise ValueError("DistillationLoss has no student input: call the student network before the loss")
+        image, boxes = self._inputs
+        self._inputs = None
+        self.teacher.to(like.device).eval()
+        with torch.no_grad():
+            target = self.teacher(image, boxes=boxes) if self._teacher_takes_boxes else self.teacher(image)
+        if target.shape != like.shape:
+            raise ValueError(f"teacher logits {tuple(target.shape)} do not match the prediction {tuple(like.shape)}")
+        return target.to(like.dtype)
+
+    def distillation(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The distillation term between student logits ``pred`` and teacher logits ``target``."""
+        if self.kind == "mse":
+            return F.mse_loss(pred, target)
+        t = self.temperature
+        student, teacher = F.log_softmax(pred / t, dim=1), F.log_softmax(target / t, dim=1)
+        divergence = F.kl_div(student, teacher, reduction="none", log_target=True)
+        return divergence.sum(dim=1).mean() * t * t
+
+    def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        total = self.loss(pred, label)
+        if not self.weight:
+            self._inputs = None
+            return total
+        return total + self.weight * self.distillation(pred, self.teacher_logits(pred))

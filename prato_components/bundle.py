@@ -1,0 +1,221 @@
+"""What the bundle configs call: data set specs, loading transforms, prompt settings, inference datalists.
+
+Everything that depends on the ``dataset`` key of a bundle (``acdc`` | ``isic`` | ``decathlon``) lives here, so
+that changing ``--dataset`` on the command line adjusts channels, classes, loading and output format together.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from monai.transforms import Compose, MapTransform
+
+from prato_components.data import (
+    DATASETS,
+    BinarizeMaskd,
+    CheckLabelValuesd,
+    ExtractSliced,
+    SafeLoadImaged,
+    load_or_create_split,
+    slice_datalist,
+)
+from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
+
+__all__ = [
+    "PROMPTS",
+    "IMAGE_EXTENSIONS",
+    "dataset_spec",
+    "bundle_splits",
+    "load_transforms",
+    "prompt_transforms",
+    "inference_datalist",
+    "read_boxes_file",
+    "require_file",
+]
+
+PROMPTS = ("tight", "oversized", "partial", "misleading")
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
+_NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
+
+
+def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]:
+    """Channels, classes and file conventions of a data set.
+
+    Returns a dict with ``in_channels``, ``out_channels`` (classes incl. background), ``class_names``
+    (foreground, label order), ``label_values``, ``volumetric`` (images are volumes served as 2D slices),
+    ``output_ext`` and ``output_scale`` (label value multiplier when saving: ISIC masks are 0/255).
+    For ``decathlon`` the channels and classes are read from ``dataset_dir/dataset.json``.
+    """
+    name = str(dataset).lower()
+    if name == "acdc":
+        return {"in_channels": 1, "out_channels": 4, "class_names": ["right_ventricle", "myocardium", "left_ventricle"],
+                "label_values": [0, 1, 2, 3], "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1}
+    if name == "isic":
+        return {"in_channels": 3, "out_channels": 2, "class_names": ["lesion"], "label_values": [0, 1],
+                "volumetric": False, "output_ext": ".png", "output_scale": 255}
+    if name == "decathlon":
+        if dataset_dir is None:
+            raise ValueError("the decathlon spec is read from dataset_dir/dataset.json: give dataset_dir")
+        info_path = os.path.join(dataset_dir, "dataset.json")
+        require_file(info_path, "MSD dataset.json")
+        with open(info_path) as f:
+            info = json.load(f)
+        labels = {int(k): str(v) for k, v in info.get("labels", {"0": "background", "1": "foreground"}).items()}
+        return {"in_channels": len(info.get("modality", {"0": "image"})), "out_channels": len(labels),
+                "class_names": [labels[k].replace(" ", "_") for k in sorted(labels) if k > 0],
+                "label_values": sorted(labels), "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1}
+    raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+
+
+def bundle_splits(dataset: str, dataset_dir: str, datalist_path: str | None, seed: int = 0) -> dict[str, list[dict]]:
+    """Training/validation/test items for the 2D bundles: ACDC and decathlon volumes as slices."""
+    splits = load_or_create_split(dataset, dataset_dir, datalist_path, seed=seed)
+    if str(dataset).lower() == "decathlon":
+        splits = {k: slice_datalist(v) for k, v in splits.items()}
+    empty = [k for k, v in splits.items() if not v]
+    if empty:
+        raise ValueError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
+    return splits
+
+
+def load_transforms(dataset: str, keys: Sequence[str] = ("image", "label"), slices: bool = True) -> Compose:
+    """Read ``keys`` (errors name the file), take the item's slice of a volume, and check the label values.
+
+    Args:
+        dataset: data set name (see :func:`dataset_spec`).
+        keys: ``("image", "label")`` for training/evaluation, ``("image",)`` for inference.
+        slices: take the ``"slice"`` of volumes (training/evaluation items are slices; inference reads volumes).
+    """
+    spec = dataset_spec(dataset) if str(dataset).lower() != "decathlon" else {"volumetric": True}
+    keys = list(keys)
+    transforms: list[MapTransform] = [SafeLoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
+    if spec["volumetric"] and slices:
+        transforms.append(ExtractSliced(keys=keys, slice_key="slice"))
+    if "label" in keys:
+        if str(dataset).lower() == "isic":
+            transforms.append(BinarizeMaskd(keys="label"))
+        elif str(dataset).lower() == "acdc":
+            transforms.append(CheckLabelValuesd(keys="label", allowed=spec["label_values"]))
+    return Compose(transforms)
+
+
+def prompt_transforms(prompt: str = "tight", factor: float | None = None, box_key: str = "box") -> list[MapTransform]:
+    """Box prompt quality for robustness studies (applied after the tight box is derived from the label).
+
+    ``tight``: the box as derived; ``oversized``: scaled by ``factor`` (default 1.5) about its centre;
+    ``partial``: each side shrunk to ``factor`` (default 0.5) of its length; ``misleading``: moved by ``factor``
+    (default 1.0) times its size. The result is clipped to the image.
+    """
+    if prompt not in PROMPTS:
+        raise ValueError(f"unknown prompt {prompt!r}; choose one of {PROMPTS}")
+    chosen = {
+        "tight": [],
+        "oversized": [ScaleBoxd(box_key=box_key, factor=1.5 if factor is None else factor)],
+        "partial": [PartialBoxd(box_key=box_key, fraction=0.5 if factor is None else factor)],
+        "misleading": [ShiftBoxd(box_key=box_key, offset_fraction=1.0 if factor is None else factor)],
+    }[prompt]
+    return chosen + [ClipBoxd(box_key=box_key, image_key="image")]
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _parse_boxes(value: Any, source: str) -> list[list[float]]:
+    if isinstance(value, dict):
+        value = value.get("boxes", value.get("box"))
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{source}: expected a box [v1, ..] or a list of boxes, got {value!r}")
+    boxes = value if isinstance(value[0], list) else [value]
+    try:
+        return [[float(v) for v in box] for box in boxes]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{source}: boxes must be numbers, got {value!r}") from err
+
+
+def read_boxes_file(path: str) -> dict[str, list[list[float]]]:
+    """Boxes per image from one file: JSON ``{"image name or stem": [[...], ...]}`` or CSV rows
+    ``image,v1,..,v2D`` (several rows per image for several boxes; a header row is skipped)."""
+    require_file(path, "boxes file")
+    boxes: dict[str, list[list[float]]] = {}
+    if path.lower().endswith(".json"):
+        with open(path) as f:
+            content = json.load(f)
+        if not isinstance(content, dict):
+            raise ValueError(f"{path}: expected a JSON object mapping image names to boxes")
+        return {_stem(k): _parse_boxes(v, f"{path}[{k!r}]") for k, v in content.items()}
+    with open(path, newline="") as f:
+        for row_number, row in enumerate(csv.reader(f)):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            try:
+                values = [float(v) for v in row[1:]]
+            except ValueError:
+                if row_number == 0:
+                    continue  # header
+                raise ValueError(f"{path}, row {row_number + 1}: box values must be numbers, got {row[1:]}") from None
+            boxes.setdefault(_stem(row[0].strip()), []).append(values)
+    return boxes
+
+
+def _sidecar_boxes(image: str) -> list[list[float]] | None:
+    base = os.path.join(os.path.dirname(image), _stem(image))
+    if os.path.isfile(base + ".box.json"):
+        with open(base + ".box.json") as f:
+            return _parse_boxes(json.load(f), base + ".box.json")
+    if os.path.isfile(base + ".box.csv"):
+        rows = read_boxes_file(base + ".box.csv")
+        return [box for boxes in rows.values() for box in boxes] or None
+    return None
+
+
+def inference_datalist(input_dir: str, boxes_file: str | None = None, allow_missing_boxes: bool = False) -> list[dict]:
+    """Images under ``input_dir`` with their box prompts, for ``inference.json``.
+
+    Boxes are in **voxel coordinates of the original image as loaded by MONAI** (axis ``i`` of the array;
+    for PNG/JPG that is ``(x, y)`` = (column, row), MONAI's PIL convention), min corner then max corner, voxel
+    ``v`` covering ``[v, v+1)``: ``[x1, y1, x2, y2]`` for 2D images, ``[x1, y1, z1, x2, y2, z2]`` for volumes.
+    They come from a sidecar next to the image, ``<stem>.box.json`` (``{"boxes": [[...], ...]}``, a list of
+    boxes or one box) or ``<stem>.box.csv`` (``image,v1,..`` rows), or from ``boxes_file`` (see
+    :func:`read_boxes_file`), which takes precedence. An image without boxes is an error unless
+    ``allow_missing_boxes``: then it gets a padding row (no prompt: PrATo uses the whole image).
+    """
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"input directory {input_dir} does not exist")
+    images = sorted(
+        p for p in glob.glob(os.path.join(input_dir, "*"))
+        if p.lower().endswith(IMAGE_EXTENSIONS) and not p.lower().endswith(_NOT_IMAGES)
+    )
+    if not images:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {input_dir}")
+    listed = read_boxes_file(boxes_file) if boxes_file else {}
+    items = []
+    for image in images:
+        boxes = listed.get(_stem(image)) or listed.get(os.path.basename(image)) or _sidecar_boxes(image)
+        if boxes is None:
+            if not allow_missing_boxes:
+                stem = os.path.join(os.path.dirname(image), _stem(image))
+                raise ValueError(
+                    f"image {image} has no box prompt: add {stem}.box.json (or .box.csv), list it in a boxes file, "
+                    "or set allow_missing_boxes=True to segment it without a prompt"
+                )
+            dims = 3 if image.lower().endswith((".nii", ".nii.gz")) else 2
+            boxes = [[0.0] * dims + [-1.0] * dims]
+        items.append({"image": image, "box": boxes})
+    return items
+
+
+def require_file(path: str, what: str = "file") -> str:
+    """``path`` if it is a file, else ``FileNotFoundError`` naming what is missing."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return path

@@ -1,0 +1,668 @@
+"""Generate and check the bundles: every ``bundles/<backbone>_<pruner>`` from one specification.
+
+The bundles are self-contained folders (MONAI bundle layout) committed to the repository; this tool is the
+single place that defines them, so the fourteen folders never drift apart::
+
+    python tools/bundles.py generate            # (re)write bundles/*/configs, docs, LICENSE
+    python tools/bundles.py check               # fail if a committed bundle differs from the specification
+    python tools/bundles.py list
+
+Edit a bundle by editing this file (``BACKBONES``, ``PRUNER_CONFIGS``, the config templates) and regenerating.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from collections.abc import Iterable
+
+import fire
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from prato_components import __version__  # noqa: E402
+
+BUNDLE_VERSION = "0.1.0"
+CHANGELOG = {"0.1.0": "first release: 2D training, evaluation and box-prompted inference on ACDC, ISIC, MSD"}
+
+# ----------------------------------------------------------------------------------------------- networks
+# Each backbone: the network_def (pruner inserted under "pruner"), its token width for pruners that need it,
+# a description and the stages pruned by default.
+BACKBONES: dict[str, dict] = {
+    "unetr": {
+        "title": "UNETR-2D (ViT-B/16)",
+        "network_def": {
+            "_target_": "prato_components.networks.PrunedUNETR",
+            "in_channels": "@in_channels",
+            "out_channels": "@out_channels",
+            "img_size": "@image_size",
+            "spatial_dims": 2,
+            "feature_size": 16,
+            "hidden_size": 768,
+            "mlp_dim": 3072,
+            "num_heads": 12,
+            "norm_name": "instance",
+            "prune_stages": "@prune_stages",
+            "executor": "@executor",
+            "fill": "@fill",
+        },
+        "dim": 768,
+        "stages": [1, 2],
+        "reference": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
+    },
+}
+
+# Each pruner: its config under network_def#pruner ("dim" is filled in from the backbone), extra top-level keys.
+PRUNER_CONFIGS: dict[str, dict] = {
+    "baseline": {"pruner": None, "title": "no pruning (baseline)"},
+    "prato": {
+        "title": "PrATo (prompt-based adaptive token pruning)",
+        "pruner": {
+            "_target_": "prato_components.pruners.PrATo",
+            "keep_ratio": "@keep_ratio",
+            "roi_size": 5,
+            "proj_dim": 64,
+            "threshold": "percentile",
+            "tau": 0.5,
+            "entropy_weighting": True,
+            "scoring": "roi_align",
+        },
+        "needs_dim": True,
+    },
+}
+
+BUNDLES = ["unetr_baseline", "unetr_prato"]
+
+AUTHORS = "PrATo bundles contributors"
+COPYRIGHT = "Copyright (c) PrATo bundles contributors"
+MONAI_VERSION = "1.6.1"
+PYTORCH_VERSION = "2.13.0"
+NUMPY_VERSION = "2.4.6"
+
+
+def _split(name: str) -> tuple[str, str]:
+    for backbone in sorted(BACKBONES, key=len, reverse=True):
+        if name.startswith(backbone + "_"):
+            return backbone, name[len(backbone) + 1 :]
+    raise ValueError(f"bundle {name!r} does not start with a known backbone {sorted(BACKBONES)}")
+
+
+def network_def(name: str) -> dict:
+    """The ``network_def`` of bundle ``name``."""
+    backbone, pruner = _split(name)
+    if pruner not in PRUNER_CONFIGS:
+        raise ValueError(f"unknown pruner {pruner!r} in bundle {name!r}; choose from {sorted(PRUNER_CONFIGS)}")
+    spec, pruner_spec = BACKBONES[backbone], PRUNER_CONFIGS[pruner]
+    net = copy.deepcopy(spec["network_def"])
+    pruner_def = copy.deepcopy(pruner_spec["pruner"])
+    if pruner_def is not None and pruner_spec.get("needs_dim"):
+        pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
+    net["pruner"] = pruner_def
+    net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
+    return net
+
+
+# ----------------------------------------------------------------------------------------------- configs
+IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
+           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
+
+
+def common(name: str) -> dict:
+    """Keys shared by train, evaluate and inference."""
+    backbone, _ = _split(name)
+    return {
+        "imports": IMPORTS,
+        "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "dataset": "acdc",
+        "dataset_dir": "/data/ACDC",
+        "spec": "$prato_components.bundle.dataset_spec(@dataset, @dataset_dir)",
+        "in_channels": "$@spec['in_channels']",
+        "out_channels": "$@spec['out_channels']",
+        "image_size": 224,
+        "seed": 0,
+        "num_workers": 4,
+        "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
+        "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
+        "keep_ratio": 0.75,
+        "prune_stages": BACKBONES[backbone]["stages"],
+        "executor": "gather",
+        "fill": "carry",
+        "network_def": network_def(name),
+        "network": "$@network_def.to(@device)",
+        "prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}},
+        "inferer": {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2},
+    }
+
+
+def _intensity_and_size(keys: list[str], modes: list[str]) -> list[dict]:
+    return [
+        {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
+         "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True},
+        {"_target_": "Resized", "keys": keys, "spatial_size": ["@image_size", "@image_size"], "mode": modes},
+    ]
+
+
+def _labelled_preprocessing() -> list:
+    """Load a labelled slice/image, normalise, resize (shared by validation and evaluation)."""
+    return [
+        "$prato_components.bundle.load_transforms(@dataset)",
+        *_intensity_and_size(["image", "label"], ["bilinear", "nearest"]),
+    ]
+
+
+def _box_from_label(extra: Iterable = ()) -> list:
+    return [
+        {"_target_": "prato_components.prompts.BoxFromLabeld", "keys": "label", "box_key": "box",
+         "per_class": False, "on_empty": "full"},
+        *extra,
+        {"_target_": "EnsureTyped", "keys": ["image", "label", "box"], "track_meta": False},
+    ]
+
+
+def _metric_handlers(prefix: str, details: bool) -> dict:
+    out = {
+        f"{prefix}_mean_dice": {"_target_": "MeanDice", "include_background": False,
+                                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                "save_details": details},
+    }
+    if details:
+        out[f"{prefix}_mean_iou"] = {"_target_": "MeanIoUHandler", "include_background": False,
+                                     "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                     "save_details": True}
+        out[f"{prefix}_hd95"] = {"_target_": "HausdorffDistance", "include_background": False, "percentile": 95,
+                                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                 "save_details": True}
+    return out
+
+
+def _postprocessing() -> dict:
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False],
+             "to_onehot": "$[@out_channels, @out_channels]"},
+        ],
+    }
+
+
+def train_config(name: str) -> dict:
+    config = common(name)
+    config.update({
+        "epochs": 100,
+        "batch_size": 8,
+        "learning_rate": 1e-4,
+        "val_interval": 1,
+        "cache_rate": 1.0,
+        "resume": True,
+        "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
+        "loss": {"_target_": "prato_components.engine.PrunedSegLoss",
+                 "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
+                 "network": "@network"},
+        "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate",
+                      "weight_decay": 1e-5},
+        "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
+                         "T_max": "@epochs"},
+        "train": {
+            "augmentation": [
+                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
+                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
+                {"_target_": "RandAffined", "keys": ["image", "label"], "prob": 0.5, "rotate_range": 0.26,
+                 "scale_range": 0.1, "mode": ["bilinear", "nearest"], "padding_mode": "zeros"},
+                {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
+                {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.3},
+                {"_target_": "RandGaussianNoised", "keys": "image", "prob": 0.15, "std": 0.03},
+            ],
+            "preprocessing": {
+                "_target_": "Compose",
+                "transforms": "$@preprocessing + @train#augmentation + @train#prompt",
+            },
+            "prompt": _box_from_label([
+                {"_target_": "prato_components.prompts.RandJitterBoxd", "box_key": "box", "prob": 0.8,
+                 "max_shift_fraction": 0.1, "max_scale_fraction": 0.1},
+                {"_target_": "prato_components.prompts.ClipBoxd", "box_key": "box", "image_key": "image"},
+            ]),
+            "dataset": {"_target_": "CacheDataset", "data": "$@splits['training']", "transform": "@train#preprocessing",
+                        "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
+                           "shuffle": True, "num_workers": "@num_workers"},
+            "inferer": "@inferer",
+            "handlers": [
+                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
+                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+                 "interval": "@val_interval"},
+                {"_target_": "StatsHandler", "tag_name": "train_loss",
+                 "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+                {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
+                 "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+                 "resume": "@resume"},
+            ],
+            "trainer": {
+                "_target_": "SupervisedTrainer",
+                "max_epochs": "@epochs",
+                "device": "@device",
+                "train_data_loader": "@train#dataloader",
+                "network": "@network",
+                "optimizer": "@optimizer",
+                "loss_function": "@loss",
+                "inferer": "@train#inferer",
+                "prepare_batch": "@prepare_batch",
+                "train_handlers": "@train#handlers",
+            },
+        },
+        "preprocessing": _labelled_preprocessing(),
+        "validate": {
+            "preprocessing": {"_target_": "Compose", "transforms": "$@preprocessing + @validate#prompt"},
+            "prompt": _box_from_label(),
+            "dataset": {"_target_": "CacheDataset", "data": "$@splits['validation']",
+                        "transform": "@validate#preprocessing", "cache_rate": "@cache_rate",
+                        "num_workers": "@num_workers"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": "@batch_size",
+                           "shuffle": False, "num_workers": "@num_workers"},
+            "inferer": "@inferer",
+            "postprocessing": _postprocessing(),
+            "handlers": [
+                {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network",
+                 "prefix": "val_"},
+                {"_target_": "StatsHandler", "iteration_log": False},
+                {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
+                 "network": "@network", "metric_name": "val_mean_dice"},
+            ],
+            "key_metric": _metric_handlers("val", details=False),
+            "evaluator": {
+                "_target_": "SupervisedEvaluator",
+                "device": "@device",
+                "val_data_loader": "@validate#dataloader",
+                "network": "@network",
+                "inferer": "@validate#inferer",
+                "prepare_batch": "@prepare_batch",
+                "postprocessing": "@validate#postprocessing",
+                "key_val_metric": "@validate#key_metric",
+                "val_handlers": "@validate#handlers",
+            },
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=@seed)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
+        "run": ["$@train#trainer.run()"],
+    })
+    return config
+
+
+def evaluate_config(name: str) -> dict:
+    config = common(name)
+    config.update({
+        "batch_size": 8,
+        "prompt": "tight",
+        "prompt_factor": None,
+        "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
+        "split": "test",
+        "latency_repeats": 5,
+        "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": "$" + "@labelled + @box_from_label + prato_components.bundle.prompt_transforms(@prompt, "
+                          "@prompt_factor) + @to_tensor",
+        },
+        "labelled": _labelled_preprocessing(),
+        "box_from_label": _box_from_label()[:1],
+        "to_tensor": _box_from_label()[1:],
+        "test": {
+            "dataset": {"_target_": "Dataset", "data": "$@splits[@split]", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@test#dataset", "batch_size": "@batch_size",
+                           "shuffle": False, "num_workers": "@num_workers"},
+        },
+        "postprocessing": _postprocessing(),
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
+             "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
+             "network": "@network", "input_shape": "$[@in_channels, @image_size, @image_size]",
+             "latency_repeats": "@latency_repeats"},
+        ],
+        "metrics": {k.removeprefix("eval_"): v for k, v in _metric_handlers("eval", details=True).items()},
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@test#dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@postprocessing",
+            "key_val_metric": "$@metrics",
+            "val_handlers": "@handlers",
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@evaluator.run()"],
+    })
+    return config
+
+
+def inference_config(name: str) -> dict:
+    config = common(name)
+    config.update({
+        "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
+        "boxes_file": None,
+        "allow_missing_boxes": False,
+        "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
+        "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
+        "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                "$prato_components.bundle.load_transforms(@dataset, ['image'], slices=False)",
+                {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
+                {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
+                 "mask_key": "box_mask"},
+                {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
+                 "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True},
+                {"_target_": "Resized", "keys": ["image", "box_mask"], "spatial_size": "@spatial_size",
+                 "mode": ["bilinear", "nearest"]},
+                {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
+                {"_target_": "EnsureTyped", "keys": "image"},
+                {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
+            ],
+        },
+        "infer": {
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@infer#dataset", "batch_size": 1, "shuffle": False,
+                           "num_workers": "@num_workers"},
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                 "nearest_interp": False, "to_tensor": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x * @spec['output_scale']"},
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                 "output_ext": "$@spec['output_ext']", "output_dtype": "$numpy.uint8", "resample": False,
+                 "separate_folder": False, "print_log": True},
+            ],
+        },
+        "handlers": [
+            {"_target_": "CheckpointLoader", "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@infer#dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+        },
+        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@evaluator.run()"],
+    })
+    config["imports"] = IMPORTS + ["$import numpy"]
+    return config
+
+
+def multi_gpu_config(name: str) -> dict:
+    """Overlay on ``train.json`` for ``torchrun`` (NCCL on GPUs, gloo on CPU)."""
+    return {
+        "device": "$torch.device('cuda:' + os.environ.get('LOCAL_RANK', '0') if torch.cuda.is_available() else 'cpu')",
+        "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
+        "network": {
+            "_target_": "torch.nn.parallel.DistributedDataParallel",
+            "module": "$@network_def.to(@device)",
+            "device_ids": "$[@device] if torch.cuda.is_available() else None",
+            "find_unused_parameters": True,
+        },
+        "train#sampler": {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
+                          "shuffle": True},
+        "train#dataloader#sampler": "@train#sampler",
+        "train#dataloader#shuffle": False,
+        "train#trainer#train_handlers": "$@train#handlers[: -1 if torch.distributed.get_rank() > 0 else None]",
+        "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset",
+                             "even_divisible": False, "shuffle": False},
+        "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
+        "initialize": [
+            "$import torch.distributed as dist",
+            "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
+            "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
+            "$monai.utils.set_determinism(seed=@seed)",
+            "$os.makedirs(@ckpt_dir, exist_ok=True)",
+        ],
+        "run": ["$@train#trainer.run()"],
+        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+    }
+
+
+def metadata(name: str) -> dict:
+    backbone, pruner = _split(name)
+    title = f"{BACKBONES[backbone]['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    return {
+        "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
+        "version": BUNDLE_VERSION,
+        "changelog": CHANGELOG,
+        "monai_version": MONAI_VERSION,
+        "pytorch_version": PYTORCH_VERSION,
+        "numpy_version": NUMPY_VERSION,
+        "required_packages_version": {"prato_components": __version__, "nibabel": "5.4.2", "pillow": "13.0.0",
+                                      "pytorch-ignite": "0.5.5", "einops": "0.8.2"},
+        "supported_apps": {},
+        "name": name,
+        "task": f"Box-prompted 2D segmentation: {title}",
+        "description": f"{title}, called as network(image, boxes). Trains and evaluates on ACDC slices (cardiac MRI), "
+                       "ISIC task 1 (dermoscopy) or an MSD task (slices); the box prompt is derived from the label in "
+                       "training and evaluation and given by the user at inference.",
+        "authors": AUTHORS,
+        "copyright": COPYRIGHT,
+        "data_source": "ACDC (https://www.creatis.insa-lyon.fr/Challenge/acdc/), ISIC 2017/2018 task 1, MSD",
+        "data_type": "nibabel / png / jpg",
+        "image_classes": "ACDC: 1 channel MRI slice; ISIC: 3 channel RGB, both scaled to [0, 1]",
+        "label_classes": "ACDC: 0 background, 1 right ventricle, 2 myocardium, 3 left ventricle; ISIC: 0 skin, 1 lesion",
+        "pred_classes": "as label_classes (argmax of the logits)",
+        "eval_metrics": {},
+        "intended_use": "Research on token-pruned ViT segmentation; not for clinical use.",
+        "references": [
+            "Prompt-based Dynamic Token Pruning for Efficient Segmentation of Medical Images (PrATo)",
+            BACKBONES[backbone]["reference"],
+        ],
+        "network_data_format": {
+            "inputs": {
+                "image": {
+                    "type": "image",
+                    "format": "magnitude",
+                    "modality": "MR",
+                    "num_channels": 1,
+                    "spatial_shape": [224, 224],
+                    "dtype": "float32",
+                    "value_range": [0, 1],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "image"},
+                },
+                "boxes": {
+                    "type": "boxes",
+                    "format": "StandardMode xyxy, voxel coordinates of the network input; [B, M, 4], max < min = padding",
+                    "num_channels": 4,
+                    "spatial_shape": ["*"],
+                    "dtype": "float32",
+                    "value_range": [0, 224],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "x1", "1": "y1", "2": "x2", "3": "y2"},
+                },
+            },
+            "outputs": {
+                "pred": {
+                    "type": "image",
+                    "format": "segmentation",
+                    "num_channels": 4,
+                    "spatial_shape": [224, 224],
+                    "dtype": "float32",
+                    "value_range": [],
+                    "is_patch_data": False,
+                    "channel_def": {"0": "background", "1": "right ventricle", "2": "myocardium",
+                                    "3": "left ventricle"},
+                }
+            },
+        },
+    }
+
+
+LOGGING_CONF = """[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
+
+
+def readme(name: str) -> str:
+    backbone, pruner = _split(name)
+    title = f"{BACKBONES[backbone]['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    notes_path = os.path.join(ROOT, "docs", "pruners", f"{pruner}.md")
+    notes = open(notes_path).read().strip() if os.path.exists(notes_path) else ""
+    return BUNDLE_README.format(name=name, title=title, notes=notes).rstrip() + "\n"
+
+
+BUNDLE_README = """# {name}: {title}
+
+A MONAI bundle of the PrATo bundles collection: 2D segmentation with a box prompt, called as
+`network(image, boxes)`. It needs the `prato_components` package (`pip install -e .` in the repository).
+
+## Commands (from the repository root)
+
+Train (writes `models/last.pt` every epoch, resumes from it, keeps the best as `models/model.pt`):
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/train.json \\
+        --dataset acdc --dataset_dir /data/ACDC --epochs 100
+
+Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, GFLOPs, CPU latency to
+`eval/metrics.json` and `eval/metrics.csv`):
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json --dataset acdc --dataset_dir /data/ACDC
+
+Segment new images with box prompts (see "Box prompts" below); writes `<image>_seg.nii.gz` / `.png` to `eval/`:
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/inference.json --dataset acdc --input_dir /my/images
+
+Multi-GPU (or several CPU processes with gloo):
+
+    torchrun --nproc_per_node=2 -m monai.bundle run \\
+        --config_file "['bundles/{name}/configs/train.json','bundles/{name}/configs/multi_gpu_train.json']" ...
+
+## Keys to override
+
+`dataset` (`acdc` | `isic` | `decathlon`; sets channels, classes, loading and output format), `dataset_dir`,
+`image_size`, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
+`output_dir`, `ckpt_dir`, `keep_ratio`, `prune_stages`, `executor` (`gather` | `padded` | `mask` |
+`attention_mask`), `fill` (`carry` | `zero`), `resume`; in `evaluate.json` also `prompt` (`tight` |
+`oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
+`allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
+root and to `.` otherwise.
+
+## Data
+
+ACDC as shipped (`training/patientNNN/patientNNN_frameMM.nii.gz` + `_gt`), served as 2D short-axis slices and
+split 80/10/10 by patient (saved as `models/datalist_acdc.json`, reused); ISIC 2017/2018 task 1 (`*.jpg` +
+`*_segmentation.png`); MSD (`dataset.json`), served as slices. Images are scaled to [0, 1] (0.5-99.5
+percentiles) and resized to `image_size` x `image_size`. Evaluation runs on the test split at the network's
+resolution (per slice for volumes).
+
+## Box prompts
+
+Training derives one box around all foreground of the (augmented) label and jitters it; evaluation uses the
+tight box (or a perturbed one, `prompt`). At inference each image needs a box in **voxel coordinates of the
+image as loaded by MONAI** (axis i of the array; for PNG/JPG `(x, y)` = (column, row)), min corner then max
+corner: `[x1, y1, x2, y2]` for 2D images, `[x1, y1, z1, x2, y2, z2]` for volumes (a 2D network then segments
+every slice; slices outside the box's z-range get no prompt). Give them in a sidecar next to the image,
+`<stem>.box.json` (`{{"boxes": [[x1, y1, x2, y2]]}}`) or `<stem>.box.csv` (`image,x1,y1,x2,y2` rows), or in one
+file `--boxes_file boxes.json` (`{{"<image file name>": [[...]]}}`) or CSV. The preprocessing moves the box with
+the image (it is carried as a mask through the resize), so it lands on the same anatomy.
+
+{notes}
+"""
+
+LICENSE = """Apache License, Version 2.0
+
+Copyright (c) PrATo bundles contributors
+
+Licensed under the Apache License, Version 2.0 (the "License"); you may not use the files in this bundle except in
+compliance with the License. You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software distributed under the License is distributed
+on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the License for
+the specific language governing permissions and limitations under the License.
+"""
+
+
+def bundle_files(name: str) -> dict[str, str]:
+    """Relative path -> content of every generated file of bundle ``name``."""
+
+    def dump(obj) -> str:
+        return json.dumps(obj, indent=4) + "\n"
+
+    return {
+        "configs/metadata.json": dump(metadata(name)),
+        "configs/train.json": dump(train_config(name)),
+        "configs/evaluate.json": dump(evaluate_config(name)),
+        "configs/inference.json": dump(inference_config(name)),
+        "configs/multi_gpu_train.json": dump(multi_gpu_config(name)),
+        "configs/logging.conf": LOGGING_CONF,
+        "docs/README.md": readme(name),
+        "LICENSE": LICENSE,
+    }
+
+
+class Bundles:
+    """Generate / check the bundles (fire CLI)."""
+
+    def list(self) -> list[str]:
+        return list(BUNDLES)
+
+    def generate(self, out: str = os.path.join(ROOT, "bundles"), names: str | None = None) -> str:
+        chosen = BUNDLES if names is None else names.split(",")
+        for name in chosen:
+            for rel, content in bundle_files(name).items():
+                path = os.path.join(out, name, rel)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(content)
+        return f"wrote {len(chosen)} bundles to {out}"
+
+    def check(self, out: str = os.path.join(ROOT, "bundles")) -> str:
+        stale = []
+        for name in BUNDLES:
+            for rel, content in bundle_files(name).items():
+                path = os.path.join(out, name, rel)
+                if not os.path.exists(path) or open(path).read() != content:
+                    stale.append(os.path.join(name, rel))
+        if stale:
+            raise SystemExit(f"bundles differ from tools/bundles.py (run `python tools/bundles.py generate`): {stale}")
+        return f"{len(BUNDLES)} bundles match the specification"
+
+
+if __name__ == "__main__":
+    fire.Fire(Bundles)
