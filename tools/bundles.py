@@ -34,23 +34,25 @@ CHANGELOG = {"0.1.0": "first release: 2D training, evaluation and box-prompted i
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
+        "keys": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "feature_size": 16},
         "network_def": {
             "_target_": "prato_components.networks.PrunedUNETR",
             "in_channels": "@in_channels",
             "out_channels": "@out_channels",
             "img_size": "@image_size",
             "spatial_dims": 2,
-            "feature_size": 16,
-            "hidden_size": 768,
-            "mlp_dim": 3072,
-            "num_heads": 12,
+            "feature_size": "@feature_size",
+            "hidden_size": "@hidden_size",
+            "mlp_dim": "@mlp_dim",
+            "num_heads": "@num_heads",
             "norm_name": "instance",
             "prune_stages": "@prune_stages",
             "executor": "@executor",
             "fill": "@fill",
         },
-        "dim": 768,
+        "dim": "@hidden_size",
         "stages": [1, 2],
+        "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
         "reference": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
     },
 }
@@ -72,9 +74,41 @@ PRUNER_CONFIGS: dict[str, dict] = {
         },
         "needs_dim": True,
     },
+    "stp": {
+        "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",
+        "pruner": {"_target_": "prato_components.pruners.STP", "keep_ratio": "@keep_ratio", "tau": 1.0},
+        "needs_dim": True,
+        "network_extra": {"completion": {"_target_": "prato_components.pruners.MultiLayerTokenAssembly",
+                                         "dim": "@hidden_size", "spatial_dims": 2, "depth": 1}},
+    },
+    "dynamicvit": {
+        "title": "DynamicViT",
+        "pruner": {"_target_": "prato_components.pruners.DynamicViT", "keep_ratio": "@keep_ratio",
+                   "ratio_weight": 2.0, "tau": 1.0},
+        "needs_dim": True,
+    },
+    "evovit": {
+        "title": "Evo-ViT (slow-fast token evolution)",
+        "pruner": {"_target_": "prato_components.pruners.EvoViT", "keep_ratio": "@keep_ratio", "smoothing": 0.5},
+    },
+    "dtop": {
+        "title": "DToP (dynamic token pruning with auxiliary heads)",
+        "pruner": {"_target_": "prato_components.pruners.DToP", "keep_ratio": "@keep_ratio",
+                   "num_classes": "@out_channels", "confidence": 0.9, "keep_per_class": 5, "budget": "topk"},
+        "needs_dim": True,
+    },
+    "tram": {
+        "title": "TRAM (attention-graph centrality)",
+        "pruner": {"_target_": "prato_components.pruners.TRAM", "keep_ratio": "@keep_ratio"},
+    },
+    "random": {
+        "title": "random token masking",
+        "pruner": {"_target_": "prato_components.pruners.RandomPruner", "keep_ratio": "@keep_ratio", "seed": 0},
+    },
 }
 
-BUNDLES = ["unetr_baseline", "unetr_prato"]
+UNETR_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
+BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS]
 
 AUTHORS = "PrATo bundles contributors"
 COPYRIGHT = "Copyright (c) PrATo bundles contributors"
@@ -132,6 +166,7 @@ def common(name: str) -> dict:
         "prune_stages": BACKBONES[backbone]["stages"],
         "executor": "gather",
         "fill": "carry",
+        **BACKBONES[backbone]["keys"],
         "network_def": network_def(name),
         "network": "$@network_def.to(@device)",
         "prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}},

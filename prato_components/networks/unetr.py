@@ -10,7 +10,6 @@ blocks after it run on the kept tokens only.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -18,24 +17,15 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR
 
-from prato_components.networks.blocks import check_supported_block, transformer_block_forward
+from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.tokens import StageReport, TokenState
+from prato_components.networks.vit_pruning import build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
-from prato_components.pruners.registry import PRUNERS, create_pruner
 
 __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 
 UNETR_STAGES = (1, 2, 3)
-
-
-def _build_pruner(pruner: TokenPruner | str | None, pruner_kwargs: Mapping | None, dim: int) -> TokenPruner | None:
-    if pruner is None or isinstance(pruner, TokenPruner):
-        return pruner
-    kwargs = dict(pruner_kwargs or {})
-    if "dim" in inspect.signature(PRUNERS[pruner.lower()]).parameters if pruner.lower() in PRUNERS else False:
-        kwargs.setdefault("dim", dim)
-    return create_pruner(pruner, **kwargs)
 
 
 class PrunedUNETR(UNETR):
@@ -71,7 +61,7 @@ class PrunedUNETR(UNETR):
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
-        pruner = _build_pruner(pruner, pruner_kwargs, self.hidden_size)
+        pruner = build_pruner(pruner, pruner_kwargs, self.hidden_size, self.out.conv.conv.out_channels)
         self._setup_pruning(pruner, prune_stages, executor, fill, completion)
 
     def _setup_pruning(
@@ -115,38 +105,24 @@ class PrunedUNETR(UNETR):
     def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None):
         """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
         first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
-        mode = first.train_executor if first is not None and self.training and first.train_executor else self.executor
+        mode = executor_mode(first, self.executor, self.training)
         state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, mode, self.fill)
         taps: dict[int, torch.Tensor] = {}
-        active: TokenPruner | None = None  # the pruner of the last pruned stage runs the blocks after it
-        attentions: list[torch.Tensor] = []
-        for index, block in enumerate(self.vit.blocks):
-            stage = index // 3 if index % 3 == 0 and index > 0 else None
-            upcoming = self._next_pruner(index)
-            want_attention = upcoming is not None and upcoming.needs_attention
-            if active is None:
-                state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
-            else:
-                state.tokens, attention = active.run_block(block, state, want_attention)
-            if attention is not None:
-                attentions.append(attention)
-            if stage is None:
-                continue
-            taps[stage] = self._complete(state.restore(), state, stage)
-            if stage in self.prune_stages:
-                active = self.pruners[str(stage)]
-                inputs = state.stage_input(stage, self.patch_size, boxes, attentions)
-                state.apply(active(inputs), stage, inputs)
-                attentions = []
+
+        def tap(stage: int, current: TokenState) -> None:
+            taps[stage] = self._complete(current.restore(), current, stage)
+
+        run_pruned_blocks(
+            self.vit.blocks,
+            state,
+            boundaries={stage: 3 * stage for stage in UNETR_STAGES},
+            pruners={stage: self.pruners[str(stage)] for stage in self.prune_stages},
+            stride=self.patch_size,
+            boxes=boxes,
+            on_boundary=tap,
+        )
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
-
-    def _next_pruner(self, block_index: int) -> TokenPruner | None:
-        """The pruner of the first pruned stage boundary at or after ``block_index``."""
-        for stage in self.prune_stages:
-            if 3 * stage >= block_index:
-                return self.pruners[str(stage)]
-        return None
 
     def _complete(self, grid: torch.Tensor, state: TokenState, tap: int) -> torch.Tensor:
         """Apply the learned completion (e.g. STP's MTA) to a restored grid once tokens were pruned."""
@@ -182,6 +158,6 @@ def patch_unetr(
     if not isinstance(model, UNETR):
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
     model.__class__ = PrunedUNETR
-    pruner = _build_pruner(pruner, pruner_kwargs, model.hidden_size)
+    pruner = build_pruner(pruner, pruner_kwargs, model.hidden_size, model.out.conv.conv.out_channels)
     model._setup_pruning(pruner, prune_stages, executor, fill, completion)
     return model

@@ -1,0 +1,96 @@
+"""Running a stack of ViT blocks with pruning at stage boundaries (shared by UNETR and TransUNet).
+
+A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s declares its stage boundaries as
+``{stage: block index}`` (the boundary sits *after* that 0-based block) and hands its pruners by stage to
+:func:`run_pruned_blocks`, which runs the blocks on the live tokens of a
+:class:`~prato_components.networks.tokens.TokenState` and applies each pruner's selection at its boundary.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from prato_components.networks.blocks import transformer_block_forward
+from prato_components.networks.tokens import TokenState
+from prato_components.pruners.base import TokenPruner
+from prato_components.pruners.registry import PRUNERS, create_pruner
+
+__all__ = ["build_pruner", "executor_mode", "run_pruned_blocks"]
+
+
+def build_pruner(
+    pruner: TokenPruner | str | None, pruner_kwargs: Mapping | None, dim: int, num_classes: int | None = None
+) -> TokenPruner | None:
+    """``pruner`` itself, or the pruner registered under that name built with ``pruner_kwargs`` (``dim`` and, when
+    given, ``num_classes``, e.g. for DToP's auxiliary heads, are filled in when the pruner takes them)."""
+    if pruner is None or isinstance(pruner, TokenPruner):
+        return pruner
+    kwargs = dict(pruner_kwargs or {})
+    key = pruner.lower()
+    parameters = inspect.signature(PRUNERS[key]).parameters if key in PRUNERS else {}
+    if "dim" in parameters:
+        kwargs.setdefault("dim", dim)
+    if num_classes is not None and "num_classes" in parameters:
+        kwargs.setdefault("num_classes", num_classes)
+    return create_pruner(pruner, **kwargs)
+
+
+def executor_mode(first_pruner: TokenPruner | None, executor: str, training: bool) -> str:
+    """The executor mode of a forward pass: the first pruner's ``train_executor`` while training, if it has one."""
+    if first_pruner is not None and training and first_pruner.train_executor:
+        return first_pruner.train_executor
+    return executor
+
+
+def run_pruned_blocks(
+    blocks: Sequence[nn.Module],
+    state: TokenState,
+    boundaries: Mapping[int, int],
+    pruners: Mapping[int, TokenPruner],
+    stride: Sequence[float],
+    boxes: torch.Tensor | None,
+    on_boundary: Callable[[int, TokenState], None] | None = None,
+) -> None:
+    """Run ``blocks`` on ``state`` in place, pruning at the given stage boundaries.
+
+    Args:
+        blocks: MONAI ``TransformerBlock``s.
+        state: the executor holding the tokens; updated in place.
+        boundaries: ``{stage: index}``: stage boundary ``stage`` sits after block ``index`` (0-based).
+        pruners: ``{stage: pruner}`` for the pruned stages (a subset of ``boundaries``). The pruner of the last
+            pruned stage runs the blocks after it (:meth:`TokenPruner.run_block`); blocks before a pruner that
+            ``needs_attention`` return their attention maps for it.
+        stride: network-input voxels per token along each axis (maps boxes onto the grid).
+        boxes: ``[B, M, 2D]`` prompts or ``None``.
+        on_boundary: called as ``on_boundary(stage, state)`` at every boundary before pruning (e.g. a decoder tap).
+    """
+    unknown = sorted(set(pruners) - set(boundaries))
+    if unknown:
+        raise ValueError(f"pruned stages {unknown} are not stage boundaries of this encoder ({sorted(boundaries)})")
+    stage_after = {index: stage for stage, index in boundaries.items()}
+    pruned_at = sorted((boundaries[stage], stage) for stage in pruners)  # (block index, stage), in block order
+    active: TokenPruner | None = None  # the pruner of the last pruned stage runs the blocks after it
+    attentions: list[torch.Tensor] = []
+    for index, block in enumerate(blocks):
+        upcoming = next((pruners[stage] for at, stage in pruned_at if at >= index), None)
+        want_attention = upcoming is not None and upcoming.needs_attention
+        if active is None:
+            state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
+        else:
+            state.tokens, attention = active.run_block(block, state, want_attention)
+        if attention is not None:
+            attentions.append(attention)
+        stage = stage_after.get(index)
+        if stage is None:
+            continue
+        if on_boundary is not None:
+            on_boundary(stage, state)
+        if stage in pruners:
+            active = pruners[stage]
+            inputs = state.stage_input(stage, stride, boxes, attentions)
+            state.apply(active(inputs), stage, inputs)
+            attentions = []

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny synthetic data sets in the real layouts, and a helper to run bundles in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def acdc_dir(tmp_path_factory) -> str:
+    from prato_components.data import make_acdc_like
+
+    root = str(tmp_path_factory.mktemp("acdc"))
+    make_acdc_like(root, num_patients=5, num_frames=1, slices=(3, 4), size=(48, 48), seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def isic_dir(tmp_path_factory) -> str:
+    from prato_components.data import make_isic_like
+
+    root = str(tmp_path_factory.mktemp("isic"))
+    make_isic_like(root, num_images=6, size=(40, 48), seed=0)
+    return root
+
+
+def error_text(error: BaseException) -> str:
+    """The messages of an exception and everything it was raised from (MONAI wraps transform errors)."""
+    parts, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        parts.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(parts)
+
+
+def tiny_overrides(bundle: str) -> dict:
+    """Overrides that shrink a bundle's network and data handling for CPU tests."""
+    from tools.bundles import BACKBONES, _split
+
+    backbone, _ = _split(bundle)
+    return {"image_size": 32, "num_workers": 0, "batch_size": 4, **BACKBONES[backbone]["tiny"]}
+
+
+def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
+    """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``."""
+    from monai.bundle import run
+
+    configs = os.path.join(ROOT, "bundles", bundle, "configs")
+    config_file = [os.path.join(configs, f"{c}.json") for c in config.split("+")]
+    return run(
+        config_file=config_file if len(config_file) > 1 else config_file[0],
+        meta_file=os.path.join(configs, "metadata.json"),
+        logging_file=os.path.join(configs, "logging.conf"),
+        bundle_root=bundle_root,
+        **{**tiny_overrides(bundle), **overrides},
+    )
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
