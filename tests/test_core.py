@@ -9,7 +9,6 @@ from prato_components.engine import PrunedSegLoss, label_on_grid, summarise_toke
 from prato_components.networks import PrunedUNETR, TokenState, patch_unetr, transformer_block_forward
 from prato_components.pruners import (
     PrATo,
-    StageInput,
     create_pruner,
     entropy_rank_weights,
     keep_count,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +26,8 @@ import nibabel as nib
 import numpy as np
 from monai.config import PathLike
 from monai.data import load_decathlon_datalist
+
+from prato_components.atomic import atomic_open
 
 __all__ = [
     "ACDC_LABELS",
@@ -469,20 +470,9 @@ def _absolute(items: list[dict], base: str) -> list[dict]:
 
 
 def _write_json_atomic(obj: dict, path: str) -> None:
-    """Write JSON to a temporary file beside ``path`` and ``os.replace`` it (readers never see half a file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write JSON atomically (readers never see half a file)."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=1)
 
 
 def _read_split(datalist_path: PathLike, dataset: str, dataset_dir: PathLike, seed: int) -> dict[str, list[dict]]:

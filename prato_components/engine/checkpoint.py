@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+
+from prato_components.atomic import atomic_open, atomic_write_text
 
 __all__ = ["atomic_save", "is_writer_rank", "TrainingCheckpoint", "BestModelSaver"]
 
@@ -29,19 +30,8 @@ def is_writer_rank() -> bool:
 
 def atomic_save(obj, path: str) -> None:
     """``torch.save(obj, path)`` through a temporary file and ``os.replace`` (never a partial file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _state_dicts(objects: Mapping) -> dict:
@@ -134,8 +124,5 @@ class BestModelSaver:
         if not is_writer_rank() or value <= self.best():
             return
         atomic_save(getattr(self.network, "module", self.network).state_dict(), self.path)
-        fd, tmp = tempfile.mkstemp(dir=self.save_dir, prefix=".tmp_best")
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{value}\n")
-        os.replace(tmp, self.record)
+        atomic_write_text(f"{value}\n", self.record)
         logger.info("new best %s = %.4f -> %s", self.metric_name, value, self.path)

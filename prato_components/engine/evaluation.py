@@ -15,28 +15,18 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from prato_components.atomic import atomic_write_text
 from prato_components.efficiency import count_flops, measure_latency
 
-__all__ = ["EvaluationReport", "write_text_atomic"]
+__all__ = ["EvaluationReport"]
 
 logger = logging.getLogger(__name__)
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _nanmean(values: torch.Tensor) -> float:
@@ -117,13 +107,13 @@ class EvaluationReport:
         }
         summary.update(self.efficiency())
         self.summary = summary
-        write_text_atomic(json.dumps(summary, indent=2, default=float), os.path.join(self.output_dir, "metrics.json"))
+        atomic_write_text(json.dumps(summary, indent=2, default=float), os.path.join(self.output_dir, "metrics.json"))
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["metric", *self.class_names, "mean"])
         for name, values in per_class.items():
             writer.writerow([name, *[values.get(c, float("nan")) for c in self.class_names], values["mean"]])
-        write_text_atomic(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
+        atomic_write_text(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
         print(self.format(summary), flush=True)
 
     def format(self, summary: dict) -> str:
