@@ -76,6 +76,23 @@ class StageInput:
     def spatial_dims(self) -> int:
         return len(self.grid_shape)
 
+    def attention_positions(self, attention: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grid positions ``[B, n_l]`` of the tokens of one of :attr:`attentions` and which of them are live tokens
+        (``None``: all). A map is over the live tokens (gather/padded executors) or over the whole grid
+        (full-length executors, where tokens pruned earlier are not live)."""
+        size, batch = attention.shape[-1], self.token_index.shape[0]
+        num_grid = math.prod(self.grid_shape)
+        if size == self.token_index.shape[1]:
+            return self.token_index, self.valid
+        if size == num_grid:
+            live = torch.zeros(batch, num_grid + 1, dtype=torch.bool, device=self.token_index.device)
+            live.scatter_(1, self.token_index, True)
+            return torch.arange(num_grid, device=live.device).expand(batch, -1), live[:, :num_grid]
+        raise ValueError(
+            f"an attention map over {size} tokens matches neither the {self.token_index.shape[1]} live tokens nor "
+            f"the {num_grid} grid tokens"
+        )
+
     def token_centres(self) -> torch.Tensor:
         """``[B, n, D]`` centres of the live tokens in network-input voxel coordinates."""
         index = self.token_index.clamp(max=math.prod(self.grid_shape) - 1)

@@ -99,7 +99,7 @@ class EvoViT(TokenPruner):
         column collects padding rows) and stores them in ``inputs.memory``."""
         if not inputs.attentions:
             raise ValueError("EvoViT needs the attention maps of the blocks before its stage (StageInput.attentions)")
-        batch, num_live = inputs.token_index.shape
+        batch = inputs.token_index.shape[0]
         num_grid = math.prod(inputs.grid_shape)
         live = torch.zeros(batch, num_grid + 1, dtype=torch.bool, device=inputs.token_index.device)
         live.scatter_(1, inputs.token_index, True)  # padding rows hold index N: the last column
@@ -107,17 +107,7 @@ class EvoViT(TokenPruner):
         scores = inputs.memory.get(MEMORY_KEY)
         t = self.smoothing
         for attention in inputs.attentions:
-            size = attention.shape[-1]
-            if size == num_live:  # over the live tokens (gather / padded)
-                index, query_valid = inputs.token_index, inputs.valid
-            elif size == num_grid:  # over the full grid (mask modes): dead tokens send nothing
-                index = torch.arange(num_grid, device=live.device).expand(batch, -1)
-                query_valid = live[:, :num_grid]
-            else:
-                raise ValueError(
-                    f"EvoViT got an attention map over {size} tokens; expected the {num_live} live tokens or the "
-                    f"{num_grid} grid tokens"
-                )
+            index, query_valid = inputs.attention_positions(attention)
             received = attention_received(attention.detach().float(), query_valid)
             current = torch.zeros(batch, num_grid + 1, device=live.device).scatter(1, index, received)
             scores = current if scores is None else torch.where(live, (1.0 - t) * scores + t * current, scores)

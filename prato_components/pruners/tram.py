@@ -55,24 +55,13 @@ class TRAM(TokenPruner):
     def forward(self, inputs: StageInput) -> TokenSelection:
         if not inputs.attentions:
             raise ValueError("TRAM needs the attention maps of the blocks before its stage (StageInput.attentions)")
-        batch, num_live = inputs.token_index.shape
+        batch = inputs.token_index.shape[0]
         num_grid = math.prod(inputs.grid_shape)
         total = inputs.memory.get(MEMORY_KEY)  # [B, N + 1]; the last column collects padding rows
         if total is None:
             total = inputs.tokens.new_zeros(batch, num_grid + 1, dtype=torch.float32)
         for attention in inputs.attentions:
-            size = attention.shape[-1]
-            if size == num_live:  # over the live tokens (gather / padded)
-                index, query_valid = inputs.token_index, inputs.valid
-            elif size == num_grid:  # over the full grid (mask modes): dead tokens send nothing
-                index = torch.arange(num_grid, device=total.device).expand(batch, -1)
-                query_valid = torch.zeros_like(total, dtype=torch.bool).scatter_(1, inputs.token_index, True)
-                query_valid = query_valid[:, :num_grid]
-            else:
-                raise ValueError(
-                    f"TRAM got an attention map over {size} tokens; expected the {num_live} live tokens or the "
-                    f"{num_grid} grid tokens"
-                )
+            index, query_valid = inputs.attention_positions(attention)
             total = total.scatter_add(1, index, attention_graph_centrality(attention.float(), query_valid))
         inputs.memory[MEMORY_KEY] = total
         scores = total.gather(1, inputs.token_index)
