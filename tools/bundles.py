@@ -55,6 +55,29 @@ BACKBONES: dict[str, dict] = {
         "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
         "reference": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
     },
+    "swin_unetr": {
+        "title": "Swin UNETR-2D",
+        "keys": {"feature_size": 48, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]},
+        "network_def": {
+            "_target_": "prato_components.networks.PrunedSwinUNETR",
+            "in_channels": "@in_channels",
+            "out_channels": "@out_channels",
+            "spatial_dims": 2,
+            "feature_size": "@feature_size",
+            "depths": "@depths",
+            "num_heads": "@num_heads",
+            "norm_name": "instance",
+            "use_flash_attention": True,
+            "prune_stages": "@prune_stages",
+            "executor": "@executor",
+            "fill": "@fill",
+        },
+        "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
+        "stages": [1, 2],
+        "tiny": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 3, 3, 3]},
+        "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
+                     "in MRI Images, BrainLes 2021",
+    },
 }
 
 # Each pruner: its config under network_def#pruner ("dim" is filled in from the backbone), extra top-level keys.
@@ -108,7 +131,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
 }
 
 UNETR_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
-BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS]
+BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS] + ["swin_unetr_baseline", "swin_unetr_prato"]
 
 AUTHORS = "PrATo bundles contributors"
 COPYRIGHT = "Copyright (c) PrATo bundles contributors"
@@ -132,9 +155,13 @@ def network_def(name: str) -> dict:
     spec, pruner_spec = BACKBONES[backbone], PRUNER_CONFIGS[pruner]
     net = copy.deepcopy(spec["network_def"])
     pruner_def = copy.deepcopy(pruner_spec["pruner"])
-    if pruner_def is not None and pruner_spec.get("needs_dim"):
-        pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
-    net["pruner"] = pruner_def
+    if pruner_def is not None and spec.get("pruner_by_name"):  # the network builds each stage's pruner
+        pruner_def.pop("_target_")
+        net["pruner"], net["pruner_kwargs"] = pruner, pruner_def
+    else:
+        if pruner_def is not None and pruner_spec.get("needs_dim"):
+            pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
+        net["pruner"] = pruner_def
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
     return net
 

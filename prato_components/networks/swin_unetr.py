@@ -1,0 +1,633 @@
+"""Swin UNETR with token pruning at its patch-merging outputs, built on MONAI's ``SwinUNETR``.
+
+The pruned network *is* a MONAI ``SwinUNETR`` (same modules, same state-dict keys) plus one pruner per pruned
+stage under ``pruners.<stage>``; :func:`patch_swin_unetr` turns an existing ``SwinUNETR`` into one in place.
+
+Stages. MONAI's Swin encoder is ``patch_embed -> layers1 -> layers2 -> layers3 -> layers4``, every ``layersN``
+ending in a patch merging, and the decoder taps ``x0 .. x4``: ``x0`` after the patch embedding, ``xs`` the output
+of the ``s``-th patch merging. **Stage ``s`` in {1, 2, 3} is the output of the ``s``-th patch merging** (grid
+``img / (patch_size * 2^s)``, width ``feature_size * 2^s``, ``StageInput.stride = patch_size * 2^s``): the tap
+``xs`` sees the tokens before pruning, ``layers{s+1}`` runs on the kept ones. Stage 4 (the last merging) feeds only
+the decoder bottleneck, so pruning there would save nothing. The default ``(1, 2)`` matches the paper's "stages
+{1, 2}": in UNETR those are the first two decoder taps after the first one (blocks 3 and 6), here the first two
+merging outputs ``x1``, ``x2``, i.e. the first two tap boundaries inside the transformer.
+
+Later grids. A token of stage ``s + 1`` (a patch-merging parent) is **alive if any of its ``2^D`` children was
+kept** (kept sets shrink monotonically, like the UNETR executor; a pruner at ``s + 1`` prunes among the alive
+parents only). Alive counts then differ per image, so the live tokens are kept as one flat list over the
+batch (``[T, C]`` with their flat grid positions ``b * N + cell``), which norms, linears, MLPs and window
+attention consume without padding; pruners see a padded ``[B, n, C]`` view with ``StageInput.valid``.
+
+Saving work (SparseViT's window skipping). In every Swin block, ``norm1``, ``qkv``, ``proj``, ``norm2`` and the
+MLP run on the live tokens only. The live tokens' ``q, k, v`` are scattered into the windows that hold at least
+one live token (for the block's own partition, shifted or not), all kept windows of the whole batch are attended
+as one batch of windows (with the relative position bias and the shifted-window mask), and the live tokens'
+outputs are gathered back. Windows with no live token are never built. **Pruned tokens inside a kept window are
+masked out of attention as keys** (not entered with carried values): then a kept token computes exactly what
+the "full length, pruned keys masked" reference computes (:func:`swin_block_forward_masked`), their ``qkv`` is
+never needed, and the result does not depend on which windows happen to group kept tokens. Padding slots that
+MONAI adds when a grid is not a multiple of the window stay keys with ``qkv(0)``, as in MONAI.
+
+Filling. The grid is restored before every patch merging and decoder tap: pruned positions hold their value when
+pruned (``fill="carry"``) or zero (``fill="zero"``, the literal ``beta * Y``). Patch merging (MONAI's own module)
+runs on the restored grid; a parent with no alive child is filled by the same policy in the decoder tap
+(``carry``: the merging of its carried children; ``zero``: 0). A pruner's ``StageInput.feature_map`` is that
+merged grid before the tap's zeroing.
+
+Where the savings are. Pruning thins the transformer of ``layers{s+1}`` onward; MONAI's convolutional encoders and
+decoder run on full grids and dominate SwinUNETR's FLOPs (about three quarters at 224x224, feature size 48), and
+window attention only shrinks when whole windows empty, which needs a spatially coherent selection (a trained
+prompt-driven one). A scattered selection still saves every linear layer and MLP on the pruned tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import (
+    SwinTransformerBlock,
+    WindowAttention,
+    compute_mask,
+    get_window_size,
+    window_partition,
+    window_reverse,
+)
+
+from prato_components.networks.inputs import check_network_boxes
+from prato_components.networks.tokens import FILL_POLICIES, StageReport
+from prato_components.networks.vit_pruning import build_pruner
+from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, straight_through
+
+__all__ = [
+    "SWIN_EXECUTORS",
+    "SWIN_STAGES",
+    "PrunedSwinUNETR",
+    "WindowLayout",
+    "WindowPlan",
+    "WindowReport",
+    "block_layout",
+    "patch_swin_unetr",
+    "plan_windows",
+    "swin_block_forward",
+    "swin_block_forward_masked",
+    "window_layout",
+]
+
+SWIN_STAGES = (1, 2, 3)
+SWIN_EXECUTORS = ("gather", "attention_mask")
+
+
+# ---------------------------------------------------------------------------------------------- window bookkeeping
+@dataclass
+class WindowLayout:
+    """Where every cell of an (unpadded) grid lands in one block's window partition (MONAI's pad, roll, partition).
+
+    Attributes:
+        window_size, shift_size: the effective sizes (MONAI's ``get_window_size``: a grid axis not larger than the
+            window is one window, unshifted).
+        window_of: ``[N]`` window (within an image) of every grid cell.
+        slot_of: ``[N]`` position of every grid cell inside its window.
+        pad_slots: ``[num_windows, window_volume]`` bool, slots holding MONAI's zero padding.
+        attn_mask: ``[num_windows, n, n]`` MONAI's shifted-window mask (``compute_mask``), ``None`` when unshifted.
+    """
+
+    window_size: tuple[int, ...]
+    shift_size: tuple[int, ...]
+    window_of: torch.Tensor
+    slot_of: torch.Tensor
+    pad_slots: torch.Tensor
+    attn_mask: torch.Tensor | None
+
+    @property
+    def num_windows(self) -> int:
+        return self.pad_slots.shape[0]
+
+    @property
+    def window_volume(self) -> int:
+        return self.pad_slots.shape[1]
+
+
+def window_layout(
+    grid_shape: Sequence[int], window_size: Sequence[int], shift_size: Sequence[int], device: torch.device | None = None
+) -> WindowLayout:
+    """The :class:`WindowLayout` of a block with nominal ``window_size``/``shift_size`` on ``grid_shape``.
+
+    Built by running MONAI's own padding, roll and ``window_partition`` on a grid of cell indices, so the window and
+    slot order is exactly MONAI's.
+    """
+    grid_shape = tuple(int(g) for g in grid_shape)
+    window, shift = get_window_size(grid_shape, tuple(window_size), tuple(shift_size))
+    padded = tuple(math.ceil(g / w) * w for g, w in zip(grid_shape, window))
+    num_cells = math.prod(grid_shape)
+    cells = torch.full((1, *padded, 1), -1, dtype=torch.long, device=device)
+    cells[(slice(None), *(slice(0, g) for g in grid_shape))] = torch.arange(num_cells, device=device).view(
+        1, *grid_shape, 1
+    )
+    if any(s > 0 for s in shift):
+        cells = torch.roll(cells, shifts=tuple(-s for s in shift), dims=tuple(range(1, len(grid_shape) + 1)))
+    table = window_partition(cells, window).squeeze(-1)  # [num_windows, n]
+    filled = table >= 0
+    windows = torch.arange(table.shape[0], device=device)[:, None].expand_as(table)
+    slots = torch.arange(table.shape[1], device=device)[None].expand_as(table)
+    window_of = torch.empty(num_cells, dtype=torch.long, device=device)
+    slot_of = torch.empty(num_cells, dtype=torch.long, device=device)
+    window_of[table[filled]] = windows[filled]
+    slot_of[table[filled]] = slots[filled]
+    attn_mask = compute_mask(list(padded), window, shift, device) if any(s > 0 for s in shift) else None
+    return WindowLayout(tuple(window), tuple(shift), window_of, slot_of, ~filled, attn_mask)
+
+
+def block_layout(block: SwinTransformerBlock, grid_shape: Sequence[int], device=None) -> WindowLayout:
+    """The :class:`WindowLayout` of one MONAI ``SwinTransformerBlock`` (its own window and shift) on a grid."""
+    return window_layout(grid_shape, block.window_size, block.shift_size, device)
+
+
+@dataclass
+class WindowPlan:
+    """The windows one block attends for a set of live tokens (shared by all blocks with the same layout).
+
+    Attributes:
+        position: ``[T]`` where every live token sits in the kept windows flattened to ``[W * n]``
+            (``kept window * n + slot``).
+        windows: ``[W]`` kept windows as ``image * num_windows + window``.
+        mask: additive ``[W, 1, n, n]`` (or ``[W, 1, 1, n]``) mask: the shifted-window mask and ``-inf`` on pruned
+            keys; ``None`` when every window is whole and unshifted.
+        num_windows: windows of the full partition over the batch (``B * windows per image``).
+        window_volume: tokens per window ``n``.
+    """
+
+    position: torch.Tensor
+    windows: torch.Tensor
+    mask: torch.Tensor | None
+    num_windows: int
+    window_volume: int
+
+    @property
+    def num_kept(self) -> int:
+        return int(self.windows.numel())
+
+
+def plan_windows(
+    flat_index: torch.Tensor, grid_shape: Sequence[int], batch_size: int, layout: WindowLayout
+) -> WindowPlan:
+    """Kept windows (those with at least one live token) of the whole batch, flattened into one batch of windows.
+
+    Args:
+        flat_index: ``[T]`` live tokens as ``image * N + cell`` (``N = prod(grid_shape)``).
+        grid_shape: the token grid.
+        batch_size: images in the batch.
+        layout: the block's :class:`WindowLayout` on ``grid_shape``.
+    """
+    num_cells = math.prod(grid_shape)
+    per_image, n = layout.num_windows, layout.window_volume
+    image = torch.div(flat_index, num_cells, rounding_mode="floor")
+    cell = flat_index - image * num_cells
+    window = image * per_image + layout.window_of[cell]
+    slot = layout.slot_of[cell]
+    occupied = torch.zeros(batch_size * per_image, dtype=torch.bool, device=flat_index.device)
+    occupied[window] = True
+    windows = occupied.nonzero().squeeze(1)
+    row = (occupied.cumsum(0) - 1)[window]
+    position = row * n + slot
+    live = torch.zeros(windows.numel() * n, dtype=torch.bool, device=flat_index.device)
+    live[position] = True
+    live = live.view(-1, n)
+    local = windows % per_image
+    keys = live | layout.pad_slots[local]
+    mask = None
+    if layout.attn_mask is not None:
+        mask = layout.attn_mask[local].unsqueeze(1)  # [W, 1, n, n]
+    if not bool(keys.all()):
+        key_bias = torch.zeros(keys.shape, device=flat_index.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
+        mask = key_bias if mask is None else mask + key_bias
+    return WindowPlan(position, windows, mask, batch_size * per_image, n)
+
+
+# ---------------------------------------------------------------------------------------------- blocks
+def _relative_position_bias(attn: WindowAttention, n: int) -> torch.Tensor:
+    """``[heads, n, n]`` relative position bias of MONAI's ``WindowAttention`` (as its forward builds it)."""
+    index = attn.relative_position_index[:n, :n].reshape(-1)
+    return attn.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
+
+
+def _drop_path(module: nn.Module, x: torch.Tensor, image: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """MONAI's ``DropPath`` per image on flat tokens ``[T, C]`` (``image`` ``[T]`` says whose token a row is)."""
+    prob = float(getattr(module, "drop_prob", 0.0))
+    if not module.training or prob == 0.0:
+        return x
+    keep = x.new_empty(batch_size).bernoulli_(1.0 - prob)
+    if prob < 1.0 and getattr(module, "scale_by_keep", True):
+        keep = keep / (1.0 - prob)
+    return x * keep[image].unsqueeze(-1)
+
+
+def swin_block_forward(
+    block: SwinTransformerBlock,
+    tokens: torch.Tensor,
+    flat_index: torch.Tensor,
+    grid_shape: Sequence[int],
+    batch_size: int,
+    plan: WindowPlan | None = None,
+) -> torch.Tensor:
+    """One MONAI ``SwinTransformerBlock`` on the live tokens only, skipping windows without a live token.
+
+    Args:
+        block: the MONAI block whose weights are used.
+        tokens: ``[T, C]`` live tokens of the whole batch.
+        flat_index: ``[T]`` their grid positions as ``image * N + cell``.
+        grid_shape: the token grid of this stage.
+        batch_size: images in the batch.
+        plan: the block's :class:`WindowPlan` (computed when not given; share it between blocks with one layout).
+
+    Returns:
+        ``[T, C]``: the block output of every live token, equal to :func:`swin_block_forward_masked` there.
+    """
+    if plan is None:
+        plan = plan_windows(flat_index, grid_shape, batch_size, block_layout(block, grid_shape, tokens.device))
+    attn = block.attn
+    channels = tokens.shape[-1]
+    heads, n, kept = attn.num_heads, plan.window_volume, plan.num_kept
+    image = torch.div(flat_index, math.prod(grid_shape), rounding_mode="floor")
+
+    qkv = attn.qkv(block.norm1(tokens))  # [T, 3C]: only live tokens are projected
+    if attn.qkv.bias is not None:  # padding slots hold MONAI's qkv(0) = bias; pruned slots are masked keys
+        windows = attn.qkv.bias.to(qkv.dtype).expand(kept, n, 3 * channels).clone(memory_format=torch.contiguous_format)
+    else:
+        windows = qkv.new_zeros(kept, n, 3 * channels)
+    windows.view(kept * n, 3 * channels).index_copy_(0, plan.position, qkv)
+    q, k, v = windows.view(kept, n, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+    bias = _relative_position_bias(attn, n).to(q.dtype).unsqueeze(0)
+    if plan.mask is not None:
+        bias = bias + plan.mask.to(q.dtype)
+    if torch.is_grad_enabled():  # explicit path, as MONAI trains: gradients reach the relative position bias
+        probs = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
+        out = attn.attn_drop(probs) @ v
+    else:
+        dropout = attn.attn_drop.p if attn.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=attn.scale)
+    out = out.transpose(1, 2).reshape(kept * n, channels).index_select(0, plan.position)  # back to the live tokens
+    x = tokens + _drop_path(block.drop_path, attn.proj_drop(attn.proj(out)), image, batch_size)
+    return x + _drop_path(block.drop_path, block.mlp(block.norm2(x)), image, batch_size)
+
+
+def swin_block_forward_masked(block: SwinTransformerBlock, x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Reference: one MONAI ``SwinTransformerBlock`` over the full grid with pruned tokens masked out as keys.
+
+    Every window is computed with MONAI's own ``window_partition``/``WindowAttention``/``window_reverse``; pruned
+    tokens are excluded from attention as keys and keep their input value. Saves nothing; it is the correctness
+    anchor of :func:`swin_block_forward` (``executor="attention_mask"``).
+
+    Args:
+        block: the MONAI block.
+        x: ``[B, *grid, C]`` channel-last grid.
+        alive: ``[B, *grid]`` bool, tokens still alive.
+    """
+    grid = tuple(x.shape[1:-1])
+    dims = len(grid)
+    window, shift = get_window_size(grid, block.window_size, block.shift_size)
+    pads = [(w - g % w) % w for g, w in zip(grid, window)]
+    spatial = tuple(range(1, dims + 1))
+    h = block.norm1(x)
+    pad_arg = [0, 0]
+    for p in reversed(pads):
+        pad_arg += [0, p]
+    h = F.pad(h, pad_arg)
+    keys = F.pad(alive.to(h.dtype).unsqueeze(-1), pad_arg, value=1.0)  # MONAI's padding slots stay keys
+    padded = tuple(h.shape[1:-1])
+    if any(s > 0 for s in shift):
+        h = torch.roll(h, shifts=tuple(-s for s in shift), dims=spatial)
+        keys = torch.roll(keys, shifts=tuple(-s for s in shift), dims=spatial)
+    windows = window_partition(h, window)
+    key_ok = window_partition(keys, window).squeeze(-1) > 0.5  # [B * nW, n]
+    mask = torch.zeros(key_ok.shape[0], 1, key_ok.shape[1], device=x.device).masked_fill(
+        ~key_ok[:, None], float("-inf")
+    )
+    if any(s > 0 for s in shift):
+        mask = mask + compute_mask(list(padded), window, shift, x.device).repeat(x.shape[0], 1, 1)
+    else:
+        mask = mask.expand(-1, key_ok.shape[1], -1)
+    out = block.attn(windows, mask=mask.to(h.dtype))
+    out = window_reverse(out.view(-1, *window, out.shape[-1]), window, [x.shape[0], *padded])
+    if any(s > 0 for s in shift):
+        out = torch.roll(out, shifts=tuple(shift), dims=spatial)
+    out = out[(slice(None), *(slice(0, g) for g in grid))]
+    y = x + block.drop_path(out)
+    y = y + block.drop_path(block.mlp(block.norm2(y)))
+    return torch.where(alive.unsqueeze(-1), y, x)
+
+
+# ---------------------------------------------------------------------------------------------- the network
+@dataclass
+class WindowReport:
+    """Windows attended by one block in the last forward pass (whole batch) of a pruned Swin stage."""
+
+    layer: int
+    block: int
+    windows_kept: int
+    windows_total: int
+
+
+@dataclass
+class _Live:
+    """The live tokens of one grid, flat over the batch."""
+
+    tokens: torch.Tensor  # [T, C]
+    index: torch.Tensor  # [T] image * N + cell, ascending
+
+
+def _unravel(cell: torch.Tensor, grid_shape: Sequence[int]) -> list[torch.Tensor]:
+    coords = []
+    for size in reversed(grid_shape):
+        coords.append(cell % size)
+        cell = torch.div(cell, size, rounding_mode="floor")
+    return coords[::-1]
+
+
+def _parents(index: torch.Tensor, grid_shape: Sequence[int], batch_size: int) -> torch.Tensor:
+    """Flat indices (ascending) of the patch-merging parents of the live cells ``index`` on the next grid."""
+    num_cells = math.prod(grid_shape)
+    image = torch.div(index, num_cells, rounding_mode="floor")
+    coords = _unravel(index - image * num_cells, grid_shape)
+    next_shape = [math.ceil(g / 2) for g in grid_shape]
+    parent = torch.zeros_like(index)
+    for c, size in zip(coords, next_shape):
+        parent = parent * size + torch.div(c, 2, rounding_mode="floor")
+    alive = torch.zeros(batch_size * math.prod(next_shape), dtype=torch.bool, device=index.device)
+    alive[image * math.prod(next_shape) + parent] = True
+    return alive.nonzero().squeeze(1)
+
+
+def _build_pruners(
+    pruner, pruner_kwargs: Mapping | None, stages: Sequence[int], dims: Mapping[int, int], num_classes: int
+) -> dict:
+    """One pruner per stage: a name is built with that stage's width ``dim`` (and ``num_classes`` where the pruner
+    takes it), an instance is deep-copied, a mapping gives each stage its own."""
+    if pruner is None:
+        return {}
+    if isinstance(pruner, Mapping):
+        missing = [s for s in stages if s not in pruner and str(s) not in pruner]
+        if missing:
+            raise ValueError(f"the pruner mapping has no pruner for stage(s) {missing}")
+        return {s: pruner[s] if s in pruner else pruner[str(s)] for s in stages}
+    if isinstance(pruner, TokenPruner):
+        return {s: copy.deepcopy(pruner) for s in stages}
+    if not isinstance(pruner, str):
+        raise TypeError(
+            f"pruner must be a TokenPruner, a registered name, a mapping or None, got {type(pruner).__name__}"
+        )
+    return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
+
+
+class PrunedSwinUNETR(SwinUNETR):
+    """MONAI ``SwinUNETR`` that drops tokens at patch-merging outputs and skips windows with no live token;
+    called as ``net(image, boxes=None)``. See the module docstring for stages, window skipping and filling.
+
+    Args:
+        pruner: a :class:`TokenPruner` (deep-copied to every pruned stage: it must accept every stage's width), a
+            registered pruner name (built per stage with ``pruner_kwargs`` and that stage's ``dim = feature_size *
+            2^s``), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned baseline.
+        prune_stages: patch-merging outputs to prune at, a subset of ``(1, 2, 3)``; default ``(1, 2)``.
+        executor: ``"gather"`` (live tokens only, window skipping; ``"padded"`` is accepted as an alias since the flat
+            token list handles any count per image) or ``"attention_mask"`` (full grid, pruned keys masked: the
+            reference; saves nothing). A pruner's ``train_executor`` is honoured the same way while training.
+        fill: pruned positions in restored grids: ``"carry"`` (value when pruned) or ``"zero"``.
+        pruner_kwargs: keyword arguments for a pruner given by name.
+        swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
+            ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
+
+    After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
+    :attr:`window_report` the windows attended per block of the pruned Swin layers, :attr:`aux_loss` and
+    :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the last pruned stage.
+    """
+
+    def __init__(
+        self,
+        *,
+        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        prune_stages: Sequence[int] = (1, 2),
+        executor: str = "gather",
+        fill: str = "carry",
+        pruner_kwargs: Mapping | None = None,
+        **swin_kwargs,
+    ) -> None:
+        super().__init__(**swin_kwargs)
+        self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+
+    def _setup_pruning(self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None) -> None:
+        stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
+        if any(s not in SWIN_STAGES for s in stages):
+            raise ValueError(
+                f"SwinUNETR prune_stages must be a subset of {SWIN_STAGES} (outputs of the first three patch "
+                f"mergings), got {list(prune_stages)}"
+            )
+        executor = "gather" if executor == "padded" else executor
+        if executor not in SWIN_EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r} for PrunedSwinUNETR; choose one of {SWIN_EXECUTORS}")
+        if fill not in FILL_POLICIES:
+            raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
+        vit = self.swinViT
+        if stages and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
+            raise ValueError("pruned SwinUNETR supports MONAI's default Swin blocks (use_v2=False, use_hyena=False)")
+        dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}
+        pruners = _build_pruners(pruner, pruner_kwargs, stages, dims, self.out.conv.conv.out_channels)
+        for stage, module in pruners.items():
+            if not isinstance(module, TokenPruner):
+                raise TypeError(f"pruner for stage {stage} must be a TokenPruner, got {type(module).__name__}")
+            if module.needs_attention:
+                raise ValueError(
+                    f"{type(module).__name__} needs global attention maps; Swin's window attention has none, so it "
+                    "cannot prune a SwinUNETR"
+                )
+        self.prune_stages = tuple(stages)
+        self.executor, self.fill = executor, fill
+        self.pruners = nn.ModuleDict({str(s): p for s, p in pruners.items()})
+        self.in_channels = vit.patch_embed.proj.in_channels
+        self.spatial_dims = len(vit.window_size)
+        self.token_report: list[StageReport] = []
+        self.window_report: list[WindowReport] = []
+        self.aux_loss: torch.Tensor | None = None
+        self.aux_logits: list[torch.Tensor] = []
+        self.num_tokens = 1
+        self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        dims = self.spatial_dims
+        if x_in.ndim != dims + 2:
+            raise ValueError(
+                f"expected an image of shape [B, C, {', '.join('*' * dims)}] ({dims}D), got {tuple(x_in.shape)}"
+            )
+        if x_in.shape[1] != self.in_channels:
+            raise ValueError(f"the network expects {self.in_channels} input channel(s), got {x_in.shape[1]}")
+        self._check_input_size(tuple(x_in.shape[2:]))
+        boxes = check_network_boxes(boxes, x_in.shape[0], tuple(x_in.shape[2:]))
+        hidden_states_out = self._encode(x_in, boxes)
+        enc0 = self.encoder1(x_in)
+        enc1 = self.encoder2(hidden_states_out[0])
+        enc2 = self.encoder3(hidden_states_out[1])
+        enc3 = self.encoder4(hidden_states_out[2])
+        dec4 = self.encoder10(hidden_states_out[4])
+        dec3 = self.decoder5(dec4, hidden_states_out[3])
+        dec2 = self.decoder4(dec3, enc3)
+        dec1 = self.decoder3(dec2, enc2)
+        dec0 = self.decoder2(dec1, enc1)
+        return self.out(self.decoder1(dec0, enc0))
+
+    def _mode(self) -> str:
+        if self.training and self.prune_stages:
+            mode = self.pruners[str(self.prune_stages[0])].train_executor
+            if mode is not None:
+                return "attention_mask" if mode in ("attention_mask", "mask") else "gather"
+        return self.executor
+
+    def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None) -> list[torch.Tensor]:
+        """MONAI's ``SwinTransformer.forward`` with pruning: the five decoder taps ``x0 .. x4`` (channel first)."""
+        vit = self.swinViT
+        batch = x_in.shape[0]
+        mode = self._mode()
+        reports, windows, aux_losses, aux_logits, memory = [], [], [], [], {}
+        x = vit.pos_drop(vit.patch_embed(x_in))
+        outs = [vit.proj_out(x, self.normalize)]
+        live: _Live | None = None
+        layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
+        for number, layer in enumerate(layers, start=1):
+            if live is None:
+                x = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
+            else:
+                x, live = self._pruned_layer(number, layer, x, live, mode, windows)
+            tap = x
+            if live is not None and self.fill == "zero":  # parents with no alive child
+                alive = torch.zeros(batch * math.prod(x.shape[2:]), dtype=torch.bool, device=x.device)
+                alive[live.index] = True
+                tap = x * alive.view(batch, 1, *x.shape[2:]).to(x.dtype)
+            outs.append(vit.proj_out(tap, self.normalize))
+            if number in self.prune_stages:
+                live = self._prune(number, x, live, boxes, memory, reports, aux_losses, aux_logits)
+        self.token_report, self.window_report = reports, windows
+        self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
+        self.aux_logits = aux_logits
+        return outs
+
+    def _prune(self, stage, x, live, boxes, memory, reports, aux_losses, aux_logits) -> _Live:
+        """Run the stage's pruner over the live tokens of grid ``x`` ``[B, C, *G]``; returns the kept tokens."""
+        batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        num_cells = math.prod(grid)
+        flat = x.flatten(2).transpose(1, 2).reshape(batch * num_cells, channels)
+        if live is None:
+            index, tokens = torch.arange(batch * num_cells, device=x.device), flat
+            counts = torch.full((batch,), num_cells, device=x.device)
+        else:
+            index = live.index
+            tokens = flat[index]
+            counts = torch.bincount(torch.div(index, num_cells, rounding_mode="floor"), minlength=batch)
+        width = num_cells if live is None else int(counts.max())
+        if live is None or bool((counts == width).all()):  # the same count in every image: a plain reshape
+            padded, valid = tokens.view(batch, width, channels), None
+            token_index = (index % num_cells).view(batch, width)
+            rows = None
+        else:  # variable counts: pad every image to the batch maximum
+            image = torch.div(index, num_cells, rounding_mode="floor")
+            rank = torch.arange(index.numel(), device=x.device) - (counts.cumsum(0) - counts)[image]
+            rows = (image, rank)
+            padded = tokens.new_zeros(batch, width, channels).index_put(rows, tokens)
+            token_index = torch.full((batch, width), num_cells, dtype=torch.long, device=x.device)
+            token_index = token_index.index_put(rows, index - image * num_cells)
+            valid = torch.zeros(batch, width, dtype=torch.bool, device=x.device)
+            valid = valid.index_put(rows, torch.tensor(True, device=x.device))
+        inputs = StageInput(
+            tokens=padded,
+            token_index=token_index,
+            valid=valid,
+            grid_shape=grid,
+            stride=tuple(float(self.patch_size * 2**stage) for _ in grid),
+            boxes=boxes,
+            stage=stage,
+            feature_map=lambda: x,
+            memory=memory,
+        )
+        selection: TokenSelection = self.pruners[str(stage)](inputs)
+        self.num_tokens = num_cells
+        keep = selection.keep_mask if valid is None else selection.keep_mask & valid
+        reports.append(StageReport(stage, counts.float().detach(), keep.sum(1).float().detach()))
+        if selection.aux_loss is not None:
+            aux_losses.append(selection.aux_loss)
+        if selection.aux_logits is not None:
+            aux_logits.append(selection.aux_logits)
+        def per_token(value: torch.Tensor) -> torch.Tensor:  # [B, width] -> [T], aligned with ``tokens``
+            return value.reshape(-1) if rows is None else value[rows]
+
+        if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
+            tokens = tokens * per_token(straight_through(keep, selection.scores)).unsqueeze(-1)
+        kept = per_token(keep)
+        return _Live(tokens[kept], index[kept])
+
+    def _pruned_layer(self, number, layer, x, live: _Live, mode: str, windows: list):
+        """One Swin layer (its blocks and patch merging) on a pruned grid ``x`` ``[B, C, *G]``."""
+        batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
+        num_cells = math.prod(grid)
+        carry = x.flatten(2).transpose(1, 2).reshape(batch * num_cells, channels)
+        if mode == "gather":
+            plans: dict = {}
+            tokens = live.tokens
+            for block_number, block in enumerate(layer.blocks):
+                key = (grid, tuple(block.window_size), tuple(block.shift_size), str(x.device))
+                if key not in self._layouts:
+                    self._layouts[key] = block_layout(block, grid, x.device)
+                if key not in plans:  # one plan per partition (shifted or not), shared by the layer's blocks
+                    plans[key] = plan_windows(live.index, grid, batch, self._layouts[key])
+                plan = plans[key]
+                windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
+                tokens = swin_block_forward(block, tokens, live.index, grid, batch, plan)
+            base = carry if self.fill == "carry" else torch.zeros_like(carry)
+            restored = base.index_copy(0, live.index, tokens)
+        else:
+            alive = torch.zeros(batch * num_cells, dtype=torch.bool, device=x.device)
+            alive[live.index] = True
+            grid_alive = alive.view(batch, *grid)
+            h = carry.index_copy(0, live.index, live.tokens).view(batch, *grid, channels)
+            for block in layer.blocks:
+                h = swin_block_forward_masked(block, h, grid_alive)
+            h = h.reshape(batch * num_cells, channels)
+            restored = h if self.fill == "carry" else torch.where(alive.unsqueeze(-1), h, torch.zeros_like(h))
+        merged = layer.downsample(restored.view(batch, *grid, channels))  # [B, *G', C'] on the restored grid
+        merged = merged.movedim(-1, 1).contiguous()
+        next_index = _parents(live.index, grid, batch)
+        flat = merged.flatten(2).transpose(1, 2).reshape(-1, merged.shape[1])
+        return merged, _Live(flat[next_index], next_index)
+
+    # ------------------------------------------------------------------ reports and weights
+    def kept_fraction(self) -> float:
+        """Fraction of the last pruned stage's grid alive after that stage, in the last forward pass."""
+        if not self.token_report:
+            return 1.0
+        return float(self.token_report[-1].tokens_kept.mean()) / float(self.num_tokens)
+
+    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a plain MONAI ``SwinUNETR`` state dict; the pruners keep their own (fresh) weights."""
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"not a SwinUNETR state dict: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+def patch_swin_unetr(
+    model: SwinUNETR,
+    pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,
+    prune_stages: Sequence[int] = (1, 2),
+    executor: str = "gather",
+    fill: str = "carry",
+    pruner_kwargs: Mapping | None = None,
+) -> PrunedSwinUNETR:
+    """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place."""
+    if not isinstance(model, SwinUNETR):
+        raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
+    model.__class__ = PrunedSwinUNETR
+    model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+    return model

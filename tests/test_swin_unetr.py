@@ -1,0 +1,233 @@
+"""Pruned Swin UNETR: window skipping, equivalence with MONAI's SwinUNETR, reports, FLOPs (tiny configurations)."""
+
+import copy
+
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+
+from prato_components.efficiency import count_flops
+from prato_components.networks.swin_unetr import (
+    PrunedSwinUNETR,
+    block_layout,
+    patch_swin_unetr,
+    plan_windows,
+    swin_block_forward,
+    swin_block_forward_masked,
+)
+from prato_components.pruners import TokenPruner, keep_count, select_topk
+
+TINY = dict(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(2, 2, 2, 2), num_heads=(3, 3, 3, 3))
+TINY_3D = dict(TINY, spatial_dims=3, window_size=4, norm_name="batch")  # batch norm: the 32^3 bottleneck is 1 voxel
+BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [0.0, 20.0, 30.0, 64.0]])
+BOXES_3D = torch.tensor([[4.0, 4.0, 4.0, 20.0, 20.0, 28.0], [10.0, 0.0, 0.0, 32.0, 16.0, 16.0]])
+
+
+class CornerPruner(TokenPruner):
+    """Keeps the tokens nearest the grid origin: a spatially coherent selection that empties whole windows."""
+
+    def forward(self, inputs):
+        return select_topk(-inputs.token_index.float(), self.keep_ratio, inputs.valid)
+
+
+class NeedsAttention(CornerPruner):
+    needs_attention = True
+
+
+def tiny(**kwargs) -> PrunedSwinUNETR:
+    torch.manual_seed(0)
+    return PrunedSwinUNETR(**{**TINY, **kwargs}).eval()
+
+
+def randomise_pruners(net: PrunedSwinUNETR) -> None:
+    torch.manual_seed(1)
+    for parameter in net.pruners.parameters():
+        torch.nn.init.normal_(parameter)
+
+
+def test_keep_all_equals_unpruned_equals_monai_and_plain_state_dict_loads():
+    torch.manual_seed(0)
+    plain = SwinUNETR(**TINY).eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        reference = plain(x)
+        baseline = tiny()
+        baseline.load_unpruned_state_dict(plain.state_dict())
+        torch.testing.assert_close(baseline(x, BOXES), reference, atol=1e-5, rtol=1e-5)
+        for executor in ("gather", "attention_mask"):
+            keep_all = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 1.0}, executor=executor)
+            keep_all.load_unpruned_state_dict(plain.state_dict())
+            torch.testing.assert_close(keep_all(x, BOXES), reference, atol=1e-5, rtol=1e-5)
+            assert [r.stage for r in keep_all.token_report] == [1, 2]
+    extra = set(keep_all.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("pruners.") for k in extra)
+    with pytest.raises(KeyError, match="not a SwinUNETR state dict"):
+        keep_all.load_unpruned_state_dict({"foo": torch.zeros(1)})
+
+
+def test_shapes_kept_counts_and_reports_2d():
+    net = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5})
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 64, 64), BOXES)
+    assert out.shape == (2, 3, 64, 64)
+    first, second = net.token_report
+    assert (
+        first.stage == 1 and first.tokens_in.tolist() == [256.0, 256.0] and first.tokens_kept.tolist() == [128.0, 128.0]
+    )
+    # stage 2 sees the parents of the kept stage-1 tokens (at least a quarter, at most the whole 8x8 grid)
+    assert second.stage == 2 and all(32 <= n <= 64 for n in second.tokens_in.tolist())
+    expected = keep_count(int(second.tokens_in.min()), 0.5)
+    assert second.tokens_kept.tolist() == [float(expected)] * 2
+    assert net.num_tokens == 64 and net.kept_fraction() == pytest.approx(expected / 64)
+    # layers 2-4 run pruned; their blocks report the windows they attended
+    assert [(w.layer, w.block) for w in net.window_report] == [(layer, b) for layer in (2, 3, 4) for b in (0, 1)]
+    assert all(0 < w.windows_kept <= w.windows_total for w in net.window_report)
+    assert net.pruners["1"].f1.in_features == 24 and net.pruners["2"].f1.in_features == 48  # per-stage width
+
+
+def test_3d_shapes_and_keep_all_equals_monai():
+    torch.manual_seed(0)
+    plain = SwinUNETR(**TINY_3D).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    net = PrunedSwinUNETR(pruner="prato", pruner_kwargs={"keep_ratio": 1.0}, **TINY_3D).eval()
+    net.load_unpruned_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, BOXES_3D), plain(x), atol=1e-5, rtol=1e-5)
+        pruned = PrunedSwinUNETR(pruner="prato", pruner_kwargs={"keep_ratio": 0.5}, **TINY_3D).eval()
+        out = pruned(x, BOXES_3D)
+    assert out.shape == (2, 3, 32, 32, 32)
+    assert pruned.token_report[0].tokens_in.tolist() == [512.0, 512.0]
+    assert pruned.token_report[0].tokens_kept.tolist() == [256.0, 256.0]
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_skipping_equals_masked_full_computation(spatial_dims, shifted):
+    torch.manual_seed(0)
+    config = TINY if spatial_dims == 2 else dict(TINY_3D, norm_name="instance")
+    layer = SwinUNETR(**config).swinViT.layers1[0]
+    block = layer.blocks[1 if shifted else 0].eval()
+    torch.nn.init.normal_(block.attn.relative_position_bias_table)
+    assert any(block.shift_size) == shifted
+    grid = (10, 12) if spatial_dims == 2 else (6, 8, 5)  # not multiples of the window: MONAI pads
+    batch, channels = 2, 12
+    x = torch.randn(batch, *grid, channels)
+    band = slice(4, 7) if spatial_dims == 2 else slice(2, 4)  # rows inside one window row, shifted or not
+    alive = torch.zeros(batch, *grid, dtype=torch.bool)
+    alive[0, band] = torch.rand(alive[0, band].shape) < 0.5  # image 0: scattered survivors in a band
+    alive[1, band.start, 0] = True  # image 1: a single survivor
+    index = alive.flatten().nonzero().squeeze(1)
+    plan = plan_windows(index, grid, batch, block_layout(block, grid))
+    assert plan.num_kept < plan.num_windows  # some windows hold no live token and are skipped
+    with torch.no_grad():
+        sparse = swin_block_forward(block, x.reshape(-1, channels)[index], index, grid, batch, plan)
+        masked = swin_block_forward_masked(block, x, alive)
+        full = swin_block_forward_masked(block, x, torch.ones_like(alive))
+    torch.testing.assert_close(sparse, masked.reshape(-1, channels)[index], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(masked[~alive], x[~alive])  # pruned tokens keep their value
+    assert not torch.allclose(masked[alive], full[alive], atol=1e-4)  # pruned keys really are masked out
+    window, shift = get_window_size(grid, block.window_size, layer.shift_size)  # as MONAI's BasicLayer does
+    shift_mask = compute_mask([-(-g // w) * w for g, w in zip(grid, window)], window, shift, x.device)
+    with torch.no_grad():  # everything alive: the reference is MONAI's own block
+        torch.testing.assert_close(full, block(x, shift_mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "fill, pruner_kwargs",
+    [("carry", {"keep_ratio": 0.5}), ("zero", {"keep_ratio": 0.5}), ("carry", {"threshold": "fixed", "tau": 0.5})],
+)
+def test_gather_equals_attention_mask_executor(fill, pruner_kwargs):
+    x = torch.randn(2, 1, 64, 64)
+    gather = tiny(pruner="prato", pruner_kwargs=pruner_kwargs, fill=fill)
+    randomise_pruners(gather)
+    reference = tiny(pruner="prato", pruner_kwargs=pruner_kwargs, fill=fill, executor="attention_mask")
+    reference.load_state_dict(gather.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(gather(x, BOXES), reference(x, BOXES), atol=1e-5, rtol=1e-5)
+    kept = [r.tokens_kept.tolist() for r in gather.token_report]
+    assert kept == [r.tokens_kept.tolist() for r in reference.token_report]
+    if "threshold" in pruner_kwargs:  # a fixed threshold keeps a different number per image: no padding needed
+        assert kept[0][0] != kept[0][1]
+
+
+def test_fill_policies_differ_and_prompt_is_optional():
+    x = torch.randn(2, 1, 64, 64)
+    carry = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5})
+    zero = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5}, fill="zero")
+    zero.load_state_dict(carry.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(carry(x, BOXES), zero(x, BOXES))
+        no_prompt = carry(x)  # no prompt: PrATo scores against the whole image
+        one_box_each = carry(x, BOXES[:, None])  # [B, M, 4] form
+    assert no_prompt.shape == one_box_each.shape == (2, 3, 64, 64)
+    assert carry.token_report[0].tokens_kept.tolist() == [128.0, 128.0]
+
+
+def test_pruning_saves_flops_and_skips_windows():
+    x = torch.randn(1, 1, 64, 64)
+    baseline = tiny()
+    prato = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5})
+    corner = tiny(pruner=CornerPruner(keep_ratio=0.25), prune_stages=(1,))
+    base_flops = count_flops(baseline, x, BOXES[:1])
+    prato_flops = count_flops(prato, x, BOXES[:1])
+    corner_flops = count_flops(corner, x, BOXES[:1])
+    assert prato_flops < base_flops
+    assert corner_flops < prato_flops
+    layer2 = [w for w in corner.window_report if w.layer == 2]
+    assert all(w.windows_kept < w.windows_total for w in layer2)
+
+
+def test_gradients_reach_pruners_and_blocks_in_training():
+    net = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5}).train()
+    net(torch.randn(2, 1, 64, 64), BOXES).mean().backward()
+    for stage in ("1", "2"):
+        assert net.pruners[stage].f1.weight.grad.abs().sum() > 0
+        assert net.pruners[stage].f2.weight.grad.abs().sum() > 0
+    assert net.swinViT.layers3[0].blocks[1].attn.relative_position_bias_table.grad.abs().sum() > 0
+    assert net.swinViT.layers2[0].blocks[0].mlp.linear1.weight.grad.abs().sum() > 0
+
+
+def test_pruner_forms_and_patch():
+    net = tiny(pruner={1: CornerPruner(0.5), "2": CornerPruner(0.75)})
+    assert net.pruners["1"].keep_ratio == 0.5 and net.pruners["2"].keep_ratio == 0.75
+    torch.manual_seed(0)
+    plain = SwinUNETR(**TINY).eval()
+    weight = plain.swinViT.layers2[0].blocks[0].attn.qkv.weight.clone()
+    patched = patch_swin_unetr(plain, CornerPruner(0.5), prune_stages=(2,))
+    assert isinstance(patched, PrunedSwinUNETR) and isinstance(patched, SwinUNETR)
+    torch.testing.assert_close(patched.swinViT.layers2[0].blocks[0].attn.qkv.weight, weight)
+    with torch.no_grad():
+        patched(torch.randn(1, 1, 64, 64))
+    assert [r.stage for r in patched.token_report] == [2]
+    assert copy.deepcopy(patched).prune_stages == (2,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(pruner="prato", prune_stages=(4,)), "prune_stages must be a subset"),
+        (dict(pruner="prato", executor="mask"), "unknown executor"),
+        (dict(pruner="prato", fill="nearest"), "unknown fill policy"),
+        (dict(pruner=NeedsAttention(0.5)), "needs global attention maps"),
+        (dict(pruner={1: CornerPruner(0.5)}), r"no pruner for stage\(s\) \[2\]"),
+    ],
+)
+def test_bad_configuration_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "image, boxes, message",
+    [
+        (torch.randn(1, 2, 64, 64), None, "expects 1 input channel"),
+        (torch.randn(1, 1, 64), None, "expected an image of shape"),
+        (torch.randn(1, 1, 48, 64), None, "must be divisible by"),
+        (torch.randn(1, 1, 64, 64), torch.zeros(1, 1, 6), "spatial dims"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(image, boxes, message):
+    net = tiny(pruner="prato")
+    with pytest.raises(ValueError, match=message):
+        net(image, boxes)
