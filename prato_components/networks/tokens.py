@@ -26,10 +26,18 @@ import torch
 
 from prato_components.pruners.base import StageInput, TokenSelection, straight_through
 
-__all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState"]
+__all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState", "check_executor"]
 
 EXECUTOR_MODES = ("gather", "padded", "mask", "attention_mask")
 FILL_POLICIES = ("zero", "carry")
+
+
+def check_executor(mode: str | None, fill: str, modes: tuple[str, ...] = EXECUTOR_MODES) -> None:
+    """Raise ``ValueError`` for an unknown executor mode (``None`` skips the check) or fill policy."""
+    if mode is not None and mode not in modes:
+        raise ValueError(f"unknown executor mode {mode!r}; choose one of {modes}")
+    if fill not in FILL_POLICIES:
+        raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
 
 
 @dataclass
@@ -45,11 +53,23 @@ class StageReport:
         return float(self.tokens_kept.sum() / self.tokens_in.sum().clamp(min=1))
 
 
+def _flat_rows(index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[B, K]`` row indices into ``[B, num_rows, ...]`` as ``[B * K]`` indices into ``[B * num_rows, ...]``."""
+    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(1) * num_rows
+    return (index + offsets).reshape(-1)
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[b, index[b, i]]`` for ``x`` of shape ``[B, n, ...]`` and ``index`` ``[B, K]``."""
+    """``x[b, index[b, i]]`` for ``x`` of shape ``[B, n, ...]`` and ``index`` ``[B, K]``.
+
+    Whole rows are copied with ``index_select`` on the flattened batch (several times faster on CPU than ``gather``
+    with an index expanded over the channels, and the same values).
+    """
     if x.ndim == 2:
         return x.gather(1, index)
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, *x.shape[2:]))
+    batch, num = x.shape[:2]
+    rows = x.reshape(batch * num, *x.shape[2:]).index_select(0, _flat_rows(index, num))
+    return rows.view(batch, index.shape[1], *x.shape[2:])
 
 
 class TokenState:
@@ -63,10 +83,7 @@ class TokenState:
     """
 
     def __init__(self, tokens: torch.Tensor, grid_shape: tuple[int, ...], mode: str = "gather", fill: str = "carry"):
-        if mode not in EXECUTOR_MODES:
-            raise ValueError(f"unknown executor mode {mode!r}; choose one of {EXECUTOR_MODES}")
-        if fill not in FILL_POLICIES:
-            raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
+        check_executor(mode, fill)
         if tokens.shape[1] != math.prod(grid_shape):
             raise ValueError(f"{tokens.shape[1]} tokens do not fill a grid of shape {tuple(grid_shape)}")
         self.mode, self.fill = mode, fill
@@ -210,11 +227,13 @@ class TokenState:
 
     # ------------------------------------------------------------------ restoring the grid
     def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid) -> torch.Tensor:
-        """``base`` with ``tokens`` written at grid positions ``index`` (padding rows dropped)."""
-        if valid is None:
-            return base.scatter(1, index.unsqueeze(-1).expand_as(tokens), tokens)
-        padded = torch.cat([base, base.new_zeros(base.shape[0], 1, base.shape[2])], dim=1)
-        return padded.scatter(1, index.unsqueeze(-1).expand_as(tokens), tokens)[:, : self.num_tokens]
+        """``base`` with ``tokens`` written at grid positions ``index`` (padding rows dropped); whole rows are copied
+        with ``index_copy`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index)."""
+        if valid is not None:  # padding rows point at an extra row N that is cut off afterwards
+            base = torch.cat([base, base.new_zeros(base.shape[0], 1, base.shape[2])], dim=1)
+        batch, num, channels = base.shape
+        flat = base.reshape(batch * num, channels).index_copy(0, _flat_rows(index, num), tokens.reshape(-1, channels))
+        return flat.view(batch, num, channels)[:, : self.num_tokens]
 
     def restore(
         self,

@@ -19,7 +19,7 @@ from monai.networks.nets import UNETR
 
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import StageReport, TokenState
+from prato_components.networks.tokens import check_executor, StageReport, TokenState
 from prato_components.networks.vit_pruning import build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 
@@ -75,7 +75,7 @@ class PrunedUNETR(UNETR):
         stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
         if any(s not in UNETR_STAGES for s in stages):
             raise ValueError(f"UNETR prune_stages must be a subset of {UNETR_STAGES}, got {list(prune_stages)}")
-        TokenState(torch.zeros(1, 1, 1), (1,), executor, fill)  # validates mode and fill
+        check_executor(executor, fill)
         for block in self.vit.blocks:
             check_supported_block(block)
         self.prune_stages = tuple(stages)
