@@ -78,6 +78,53 @@ BACKBONES: dict[str, dict] = {
         "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
                      "in MRI Images, BrainLes 2021",
     },
+    "transunet": {
+        "title": "TransUNet (R50 + ViT-B/16)",
+        "keys": {"hidden_size": 768, "mlp_dim": 3072, "num_heads": 12, "num_layers": 12, "cnn_layers": [3, 4, 9],
+                 "cnn_width": 64, "head_channels": 512, "decoder_channels": [256, 128, 64, 16]},
+        "network_def": {
+            "_target_": "prato_components.networks.TransUNet",
+            "in_channels": "@in_channels",
+            "out_channels": "@out_channels",
+            "img_size": "$[@image_size, @image_size]",
+            "cnn_layers": "@cnn_layers",
+            "cnn_width": "@cnn_width",
+            "hidden_size": "@hidden_size",
+            "mlp_dim": "@mlp_dim",
+            "num_layers": "@num_layers",
+            "num_heads": "@num_heads",
+            "head_channels": "@head_channels",
+            "decoder_channels": "@decoder_channels",
+            "prune_stages": "@prune_stages",
+            "executor": "@executor",
+            "fill": "@fill",
+        },
+        "dim": "@hidden_size",
+        "stages": [1, 2],
+        "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4, "cnn_layers": [1, 1, 1],
+                 "cnn_width": 8, "head_channels": 32, "decoder_channels": [16, 8, 8, 8],
+                 "network_def#cnn_norm": ["group", {"num_groups": 4}]},
+        "reference": "Chen et al., TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation, 2021",
+    },
+    "segformer": {
+        "title": "SegFormer-B0 (MiT encoder + all-MLP head)",
+        "keys": {"variant": "b0"},
+        "network_def": {
+            "_target_": "prato_components.networks.SegFormer",
+            "variant": "@variant",
+            "in_channels": "@in_channels",
+            "out_channels": "@out_channels",
+            "prune_stages": "@prune_stages",
+            "executor": "@executor",
+            "fill": "@fill",
+        },
+        "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
+        "stages": [1, 2],
+        "tiny": {"variant": "b0", "network_def#embed_dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
+                 "network_def#num_heads": [1, 1, 2, 2], "network_def#decoder_dim": 16},
+        "reference": "Xie et al., SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers, "
+                     "NeurIPS 2021",
+    },
 }
 
 # Each pruner: its config under network_def#pruner ("dim" is filled in from the backbone), extra top-level keys.
@@ -131,7 +178,9 @@ PRUNER_CONFIGS: dict[str, dict] = {
 }
 
 UNETR_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
-BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS] + ["swin_unetr_baseline", "swin_unetr_prato"]
+BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS] + [
+    f"{backbone}_{pruner}" for backbone in ("swin_unetr", "transunet", "segformer") for pruner in ("baseline", "prato")
+]
 
 AUTHORS = "PrATo bundles contributors"
 COPYRIGHT = "Copyright (c) PrATo bundles contributors"

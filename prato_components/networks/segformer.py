@@ -1,0 +1,420 @@
+"""SegFormer (Xie et al. 2021, arXiv:2105.15203) with token pruning at its stage boundaries, 2D.
+
+Not in MONAI, so built here from torch/MONAI blocks: a Mix Transformer (MiT, variants B0-B2) of four stages, each an
+overlapping patch embedding (7x7/4, then 3x3/2 convolutions + LayerNorm), blocks of efficient self-attention
+(keys/values from a spatial-reduction convolution, ratios 8, 4, 2, 1) and Mix-FFN (Linear -> depth-wise 3x3 conv
+-> GELU -> Linear), and a LayerNorm; then the all-MLP head (per-stage Linear to a common width, upsampling to 1/4,
+concatenation, a 1x1 fuse conv, prediction) and a bilinear upsampling to the input size.
+
+Pruning (DESIGN.md §7). Stage boundary ``s`` in {1, 2, 3} sits between MiT stage ``s`` and ``s + 1``. At a pruned
+boundary the pruner sees the tokens entering stage ``s + 1`` (its overlapping patch embedding, a conv over the
+restored full map of stage ``s``) on stage ``s + 1``'s own grid, with that grid's stride (input pixels per token:
+8, 16, 32 at boundaries 1, 2, 3), so a box reaches every stage at its stride. The blocks of stage ``s + 1`` then run
+pruned:
+
+- queries, the attention output projection and both Mix-FFN linears run on the kept tokens only;
+- keys/values come from the spatial-reduction conv over the restored grid (pruned positions hold the normalised
+  value they had when pruned with ``fill="carry"``, zero with ``fill="zero"``), so kept tokens still see the whole
+  image at the reduced resolution;
+- the depth-wise conv runs on the restored grid of the FFN hidden; a pruned position holds zero there (its hidden is
+  never computed, which is the point: computing it would cost the very Linear that pruning saves), so a pruned region
+  looks to the conv like the image border.
+
+The stage ends with its LayerNorm and the full map is restored (``fill``) for the head and the next embedding.
+**Pruning does not carry across stages**: the next stage's tokens are all computed (a conv over the restored map),
+its grid does not nest cell-to-cell in the previous one (each cell covers 2x2 cells and the 3x3 receptive field
+overlaps), and a coverage rule would keep a different count per image (no fixed-``K`` batching). Each pruned
+boundary decides afresh with its own pruner on its own grid; ``keep_ratio`` is per stage and does not compound.
+
+Default ``prune_stages=(1, 2)``: stages 2 (1/8) and 3 (1/16) run on the kept tokens, as the paper prunes its first
+two of three boundaries; stage 4 (1/32, 49 tokens at 224) stays whole: each of its tokens covers 32x32 pixels and its
+attention (ratio 1) is already over all tokens as keys, so little is saved there. Stage 1 is never pruned (no
+boundary before it: its tokens have seen no attention yet).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.layers import DropPath
+
+from prato_components.networks.inputs import check_image, check_network_boxes
+from prato_components.networks.tokens import StageReport, TokenState, check_executor
+from prato_components.networks.vit_pruning import build_pruner, executor_mode
+from prato_components.pruners.base import TokenPruner
+
+__all__ = [
+    "SegFormer",
+    "SEGFORMER_VARIANTS",
+    "SEGFORMER_STAGES",
+    "OverlapPatchEmbed",
+    "EfficientSelfAttention",
+    "MixFFN",
+    "MixTransformerBlock",
+    "AllMLPHead",
+    "live_rows",
+]
+
+SEGFORMER_STAGES = (1, 2, 3)
+SEGFORMER_VARIANTS: dict[str, dict] = {
+    "b0": {"embed_dims": (32, 64, 160, 256), "depths": (2, 2, 2, 2), "num_heads": (1, 2, 5, 8), "decoder_dim": 256},
+    "b1": {"embed_dims": (64, 128, 320, 512), "depths": (2, 2, 2, 2), "num_heads": (1, 2, 5, 8), "decoder_dim": 256},
+    "b2": {"embed_dims": (64, 128, 320, 512), "depths": (3, 4, 6, 3), "num_heads": (1, 2, 5, 8), "decoder_dim": 768},
+}
+_EXECUTORS = ("gather", "padded", "mask")
+
+
+def _to_map(tokens: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
+    """``[B, N, C]`` -> ``[B, C, *grid_shape]`` as a channels-last view (no copy; oneDNN's convolutions take it
+    directly, several times faster on CPU than a transposed copy for the depth-wise conv)."""
+    return tokens.reshape(tokens.shape[0], *grid_shape, tokens.shape[2]).permute(0, 3, 1, 2)
+
+
+def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *grid]`` -> ``[B, N, C]`` (a view of a channels-last map)."""
+    return feature_map.permute(0, 2, 3, 1).reshape(feature_map.shape[0], -1, feature_map.shape[1])
+
+
+def live_rows(state: TokenState | None, grid: torch.Tensor) -> torch.Tensor:
+    """The rows of a full grid ``[B, N, C]`` that belong to the live tokens of ``state`` (aligned with
+    ``state.tokens``); the grid itself when nothing was gathered (no state, unpruned, or a full-length mode)."""
+    if state is None or state.token_index is None:
+        return grid
+    batch, num, channels = grid.shape
+    index = state.token_index.clamp(max=num - 1)  # padding rows read a real row; their result is unused
+    index = (index + torch.arange(batch, device=index.device).unsqueeze(1) * num).reshape(-1)
+    return grid.reshape(batch * num, channels).index_select(0, index).view(batch, -1, channels)
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding: a ``kernel``/``stride`` conv (padding ``kernel // 2``) and a LayerNorm."""
+
+    def __init__(self, in_channels: int, dim: int, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size, stride=stride, padding=kernel_size // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        x = self.proj(x)
+        return self.norm(_to_tokens(x)), (x.shape[2], x.shape[3])
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head attention whose keys/values come from a spatially reduced grid.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        sr_ratio: kernel and stride of the spatial-reduction conv (1: keys/values over all tokens).
+        qkv_bias: bias of the query and key/value projections.
+        attn_drop, proj_drop: dropout on the attention weights and the output.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.num_heads, self.sr_ratio, self.attn_drop = num_heads, sr_ratio, attn_drop
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
+        """Attention of the queries ``x`` ``[B, n, C]`` (any subset of the grid) to the keys/values computed from
+        ``context`` ``[B, N, C]``, the full grid of shape ``grid_shape``; returns ``[B, n, C]``."""
+        batch, num, dim = x.shape
+        if self.sr_ratio > 1:
+            context = self.norm(_to_tokens(self.sr(_to_map(context, grid_shape))))
+        heads, head_dim = self.num_heads, dim // self.num_heads
+        q = self.q(x).view(batch, num, heads, head_dim).transpose(1, 2)
+        kv = self.kv(context).view(batch, context.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        dropout = self.attn_drop if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=dropout)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, num, dim)))
+
+
+class MixFFN(nn.Module):
+    """Linear -> depth-wise 3x3 conv (on the grid) -> GELU -> Linear.
+
+    With a pruned ``state`` the linears run on the live tokens and the depth-wise conv on the restored grid of the
+    hidden, zero at pruned positions.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor, grid_shape: Sequence[int], state: TokenState | None = None) -> torch.Tensor:
+        hidden = self.fc1(x)
+        pruned = state is not None and state.pruned
+        grid = state.restore(hidden, fill="zero") if pruned else hidden
+        grid = _to_tokens(self.dwconv(_to_map(grid, grid_shape)))
+        hidden = live_rows(state, grid) if pruned else grid
+        return self.drop(self.fc2(self.drop(self.act(hidden))))
+
+
+class MixTransformerBlock(nn.Module):
+    """``x + attn(norm1(x))``, then ``x + mix_ffn(norm2(x))``, on the live tokens of an optional :class:`TokenState`.
+
+    Args:
+        dim, num_heads, sr_ratio, qkv_bias: the attention.
+        mlp_ratio: hidden width of the Mix-FFN over ``dim``.
+        drop, attn_drop: dropout rates; ``drop_path``: stochastic depth rate.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_shape: Sequence[int], state: TokenState | None = None) -> torch.Tensor:
+        """``x``: the live tokens ``[B, n, C]`` (``state.tokens``), or the full grid when ``state`` is ``None``."""
+        pruned = state is not None and state.pruned
+        h = self.norm1(x)
+        context = state.restore(h, carry_transform=self.norm1) if pruned else h
+        x = x + self.drop_path(self.attn(h, context, grid_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x), grid_shape, state if pruned else None))
+
+
+class MiTStage(nn.Module):
+    """One Mix Transformer stage: overlapping patch embedding, blocks, LayerNorm."""
+
+    def __init__(self, patch_embed: OverlapPatchEmbed, blocks: Sequence[MixTransformerBlock], dim: int) -> None:
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+
+class AllMLPHead(nn.Module):
+    """SegFormer's decoder: per-stage Linear to ``decoder_dim``, upsample to the first map, concatenate (deepest
+    first), 1x1 fuse conv + BN + ReLU, dropout, 1x1 prediction."""
+
+    def __init__(self, in_dims: Sequence[int], decoder_dim: int, out_channels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.linear_c = nn.ModuleList(nn.Linear(d, decoder_dim) for d in in_dims)
+        self.fuse = Convolution(2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False)
+        self.dropout = nn.Dropout2d(dropout)
+        self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
+
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = maps[0].shape[2:]
+        upsampled = []
+        for feature_map, linear in zip(maps, self.linear_c):
+            x = _to_map(linear(_to_tokens(feature_map)), feature_map.shape[2:])
+            if x.shape[2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            upsampled.append(x)
+        return self.pred(self.dropout(self.fuse(torch.cat(upsampled[::-1], dim=1))))
+
+
+class SegFormer(nn.Module):
+    """SegFormer (MiT encoder + all-MLP head), 2D, with token pruning at chosen stage boundaries.
+
+    Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels;
+    returns logits ``[B, out_channels, H, W]``. Any image size works (no position embedding).
+
+    Args:
+        variant: ``"b0"``, ``"b1"`` or ``"b2"`` (:data:`SEGFORMER_VARIANTS`).
+        in_channels: image channels.
+        out_channels: segmentation classes.
+        embed_dims, depths, num_heads, decoder_dim: override the variant's (e.g. tiny test networks).
+        sr_ratios: spatial-reduction ratio per stage (default ``(8, 4, 2, 1)``).
+        mlp_ratio: Mix-FFN hidden width over the token width (4).
+        qkv_bias: bias of the query/key/value projections.
+        drop_rate, attn_drop_rate: dropout; ``drop_path_rate``: stochastic depth, linear over all blocks (0.1).
+        head_dropout: dropout before the head's prediction (0.1).
+        pruner: a registered pruner name (one is built per pruned stage at that stage's width, with ``pruner_kwargs``),
+            a :class:`TokenPruner` (copied to every pruned stage, so it must work at each stage's width) or ``None``
+            for the unpruned baseline. Pruners that need attention maps or run blocks themselves are written for
+            ViT blocks and are refused.
+        prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)`` (default ``(1, 2)``).
+        executor: ``"gather"`` (fast), ``"padded"`` (variable counts) or ``"mask"`` (full-length reference). A pruner
+            that trains with ``"attention_mask"`` trains with ``"mask"`` here: keys come from a conv that mixes
+            tokens, so a per-key mask has no meaning.
+        fill: value of pruned positions in the restored grids (keys/values and stage outputs): ``"carry"`` or
+            ``"zero"``.
+        pruner_kwargs: keyword arguments for a pruner given by name.
+
+    After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
+    :attr:`aux_loss` holds the pruners' side loss (or ``None``), :attr:`aux_logits` their intermediate logits, and
+    :attr:`grid_shapes` the token grid of every stage.
+    """
+
+    def __init__(
+        self,
+        variant: str = "b0",
+        in_channels: int = 1,
+        out_channels: int = 4,
+        embed_dims: Sequence[int] | None = None,
+        depths: Sequence[int] | None = None,
+        num_heads: Sequence[int] | None = None,
+        decoder_dim: int | None = None,
+        sr_ratios: Sequence[int] = (8, 4, 2, 1),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        head_dropout: float = 0.1,
+        pruner: TokenPruner | str | None = None,
+        prune_stages: Sequence[int] = (1, 2),
+        executor: str = "gather",
+        fill: str = "carry",
+        pruner_kwargs: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        if variant.lower() not in SEGFORMER_VARIANTS:
+            raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
+        config = dict(SEGFORMER_VARIANTS[variant.lower()])
+        for key, value in (("embed_dims", embed_dims), ("depths", depths), ("num_heads", num_heads)):
+            if value is not None:
+                config[key] = tuple(int(v) for v in value)
+        if decoder_dim is not None:
+            config["decoder_dim"] = int(decoder_dim)
+        for key in ("embed_dims", "depths", "num_heads"):
+            if len(config[key]) != 4:
+                raise ValueError(f"{key} must give 4 stages, got {config[key]}")
+        if len(sr_ratios) != 4 or min(sr_ratios) < 1:
+            raise ValueError(f"sr_ratios must give 4 ratios >= 1, got {tuple(sr_ratios)}")
+        self.variant, self.in_channels, self.out_channels = variant.lower(), in_channels, out_channels
+        self.embed_dims = config["embed_dims"]
+
+        rates = torch.linspace(0, drop_path_rate, sum(config["depths"])).tolist()
+        stages, channels, first = [], in_channels, 0
+        for index, (dim, depth, heads, ratio) in enumerate(zip(self.embed_dims, config["depths"], config["num_heads"], sr_ratios)):
+            embed = OverlapPatchEmbed(channels, dim, 7 if index == 0 else 3, 4 if index == 0 else 2)
+            blocks = [
+                MixTransformerBlock(dim, heads, mlp_ratio, ratio, qkv_bias, drop_rate, attn_drop_rate, rates[first + i])
+                for i in range(depth)
+            ]
+            stages.append(MiTStage(embed, blocks, dim))
+            channels, first = dim, first + depth
+        self.stages = nn.ModuleList(stages)
+        self.head = AllMLPHead(self.embed_dims, config["decoder_dim"], out_channels, head_dropout)
+        self.apply(self._init_weights)
+
+        stages_pruned = sorted({int(s) for s in prune_stages}) if pruner is not None else []
+        if any(s not in SEGFORMER_STAGES for s in stages_pruned):
+            raise ValueError(f"SegFormer prune_stages must be a subset of {SEGFORMER_STAGES}, got {list(prune_stages)}")
+        check_executor(executor, fill, _EXECUTORS)
+        pruners = {}
+        for stage in stages_pruned:  # boundary s feeds MiT stage s + 1, whose width is embed_dims[s]
+            built = build_pruner(pruner, pruner_kwargs, self.embed_dims[stage])
+            pruners[str(stage)] = copy.deepcopy(built) if isinstance(pruner, TokenPruner) else built
+            self._check_pruner(pruners[str(stage)])
+        self.pruners = nn.ModuleDict(pruners)
+        self.prune_stages = tuple(stages_pruned)
+        self.executor, self.fill = executor, fill
+        self.token_report: list[StageReport] = []
+        self.aux_loss: torch.Tensor | None = None
+        self.aux_logits: list[torch.Tensor] = []
+        self.grid_shapes: list[tuple[int, int]] = []
+
+    @staticmethod
+    def _check_pruner(pruner: TokenPruner) -> None:
+        name = type(pruner).__name__
+        if pruner.needs_attention:
+            raise ValueError(
+                f"{name} needs token-to-token attention maps; SegFormer's spatial-reduction attention attends to a "
+                "reduced grid and has none"
+            )
+        if type(pruner).run_block is not TokenPruner.run_block:
+            raise ValueError(f"{name} runs ViT blocks itself (run_block); SegFormer's Mix Transformer blocks are not supported")
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The MiT encoder with pruning: the four restored stage maps ``[B, C_i, h_i, w_i]``.
+
+        ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
+        """
+        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
+        mode = executor_mode(first, self.executor, self.training)
+        mode = "mask" if mode == "attention_mask" else mode
+        maps, reports, aux_losses, aux_logits, grids = [], [], [], [], []
+        x = image
+        for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
+            tokens, grid = stage.patch_embed(x)
+            grids.append(grid)
+            state = TokenState(tokens, grid, mode, self.fill)
+            if index in self.prune_stages:
+                stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
+                inputs = state.stage_input(index, stride, boxes)
+                state.apply(self.pruners[str(index)](inputs), index, inputs)
+            for block in stage.blocks:
+                state.tokens = block(state.tokens, grid, state)
+            x = _to_map(state.restore(stage.norm(state.tokens), carry_transform=stage.norm), grid)
+            maps.append(x)
+            reports += state.reports
+            aux_losses += state.aux_losses
+            aux_logits += state.aux_logits
+        self.token_report, self.aux_logits, self.grid_shapes = reports, aux_logits, grids
+        self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
+        return maps
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
+        boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
+        logits = self.head(self.encode(image, boxes))
+        logits = F.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
+        return logits.contiguous()  # the maps are channels-last views; hand MONAI a plain [B, C, H, W] tensor
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens on the grid of the last pruned stage in the last forward pass (0 before any forward pass)."""
+        if not self.grid_shapes:
+            return 0
+        return math.prod(self.grid_shapes[self.prune_stages[-1] if self.prune_stages else -1])
+
+    def kept_fraction(self) -> float:
+        """Fraction of the tokens kept at the last pruned stage of the last forward pass."""
+        if not self.token_report:
+            return 1.0
+        return float(self.token_report[-1].tokens_kept.mean()) / self.num_tokens
+
+    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load the state dict of an unpruned ``SegFormer``; the pruners keep their own weights."""
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
+        if missing or result.unexpected_keys:
+            raise KeyError(f"not a SegFormer state dict: missing {missing}, unexpected {result.unexpected_keys}")
