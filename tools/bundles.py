@@ -651,8 +651,12 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 def readme(name: str) -> str:
     backbone, pruner = _split(name)
     title = f"{BACKBONES[backbone]['title']} with {PRUNER_CONFIGS[pruner]['title']}"
-    notes_path = os.path.join(ROOT, "docs", "pruners", f"{pruner}.md")
-    notes = open(notes_path).read().strip() if os.path.exists(notes_path) else ""
+    notes = []
+    for path in (os.path.join(ROOT, "docs", "backbones", f"{backbone}.md"), os.path.join(ROOT, "docs", "pruners", f"{pruner}.md")):
+        if os.path.exists(path):
+            with open(path) as f:
+                notes.append(f.read().strip())
+    notes = "\n\n".join(notes)
     return BUNDLE_README.format(name=name, title=title, notes=notes).rstrip() + "\n"
 
 
