@@ -1,11 +1,16 @@
 """SegFormer (MiT encoder + all-MLP head) with token pruning at its stage boundaries."""
 
+import math
+
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
 
 from prato_components.efficiency import count_flops
 from prato_components.engine.handlers import TokenSparsityHandler
-from prato_components.networks.segformer import EfficientSelfAttention, MixTransformerBlock, SegFormer
+from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
 from prato_components.networks.tokens import TokenState
 from prato_components.pruners.base import TokenPruner, TokenSelection, keep_count, select_topk
 
@@ -203,3 +208,129 @@ def test_bad_inputs():
         net(torch.zeros(1, 3, *IMG))
     with pytest.raises(ValueError, match="spatial dims"):
         net(image(1), torch.zeros(1, 1, 6))
+
+
+class UnfoldedHead(nn.Module):
+    """The all-MLP head in the paper's order (per-stage Linear, upsample, concatenate, 1x1 fuse conv): the reference
+    for :class:`AllMLPHead`, which computes the same map in a cheaper order from the same parameters."""
+
+    def __init__(self, in_dims, decoder_dim, out_channels, dropout=0.1):
+        super().__init__()
+        self.linear_c = nn.ModuleList(nn.Linear(d, decoder_dim) for d in in_dims)
+        self.fuse = Convolution(2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False)
+        self.dropout = nn.Dropout2d(dropout)
+        self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
+
+    def forward(self, maps):
+        size = maps[0].shape[2:]
+        upsampled = []
+        for feature_map, linear in zip(maps, self.linear_c):
+            x = linear(feature_map.movedim(1, -1)).movedim(-1, 1)
+            if x.shape[2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            upsampled.append(x)
+        return self.pred(self.dropout(self.fuse(torch.cat(upsampled[::-1], dim=1))))
+
+
+HEAD_DIMS, HEAD_WIDTH = TINY["embed_dims"], TINY["decoder_dim"]
+# stage grids of a 64x64 and a 72x56 image; with these widths the first stages fold Linear and fuse block into one
+# matrix (more tokens than channels) and the last ones apply them in turn, so both orders are compared
+HEAD_GRIDS = {"64x64": ((16, 16), (8, 8), (4, 4), (2, 2)), "72x56": ((18, 14), (9, 7), (5, 4), (3, 2))}
+
+
+def head_pair(seed: int = 0) -> tuple[AllMLPHead, UnfoldedHead]:
+    """The head with non-trivial biases and BN statistics, and the reference loaded from its state dict."""
+    torch.manual_seed(seed)
+    head = AllMLPHead(HEAD_DIMS, HEAD_WIDTH, out_channels=3)
+    with torch.no_grad():
+        norm = head.fuse.adn.N
+        norm.running_mean.normal_()
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.normal_()
+        norm.bias.normal_()
+        head.pred.bias.normal_()
+    reference = UnfoldedHead(HEAD_DIMS, HEAD_WIDTH, out_channels=3)
+    reference.load_state_dict(head.state_dict())  # strict: same keys and shapes, an unfolded checkpoint loads
+    return head, reference
+
+
+def head_maps(batch: int, grids, channels_last: bool, requires_grad: bool = False) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(2)
+    maps = []
+    for dim, (h, w) in zip(HEAD_DIMS, grids):
+        x = torch.randn(batch, h, w, dim, generator=generator)  # channels-last views, as the encoder hands them
+        x = x.permute(0, 3, 1, 2) if channels_last else x.permute(0, 3, 1, 2).contiguous()
+        maps.append(x.requires_grad_(requires_grad) if requires_grad else x)
+    return maps
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("grids", list(HEAD_GRIDS.values()), ids=list(HEAD_GRIDS))
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_head_equals_unfolded_reference(batch, grids, channels_last):
+    head, reference = head_pair()
+    maps = head_maps(batch, grids, channels_last)
+    with torch.no_grad():
+        out = head.eval()(maps)
+        expected = reference.eval()(maps)
+    assert out.shape == (batch, 3, *grids[0])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("grids", list(HEAD_GRIDS.values()), ids=list(HEAD_GRIDS))
+def test_head_gradients_equal_unfolded_reference(grids):
+    """In training (batch statistics, dropout) the folded head gives the reference's values and gradients, to the
+    stage maps and to every parameter, and updates the BN running statistics alike."""
+    head, reference = head_pair()
+    weight = torch.randn(2, 3, *grids[0], generator=torch.Generator().manual_seed(3))
+    results = []
+    for module in (head.train(), reference.train()):
+        maps = head_maps(2, grids, channels_last=True, requires_grad=True)
+        torch.manual_seed(4)  # the same dropout channels in both
+        out = module(maps)
+        (out * weight).sum().backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        assert all(g is not None for g in grads.values())
+        results.append((out, [m.grad for m in maps], grads, module.fuse.adn.N.running_mean.clone()))
+    (out, map_grads, grads, mean), (ref_out, ref_map_grads, ref_grads, ref_mean) = results
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(map_grads, ref_map_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-5, atol=1e-5, msg=name)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+
+
+def test_network_equals_unfolded_head():
+    net = make(**prato(0.75)).eval()
+    reference = UnfoldedHead(TINY["embed_dims"], TINY["decoder_dim"], out_channels=3).eval()
+    with torch.no_grad():
+        net.head.fuse.adn.N.running_mean.normal_()  # BN statistics of a trained network, in both heads
+        reference.load_state_dict(net.head.state_dict())
+        logits = net(image(), BOXES)
+        expected = F.interpolate(reference(net.encode(image(), BOXES)), size=IMG, mode="bilinear", align_corners=False)
+    assert logits.is_contiguous()
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_flops_drop_the_fuse_conv():
+    """Each stage goes straight to the decoder width on its own grid: the fuse conv over the concatenated 1/4
+    resolution maps is gone. Folding costs ``D * D * C_i`` once; it is used where a stage has more tokens than
+    channels."""
+    head, reference = head_pair()
+    grids, width, batch = HEAD_GRIDS["64x64"], HEAD_WIDTH, 1
+    maps = head_maps(batch, grids, channels_last=True)
+    expected = 2 * batch * math.prod(grids[0]) * width * 3  # the prediction conv
+    for dim, grid in zip(HEAD_DIMS, grids):
+        tokens = batch * math.prod(grid)
+        expected += 2 * width * dim * (width + tokens) if tokens > dim else 2 * tokens * width * (dim + width)
+    flops = count_flops(head.eval(), maps)
+    assert expected <= flops <= expected + 2 * width * len(HEAD_DIMS) * width  # + the bias fold (a matrix-vector)
+    assert flops < count_flops(reference.eval(), maps) / 4
+
+
+def test_head_needs_every_stage():
+    head, _ = head_pair()
+    with pytest.raises(ValueError, match="expects 4 stage maps, got 3"):
+        head(head_maps(1, HEAD_GRIDS["64x64"], channels_last=True)[:3])

@@ -4,7 +4,8 @@ Not in MONAI, so built here from torch/MONAI blocks: a Mix Transformer (MiT, var
 overlapping patch embedding (7x7/4, then 3x3/2 convolutions + LayerNorm), blocks of efficient self-attention
 (keys/values from a spatial-reduction convolution, ratios 8, 4, 2, 1) and Mix-FFN (Linear -> depth-wise 3x3 conv
 -> GELU -> Linear), and a LayerNorm; then the all-MLP head (per-stage Linear to a common width, upsampling to 1/4,
-concatenation, a 1x1 fuse conv, prediction) and a bilinear upsampling to the input size.
+concatenation, a 1x1 fuse conv, prediction; computed in an equivalent, cheaper order: :class:`AllMLPHead`) and a
+bilinear upsampling to the input size.
 
 Pruning (DESIGN.md §7). Stage boundary ``s`` in {1, 2, 3} sits between MiT stage ``s`` and ``s + 1``. At a pruned
 boundary the pruner sees the tokens entering stage ``s + 1`` (its overlapping patch embedding, a conv over the
@@ -217,7 +218,23 @@ class MiTStage(nn.Module):
 
 class AllMLPHead(nn.Module):
     """SegFormer's decoder: per-stage Linear to ``decoder_dim``, upsample to the first map, concatenate (deepest
-    first), 1x1 fuse conv + BN + ReLU, dropout, 1x1 prediction."""
+    first), 1x1 fuse conv + BN + ReLU, dropout, 1x1 prediction.
+
+    Computed in an equivalent, cheaper order (same parameters and state-dict keys, same values up to float error).
+    The fuse conv is linear and bilinear upsampling is linear and per channel, so the fuse conv over the
+    concatenation is the sum over stages of its input-channel block ``W_i`` applied to each stage's map, and
+    ``W_i`` commutes with the upsampling. Each stage is therefore mapped straight to ``decoder_dim`` on its own grid,
+    by ``W_i A_i`` (``A_i`` the stage's Linear) folded into one matrix when the stage has more tokens than channels,
+    else by ``A_i`` then ``W_i``; only then upsampled and summed. All biases fold into one vector added once
+    (upsampling keeps constants). The ``decoder_dim x (stages * decoder_dim)`` fuse conv at 1/4 resolution, most of
+    the original head's cost, is gone.
+
+    Args:
+        in_dims: channels of the stage maps, shallowest first.
+        decoder_dim: common width of the stages and of the fused map.
+        out_channels: segmentation classes.
+        dropout: channel dropout before the prediction.
+    """
 
     def __init__(self, in_dims: Sequence[int], decoder_dim: int, out_channels: int, dropout: float = 0.1) -> None:
         super().__init__()
@@ -227,14 +244,28 @@ class AllMLPHead(nn.Module):
         self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
 
     def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``maps``: the stage maps ``[B, C_i, h_i, w_i]``, shallowest (largest) first; returns logits on the first
+        map's grid."""
+        if len(maps) != len(self.linear_c):
+            raise ValueError(f"AllMLPHead expects {len(self.linear_c)} stage maps, got {len(maps)}")
         size = maps[0].shape[2:]
-        upsampled = []
-        for feature_map, linear in zip(maps, self.linear_c):
-            x = _to_map(linear(_to_tokens(feature_map)), feature_map.shape[2:])
+        fuse = self.fuse.conv.weight.flatten(1)  # [D, stages * D]: input blocks in concatenation order, deepest first
+        blocks = fuse.chunk(len(maps), dim=1)[::-1]  # blocks[i] acts on stage i
+        bias = fuse @ torch.cat([linear.bias for linear in self.linear_c[::-1]])
+        if self.fuse.conv.bias is not None:
+            bias = bias + self.fuse.conv.bias
+        fused = None
+        for index, (feature_map, linear, block) in enumerate(zip(maps, self.linear_c, blocks)):
+            tokens = _to_tokens(feature_map)
+            if tokens.shape[0] * tokens.shape[1] > tokens.shape[2]:  # folding costs D*D*C_i, saves B*N_i*D*D
+                x = F.linear(tokens, block @ linear.weight, bias if index == 0 else None)
+            else:
+                x = F.linear(F.linear(tokens, linear.weight), block, bias if index == 0 else None)
+            x = _to_map(x, feature_map.shape[2:])
             if x.shape[2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-            upsampled.append(x)
-        return self.pred(self.dropout(self.fuse(torch.cat(upsampled[::-1], dim=1))))
+            fused = x if fused is None else fused.add_(x)  # fused starts as stage 0's fresh output: ours to update
+        return self.pred(self.dropout(self.fuse.adn(fused)))
 
 
 class SegFormer(nn.Module):
@@ -395,9 +426,11 @@ class SegFormer(nn.Module):
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
         boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
-        logits = self.head(self.encode(image, boxes))
-        logits = F.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
-        return logits.contiguous()  # the maps are channels-last views; hand MONAI a plain [B, C, H, W] tensor
+        # the head's logits are channels-last (like the stage maps); making the small 1/4-resolution map contiguous
+        # before upsampling hands MONAI a plain [B, C, H, W] tensor and is faster than upsampling channels-last with
+        # few channels and copying the full-resolution result
+        logits = self.head(self.encode(image, boxes)).contiguous()
+        return F.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
 
     @property
     def num_tokens(self) -> int:
