@@ -5,7 +5,8 @@ Networks come from presets (paper-size UNETR-2D configurations) or from bundles 
     python tools/benchmark.py presets unetr,unetr_prato,unetr_prato_mask,unetr_prato_keep50
     python tools/benchmark.py bundles bundles/unetr_baseline,bundles/unetr_prato --image_size 224
 
-The first network is the reference for the ratios. Latency: eval mode, ``torch.inference_mode()``, warm-up,
+The first network is the reference for the ratios; ``saving_in_latency`` is the latency saving divided by the
+FLOPs saving (1.0: every FLOP saved shows up in wall-clock time). Latency: eval mode, ``torch.inference_mode()``, warm-up,
 fixed thread count, median of interleaved repeats (DESIGN.md §10). The pruners' own cost is timed with
 forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs.
 """
@@ -116,6 +117,8 @@ def compare(
         row["flops_ratio"] = row["gflops"] / reference["gflops"]
         row["latency_ratio"] = latency[name] / latency[reference["network"]]
         row["pruner_share_of_ref_latency"] = row["pruner_ms"] / reference["latency_ms"] if name != reference["network"] else 0.0
+        flops_saving = 1.0 - row["flops_ratio"]
+        row["saving_in_latency"] = (1.0 - row["latency_ratio"]) / flops_saving if flops_saving > 1e-9 else float("nan")
     return rows
 
 
@@ -123,7 +126,8 @@ def format_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`compare` rows."""
     columns = [("network", "{}"), ("params_M", "{:.2f}"), ("gflops", "{:.2f}"), ("flops_ratio", "{:.3f}"),
                ("kept_fraction", "{:.3f}"), ("latency_ms", "{:.1f}"), ("latency_ratio", "{:.3f}"),
-               ("pruner_gflops", "{:.4f}"), ("pruner_ms", "{:.2f}"), ("pruner_share_of_ref_latency", "{:.2%}")]
+               ("saving_in_latency", "{:.2f}"), ("pruner_gflops", "{:.4f}"), ("pruner_ms", "{:.2f}"),
+               ("pruner_share_of_ref_latency", "{:.2%}")]
     cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]

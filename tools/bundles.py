@@ -535,7 +535,10 @@ def multi_gpu_config(name: str) -> dict:
                           "shuffle": True},
         "train#dataloader#sampler": "@train#sampler",
         "train#dataloader#shuffle": False,
-        "train#trainer#train_handlers": "$@train#handlers[: -1 if torch.distributed.get_rank() > 0 else None]",
+        # every rank keeps TrainingCheckpoint (it resumes all ranks from last.pt; only rank 0 writes), LR schedule
+        # and validation (metrics are gathered across ranks); ranks > 0 drop the console logging
+        "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else "
+                                        "[h for h in @train#handlers if not isinstance(h, monai.handlers.StatsHandler)]",
         "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset",
                              "even_divisible": False, "shuffle": False},
         "validate#dataloader#sampler": "@validate#sampler",

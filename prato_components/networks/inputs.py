@@ -25,6 +25,8 @@ def check_image(image: torch.Tensor, in_channels: int, spatial_shape: Sequence[i
             f"the network was built for images of spatial shape {tuple(spatial_shape)}, got {tuple(image.shape[2:])}; "
             "resize/crop in preprocessing or use a sliding-window inferer"
         )
+    if torch.compiler.is_exporting():  # value checks are data-dependent: torch.export traces shapes only
+        return
     if image.is_floating_point() and not bool(torch.isfinite(image).all()):
         raise ValueError("the image contains NaN or infinite values")
 
@@ -49,5 +51,7 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
             f"a box has {boxes.shape[-1]} values but the image has {dims} spatial dims (expected {2 * dims}: "
             "min corner then max corner)"
         )
+    if torch.compiler.is_exporting():  # the value checks below are data-dependent (see check_image)
+        return boxes.float()
     flat = validate_boxes(boxes.reshape(-1, 2 * dims), spatial_shape, allow_padding=True, name="boxes (flattened [B*M, 2D])")
     return flat.reshape(boxes.shape).to(boxes.device)

@@ -47,13 +47,11 @@ def prompt_boxes_or_image(inputs: StageInput) -> tuple[torch.Tensor, torch.Tenso
         return image_box.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=device)
     boxes = inputs.boxes.to(dtype)
     valid = (boxes[..., dims:] > boxes[..., :dims]).all(dim=-1)
-    no_prompt = ~valid.any(dim=1)
-    if bool(no_prompt.any()):  # images whose rows are all padding: use the whole image as the first box
-        boxes = boxes.clone()
-        boxes[no_prompt, 0] = image_box
-        valid = valid.clone()
-        valid[no_prompt, 0] = True
-    return boxes, valid
+    # images whose rows are all padding: the whole image stands in as the first box (branch-free, so the
+    # network exports with torch.export and runs the same graph for any prompt)
+    first_row = torch.arange(boxes.shape[1], device=device) == 0
+    use_image = ~valid.any(dim=1, keepdim=True) & first_row
+    return torch.where(use_image.unsqueeze(-1), image_box, boxes), valid | use_image
 
 
 def entropy_rank_weights(entropy: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

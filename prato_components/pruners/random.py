@@ -34,6 +34,7 @@ class RandomPruner(TokenPruner):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self.seed = seed
         self._train_calls = 0
+        self._eval_draws: dict[tuple, torch.Tensor] = {}
 
     def _generator(self, device: torch.device, stage: int) -> torch.Generator | None:
         if self.training:
@@ -45,10 +46,23 @@ class RandomPruner(TokenPruner):
             key = ((self.seed or 0) * 1_000_003 + stage * 7_919) % _MODULUS
         return torch.Generator(device=device).manual_seed(key)
 
+    def _draws(self, tokens: torch.Tensor, stage: int) -> torch.Tensor:
+        shape = tuple(tokens.shape[:2])
+        if self.training:
+            return torch.rand(shape, generator=self._generator(tokens.device, stage), device=tokens.device)
+        # eval: the same draws for a given (stage, shape) every call; kept, so that torch.export (which cannot
+        # replay a torch.Generator) captures them as constants after one eager call
+        key = (stage, shape, str(tokens.device))
+        if key not in self._eval_draws:
+            if torch.compiler.is_exporting():
+                raise RuntimeError("run the network once eagerly (same input shape) before exporting RandomPruner")
+            self._eval_draws[key] = torch.rand(shape, generator=self._generator(tokens.device, stage),
+                                               device=tokens.device)
+        return self._eval_draws[key]
+
     def forward(self, inputs: StageInput) -> TokenSelection:
         tokens = inputs.tokens
-        generator = self._generator(tokens.device, inputs.stage)
-        draws = torch.rand(tokens.shape[:2], generator=generator, device=tokens.device)
+        draws = self._draws(tokens, inputs.stage)
         selection = select_topk(draws, self.keep_ratio, inputs.valid)
         selection.scores = None  # nothing to learn: no straight-through weights
         return selection

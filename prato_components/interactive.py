@@ -1,0 +1,218 @@
+"""Box-prompted segmentation of one image with a bundle, for interactive tools (the MONAI Label app).
+
+:func:`boxes_from_request` turns what a viewer sends into boxes; :class:`BoxPromptSegmenter` runs a bundle's
+``inference.json`` pipeline (preprocessing, ``PromptedInferer``, inverse resize, argmax) on one image with them.
+
+Request parameters (JSON, in **voxel coordinates of the image as loaded by MONAI**: axis ``i`` of the array; for
+NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
+
+- ``box``: ``[x1, y1, x2, y2]`` or ``[x1, y1, z1, x2, y2, z2]`` (MONAI ``StandardMode``: min corner, max corner;
+  voxel ``v`` covers ``[v, v+1)``), or a list of such boxes (one per structure).
+- ``roi``: what 3D Slicer's MONAI Label module sends for a placed ROI: ``[i_min, i_max, j_min, j_max, k_min,
+  k_max]`` (per-axis pairs); 4 values ``[x1, y1, x2, y2]`` as CVAT sends a rectangle.
+- ``foreground``: click points ``[[x, y(, z)], ...]`` (3D Slicer, OHIF): their bounding box grown by
+  ``point_margin`` voxels (default 5) in-plane; along z it spans the clicked slices.
+- ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
+  2D box applies to every slice.
+
+A missing or malformed prompt raises ``ValueError`` naming the parameter (the app answers HTTP 422).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PROMPT_PARAMS", "boxes_from_request", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter"]
+
+PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")
+
+
+def _loads(value: Any, name: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"parameter {name!r} is not valid JSON: {value!r}") from err
+    return value
+
+
+def _numbers(values: Any, name: str) -> list[float]:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"parameter {name!r}: box values must be numbers, got {values!r}") from err
+    if not all(math.isfinite(v) for v in out):
+        raise ValueError(f"parameter {name!r}: box values must be finite, got {values!r}")
+    return out
+
+
+def _check_box(box: list[float], name: str) -> list[float]:
+    if len(box) not in (4, 6):
+        raise ValueError(
+            f"parameter {name!r}: a box has 4 values [x1, y1, x2, y2] or 6 [x1, y1, z1, x2, y2, z2], got {len(box)}: "
+            f"{box}"
+        )
+    dims = len(box) // 2
+    if any(box[dims + i] <= box[i] for i in range(dims)):
+        raise ValueError(
+            f"parameter {name!r}: box {box} is empty (max <= min on an axis; order is min then max corner)"
+        )
+    return box
+
+
+def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = None) -> list[list[float]]:
+    """Boxes ``[[x1, y1, (z1,) x2, y2, (z2)], ...]`` from MONAI Label ``/infer`` parameters (see the module doc).
+
+    The first of ``box``/``boxes``, ``roi``, ``foreground`` that is present and not empty is used.
+    """
+    margin = float(params.get("point_margin", 5) if point_margin is None else point_margin)
+    for name in ("box", "boxes"):
+        value = _loads(params.get(name), name)
+        if value is not None and value != []:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"parameter {name!r} must be a box or a list of boxes, got {value!r}")
+            rows = value if isinstance(value[0], (list, tuple)) else [value]
+            return [_check_box(_numbers(row, name), name) for row in rows]
+    roi = _loads(params.get("roi"), "roi")
+    if roi is not None and roi != []:
+        flat = _numbers(np.asarray(roi, dtype=object).reshape(-1).tolist(), "roi")
+        if len(flat) == 6:  # 3D Slicer: [i0, i1, j0, j1, k0, k1]; the IJK direction may flip an axis pair
+            pairs = [sorted(flat[2 * a : 2 * a + 2]) for a in range(3)]
+            return [_check_box([p[0] for p in pairs] + [p[1] for p in pairs], "roi")]
+        if len(flat) == 4:  # CVAT: [x1, y1, x2, y2]
+            return [_check_box(flat, "roi")]
+        raise ValueError(f"parameter 'roi' must have 6 values [i0, i1, j0, j1, k0, k1] (3D Slicer) or 4, got {roi!r}")
+    points = _loads(params.get("foreground"), "foreground")
+    if points:
+        rows = [_numbers(p, "foreground") for p in points]
+        if len({len(p) for p in rows}) != 1 or len(rows[0]) not in (2, 3):
+            raise ValueError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {points!r}")
+        pts = np.asarray(rows)
+        lo, hi = pts.min(0), pts.max(0) + 1.0
+        lo[:2], hi[:2] = lo[:2] - margin, hi[:2] + margin
+        return [_check_box(lo.tolist() + hi.tolist(), "foreground")]
+    raise ValueError(
+        "no box prompt in the request: send params 'box' ([x1, y1, x2, y2] or [x1, y1, z1, x2, y2, z2] in image "
+        "voxel coordinates, min then max corner), 'roi' (3D Slicer ROI) or 'foreground' click points"
+    )
+
+
+def boxes_for_image(boxes: Sequence[Sequence[float]], spatial_shape: Sequence[int], slice_index: int | None = None
+                    ) -> list[list[float]]:
+    """Fit request boxes to an image: a 2D box on a volume spans ``slice_index`` (or every slice); clip to the
+    image; ``ValueError`` for a box with the wrong dimensionality or lying outside the image."""
+    dims, out = len(spatial_shape), []
+    for box in boxes:
+        box = [float(v) for v in box]
+        if len(box) == 4 and dims == 3:
+            z0, z1 = (0.0, float(spatial_shape[2])) if slice_index is None else (float(slice_index), slice_index + 1.0)
+            box = [box[0], box[1], z0, box[2], box[3], z1]
+        if len(box) != 2 * dims:
+            raise ValueError(f"box {box} has {len(box)} values but the image has {dims} spatial dims "
+                             f"(shape {tuple(spatial_shape)})")
+        lo = [max(box[i], 0.0) for i in range(dims)]
+        hi = [min(box[dims + i], float(spatial_shape[i])) for i in range(dims)]
+        if any(h <= low for low, h in zip(lo, hi)):
+            raise ValueError(f"box {box} lies outside the image of shape {tuple(spatial_shape)}")
+        out.append(lo + hi)
+    return out
+
+
+def restrict_to_boxes(label: np.ndarray, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+    """``label`` (spatial array) set to 0 outside the union of ``boxes`` (voxel ``v`` inside if it overlaps)."""
+    dims = label.ndim
+    inside = np.zeros(label.shape, dtype=bool)
+    for box in boxes:
+        index = tuple(slice(int(math.floor(box[i])), int(math.ceil(box[dims + i]))) for i in range(dims))
+        inside[index] = True
+    return np.where(inside, label, 0).astype(label.dtype)
+
+
+class BoxPromptSegmenter:
+    """One bundle's ``inference.json`` pipeline for single images with box prompts.
+
+    Args:
+        bundle_dir: the bundle folder (``configs/inference.json``, ``configs/metadata.json``).
+        checkpoint: weights (plain or ``{"network": ...}`` state dict); default ``<bundle_dir>/models/model.pt``.
+        overrides: config keys to override (e.g. ``{"dataset": "isic"}`` or smaller sizes).
+        device: torch device for the network.
+    """
+
+    def __init__(self, bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,
+                 device: str = "cpu") -> None:
+        from monai.bundle import ConfigParser
+        from monai.transforms import Compose, Lambdad, SaveImaged
+
+        self.bundle_dir = bundle_dir
+        self.checkpoint = checkpoint or os.path.join(bundle_dir, "models", "model.pt")
+        if not os.path.isfile(self.checkpoint):
+            raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist (train the bundle or place weights)")
+        parser = ConfigParser()
+        parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
+        parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
+        parser["bundle_root"] = bundle_dir
+        parser["device"] = f"$torch.device({device!r})"
+        parser["num_workers"] = 0
+        for key, value in (overrides or {}).items():
+            parser[key] = value
+        self.parser = parser
+        self.meta = parser.get("_meta_")
+        self.name = self.meta.get("name", os.path.basename(os.path.normpath(bundle_dir)))
+        self.device = torch.device(device)
+        self.network = parser.get_parsed_content("network")
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state["network"] if isinstance(state.get("network"), dict) else state)
+        self.network.eval()
+        self.spec = parser.get_parsed_content("spec")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        post = parser.get_parsed_content("postprocessing")
+        # keep label indices (no 0/255 scaling) and return the array instead of writing a file
+        self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, (SaveImaged, Lambdad))])
+        self.labels = {name: i + 1 for i, name in enumerate(self.spec["class_names"])}
+
+    @staticmethod
+    def image_shape(image_path: str) -> tuple[int, ...]:
+        """Spatial shape of an image file as MONAI loads it (NIfTI header; PIL size for PNG/JPG)."""
+        if image_path.lower().endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            return tuple(int(s) for s in nib.load(image_path).shape[:3])
+        from PIL import Image
+
+        with Image.open(image_path) as image:
+            return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
+
+    def __call__(self, image_path: str, boxes: Sequence[Sequence[float]], slice_index: int | None = None,
+                 restrict: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
+        """Segment ``image_path`` with ``boxes`` (image voxel coordinates).
+
+        Returns:
+            the label array (class indices, the image's spatial shape), the image affine (or ``None``) and the
+            boxes used (after fitting to the image).
+        """
+        from monai.data import MetaTensor
+
+        boxes = boxes_for_image(boxes, self.image_shape(image_path), slice_index)
+        data = self.preprocessing({"image": image_path, "box": copy.deepcopy(boxes)})
+        image, box = data["image"], data["box"]
+        with torch.no_grad():
+            pred = self.inferer(image[None].to(self.device), self.network,
+                                boxes=torch.as_tensor(box, dtype=torch.float32)[None].to(self.device))
+        pred = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
+        data["pred"] = pred[0].cpu()  # Invertd takes the inverse of the preprocessing from data["image"]
+        data = self.postprocessing(data)
+        label = np.asarray(torch.as_tensor(data["pred"]).cpu())[0].astype(np.uint8)
+        if restrict:
+            label = restrict_to_boxes(label, boxes)
+        affine = getattr(data["pred"], "affine", None)
+        affine = None if affine is None else np.asarray(affine)
+        return label, affine, boxes

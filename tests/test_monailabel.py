@@ -1,0 +1,239 @@
+"""MONAI Label: box prompts from /infer params, the bundle pipeline on one image, and the real server (slow)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, run_bundle
+
+from prato_components.interactive import BoxPromptSegmenter, boxes_for_image, boxes_from_request
+from prato_components.prompts import boxes_from_label
+from tools.verify_bundles import tiny_overrides
+
+SIZE = 32
+TINY = {k: v for k, v in tiny_overrides("unetr_prato", SIZE).items() if k not in ("num_workers", "batch_size")}
+
+
+# ---------------------------------------------------------------------------------------------- request params
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"box": [1, 2, 11, 12]}, [[1, 2, 11, 12]]),
+        ({"box": "[1, 2, 0, 11, 12, 3]"}, [[1, 2, 0, 11, 12, 3]]),  # JSON string
+        ({"boxes": [[1, 2, 11, 12], [3, 3, 5, 6]]}, [[1, 2, 11, 12], [3, 3, 5, 6]]),
+        ({"roi": [4, 20, 30, 6, 0, 3]}, [[4, 6, 0, 20, 30, 3]]),  # 3D Slicer pairs, j axis flipped by IJK direction
+        ({"roi": [[4, 6], [20, 30]]}, [[4, 6, 20, 30]]),  # CVAT rectangle corners
+        ({"foreground": [[10, 12, 2], [14, 11, 2]], "point_margin": 2}, [[8, 9, 2, 17, 15, 3]]),
+        ({"box": [], "roi": [], "foreground": [[5, 5]], "point_margin": 0}, [[5, 5, 6, 6]]),  # empty ones skipped
+    ],
+)
+def test_boxes_from_request(params, expected):
+    assert boxes_from_request(params) == [[float(v) for v in box] for box in expected]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({}, "no box prompt in the request"),
+        ({"background": [[1, 1, 1]]}, "no box prompt in the request"),
+        ({"box": [1, 2, 3]}, "a box has 4 values .* got 3"),
+        ({"box": [10, 10, 5, 20]}, r"is empty \(max <= min"),
+        ({"box": [0, 0, "a", 4]}, "box values must be numbers"),
+        ({"box": [0, 0, float("nan"), 4]}, "must be finite"),
+        ({"roi": [1, 2, 3, 4, 5]}, "'roi' must have 6 values"),
+        ({"box": "[1, 2"}, "not valid JSON"),
+        ({"foreground": [[1, 2], [1, 2, 3]]}, "'foreground' must be points"),
+    ],
+)
+def test_bad_prompts_are_named(params, message):
+    with pytest.raises(ValueError, match=message):
+        boxes_from_request(params)
+
+
+def test_boxes_for_image_fits_slices_and_clips():
+    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5), slice_index=3) == [[2, 3, 3, 10, 12, 4]]
+    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5)) == [[2, 3, 0, 10, 12, 5]]
+    assert boxes_for_image([[-4, 3, 30, 12]], (20, 20)) == [[0, 3, 20, 12]]
+    with pytest.raises(ValueError, match="lies outside the image"):
+        boxes_for_image([[25, 25, 30, 30]], (20, 20))
+    with pytest.raises(ValueError, match="has 6 values but the image has 2 spatial dims"):
+        boxes_for_image([[1, 1, 1, 5, 5, 2]], (20, 20))
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+@pytest.fixture(scope="module")
+def served_bundles(acdc_dir, tmp_path_factory) -> str:
+    """A bundles folder with unetr_prato (a tiny checkpoint trained briefly) and the same bundle untrained."""
+    out = str(tmp_path_factory.mktemp("served"))
+    trained = os.path.join(out, "train_root")
+    # 40 short epochs without augmentation: enough for a clear margin over the untrained network
+    run_bundle("unetr_prato", "train", trained, dataset_dir=acdc_dir, epochs=40, learning_rate=3e-3, val_interval=40,
+               **{**TINY, "batch_size": 4, "train#augmentation": []})
+    for name, weights in (("unetr_prato", os.path.join(trained, "models", "model_final.pt")),
+                          ("unetr_prato_untrained", None)):
+        target = os.path.join(out, "bundles", name)
+        shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
+        os.makedirs(os.path.join(target, "models"))
+        if weights is None:
+            from monai.bundle import ConfigParser
+
+            parser = ConfigParser()
+            parser.read_config(os.path.join(target, "configs", "inference.json"))
+            for key, value in TINY.items():
+                parser[key] = value
+            torch.manual_seed(0)
+            network = parser.get_parsed_content("network_def")
+            torch.save(network.state_dict(), os.path.join(target, "models", "model.pt"))
+        else:
+            shutil.copy(weights, os.path.join(target, "models", "model.pt"))
+    return os.path.join(out, "bundles")
+
+
+def _test_case(acdc_dir: str) -> tuple[str, np.ndarray, list[float]]:
+    """A volume (the last patient), its ground truth and the tight box around the heart (image voxels)."""
+    image = sorted(glob.glob(os.path.join(acdc_dir, "training", "patient*", "*_frame??.nii.gz")))[-1]
+    gt = np.asarray(nib.load(image.replace(".nii.gz", "_gt.nii.gz")).dataobj)
+    box = np.asarray(boxes_from_label(gt[None], spatial_dims=3)).reshape(-1).tolist()
+    return image, gt, box
+
+
+def _foreground_dice(label: np.ndarray, gt: np.ndarray) -> float:
+    """Mean Dice over the three cardiac classes."""
+    scores = []
+    for c in (1, 2, 3):
+        a, b = label == c, gt == c
+        scores.append(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+    return float(np.mean(scores))
+
+
+def test_segmenter_in_process(served_bundles, acdc_dir):
+    """The app's inference path without the server: shape, label values, box restriction, better than untrained."""
+    image, gt, box = _test_case(acdc_dir)
+    scores = {}
+    for name in ("unetr_prato", "unetr_prato_untrained"):
+        segmenter = BoxPromptSegmenter(os.path.join(served_bundles, name), overrides=TINY)
+        label, affine, used = segmenter(image, boxes_from_request({"box": box}))
+        assert label.shape == gt.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
+        np.testing.assert_allclose(affine, nib.load(image).affine, atol=1e-4)
+        outside = np.ones(gt.shape, bool)
+        lo, hi = [int(v) for v in used[0][:3]], [int(np.ceil(v)) for v in used[0][3:]]
+        outside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = False
+        assert not label[outside].any()
+        scores[name] = _foreground_dice(label, gt)
+    assert scores["unetr_prato"] > scores["unetr_prato_untrained"] + 0.1, scores
+    assert segmenter.labels == {"right_ventricle": 1, "myocardium": 2, "left_ventricle": 3}
+
+
+# ---------------------------------------------------------------------------------------------- the real server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, file_path: str, params: dict) -> tuple[int, bytes]:
+    """multipart/form-data POST of ``file`` and ``params`` (what MONAI Label's /infer takes)."""
+    boundary = uuid.uuid4().hex
+    with open(file_path, "rb") as f:
+        content = f.read()
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{os.path.basename(file_path)}\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def monailabel_python() -> str:
+    """The MONAI Label venv (tools/monailabel_env.sh; reused when it already works)."""
+    venv = os.environ.get("PRATO_MONAILABEL_VENV", os.path.join(ROOT, ".venv-monailabel"))
+    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "monailabel_env.sh"), venv], capture_output=True,
+                          text=True, timeout=1800)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return os.path.join(venv, "bin", "python")
+
+
+@pytest.mark.slow
+def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, acdc_dir, tmp_path):
+    image, gt, box = _test_case(acdc_dir)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(image, studies)
+    port = _free_port()
+    command = [monailabel_python, "-m", "monailabel.main", "start_server",
+               "--app", os.path.join(ROOT, "monailabel_app"), "--studies", str(studies),
+               "--conf", "models", "unetr_prato,unetr_prato_untrained",
+               "--conf", "bundles", served_bundles, "--conf", "bundle_overrides", json.dumps(TINY),
+               "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port)]
+    log_path = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env,
+                                  start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        info = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                    info = json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        assert info is not None, f"server did not start:\n{log_path.read_text()[-4000:]}"
+        assert {"unetr_prato", "unetr_prato_untrained"} <= set(info["models"])
+        assert info["models"]["unetr_prato"]["labels"] == {"right_ventricle": 1, "myocardium": 2, "left_ventricle": 3}
+
+        scores = {}
+        for name in ("unetr_prato", "unetr_prato_untrained"):
+            status, content = _post(f"{base}/infer/{name}?output=image", image, {"box": box})
+            assert status == 200, content[-2000:]
+            result = tmp_path / f"{name}.nii.gz"
+            result.write_bytes(content)
+            label = np.asarray(nib.load(str(result)).dataobj)
+            assert label.shape == gt.shape and set(np.unique(label)) <= {0, 1, 2, 3}
+            scores[name] = _foreground_dice(label, gt)
+        assert scores["unetr_prato"] > scores["unetr_prato_untrained"] + 0.1, scores
+
+        # 3D Slicer's ROI gives the same label as the equivalent box
+        roi = [box[0], box[3], box[1], box[4], box[2], box[5]]
+        status, content = _post(f"{base}/infer/unetr_prato?output=image", image, {"roi": roi})
+        assert status == 200
+        (tmp_path / "roi.nii.gz").write_bytes(content)
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "roi.nii.gz")).dataobj),
+                                      np.asarray(nib.load(str(tmp_path / "unetr_prato.nii.gz")).dataobj))
+
+        for params, message in (({}, "no box prompt"), ({"box": [500, 500, 0, 600, 600, 2]}, "lies outside the image"),
+                                ({"box": [1, 2, 3]}, "a box has 4 values")):
+            status, content = _post(f"{base}/infer/unetr_prato?output=image", image, params)
+            assert status == 422 and message in json.loads(content)["detail"], (status, content)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()

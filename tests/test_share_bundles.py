@@ -1,0 +1,78 @@
+"""Share and download: deterministic bundle zips with a checksum index, `monai.bundle download` from file://."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import ROOT, run_bundle, tiny_overrides
+
+from tools.package_bundles import check_index, pack_bundle, pack_bundles, sha256
+from tools.verify_bundles import acdc_inference_inputs
+
+
+def test_archives_are_deterministic_and_indexed(tmp_path):
+    first, second = pack_bundles(str(tmp_path / "a")), pack_bundles(str(tmp_path / "b"))
+    assert first == second and "unetr_prato" in first
+    for name, entry in first.items():
+        assert entry["file"] == f"{name}_v{entry['version']}.zip"
+        a, b = tmp_path / "a" / entry["file"], tmp_path / "b" / entry["file"]
+        assert a.read_bytes() == b.read_bytes() and sha256(str(a)) == entry["sha256"]
+        names = zipfile.ZipFile(a).namelist()
+        assert names == sorted(names) and all(n.startswith(f"{name}/") for n in names)
+        assert {f"{name}/configs/metadata.json", f"{name}/configs/inference.json", f"{name}/LICENSE",
+                f"{name}/docs/README.md", f"{name}/configs/multi_gpu_train.json"} <= set(names)
+    assert check_index(str(tmp_path / "a")) == first
+    victim = tmp_path / "a" / first["unetr_prato"]["file"]
+    victim.write_bytes(victim.read_bytes() + b"x")
+    with pytest.raises(ValueError, match="unetr_prato.*sha256 mismatch"):
+        check_index(str(tmp_path / "a"))
+
+
+def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
+    # a tiny trained checkpoint in a copy of the bundle, with a large_files.yml
+    trained = str(tmp_path / "trained")
+    run_bundle("unetr_prato", "train", trained, dataset_dir=acdc_dir, epochs=1, **{"train#trainer#epoch_length": 1})
+    bundle = str(tmp_path / "unetr_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), bundle)
+    os.makedirs(os.path.join(bundle, "models"))
+    for name in ("model.pt", "last.pt"):
+        shutil.copy(os.path.join(trained, "models", name), os.path.join(bundle, "models", name))
+    (tmp_path / "unetr_prato" / "large_files.yml").write_text(
+        "large_files:\n  - path: models/model.pt\n    url: ''\n    hash_val: ''\n    hash_type: ''\n")
+    archive = pack_bundle(bundle, str(tmp_path / "dist"))
+    assert archive.endswith("unetr_prato_v0.1.0.zip")
+    names = zipfile.ZipFile(archive).namelist()
+    assert "unetr_prato/models/model.pt" in names and "unetr_prato/large_files.yml" in names
+    assert "unetr_prato/models/last.pt" not in names  # resume state is not shared
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    downloads = str(tmp_path / "downloads")
+    subprocess.run([sys.executable, "-m", "monai.bundle", "download", "--name", "unetr_prato",
+                    "--url", "file://" + os.path.abspath(archive), "--bundle_dir", downloads, "--progress", "False"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    root = os.path.join(downloads, "unetr_prato")
+    assert os.path.isfile(os.path.join(root, "configs", "inference.json"))
+    assert sha256(os.path.join(root, "models", "model.pt")) == sha256(os.path.join(bundle, "models", "model.pt"))
+
+    inputs = str(tmp_path / "inputs")
+    images = acdc_inference_inputs(acdc_dir, inputs, count=1)
+    overrides = [f"--{k}={json.dumps(v)}" for k, v in tiny_overrides("unetr_prato").items()]
+    # run from the downloaded folder, as a user would: bundle_root defaults to "."
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                    "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
+                    "--input_dir", inputs, *overrides], check=True, cwd=root, env=env, capture_output=True,
+                   timeout=300)
+    stem = os.path.basename(images[0])[: -len(".nii.gz")]
+    seg = nib.load(os.path.join(root, "eval", f"{stem}_seg.nii.gz"))
+    assert seg.shape == nib.load(images[0]).shape
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    assert glob.glob(os.path.join(root, "models", "model.pt"))

@@ -1,0 +1,47 @@
+"""tools/verify_bundles.py on every bundle: files, metadata, network I/O (full size), tiny train + inference, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from conftest import ROOT
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+from tools.bundles import BUNDLES
+from tools.verify_bundles import check_files, check_metadata, verify_bundle
+
+# Swin UNETR skips whole windows whose tokens are all pruned: the number of windows attended is data-dependent
+# (nonzero + a Python branch on it in networks/swin_unetr.py plan_windows), which torch.export cannot trace.
+NOT_EXPORTABLE = {"swin_unetr_prato": "window skipping has a data-dependent window count (plan_windows)"}
+
+
+@pytest.mark.parametrize("bundle", [
+    pytest.param(b, marks=pytest.mark.xfail(raises=GuardOnDataDependentSymNode, reason=NOT_EXPORTABLE[b], strict=False))
+    if b in NOT_EXPORTABLE else b for b in BUNDLES
+])
+def test_verify_bundle(bundle, acdc_dir, tmp_path):
+    report = verify_bundle(os.path.join(ROOT, "bundles", bundle), str(tmp_path), acdc_dir, full_size=True)
+    assert report["files"] == 8 and report["metadata"] == "0.1.0" and report["net_in_out"] == [224, 224]
+    export = report["export"]
+    assert export["max_abs_diff"] <= 1e-4 and os.path.isfile(export["file"])
+    assert len(torch.export.load(export["file"]).graph_signature.user_inputs) == 2  # (image, boxes)
+
+
+def test_missing_file_and_version_outside_changelog_are_named(tmp_path):
+    bundle = str(tmp_path / "unetr_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), bundle)
+    os.remove(os.path.join(bundle, "LICENSE"))
+    with pytest.raises(FileNotFoundError, match="LICENSE"):
+        check_files(bundle)
+    meta_path = os.path.join(bundle, "configs", "metadata.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    meta["version"] = "9.9.9"
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(ValueError, match="9.9.9 is not in the changelog"):
+        check_metadata(bundle)

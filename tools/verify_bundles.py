@@ -1,0 +1,361 @@
+"""Verify the bundles the way MONAI users consume them: files, metadata, network I/O, export, a tiny run.
+
+    python tools/verify_bundles.py run                               # every bundle under bundles/
+    python tools/verify_bundles.py run --names unetr_prato,unetr_stp # a chosen list
+    python tools/verify_bundles.py run --full_size True              # also verify_net_in_out at the shipped size
+    python tools/verify_bundles.py export bundles/unetr_prato models/model.pt /tmp/unetr_prato.pt2
+
+Checks per bundle (each one a function here, importable by tests):
+
+1. ``check_files``: configs/{metadata,train,inference,evaluate,multi_gpu_train}.json, configs/logging.conf,
+   docs/README.md, LICENSE.
+2. ``check_metadata``: ``monai.bundle.verify_metadata`` against the local schema ``schemas/meta_schema.json``
+   (``--filepath``: no download), and ``version`` listed in ``changelog``.
+3. ``check_net_in_out``: ``monai.bundle.verify_net_in_out`` on ``network_def`` (tiny sizes unless ``full_size``),
+   once without a prompt and once with a box (``extra_forward_args={"boxes": ...}``).
+4. ``check_train_infer``: one training iteration with validation (``train.json``) on synthetic ACDC-like data,
+   then ``inference.json`` on two volumes with box sidecars; the checkpoint and segmentations must exist.
+5. ``check_export``: ``torch.export`` of the trained network (see :mod:`prato_components.export` for why not
+   TorchScript), saved with the bundle configs, reloaded, and compared with the eager network on new images and
+   boxes (also a padding-only "no prompt" box). ``torchscript=True`` also tries ``python -m monai.bundle
+   ckpt_export`` (trace) and records how it fails.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+import fire
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tools.bundles import BACKBONES, BUNDLES, _split  # noqa: E402
+
+__all__ = [
+    "REQUIRED_FILES",
+    "SCHEMA",
+    "tiny_overrides",
+    "check_files",
+    "check_metadata",
+    "check_net_in_out",
+    "check_train_infer",
+    "check_export",
+    "try_ckpt_export",
+    "verify_bundle",
+    "verify_bundles",
+]
+
+REQUIRED_FILES = (
+    "configs/metadata.json",
+    "configs/train.json",
+    "configs/inference.json",
+    "configs/evaluate.json",
+    "configs/multi_gpu_train.json",
+    "configs/logging.conf",
+    "docs/README.md",
+    "LICENSE",
+)
+SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
+TINY_SIZE = 64
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _name(bundle_dir: str) -> str:
+    return _read_json(os.path.join(bundle_dir, "configs", "metadata.json")).get("name") or os.path.basename(
+        os.path.normpath(bundle_dir)
+    )
+
+
+def tiny_overrides(name: str, image_size: int = TINY_SIZE) -> dict:
+    """Overrides that shrink bundle ``name`` for CPU checks: small image, the backbone's tiny widths, no workers."""
+    backbone, _ = _split(name)
+    return {"image_size": image_size, "num_workers": 0, "batch_size": 4, **BACKBONES[backbone]["tiny"]}
+
+
+def _network_overrides(name: str, image_size: int = TINY_SIZE) -> dict:
+    """:func:`tiny_overrides` without the data-loading keys (for building the network alone)."""
+    return {k: v for k, v in tiny_overrides(name, image_size).items() if k not in ("num_workers", "batch_size")}
+
+
+def check_files(bundle_dir: str) -> list[str]:
+    """The required files of the MONAI bundle layout; ``FileNotFoundError`` naming the missing ones."""
+    missing = [rel for rel in REQUIRED_FILES if not os.path.isfile(os.path.join(bundle_dir, rel))]
+    if missing:
+        raise FileNotFoundError(f"bundle {bundle_dir} lacks {missing}")
+    return list(REQUIRED_FILES)
+
+
+def check_metadata(bundle_dir: str, schema: str = SCHEMA) -> str:
+    """``verify_metadata`` against the local schema; the metadata ``version`` must be a ``changelog`` entry."""
+    from monai.bundle import verify_metadata
+
+    meta_file = os.path.join(bundle_dir, "configs", "metadata.json")
+    verify_metadata(meta_file=meta_file, filepath=schema)
+    meta = _read_json(meta_file)
+    if meta["version"] not in meta.get("changelog", {}):
+        raise ValueError(f"{meta_file}: version {meta['version']} is not in the changelog {list(meta['changelog'])}")
+    return meta["version"]
+
+
+def _size_overrides(size: int, num_channels: int | None = None) -> dict:
+    io = "_meta_#network_data_format"
+    out = {f"{io}#inputs#image#spatial_shape": [size, size], f"{io}#outputs#pred#spatial_shape": [size, size]}
+    if num_channels is not None:
+        out[f"{io}#outputs#pred#num_channels"] = num_channels
+    return out
+
+
+def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int = TINY_SIZE) -> list[int]:
+    """``monai.bundle.verify_net_in_out`` on ``network_def`` without and with a box prompt.
+
+    Tiny widths and ``image_size`` unless ``full_size`` (the shipped network: ViT-B at 224x224).
+    Returns the checked input spatial shape.
+    """
+    import torch
+    from monai.bundle import verify_net_in_out
+
+    from prato_components.export import example_inputs
+
+    name = _name(bundle_dir)
+    meta = _read_json(os.path.join(bundle_dir, "configs", "metadata.json"))
+    size = meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0] if full_size else image_size
+    overrides = {} if full_size else {**_network_overrides(name, image_size), **_size_overrides(image_size)}
+    channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    _, boxes = example_inputs(channels, (size, size))
+    common = {
+        "net_id": "network_def",
+        "meta_file": os.path.join(bundle_dir, "configs", "metadata.json"),
+        "config_file": os.path.join(bundle_dir, "configs", "inference.json"),
+        "bundle_root": bundle_dir,
+        "device": "cpu",
+        **overrides,
+    }
+    with torch.no_grad():
+        verify_net_in_out(**common)
+        verify_net_in_out(**common, extra_forward_args={"boxes": boxes})
+    return [size, size]
+
+
+def _run(bundle_dir: str, config: str, bundle_root: str, **overrides) -> None:
+    from monai.bundle import run
+
+    configs = os.path.join(bundle_dir, "configs")
+    run(
+        config_file=os.path.join(configs, f"{config}.json"),
+        meta_file=os.path.join(configs, "metadata.json"),
+        logging_file=os.path.join(configs, "logging.conf"),
+        bundle_root=bundle_root,
+        **overrides,
+    )
+
+
+def make_tiny_acdc(root: str) -> str:
+    """A small synthetic ACDC-like data set (the real layout) under ``root``."""
+    from prato_components.data import make_acdc_like
+
+    if not os.path.isdir(os.path.join(root, "training")):
+        make_acdc_like(root, num_patients=5, num_frames=1, slices=(3, 4), size=(48, 48), seed=0)
+    return root
+
+
+def acdc_inference_inputs(dataset_dir: str, target: str, count: int = 2) -> list[str]:
+    """Copy ``count`` ACDC volumes to ``target`` with a ``.box.json`` sidecar around the heart (from the label)."""
+    import nibabel as nib
+    import numpy as np
+
+    from prato_components.prompts import boxes_from_label
+
+    os.makedirs(target, exist_ok=True)
+    images = sorted(glob.glob(os.path.join(dataset_dir, "training", "patient*", "*_frame??.nii.gz")))[:count]
+    for image in images:
+        shutil.copy(image, target)
+        label = np.asanyarray(nib.load(image.replace(".nii.gz", "_gt.nii.gz")).dataobj)
+        box = boxes_from_label(label[None], spatial_dims=3)
+        stem = os.path.basename(image)[: -len(".nii.gz")]
+        with open(os.path.join(target, stem + ".box.json"), "w") as f:
+            json.dump({"boxes": np.asarray(box).tolist()}, f)
+    return [os.path.join(target, os.path.basename(i)) for i in images]
+
+
+def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_size: int = TINY_SIZE) -> dict:
+    """One training iteration (with validation) and box-prompted inference on two volumes, tiny sizes.
+
+    Writes the bundle's models/ and outputs under ``work_dir`` (the ``bundle_root``); returns their paths.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    name = _name(bundle_dir)
+    overrides = tiny_overrides(name, image_size)
+    _run(bundle_dir, "train", work_dir, dataset="acdc", dataset_dir=dataset_dir, epochs=1,
+         **{"train#trainer#epoch_length": 1}, **overrides)
+    checkpoint = os.path.join(work_dir, "models", "model.pt")
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"{name}: training wrote no {checkpoint}")
+    inputs, outputs = os.path.join(work_dir, "inputs"), os.path.join(work_dir, "predictions")
+    images = acdc_inference_inputs(dataset_dir, inputs)
+    _run(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs, **overrides)
+    for image in images:
+        seg_path = os.path.join(outputs, os.path.basename(image)[: -len(".nii.gz")] + "_seg.nii.gz")
+        seg = nib.load(seg_path)
+        if seg.shape != nib.load(image).shape:
+            raise ValueError(f"{name}: {seg_path} has shape {seg.shape}, the image {nib.load(image).shape}")
+        values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+        if not values <= {0, 1, 2, 3}:
+            raise ValueError(f"{name}: {seg_path} has label values {sorted(values)} outside 0..3")
+    return {"checkpoint": checkpoint, "predictions": outputs}
+
+
+def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
+    """The bundle's ``network_def`` (eval, CPU) with the weights of ``checkpoint`` (plain or nested state dict)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
+    parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
+    parser["bundle_root"] = bundle_dir
+    for key, value in overrides.items():
+        parser[key] = value
+    network = parser.get_parsed_content("network_def")
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        network.load_state_dict(state["network"] if isinstance(state.get("network"), dict) else state)
+    spec = parser.get_parsed_content("spec")
+    return network.eval(), spec["in_channels"], parser.get_parsed_content("image_size")
+
+
+def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
+    """``torch.export`` the bundle network with the weights of ``checkpoint`` to ``filepath`` (``.pt2``), with the
+    bundle's metadata.json and inference.json inside. ``overrides``: config keys (e.g. ``image_size``)."""
+    from prato_components.export import example_inputs, export_network, save_exported
+
+    network, channels, size = _network(bundle_dir, checkpoint, overrides)
+    image, boxes = example_inputs(channels, (size, size), batch=2)
+    program, dynamic = export_network(network, image, boxes)
+    configs = os.path.join(bundle_dir, "configs")
+    extra = {name: open(os.path.join(configs, name)).read() for name in ("metadata.json", "inference.json")}
+    extra["export.json"] = json.dumps({"signature": "(image [B, C, H, W], boxes [B, M, 4]) -> logits",
+                                       "image_size": size, "dynamic_batch": dynamic, "overrides": overrides})
+    return save_exported(program, filepath, extra)
+
+
+def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: int = TINY_SIZE,
+                 atol: float = 1e-4) -> dict:
+    """Export the trained tiny network, reload the file, and compare its logits with the eager network's on new
+    images and boxes (batch 1 and, where the batch is dynamic, 3; and a padding-only box: no prompt)."""
+    import torch
+
+    from prato_components.export import example_inputs, load_exported
+
+    name = _name(bundle_dir)
+    overrides = _network_overrides(name, image_size)
+    export(bundle_dir, checkpoint, filepath, **overrides)
+    exported, files = load_exported(filepath, ("metadata.json", "export.json"))
+    if files["metadata.json"].get("name") != name:
+        raise ValueError(f"{filepath} carries the metadata of {files['metadata.json'].get('name')}, not {name}")
+    network, channels, _ = _network(bundle_dir, checkpoint, overrides)
+    batches = (1, 3) if files["export.json"]["dynamic_batch"] else (2,)
+    worst = 0.0
+    for seed, batch in enumerate(batches, start=1):
+        image, boxes = example_inputs(channels, (image_size, image_size), batch=batch, seed=seed)
+        no_prompt = torch.tensor([0.0, 0.0, -1.0, -1.0]).expand(batch, 1, 4).clone()
+        for prompt in (boxes, no_prompt):
+            with torch.no_grad():
+                expected, got = network(image, prompt), exported(image, prompt)
+            if got.shape != expected.shape:
+                raise ValueError(f"{name}: exported output shape {tuple(got.shape)} != eager {tuple(expected.shape)}")
+            diff = float((got - expected).abs().max())
+            worst = max(worst, diff)
+            if diff > atol:
+                raise ValueError(f"{name}: exported logits differ from the eager network's by {diff:.3g} > {atol}")
+    return {"file": filepath, "max_abs_diff": worst, "dynamic_batch": files["export.json"]["dynamic_batch"]}
+
+
+def try_ckpt_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: int = TINY_SIZE) -> dict:
+    """``python -m monai.bundle ckpt_export --use_trace True`` (TorchScript); returns whether it worked and the last
+    line of its error. (It traces the network with one random image: the box input cannot be traced this way.)"""
+    name = _name(bundle_dir)
+    overrides = _network_overrides(name, image_size)
+    configs = os.path.join(bundle_dir, "configs")
+    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", filepath,
+               "--ckpt_file", checkpoint, "--meta_file", os.path.join(configs, "metadata.json"),
+               "--config_file", os.path.join(configs, "inference.json"), "--bundle_root", bundle_dir,
+               "--use_trace", "True", "--input_shape", f"[1, 1, {image_size}, {image_size}]"]
+    for key, value in overrides.items():
+        command += [f"--{key}", json.dumps(value)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+    return {"ok": done.returncode == 0 and os.path.isfile(filepath), "error": "" if done.returncode == 0 else
+            next((line.strip() for line in lines if "Error" in line), lines[-1] if lines else "")}
+
+
+def verify_bundle(bundle_dir: str, work_dir: str, dataset_dir: str, full_size: bool = False,
+                  torchscript: bool = False, image_size: int = TINY_SIZE) -> dict:
+    """All checks for one bundle; returns ``{check: result}`` and raises on the first failure."""
+    results: dict = {}
+    start = time.perf_counter()
+    results["files"] = len(check_files(bundle_dir))
+    results["metadata"] = check_metadata(bundle_dir)
+    results["net_in_out"] = check_net_in_out(bundle_dir, full_size=full_size, image_size=image_size)
+    trained = check_train_infer(bundle_dir, work_dir, dataset_dir, image_size=image_size)
+    results["train_infer"] = "ok"
+    results["export"] = check_export(bundle_dir, trained["checkpoint"], os.path.join(work_dir, "models", "model.pt2"),
+                                     image_size=image_size)
+    if torchscript:
+        results["torchscript"] = try_ckpt_export(bundle_dir, trained["checkpoint"],
+                                                 os.path.join(work_dir, "models", "model.ts"), image_size)
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def verify_bundles(names: Sequence[str] | None = None, bundles_dir: str = os.path.join(ROOT, "bundles"),
+                   dataset_dir: str | None = None, work_dir: str | None = None, full_size: bool = False,
+                   torchscript: bool = False) -> dict:
+    """:func:`verify_bundle` for ``names`` (default: every bundle of ``tools/bundles.py``); synthetic ACDC-like
+    data unless ``dataset_dir``. A failure is recorded (``{"error": ...}``) and the others still run."""
+    names = list(BUNDLES) if names is None else list(names)
+    work = work_dir or tempfile.mkdtemp(prefix="verify_bundles_")
+    data = dataset_dir or make_tiny_acdc(os.path.join(work, "acdc"))
+    report = {}
+    for name in names:
+        try:
+            report[name] = verify_bundle(os.path.join(bundles_dir, name), os.path.join(work, name), data,
+                                         full_size=full_size, torchscript=torchscript)
+        except Exception as error:  # noqa: BLE001 - reported per bundle
+            report[name] = {"error": f"{type(error).__name__}: {error}"}
+    return report
+
+
+class CLI:
+    """Verify bundles (fire CLI)."""
+
+    def run(self, names: str | None = None, dataset_dir: str | None = None, work_dir: str | None = None,
+            full_size: bool = False, torchscript: bool = False) -> None:
+        chosen = names.split(",") if isinstance(names, str) else names
+        report = verify_bundles(chosen, dataset_dir=dataset_dir, work_dir=work_dir, full_size=full_size,
+                                torchscript=torchscript)
+        print(json.dumps(report, indent=2))
+        failed = [name for name, result in report.items() if "error" in result]
+        if failed:
+            raise SystemExit(f"verification failed for {failed}")
+
+    def export(self, bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
+        return export(bundle_dir, checkpoint, filepath, **overrides)
+
+
+if __name__ == "__main__":
+    fire.Fire(CLI)
