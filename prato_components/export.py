@@ -5,8 +5,9 @@ networks (dataclasses, closures, dicts of modules, keyword-only pruner interface
 torch 2.13 stops with an internal assertion on ``aten::scatter_`` / ``aten::full`` with a boolean fill value (used
 to build keep masks); besides, tracing silently freezes every data-dependent Python branch of the example input,
 and ``ckpt_export`` feeds the network a single random image, so the box input could not be traced at all.
-``torch.export`` records the top-k selection and the gathers as graph operations (the kept count ``K`` depends on
-the grid size only, so it is a constant of the fixed input size), fails loudly instead of freezing a branch, and
+``torch.export`` records the top-k selection and the gathers as graph operations (the kept count ``K`` is a
+constant of the fixed input size, or a bounded run-time size where it depends on the data, as for Swin UNETR's
+alive tokens and kept windows), fails loudly instead of freezing a branch, and
 keeps the second input: the exported callable is ``module(image [B, C, H, W], boxes [B, M, 4])``, the batch size
 dynamic where the network allows it.
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from prato_components.efficiency import count_flops
 from prato_components.networks.swin_unetr import (
@@ -231,3 +232,20 @@ def test_bad_inputs_raise_clear_errors(image, boxes, message):
     net = tiny(pruner="prato")
     with pytest.raises(ValueError, match=message):
         net(image, boxes)
+
+
+def test_torch_export_keeps_window_skipping_and_matches_eager():
+    net = tiny(pruner="prato", pruner_kwargs={"keep_ratio": 0.5})
+    randomise_pruners(net)
+    x = torch.randn(2, 1, 64, 64)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        program = torch.export.export(net, (x, BOXES), dynamic_shapes=({0: batch}, {0: batch}))
+    # the pruned blocks (layers 2-4) attend a data-dependent number of windows, as in eager: no full-grid fallback
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    windows = [node.meta["val"].shape[0] for node in program.graph.nodes if node.target == sdpa]
+    assert len(windows) == 6 and all(free_unbacked_symbols(w) for w in windows)
+    exported = program.module()
+    for images, boxes in ((torch.randn(1, 1, 64, 64), BOXES[:1]), (torch.randn(3, 1, 64, 64), BOXES[[0, 1, 0]])):
+        with torch.no_grad():
+            torch.testing.assert_close(exported(images, boxes), net(images, boxes), atol=1e-5, rtol=1e-5)

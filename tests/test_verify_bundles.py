@@ -9,20 +9,12 @@ import shutil
 import pytest
 import torch
 from conftest import ROOT
-from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 
 from tools.bundles import BUNDLES
 from tools.verify_bundles import check_files, check_metadata, verify_bundle
 
-# Swin UNETR skips whole windows whose tokens are all pruned: the number of windows attended is data-dependent
-# (nonzero + a Python branch on it in networks/swin_unetr.py plan_windows), which torch.export cannot trace.
-NOT_EXPORTABLE = {"swin_unetr_prato": "window skipping has a data-dependent window count (plan_windows)"}
 
-
-@pytest.mark.parametrize("bundle", [
-    pytest.param(b, marks=pytest.mark.xfail(raises=GuardOnDataDependentSymNode, reason=NOT_EXPORTABLE[b], strict=False))
-    if b in NOT_EXPORTABLE else b for b in BUNDLES
-])
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_bundle(bundle, acdc_dir, tmp_path):
     report = verify_bundle(os.path.join(ROOT, "bundles", bundle), str(tmp_path), acdc_dir, full_size=True)
     assert report["files"] == 8 and report["metadata"] == "0.1.0" and report["net_in_out"] == [224, 224]

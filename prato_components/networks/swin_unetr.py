@@ -34,6 +34,11 @@ runs on the restored grid; a parent with no alive child is filled by the same po
 (``carry``: the merging of its carried children; ``zero``: 0). A pruner's ``StageInput.feature_map`` is that
 merged grid before the tap's zeroing.
 
+Export. ``torch.export`` traces the same path: the number of kept windows (``nonzero`` in :func:`plan_windows`),
+the alive parents and the stage-2 padded width are unbacked symbolic sizes (bounded with ``torch._check``), so the
+exported graph keeps the pruning decisions *and* the window skipping. While exporting, the pruned-key mask is
+always built (a zero bias when every key is live) and the pruner always gets the padded view with ``valid``.
+
 Where the savings are. Pruning thins the transformer of ``layers{s+1}`` onward; MONAI's convolutional encoders and
 decoder run on full grids and dominate SwinUNETR's FLOPs (about three quarters at 224x224, feature size 48), and
 window attention only shrinks when whole windows empty, which needs a spatially coherent selection (a trained
@@ -171,7 +176,7 @@ class WindowPlan:
 
     @property
     def num_kept(self) -> int:
-        return int(self.windows.numel())
+        return self.windows.shape[0]  # a plain int in eager, a symbolic size under torch.export
 
 
 def plan_windows(
@@ -204,7 +209,7 @@ def plan_windows(
     mask = None
     if layout.attn_mask is not None:
         mask = layout.attn_mask[local].unsqueeze(1)  # [W, 1, n, n]
-    if not bool(keys.all()):
+    if torch.compiler.is_exporting() or not bool(keys.all()):
         key_bias = torch.zeros(keys.shape, device=flat_index.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
         mask = key_bias if mask is None else mask + key_bias
     return WindowPlan(position, windows, mask, batch_size * per_image, n)
@@ -526,9 +531,18 @@ class PrunedSwinUNETR(SwinUNETR):
         else:
             index = live.index
             tokens = flat[index]
-            counts = torch.bincount(torch.div(index, num_cells, rounding_mode="floor"), minlength=batch)
-        width = num_cells if live is None else int(counts.max())
-        if live is None or bool((counts == width).all()):  # the same count in every image: a plain reshape
+            image = torch.div(index, num_cells, rounding_mode="floor")  # (not bincount: its length is data-dependent)
+            counts = torch.zeros(batch, dtype=torch.long, device=x.device).index_add_(0, image, torch.ones_like(index))
+        exporting = torch.compiler.is_exporting()
+        if live is None:
+            width = num_cells
+        elif exporting:  # a data-dependent size: torch.export traces it as an unbacked symbol
+            width = counts.max().item()
+            torch._check(width >= 0)
+            torch._check(width <= num_cells)
+        else:
+            width = int(counts.max())
+        if live is None or (not exporting and bool((counts == width).all())):  # same count everywhere: a reshape
             padded, valid = tokens.view(batch, width, channels), None
             token_index = (index % num_cells).view(batch, width)
             rows = None

@@ -34,7 +34,9 @@ def keep_count(num_tokens: int, keep_ratio: float) -> int:
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
-    return max(1, min(num_tokens, int(math.floor(num_tokens * keep_ratio + 0.5))))
+    # trunc == floor here (the value is positive); trunc, sym_min and sym_max give plain ints in eager and keep a
+    # data-dependent count symbolic (and serializable) under torch.export
+    return torch.sym_max(1, torch.sym_min(num_tokens, math.trunc(num_tokens * keep_ratio + 0.5)))
 
 
 @dataclass
@@ -145,7 +147,11 @@ def select_topk(scores: torch.Tensor, keep_ratio: float, valid: torch.Tensor | N
         valid: optional ``[B, n]`` bool; padding rows are never kept and the count is taken over the
             smallest number of valid rows in the batch so that K is the same for every image.
     """
-    num_live = scores.shape[1] if valid is None else int(valid.sum(dim=1).min())
+    num_live = scores.shape[1]
+    if valid is not None:  # .item(): under torch.export a data-dependent size, bounded by the checks
+        num_live = valid.sum(dim=1).min().item()
+        torch._check(num_live >= 0)
+        torch._check(num_live <= scores.shape[1])
     k = keep_count(num_live, keep_ratio)
     ranked = scores.detach() if valid is None else scores.detach().masked_fill(~valid, float("-inf"))
     keep_index = ranked.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
