@@ -14,11 +14,9 @@ sys.path.insert(0, ROOT)
 
 @pytest.fixture(scope="session")
 def acdc_dir(tmp_path_factory) -> str:
-    from prato_components.data import make_acdc_like
+    from tools.verify_bundles import make_tiny_acdc
 
-    root = str(tmp_path_factory.mktemp("acdc"))
-    make_acdc_like(root, num_patients=5, num_frames=1, slices=(3, 4), size=(48, 48), seed=0)
-    return root
+    return make_tiny_acdc(str(tmp_path_factory.mktemp("acdc")))
 
 
 @pytest.fixture(scope="session")

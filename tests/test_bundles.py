@@ -16,8 +16,8 @@ import torch
 from conftest import ROOT, error_text, read_json, run_bundle
 from PIL import Image
 
-from prato_components.prompts import boxes_from_label
 from tools.bundles import BUNDLES, Bundles
+from tools.verify_bundles import acdc_inference_inputs
 
 UNETR_BUNDLES = ["unetr_baseline", "unetr_prato"]
 SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
@@ -29,20 +29,6 @@ def _digest(paths) -> dict[str, str]:
 
 def _epoch(checkpoint: dict) -> int:
     return checkpoint["trainer"]["iteration"] // checkpoint["trainer"]["epoch_length"]
-
-
-def _acdc_inputs(acdc_dir: str, target: str, count: int = 2) -> list[str]:
-    """Copy ``count`` ACDC volumes to ``target`` with a box sidecar around the heart (from the ground truth)."""
-    os.makedirs(target, exist_ok=True)
-    images = sorted(glob.glob(os.path.join(acdc_dir, "training", "patient*", "*_frame??.nii.gz")))[:count]
-    for image in images:
-        shutil.copy(image, target)
-        label = np.asanyarray(nib.load(image.replace(".nii.gz", "_gt.nii.gz")).dataobj)
-        box = boxes_from_label(label[None], spatial_dims=3)
-        stem = os.path.basename(image)[: -len(".nii.gz")]
-        with open(os.path.join(target, stem + ".box.json"), "w") as f:
-            json.dump({"boxes": box.tolist()}, f)
-    return images
 
 
 def test_committed_bundles_match_the_generator():
@@ -97,7 +83,7 @@ def test_acdc_train_evaluate_infer(bundle, acdc_dir, tmp_path):
     assert os.path.isfile(os.path.join(root, "eval", "metrics.csv"))
 
     inputs = str(tmp_path / "inputs")
-    images = _acdc_inputs(acdc_dir, inputs)
+    images = acdc_inference_inputs(acdc_dir, inputs)
     run_bundle(bundle, "inference", root, dataset="acdc", input_dir=inputs, output_dir=str(tmp_path / "out"))
     for image in images:
         stem = os.path.basename(image)[: -len(".nii.gz")]
@@ -195,7 +181,7 @@ def test_bad_inference_input_is_named_and_nothing_written_is_lost(acdc_dir, tmp_
     root, out = str(tmp_path / "bundle"), str(tmp_path / "out")
     run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=1)
     inputs = str(tmp_path / "inputs")
-    _acdc_inputs(acdc_dir, inputs, count=1)
+    acdc_inference_inputs(acdc_dir, inputs, count=1)
     run_bundle("unetr_prato", "inference", root, input_dir=inputs, output_dir=out)
     before = _digest(glob.glob(os.path.join(root, "models", "*")) + glob.glob(os.path.join(out, "*")))
 
