@@ -115,11 +115,11 @@ class PrATo(TokenPruner):
         if self.scoring == "naive_crop":
             return self._distance_relevance(inputs, boxes, box_valid)
         dims = inputs.spatial_dims
-        stride = torch.tensor(inputs.stride, dtype=boxes.dtype, device=boxes.device).repeat(2)
+        stride = torch.tensor(tuple(inputs.stride) * 2, dtype=boxes.dtype, device=boxes.device)
         pooled = roi_align(inputs.feature_map(), boxes / stride, self.roi_size, self.sampling_ratio)
         batch, num_boxes, channels = pooled.shape[:3]
         roi_features = pooled.flatten(3).transpose(2, 3).reshape(batch, -1, channels)  # [B, M, C]
-        feature_valid = box_valid.repeat_interleave(self.roi_size**dims, dim=1)  # [B, M]
+        feature_valid = box_valid.unsqueeze(-1).expand(-1, -1, self.roi_size**dims).reshape(batch, -1)  # [B, M]
 
         v1, v2 = self.f1(roi_features), self.f2(inputs.tokens)
         similarity = v1 @ v2.transpose(1, 2) / self.proj_dim**0.5  # [B, M, n]
@@ -131,7 +131,7 @@ class PrATo(TokenPruner):
         else:
             omega = feature_valid.to(similarity.dtype)
         weights = omega * feature_valid / feature_valid.sum(dim=1, keepdim=True).clamp(min=1)
-        return torch.einsum("bm,bmn->bn", weights.to(similarity.dtype), similarity)
+        return (weights.to(similarity.dtype).unsqueeze(1) @ similarity).squeeze(1)
 
     @staticmethod
     def _distance_relevance(inputs: StageInput, boxes: torch.Tensor, box_valid: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""N-dimensional RoIAlign on ``grid_sample``.
+"""N-dimensional RoIAlign as separable bilinear-weight contractions.
 
 torchvision's ``roi_align`` is 2D only (and torchvision does not install beside the CPU torch wheel we
-use), so this is our own: one batched ``grid_sample`` call for all boxes of all images, in 2D or 3D.
+use), so this is our own: for all boxes of all images at once, in 2D or 3D.
 It follows the RoIAlign definition of He et al. (Mask R-CNN) as implemented by torchvision:
 every output bin averages ``sampling_ratio ** D`` regularly spaced bilinear samples; a sample more than
 one cell outside the map contributes zero, one within that margin is clamped to the border cell.
@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.utils import ensure_tuple_rep
 
 __all__ = ["roi_align"]
@@ -60,37 +59,19 @@ def roi_align(
     if not aligned:  # legacy convention: boxes are at least one cell wide
         extent = extent.clamp(min=1.0)
 
-    # sample coordinates along each axis: start + (i + (j + 0.5) / s) * bin, flattened as i * s + j
-    coords, valid = [], []
+    # Bilinear sampling on a regular grid is separable: for every box and axis, a [k, size] matrix holds the
+    # bilinear weights of its samples (the tent ``max(0, 1 - |c - g|)`` at the clamped coordinate ``c``),
+    # zeroed for samples outside the map and averaged over the ``s`` samples of each bin. The pooled grid is
+    # the feature map contracted with one such matrix per axis (exact; far cheaper than grid_sample here).
+    weights = []
     for axis in range(spatial_dims):
-        steps = (torch.arange(out_size[axis] * sampling_ratio, device=boxes.device, dtype=boxes.dtype) + 0.5)
-        steps = steps / sampling_ratio
-        c = start[..., axis, None] + steps * (extent[..., axis, None] / out_size[axis])  # [B, M, P_axis]
-        size = grid_shape[axis]
-        valid.append((c >= -1.0) & (c <= size))
-        c = c.clamp(0.0, size - 1)
-        coords.append(2.0 * c / max(size - 1, 1) - 1.0)  # align_corners=True normalisation
-
-    # broadcast the per-axis coordinates into a [B, M, P_0, .., P_{D-1}] grid
-    shape = [batch, num_boxes] + [c.shape[-1] for c in coords]
-    axes_grid, inside = [], None
-    for axis, (c, v) in enumerate(zip(coords, valid)):
-        view = [batch, num_boxes] + [1] * spatial_dims
-        view[2 + axis] = c.shape[-1]
-        axes_grid.append(c.view(view).expand(shape))
-        v = v.view(view)
-        inside = v if inside is None else inside & v
-    grid = torch.stack(axes_grid[::-1], dim=-1)  # grid_sample wants (x=last axis, y, z) order
-    grid = grid.reshape(batch, num_boxes * shape[2], *shape[3:], spatial_dims)
-
-    samples = F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    samples = samples.reshape(batch, features.shape[1], *shape[1:])  # [B, C, M, P_0, ..]
-    samples = samples * inside.expand(shape).unsqueeze(1).to(samples.dtype)
-
-    # average the s**D samples of every bin
-    split = [batch, features.shape[1], num_boxes]
-    for axis in range(spatial_dims):
-        split += [out_size[axis], sampling_ratio]
-    samples = samples.reshape(split)
-    pooled = samples.mean(dim=tuple(4 + 2 * a for a in range(spatial_dims)))
-    return pooled.transpose(1, 2)
+        size, bins = grid_shape[axis], out_size[axis]
+        steps = (torch.arange(bins * sampling_ratio, device=boxes.device, dtype=boxes.dtype) + 0.5) / sampling_ratio
+        c = start[..., axis, None] + steps * (extent[..., axis, None] / bins)  # [B, M, P], flattened as i * s + j
+        inside = ((c >= -1.0) & (c <= size)).to(c.dtype)
+        cells = torch.arange(size, device=boxes.device, dtype=boxes.dtype)
+        tent = (1.0 - (c.clamp(0.0, size - 1).unsqueeze(-1) - cells).abs()).clamp(min=0.0)  # [B, M, P, size]
+        weights.append((tent * inside.unsqueeze(-1)).view(batch, num_boxes, bins, sampling_ratio, size).mean(dim=3))
+    if spatial_dims == 2:
+        return torch.einsum("bcyx,bmjx,bmiy->bmcij", features, weights[1], weights[0])
+    return torch.einsum("bczyx,bmkx,bmjy,bmiz->bmcijk", features, weights[2], weights[1], weights[0])
