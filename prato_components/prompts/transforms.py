@@ -162,8 +162,8 @@ class _BoxMapd(MapTransform):
     def __init__(self, box_key: KeysCollection = "box", allow_missing_keys: bool = False) -> None:
         super().__init__(box_key, allow_missing_keys)
 
-    def box_fn(self, boxes: torch.Tensor) -> NdarrayOrTensor:
-        raise NotImplementedError
+    def box_fn(self, boxes: torch.Tensor) -> NdarrayOrTensor:  # abstract: each subclass defines its box change
+        raise NotImplementedError(f"{type(self).__name__} must implement box_fn(boxes) -> boxes")
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
