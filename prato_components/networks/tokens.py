@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prato_components.pruners.base import StageInput, TokenSelection, straight_through
+from prato_components.pruners.base import StageInput, TokenSelection, scatter_to_grid, straight_through
 
 __all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState", "check_executor"]
 
@@ -117,11 +117,9 @@ class TokenState:
         """``[B, N]`` bool: grid positions whose token is still alive."""
         if self.alive is not None:
             return self.alive
-        batch = self.tokens.shape[0]
         if self.token_index is None:
-            return torch.ones(batch, self.num_tokens, dtype=torch.bool, device=self.tokens.device)
-        grid = torch.zeros(batch, self.num_tokens + 1, dtype=torch.bool, device=self.tokens.device)
-        return grid.scatter_(1, self.token_index, True)[:, : self.num_tokens]
+            return torch.ones(self.tokens.shape[0], self.num_tokens, dtype=torch.bool, device=self.tokens.device)
+        return scatter_to_grid(self.token_index, torch.ones_like(self.token_index, dtype=torch.bool), self.num_tokens)
 
     def pruned_at(self) -> torch.Tensor:
         """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
@@ -210,14 +208,10 @@ class TokenState:
         self.tokens, self.token_index, self.valid = tokens, index, valid
 
     def _apply_mask(self, keep, weights, inputs) -> None:
-        index = inputs.token_index
-        live = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=torch.bool, device=keep.device)
-        live.scatter_(1, index, keep)
-        self.alive = live[:, : self.num_tokens]
+        self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
         factor = None
         if weights is not None:  # straight-through keep weights on the grid (0 where dead)
-            factor = torch.zeros(keep.shape[0], self.num_tokens + 1, dtype=weights.dtype, device=weights.device)
-            factor = factor.scatter(1, index, weights * keep)[:, : self.num_tokens]
+            factor = scatter_to_grid(inputs.token_index, weights * keep, self.num_tokens)
             if self.policy is not None:
                 factor = factor * self.policy
         if self.mode == "attention_mask":

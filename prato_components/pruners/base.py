@@ -23,6 +23,7 @@ __all__ = [
     "select_topk",
     "select_threshold",
     "straight_through",
+    "scatter_to_grid",
 ]
 
 
@@ -37,6 +38,13 @@ def keep_count(num_tokens: int, keep_ratio: float) -> int:
     # trunc == floor here (the value is positive); trunc, sym_min and sym_max give plain ints in eager and keep a
     # data-dependent count symbolic (and serializable) under torch.export
     return torch.sym_max(1, torch.sym_min(num_tokens, math.trunc(num_tokens * keep_ratio + 0.5)))
+
+
+def scatter_to_grid(index: torch.Tensor, values: torch.Tensor, num_grid: int) -> torch.Tensor:
+    """``values`` ``[B, n]`` written at grid positions ``index`` ``[B, n]`` of a zero ``[B, num_grid]`` map; rows
+    whose index is ``num_grid`` (padding rows of a padded token set) are dropped."""
+    grid = values.new_zeros(values.shape[0], num_grid + 1)
+    return grid.scatter(1, index, values)[:, :num_grid]
 
 
 @dataclass
@@ -87,13 +95,16 @@ class StageInput:
         if size == self.token_index.shape[1]:
             return self.token_index, self.valid
         if size == num_grid:
-            live = torch.zeros(batch, num_grid + 1, dtype=torch.bool, device=self.token_index.device)
-            live.scatter_(1, self.token_index, True)
-            return torch.arange(num_grid, device=live.device).expand(batch, -1), live[:, :num_grid]
+            return torch.arange(num_grid, device=self.token_index.device).expand(batch, -1), self.live_grid()
         raise ValueError(
             f"an attention map over {size} tokens matches neither the {self.token_index.shape[1]} live tokens nor "
             f"the {num_grid} grid tokens"
         )
+
+    def live_grid(self) -> torch.Tensor:
+        """``[B, N]`` bool: grid positions of the live tokens."""
+        live = torch.ones_like(self.token_index, dtype=torch.bool)
+        return scatter_to_grid(self.token_index, live, math.prod(self.grid_shape))
 
     def token_centres(self) -> torch.Tensor:
         """``[B, n, D]`` centres of the live tokens in network-input voxel coordinates."""

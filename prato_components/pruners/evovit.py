@@ -28,6 +28,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from prato_components.networks.blocks import transformer_block_forward
 from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk
@@ -101,9 +102,7 @@ class EvoViT(TokenPruner):
             raise ValueError("EvoViT needs the attention maps of the blocks before its stage (StageInput.attentions)")
         batch = inputs.token_index.shape[0]
         num_grid = math.prod(inputs.grid_shape)
-        live = torch.zeros(batch, num_grid + 1, dtype=torch.bool, device=inputs.token_index.device)
-        live.scatter_(1, inputs.token_index, True)  # padding rows hold index N: the last column
-        live[:, num_grid] = False
+        live = F.pad(inputs.live_grid(), (0, 1))  # [B, N + 1]: the last column collects padding rows, never live
         scores = inputs.memory.get(MEMORY_KEY)
         t = self.smoothing
         for attention in inputs.attentions:
