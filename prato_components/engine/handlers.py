@@ -38,8 +38,7 @@ class TokenSparsityHandler:
     and logs them.
 
     Args:
-        network: the pruned network (DDP-wrapped is fine); it must expose ``token_report`` and ``feat_size``
-            (or ``num_tokens``).
+        network: the pruned network (DDP-wrapped is fine); it must expose ``token_report`` and ``num_tokens``.
         prefix: metric name prefix.
     """
 
@@ -66,13 +65,8 @@ class TokenSparsityHandler:
         self._reports.append(list(getattr(self.network, "token_report", [])))
 
     def num_tokens(self) -> int:
-        net = self.network
-        if hasattr(net, "num_tokens"):
-            return int(net.num_tokens)
-        size = 1
-        for s in net.feat_size:
-            size *= int(s)
-        return size
+        """Tokens on the grid of the network's last reported stage."""
+        return int(self.network.num_tokens)
 
     def _publish(self, engine: Engine) -> None:
         summary = summarise_token_reports(self._reports, self.num_tokens())

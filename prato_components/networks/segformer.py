@@ -47,7 +47,7 @@ from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.tokens import StageReport, TokenState, check_executor
-from prato_components.networks.vit_pruning import build_pruner, executor_mode
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode
 from prato_components.pruners.base import TokenPruner
 
 __all__ = [
@@ -268,7 +268,7 @@ class AllMLPHead(nn.Module):
         return self.pred(self.dropout(self.fuse.adn(fused)))
 
 
-class SegFormer(nn.Module):
+class SegFormer(PrunedNetworkMixin, nn.Module):
     """SegFormer (MiT encoder + all-MLP head), 2D, with token pruning at chosen stage boundaries.
 
     Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels;
@@ -438,16 +438,3 @@ class SegFormer(nn.Module):
         if not self.grid_shapes:
             return 0
         return math.prod(self.grid_shapes[self.prune_stages[-1] if self.prune_stages else -1])
-
-    def kept_fraction(self) -> float:
-        """Fraction of the tokens kept at the last pruned stage of the last forward pass."""
-        if not self.token_report:
-            return 1.0
-        return float(self.token_report[-1].tokens_kept.mean()) / self.num_tokens
-
-    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load the state dict of an unpruned ``SegFormer``; the pruners keep their own weights."""
-        result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
-        if missing or result.unexpected_keys:
-            raise KeyError(f"not a SegFormer state dict: missing {missing}, unexpected {result.unexpected_keys}")

@@ -67,7 +67,7 @@ from monai.networks.nets.swin_unetr import (
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.tokens import FILL_POLICIES, StageReport
-from prato_components.networks.vit_pruning import build_pruner
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner
 from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, straight_through
 
 __all__ = [
@@ -390,7 +390,7 @@ def _build_pruners(
     return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
 
 
-class PrunedSwinUNETR(SwinUNETR):
+class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
     """MONAI ``SwinUNETR`` that drops tokens at patch-merging outputs and skips windows with no live token;
     called as ``net(image, boxes=None)``. See the module docstring for stages, window skipping and filling.
 
@@ -617,20 +617,6 @@ class PrunedSwinUNETR(SwinUNETR):
         return merged, _Live(flat[next_index], next_index)
 
     # ------------------------------------------------------------------ reports and weights
-    def kept_fraction(self) -> float:
-        """Fraction of the last pruned stage's grid alive after that stage, in the last forward pass."""
-        if not self.token_report:
-            return 1.0
-        return float(self.token_report[-1].tokens_kept.mean()) / float(self.num_tokens)
-
-    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a plain MONAI ``SwinUNETR`` state dict; the pruners keep their own (fresh) weights."""
-        result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("pruners.")]
-        if missing or result.unexpected_keys:
-            raise KeyError(f"not a SwinUNETR state dict: missing {missing}, unexpected {result.unexpected_keys}")
-
-
 def patch_swin_unetr(
     model: SwinUNETR,
     pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,

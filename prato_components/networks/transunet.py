@@ -31,7 +31,7 @@ from monai.networks.nets.resnet import ResNetBottleneck
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.tokens import StageReport, TokenState, check_executor
-from prato_components.networks.vit_pruning import build_pruner, executor_mode, run_pruned_blocks
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 
 __all__ = ["TransUNet", "TRANSUNET_STAGES", "HybridResNetEncoder", "CascadedUpsampler"]
@@ -140,7 +140,7 @@ class CascadedUpsampler(nn.Module):
         return x
 
 
-class TransUNet(nn.Module):
+class TransUNet(PrunedNetworkMixin, nn.Module):
     """TransUNet (R50 hybrid + ViT + cascaded upsampler) whose ViT drops tokens at chosen stage boundaries.
 
     Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels.
@@ -265,20 +265,12 @@ class TransUNet(nn.Module):
         x = grid.transpose(1, 2).reshape(grid.shape[0], self.hidden_size, *self.feat_size)
         return self.segmentation_head(self.decoder(x, skips))
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens on the ViT grid."""
+        return math.prod(self.feat_size)
+
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, image.shape[0], self.img_size)
         return self.decode(*self.encode(image, boxes))
-
-    def kept_fraction(self) -> float:
-        """Fraction of the grid's tokens alive after the last pruned stage of the last forward pass."""
-        if not self.token_report:
-            return 1.0
-        return float(self.token_report[-1].tokens_kept.mean()) / math.prod(self.feat_size)
-
-    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load the state dict of an unpruned ``TransUNet``; pruners and completion keep their own weights."""
-        result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(("pruners.", "completion."))]
-        if missing or result.unexpected_keys:
-            raise KeyError(f"not a TransUNet state dict: missing {missing}, unexpected {result.unexpected_keys}")

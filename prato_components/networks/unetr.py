@@ -20,7 +20,7 @@ from monai.networks.nets import UNETR
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.tokens import check_executor, StageReport, TokenState
-from prato_components.networks.vit_pruning import build_pruner, executor_mode, run_pruned_blocks
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 
 __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
@@ -28,7 +28,7 @@ __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 UNETR_STAGES = (1, 2, 3)
 
 
-class PrunedUNETR(UNETR):
+class PrunedUNETR(PrunedNetworkMixin, UNETR):
     """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None)``.
 
     Args:
@@ -124,26 +124,16 @@ class PrunedUNETR(UNETR):
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens on the ViT grid."""
+        return math.prod(self.feat_size)
+
     def _complete(self, grid: torch.Tensor, state: TokenState, tap: int) -> torch.Tensor:
         """Apply the learned completion (e.g. STP's MTA) to a restored grid once tokens were pruned."""
         if self.completion is None or not state.pruned:
             return grid
         return self.completion(grid, state, tap)
-
-    def kept_fraction(self) -> float:
-        """Fraction of the grid's tokens alive after the last pruned stage of the last forward pass."""
-        if not self.token_report:
-            return 1.0
-        n = float(torch.tensor(self.feat_size).prod())
-        return float(self.token_report[-1].tokens_kept.mean()) / n
-
-    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a plain MONAI ``UNETR`` state dict; pruners and completion keep their own (fresh) weights."""
-        result = self.load_state_dict(state_dict, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith(("pruners.", "completion."))]
-        if missing or result.unexpected_keys:
-            raise KeyError(f"not a UNETR state dict: missing {missing}, unexpected {result.unexpected_keys}")
-
 
 def patch_unetr(
     model: UNETR,

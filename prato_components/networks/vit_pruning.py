@@ -19,7 +19,30 @@ from prato_components.networks.tokens import TokenState
 from prato_components.pruners.base import TokenPruner
 from prato_components.pruners.registry import PRUNERS, create_pruner
 
-__all__ = ["build_pruner", "executor_mode", "run_pruned_blocks"]
+__all__ = ["PrunedNetworkMixin", "build_pruner", "executor_mode", "run_pruned_blocks"]
+
+
+class PrunedNetworkMixin:
+    """What every pruned backbone offers: the kept fraction of the last forward pass and loading the state dict of
+    its unpruned counterpart. A backbone provides :attr:`token_report` (set by each forward pass) and
+    :attr:`num_tokens` (tokens on the grid of its last reported stage)."""
+
+    token_report: list
+    num_tokens: int
+
+    def kept_fraction(self) -> float:
+        """Fraction of the last reported stage's grid alive after that stage, in the last forward pass."""
+        if not self.token_report:
+            return 1.0
+        return float(self.token_report[-1].tokens_kept.mean()) / float(self.num_tokens)
+
+    def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load the state dict of the unpruned network; pruners and completion keep their own (fresh) weights."""
+        result = self.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(("pruners.", "completion."))]
+        if missing or result.unexpected_keys:
+            name = type(self).__name__.removeprefix("Pruned")
+            raise KeyError(f"not a {name} state dict: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 def build_pruner(
