@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from prato_components.prompts.boxes import clip_boxes, validate_boxes
+
 __all__ = ["PROMPT_PARAMS", "boxes_from_request", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter"]
 
 PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")
@@ -107,22 +109,17 @@ def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = N
 
 def boxes_for_image(boxes: Sequence[Sequence[float]], spatial_shape: Sequence[int], slice_index: int | None = None
                     ) -> list[list[float]]:
-    """Fit request boxes to an image: a 2D box on a volume spans ``slice_index`` (or every slice); clip to the
-    image; ``ValueError`` for a box with the wrong dimensionality or lying outside the image."""
-    dims, out = len(spatial_shape), []
+    """Fit request boxes to an image: a 2D box on a volume spans ``slice_index`` (or every slice); then
+    :func:`~prato_components.prompts.validate_boxes` (wrong dimensionality, outside the image) and
+    :func:`~prato_components.prompts.clip_boxes`."""
+    out = []
     for box in boxes:
         box = [float(v) for v in box]
-        if len(box) == 4 and dims == 3:
+        if len(box) == 4 and len(spatial_shape) == 3:
             z0, z1 = (0.0, float(spatial_shape[2])) if slice_index is None else (float(slice_index), slice_index + 1.0)
             box = [box[0], box[1], z0, box[2], box[3], z1]
-        if len(box) != 2 * dims:
-            raise ValueError(f"box {box} has {len(box)} values but the image has {dims} spatial dims "
-                             f"(shape {tuple(spatial_shape)})")
-        lo = [max(box[i], 0.0) for i in range(dims)]
-        hi = [min(box[dims + i], float(spatial_shape[i])) for i in range(dims)]
-        if any(h <= low for low, h in zip(lo, hi)):
-            raise ValueError(f"box {box} lies outside the image of shape {tuple(spatial_shape)}")
-        out.append(lo + hi)
+        checked = validate_boxes(np.asarray(box, dtype=np.float64), spatial_shape, name=f"box {box}")
+        out += clip_boxes(checked, spatial_shape).tolist()
     return out
 
 
