@@ -39,26 +39,17 @@ def error_text(error: BaseException) -> str:
 
 
 def tiny_overrides(bundle: str) -> dict:
-    """Overrides that shrink a bundle's network and data handling for CPU tests."""
-    from tools.bundles import BACKBONES, _split
+    """Overrides that shrink a bundle's network and data handling for CPU tests (32 x 32 images)."""
+    from tools.verify_bundles import tiny_overrides as shrink
 
-    backbone, _ = _split(bundle)
-    return {"image_size": 32, "num_workers": 0, "batch_size": 4, **BACKBONES[backbone]["tiny"]}
+    return shrink(bundle, image_size=32)
 
 
 def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
-    """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``."""
-    from monai.bundle import run
+    """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``, tiny sizes."""
+    from tools.verify_bundles import run_config
 
-    configs = os.path.join(ROOT, "bundles", bundle, "configs")
-    config_file = [os.path.join(configs, f"{c}.json") for c in config.split("+")]
-    return run(
-        config_file=config_file if len(config_file) > 1 else config_file[0],
-        meta_file=os.path.join(configs, "metadata.json"),
-        logging_file=os.path.join(configs, "logging.conf"),
-        bundle_root=bundle_root,
-        **{**tiny_overrides(bundle), **overrides},
-    )
+    return run_config(os.path.join(ROOT, "bundles", bundle), config, bundle_root, **{**tiny_overrides(bundle), **overrides})
 
 
 def read_json(path: str) -> dict:

@@ -44,6 +44,7 @@ __all__ = [
     "REQUIRED_FILES",
     "SCHEMA",
     "tiny_overrides",
+    "run_config",
     "check_files",
     "check_metadata",
     "check_net_in_out",
@@ -149,12 +150,15 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
     return [size, size]
 
 
-def _run(bundle_dir: str, config: str, bundle_root: str, **overrides) -> None:
+def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
+    """``python -m monai.bundle run`` in-process for ``configs/<config>.json`` of ``bundle_dir`` (``"a+b"`` merges
+    ``a.json`` and ``b.json``, e.g. ``"train+multi_gpu_train"``)."""
     from monai.bundle import run
 
     configs = os.path.join(bundle_dir, "configs")
-    run(
-        config_file=os.path.join(configs, f"{config}.json"),
+    files = [os.path.join(configs, f"{c}.json") for c in config.split("+")]
+    return run(
+        config_file=files if len(files) > 1 else files[0],
         meta_file=os.path.join(configs, "metadata.json"),
         logging_file=os.path.join(configs, "logging.conf"),
         bundle_root=bundle_root,
@@ -200,14 +204,14 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 
     name = _name(bundle_dir)
     overrides = tiny_overrides(name, image_size)
-    _run(bundle_dir, "train", work_dir, dataset="acdc", dataset_dir=dataset_dir, epochs=1,
+    run_config(bundle_dir, "train", work_dir, dataset="acdc", dataset_dir=dataset_dir, epochs=1,
          **{"train#trainer#epoch_length": 1}, **overrides)
     checkpoint = os.path.join(work_dir, "models", "model.pt")
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{name}: training wrote no {checkpoint}")
     inputs, outputs = os.path.join(work_dir, "inputs"), os.path.join(work_dir, "predictions")
     images = acdc_inference_inputs(dataset_dir, inputs)
-    _run(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs, **overrides)
+    run_config(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs, **overrides)
     for image in images:
         seg_path = os.path.join(outputs, os.path.basename(image)[: -len(".nii.gz")] + "_seg.nii.gz")
         seg = nib.load(seg_path)
