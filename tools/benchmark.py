@@ -13,6 +13,7 @@ forward hooks on ``network.pruners`` (and a ``completion`` module) during the sa
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -56,7 +57,7 @@ class PrunerTimer:
 
     def __init__(self, network: nn.Module) -> None:
         self.seconds, self.calls, self._start, self._handles = 0.0, 0, {}, []
-        modules = list(getattr(network, "pruners", {}).values() if hasattr(network, "pruners") else [])
+        modules = list(getattr(network, "pruners", {}).values())
         if getattr(network, "completion", None) is not None:
             modules.append(network.completion)
         for module in modules:
@@ -75,7 +76,7 @@ class PrunerTimer:
 
 
 def _call(network: nn.Module, image: torch.Tensor, boxes: torch.Tensor):
-    if "boxes" in getattr(network.forward, "__code__", type("", (), {"co_varnames": ()})).co_varnames:
+    if "boxes" in inspect.signature(network.forward).parameters:
         return lambda: network(image, boxes=boxes)
     return lambda: network(image)
 
