@@ -1,6 +1,7 @@
 """Training and evaluation glue: losses with pruner side terms, ignite handlers, inferer, checkpoints."""
 
-from prato_components.engine.checkpoint import BestModelSaver, TrainingCheckpoint, atomic_save, is_writer_rank
+from prato_components.engine.checkpoint import BestModelSaver, TrainingCheckpoint, atomic_save
+from prato_components.engine.distributed import is_writer_rank, unwrap
 from prato_components.engine.evaluation import EvaluationReport
 from prato_components.engine.handlers import TokenSparsityHandler, summarise_token_reports
 from prato_components.engine.inferers import PromptedInferer, boxes_for_slices

@@ -12,20 +12,15 @@ import os
 from collections.abc import Mapping
 
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from prato_components.atomic import atomic_open, atomic_write_text
+from prato_components.engine.distributed import is_writer_rank, unwrap
 
-__all__ = ["atomic_save", "is_writer_rank", "TrainingCheckpoint", "BestModelSaver"]
+__all__ = ["atomic_save", "TrainingCheckpoint", "BestModelSaver"]
 
 logger = logging.getLogger(__name__)
-
-
-def is_writer_rank() -> bool:
-    """``True`` unless this is a non-zero rank of an initialised process group."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def atomic_save(obj, path: str) -> None:
@@ -37,7 +32,7 @@ def atomic_save(obj, path: str) -> None:
 def _state_dicts(objects: Mapping) -> dict:
     out = {}
     for name, obj in objects.items():
-        obj = getattr(obj, "module", obj)  # unwrap DDP
+        obj = unwrap(obj)
         out[name] = obj.state_dict()
     return out
 
@@ -84,7 +79,7 @@ class TrainingCheckpoint:
             return
         max_epochs = engine.state.max_epochs
         checkpoint = torch.load(self.path, map_location="cpu", weights_only=False)
-        objects = {k: getattr(v, "module", v) for k, v in self.save_dict.items() if k in checkpoint}
+        objects = {k: unwrap(v) for k, v in self.save_dict.items() if k in checkpoint}
         Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
         engine.state.max_epochs = max_epochs
         logger.info("resumed from %s at epoch %d of %d", self.path, engine.state.epoch, max_epochs)
@@ -95,7 +90,7 @@ class TrainingCheckpoint:
 
     def save_final(self, engine: Engine) -> None:
         if is_writer_rank():
-            network = getattr(self.save_dict[self.network_key], "module", self.save_dict[self.network_key])
+            network = unwrap(self.save_dict[self.network_key])
             atomic_save(network.state_dict(), self.final_path)
 
 
@@ -123,6 +118,6 @@ class BestModelSaver:
         value = float(engine.state.metrics[self.metric_name])
         if not is_writer_rank() or value <= self.best():
             return
-        atomic_save(getattr(self.network, "module", self.network).state_dict(), self.path)
+        atomic_save(unwrap(self.network).state_dict(), self.path)
         atomic_write_text(f"{value}\n", self.record)
         logger.info("new best %s = %.4f -> %s", self.metric_name, value, self.path)

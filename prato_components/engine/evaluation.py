@@ -23,6 +23,7 @@ from ignite.engine import Engine, Events
 
 from prato_components.atomic import atomic_write_text
 from prato_components.efficiency import count_flops, measure_latency
+from prato_components.engine.distributed import unwrap
 
 __all__ = ["EvaluationReport"]
 
@@ -71,7 +72,7 @@ class EvaluationReport:
         """GFLOPs (and latency) of the network on one input of ``input_shape`` with a central box."""
         if self.network is None or self.input_shape is None:
             return {}
-        net = getattr(self.network, "module", self.network)
+        net = unwrap(self.network)
         device = next(net.parameters()).device
         spatial = self.input_shape[1:]
         image = torch.randn(1, *self.input_shape, device=device)

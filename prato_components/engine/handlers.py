@@ -7,6 +7,8 @@ import logging
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from prato_components.engine.distributed import unwrap
+
 __all__ = ["TokenSparsityHandler", "summarise_token_reports"]
 
 
@@ -50,8 +52,7 @@ class TokenSparsityHandler:
 
     @property
     def network(self) -> nn.Module:
-        net = self._network[0]
-        return getattr(net, "module", net)
+        return unwrap(self._network[0])
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)

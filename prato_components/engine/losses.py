@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prato_components.engine.distributed import unwrap
+
 __all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid"]
 
 
@@ -45,8 +47,7 @@ class PrunedSegLoss(nn.Module):
 
     @property
     def network(self) -> nn.Module:
-        net = self._network[0]
-        return getattr(net, "module", net)
+        return unwrap(self._network[0])
 
     def forward(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         total = self.loss(pred, label)
@@ -104,7 +105,7 @@ class DistillationLoss(nn.Module):
         if teacher_checkpoint is not None:
             self._load_teacher(teacher_checkpoint)
         self.teacher.requires_grad_(False).eval()
-        student = getattr(network, "module", network)
+        student = unwrap(network)
         self._inputs: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._hook = student.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
         self._teacher_takes_boxes = "boxes" in inspect.signature(teacher.forward).parameters
