@@ -105,6 +105,39 @@ def test_padded_mode_variable_counts_and_restore():
     assert state.pruned_at().tolist() == [[0, 1, 0, 1, 1, 1], [0, 0, 0, 0, 1, 0]]
 
 
+def test_gather_mode_restore_live_rows_and_scratch_grids():
+    """Restores write the live rows; live_rows reads them back; scratch zero grids are reused between restores
+    without autograd, stay zero at pruned rows, and are dropped when the next stage prunes."""
+    from prato_components.pruners import select_topk
+
+    tokens = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    state = TokenState(tokens, (2, 3), mode="gather", fill="carry")
+    scores = torch.tensor([[5.0, 0, 4, 3, 0, 2], [0, 1, 2, 3, 4, 5]])
+    state.apply(select_topk(scores, 4 / 6), 1, state.stage_input(1, (1.0, 1.0), None))
+    assert state.token_index.tolist() == [[0, 2, 3, 5], [2, 3, 4, 5]]
+    assert [grid.int().tolist() for _, grid in state.kept_grids] == [[[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1]]]
+    hidden = torch.full((2, 4, 3), 7.0)
+    with torch.no_grad():
+        first = state.restore(hidden, fill="zero", scratch=True)
+        want = torch.zeros(2, 6, 3).index_put_((torch.arange(2)[:, None], state.token_index), hidden)
+        assert torch.equal(first, want)
+        assert torch.equal(state.live_rows(first * 2), hidden * 2)
+        again = state.restore(hidden + 1, fill="zero", scratch=True)
+        assert again.data_ptr() == first.data_ptr()  # the same scratch grid
+        assert torch.equal(again, want + (want != 0).float())
+        # the next stage prunes image 0's cell 0: a fresh scratch grid, zero there
+        state.apply(select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None))
+        third = state.restore(torch.ones(2, 3, 3), fill="zero", scratch=True)
+        assert third[..., 0].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
+    grad_hidden = hidden.clone().requires_grad_(True)
+    restored = state.restore(grad_hidden[:, :3], fill="zero", scratch=True)  # with autograd: a fresh grid
+    assert restored.data_ptr() != third.data_ptr() and restored.requires_grad
+    # carry fill keeps the carried values at pruned rows and never writes into the carry itself
+    carry = state.carry.clone()
+    state.restore(torch.zeros(2, 3, 2))
+    assert torch.equal(state.carry, carry)
+
+
 def test_gather_mode_rejects_variable_counts():
     state = TokenState(torch.randn(1, 4, 2), (2, 2), mode="gather")
     from prato_components.pruners import TokenSelection
@@ -179,6 +212,19 @@ def test_prato_relevance_matches_step_by_step_formula():
     flat = PrATo(dim=8, roi_size=2, proj_dim=4, entropy_weighting=False)
     flat.load_state_dict(pruner.state_dict())
     torch.testing.assert_close(flat.relevance(_stage_input(tokens, boxes))[0], sim.mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_features", [4, 40])
+def test_prato_similarity_orders_agree(num_features):
+    """Few RoI features take the folded order ``(V1 W2) Y^T + V1 b2``, many the projected one; both are S."""
+    torch.manual_seed(0)
+    pruner = PrATo(dim=8, proj_dim=4)
+    features, tokens = torch.randn(2, num_features, 8, requires_grad=True), torch.randn(2, 16, 8)
+    got = pruner.similarity(features, tokens)
+    want = pruner.f1(features) @ pruner.f2(tokens).transpose(1, 2) / 2.0
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    assert pruner.f2.weight.grad.abs().sum() > 0 and features.grad.abs().sum() > 0
 
 
 def test_prato_without_prompt_uses_whole_image():

@@ -39,7 +39,8 @@ def _interpolate(feature: torch.Tensor, point: list[float]) -> torch.Tensor:
 def reference_roi_align(features, boxes, k, sampling_ratio, aligned):
     batch, channels, *size = features.shape
     dims = len(size)
-    out = torch.zeros(batch, boxes.shape[1], channels, *([k] * dims), dtype=features.dtype)
+    ks = [k] * dims if isinstance(k, int) else list(k)
+    out = torch.zeros(batch, boxes.shape[1], channels, *ks, dtype=features.dtype)
     offset = 0.5 if aligned else 0.0
     for b in range(batch):
         for m in range(boxes.shape[1]):
@@ -47,8 +48,8 @@ def reference_roi_align(features, boxes, k, sampling_ratio, aligned):
             extent = [boxes[b, m, dims + a].item() - boxes[b, m, a].item() for a in range(dims)]
             if not aligned:
                 extent = [max(e, 1.0) for e in extent]
-            bins = [e / k for e in extent]
-            for cell in itertools.product(range(k), repeat=dims):
+            bins = [e / n for e, n in zip(extent, ks)]
+            for cell in itertools.product(*(range(n) for n in ks)):
                 acc = torch.zeros(channels, dtype=features.dtype)
                 for sample in itertools.product(range(sampling_ratio), repeat=dims):
                     point = [start[a] + cell[a] * bins[a] + (sample[a] + 0.5) * bins[a] / sampling_ratio for a in range(dims)]
@@ -75,6 +76,18 @@ def test_roi_align_2d_matches_definition(aligned, k, sampling_ratio):
     got = roi_align(features, boxes, k, sampling_ratio=sampling_ratio, aligned=aligned)
     want = reference_roi_align(features, boxes, k, sampling_ratio, aligned)
     assert got.shape == (2, 5, 3, k, k)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("size,k", [((9, 9), 4), ((9, 9), (3, 5)), ((10, 8), (2, 4))])
+def test_roi_align_square_grids_and_per_axis_bins(size, k):
+    """Equal axis sizes take the scalar-clamp path; bins that differ per axis take one pass per axis."""
+    torch.manual_seed(2)
+    features = torch.randn(1, 2, *size, dtype=torch.float64)
+    boxes = torch.tensor([BOXES_2D], dtype=torch.float64)
+    got = roi_align(features, boxes, k, sampling_ratio=2)
+    want = reference_roi_align(features, boxes, k, 2, True)
+    assert got.shape == (1, 5, 2, *((k, k) if isinstance(k, int) else k))
     torch.testing.assert_close(got, want)
 
 

@@ -172,10 +172,15 @@ class Benchmark:
         return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
 
     def bundles(self, dirs: str | Sequence[str], image_size: int | None = None, batch_size: int = 1, threads: int = 2,
-                repeats: int = 10, warmup: int = 3, json_out: str | None = None) -> str:
-        """Compare the ``network_def`` of bundles (the first is the reference)."""
+                repeats: int = 10, warmup: int = 3, json_out: str | None = None, overrides: dict | None = None) -> str:
+        """Compare the ``network_def`` of bundles (the first is the reference).
+
+        ``overrides``: config keys set in every bundle, e.g. ``--overrides '{"variant": "b2"}'``.
+        """
         dirs = dirs.split(",") if isinstance(dirs, str) else list(dirs)
-        overrides = {"image_size": image_size} if image_size else {}
+        overrides = dict(overrides or {})
+        if image_size:
+            overrides["image_size"] = image_size
         networks, shape = {}, None
         for d in dirs:
             torch.manual_seed(0)

@@ -59,7 +59,6 @@ __all__ = [
     "MixFFN",
     "MixTransformerBlock",
     "AllMLPHead",
-    "live_rows",
 ]
 
 SEGFORMER_STAGES = (1, 2, 3)
@@ -80,17 +79,6 @@ def _to_map(tokens: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
 def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     """``[B, C, *grid]`` -> ``[B, N, C]`` (a view of a channels-last map)."""
     return feature_map.permute(0, 2, 3, 1).reshape(feature_map.shape[0], -1, feature_map.shape[1])
-
-
-def live_rows(state: TokenState | None, grid: torch.Tensor) -> torch.Tensor:
-    """The rows of a full grid ``[B, N, C]`` that belong to the live tokens of ``state`` (aligned with
-    ``state.tokens``); the grid itself when nothing was gathered (no state, unpruned, or a full-length mode)."""
-    if state is None or state.token_index is None:
-        return grid
-    batch, num, channels = grid.shape
-    index = state.token_index.clamp(max=num - 1)  # padding rows read a real row; their result is unused
-    index = (index + torch.arange(batch, device=index.device).unsqueeze(1) * num).reshape(-1)
-    return grid.reshape(batch * num, channels).index_select(0, index).view(batch, -1, channels)
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -164,9 +152,9 @@ class MixFFN(nn.Module):
     def forward(self, x: torch.Tensor, grid_shape: Sequence[int], state: TokenState | None = None) -> torch.Tensor:
         hidden = self.fc1(x)
         pruned = state is not None and state.pruned
-        grid = state.restore(hidden, fill="zero") if pruned else hidden
+        grid = state.restore(hidden, fill="zero", scratch=True) if pruned else hidden
         grid = _to_tokens(self.dwconv(_to_map(grid, grid_shape)))
-        hidden = live_rows(state, grid) if pruned else grid
+        hidden = state.live_rows(grid) if pruned else grid
         return self.drop(self.fc2(self.drop(self.act(hidden))))
 
 

@@ -94,7 +94,9 @@ class TokenState:
         self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
         self.alive: torch.Tensor | None = None  # [B, N] full-length modes: tokens not yet pruned
         self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
-        self.kept_grids: list[tuple[int, torch.Tensor]] = []  # (stage, [B, N] bool alive after that stage)
+        self._kept: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (stage, index or alive, valid)
+        self._flat_index: torch.Tensor | None = None  # [B * n] rows of the flattened grid, gather without padding
+        self._zero_grids: dict[tuple, torch.Tensor] = {}  # inference: zero-filled grids reused between blocks
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
         self.reports: list[StageReport] = []
         self.aux_losses: list[torch.Tensor] = []
@@ -120,6 +122,19 @@ class TokenState:
         if self.token_index is None:
             return torch.ones(self.tokens.shape[0], self.num_tokens, dtype=torch.bool, device=self.tokens.device)
         return scatter_to_grid(self.token_index, torch.ones_like(self.token_index, dtype=torch.bool), self.num_tokens)
+
+    @property
+    def kept_grids(self) -> list[tuple[int, torch.Tensor]]:
+        """``(stage, [B, N] bool alive after that stage)`` per pruned stage, built on request (inference never
+        needs them, so the forward pass does not pay for the scatters)."""
+        grids = []
+        for stage, index, valid in self._kept:
+            if index.dtype == torch.bool:  # full-length modes record the alive grid itself
+                grids.append((stage, index))
+            else:
+                live = torch.ones_like(index, dtype=torch.bool) if valid is None else valid
+                grids.append((stage, scatter_to_grid(index, live, self.num_tokens)))
+        return grids
 
     def pruned_at(self) -> torch.Tensor:
         """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
@@ -162,8 +177,9 @@ class TokenState:
     def apply(self, selection: TokenSelection, stage: int, inputs: StageInput) -> None:
         """Prune the live tokens according to ``selection`` (made over ``inputs``)."""
         keep = selection.keep_mask if inputs.valid is None else selection.keep_mask & inputs.valid
-        tokens_in = torch.ones_like(keep, dtype=torch.float32) if inputs.valid is None else inputs.valid.float()
-        self.reports.append(StageReport(stage, tokens_in.sum(1).detach(), keep.sum(1).float().detach()))
+        kept = keep.detach().sum(1, dtype=torch.float32)
+        tokens_in = kept.new_full(kept.shape, keep.shape[1]) if inputs.valid is None else inputs.valid.sum(1, dtype=torch.float32)
+        self.reports.append(StageReport(stage, tokens_in, kept))
         if selection.aux_loss is not None:
             self.aux_losses.append(selection.aux_loss)
         if selection.aux_logits is not None:
@@ -185,7 +201,7 @@ class TokenState:
         else:
             order, valid = self._compact(keep)
             self._apply_gather(order, valid, weights, inputs)
-        self.kept_grids.append((stage, self.alive_grid()))
+        self._kept.append((stage, self.alive, None) if self.alive is not None else (stage, self.token_index, self.valid))
 
     def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
@@ -206,6 +222,8 @@ class TokenState:
         if valid is not None:
             index = index.masked_fill(~valid, self.num_tokens)
         self.tokens, self.token_index, self.valid = tokens, index, valid
+        self._flat_index = _flat_rows(index, self.num_tokens) if valid is None else None
+        self._zero_grids.clear()  # rows written for the previous live set would no longer be overwritten
 
     def _apply_mask(self, keep, weights, inputs) -> None:
         self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
@@ -220,20 +238,47 @@ class TokenState:
             self.tokens = self.tokens * (self.alive.to(self.tokens.dtype) if factor is None else factor).unsqueeze(-1)
 
     # ------------------------------------------------------------------ restoring the grid
-    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid) -> torch.Tensor:
+    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid, fresh: bool = False) -> torch.Tensor:
         """``base`` with ``tokens`` written at grid positions ``index`` (padding rows dropped); whole rows are copied
-        with ``index_copy`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index)."""
-        if valid is not None:  # padding rows point at an extra row N that is cut off afterwards
-            base = torch.cat([base, base.new_zeros(base.shape[0], 1, base.shape[2])], dim=1)
+        with ``index_copy`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index).
+        ``fresh``: ``base`` is a new tensor of ours, written in place (one allocation and copy fewer)."""
         batch, num, channels = base.shape
-        flat = base.reshape(batch * num, channels).index_copy(0, _flat_rows(index, num), tokens.reshape(-1, channels))
-        return flat.view(batch, num, channels)[:, : self.num_tokens]
+        if valid is None:
+            rows = self._flat_index if index is self.token_index else _flat_rows(index, num)
+            flat = base.reshape(batch * num, channels)
+            flat = flat.index_copy_(0, rows, tokens.reshape(-1, channels)) if fresh else flat.index_copy(0, rows, tokens.reshape(-1, channels))
+            return flat.view(batch, num, channels)
+        # padding rows point at an extra row N that is cut off afterwards
+        base = torch.cat([base, base.new_zeros(batch, 1, channels)], dim=1)
+        flat = base.reshape(batch * (num + 1), channels).index_copy_(0, _flat_rows(index, num + 1), tokens.reshape(-1, channels))
+        return flat.view(batch, num + 1, channels)[:, :num]
+
+    def _zero_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A zero ``[B, N, C]`` grid for scratch restores, made once per width: they write only the live rows, which
+        stay the same until the next :meth:`apply`, so the other rows stay zero."""
+        key = (tokens.shape[0], tokens.shape[2], tokens.dtype, tokens.device)
+        if key not in self._zero_grids:
+            self._zero_grids[key] = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        return self._zero_grids[key]
+
+    def live_rows(self, grid: torch.Tensor) -> torch.Tensor:
+        """The rows of a full grid ``[B, N, C]`` at the live tokens' positions, aligned with :attr:`tokens`; the
+        grid itself while nothing is gathered (unpruned or a full-length mode)."""
+        if self.token_index is None:
+            return grid
+        batch, num, channels = grid.shape
+        if self.valid is None:
+            rows = self._flat_index
+        else:  # padding rows read a real row; their result is unused
+            rows = _flat_rows(self.token_index.clamp(max=num - 1), num)
+        return grid.reshape(batch * num, channels).index_select(0, rows).view(batch, -1, channels)
 
     def restore(
         self,
         tokens: torch.Tensor | None = None,
         fill: str | None = None,
         carry_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scratch: bool = False,
     ) -> torch.Tensor:
         """The live tokens (or ``tokens`` aligned with them) on the full grid, ``[B, N, C]``.
 
@@ -241,23 +286,28 @@ class TokenState:
             tokens: values aligned with the live tokens (e.g. after a final norm); default the live tokens.
             fill: override of the fill policy.
             carry_transform: applied to the carried values (e.g. the same final norm), ``carry`` fill only.
+            scratch: the result is consumed before the next restore (e.g. by a convolution), so a ``zero`` fill
+                without autograd may reuse one zero grid per width instead of allocating and zeroing a new one.
         """
         tokens = self.tokens if tokens is None else tokens
         fill = self.fill if fill is None else fill
         if not self.pruned:
             return tokens
+        if scratch and fill == "zero" and self.alive is None and self.valid is None and not torch.is_grad_enabled():
+            return self._scatter(self._zero_grid(tokens), tokens, self.token_index, None, fresh=True)
         if fill == "carry" and self.carry is not None:
             base = self.carry if carry_transform is None else carry_transform(self.carry)
         else:
             base = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        fresh = base is not self.carry and not base._is_view()  # a new tensor of ours: fill it in place
         if self.alive is not None:
             return torch.where(self.alive.unsqueeze(-1), tokens, base)
-        return self._scatter(base, tokens, self.token_index, self.valid)
+        return self._scatter(base, tokens, self.token_index, self.valid, fresh=fresh)
 
     def feature_map(self) -> torch.Tensor:
-        """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill)."""
+        """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill; a channels-last view)."""
         grid = self.restore(fill="carry")
-        return grid.transpose(1, 2).reshape(grid.shape[0], grid.shape[2], *self.grid_shape)
+        return grid.view(grid.shape[0], *self.grid_shape, grid.shape[2]).movedim(-1, 1)
 
     @property
     def aux_loss(self) -> torch.Tensor | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_threshold, select_topk
 from prato_components.pruners.registry import register_pruner
@@ -41,16 +42,15 @@ def prompt_boxes_or_image(inputs: StageInput) -> tuple[torch.Tensor, torch.Tenso
     dims = inputs.spatial_dims
     batch = inputs.tokens.shape[0]
     dtype, device = inputs.tokens.dtype, inputs.tokens.device
-    extent = torch.tensor([g * s for g, s in zip(inputs.grid_shape, inputs.stride)], dtype=dtype, device=device)
-    image_box = torch.cat([torch.zeros_like(extent), extent])
+    extent = [g * s for g, s in zip(inputs.grid_shape, inputs.stride)]
+    image_box = torch.tensor([0.0] * dims + extent, dtype=dtype, device=device)
     if inputs.boxes is None:
         return image_box.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=device)
     boxes = inputs.boxes.to(dtype)
     valid = (boxes[..., dims:] > boxes[..., :dims]).all(dim=-1)
     # images whose rows are all padding: the whole image stands in as the first box (branch-free, so the
     # network exports with torch.export and runs the same graph for any prompt)
-    first_row = torch.arange(boxes.shape[1], device=device) == 0
-    use_image = ~valid.any(dim=1, keepdim=True) & first_row
+    use_image = F.pad(~valid.any(dim=1, keepdim=True), (0, boxes.shape[1] - 1))
     return torch.where(use_image.unsqueeze(-1), image_box, boxes), valid | use_image
 
 
@@ -62,9 +62,9 @@ def entropy_rank_weights(entropy: torch.Tensor, valid: torch.Tensor) -> torch.Te
         valid: ``[B, M]`` bool, rows that take part in the ranking.
     """
     ranked = entropy.detach().masked_fill(~valid, float("inf"))
-    ranks = ranked.argsort(dim=1, stable=True).argsort(dim=1).to(entropy.dtype)
-    denom = (valid.sum(dim=1, keepdim=True) - 1).clamp(min=1).to(entropy.dtype)
-    return ((1.0 - ranks / denom) * valid).clamp(min=0.0)
+    ranks = ranked.argsort(dim=1, stable=True).argsort(dim=1)
+    denom = (valid.sum(dim=1, keepdim=True, dtype=entropy.dtype) - 1).clamp(min=1)
+    return (1.0 - ranks / denom).clamp(min=0.0) * valid  # invalid rows rank last: <= 0 before the clamp
 
 
 @register_pruner("prato")
@@ -115,14 +115,13 @@ class PrATo(TokenPruner):
         if self.scoring == "naive_crop":
             return self._distance_relevance(inputs, boxes, box_valid)
         dims = inputs.spatial_dims
-        stride = torch.tensor(tuple(inputs.stride) * 2, dtype=boxes.dtype, device=boxes.device)
-        pooled = roi_align(inputs.feature_map(), boxes / stride, self.roi_size, self.sampling_ratio)
-        batch, num_boxes, channels = pooled.shape[:3]
-        roi_features = pooled.flatten(3).transpose(2, 3).reshape(batch, -1, channels)  # [B, M, C]
-        feature_valid = box_valid.unsqueeze(-1).expand(-1, -1, self.roi_size**dims).reshape(batch, -1)  # [B, M]
+        grid_boxes = boxes / boxes.new_tensor(tuple(inputs.stride) * 2)
+        pooled = roi_align(inputs.feature_map(), grid_boxes, self.roi_size, self.sampling_ratio)  # [B, M', C, k..]
+        batch, channels = pooled.shape[0], pooled.shape[2]
+        roi_features = pooled.movedim(2, -1).reshape(batch, -1, channels)  # [B, M, C]
+        feature_valid = box_valid.repeat_interleave(self.roi_size**dims, dim=1)  # [B, M]
 
-        v1, v2 = self.f1(roi_features), self.f2(inputs.tokens)
-        similarity = v1 @ v2.transpose(1, 2) / self.proj_dim**0.5  # [B, M, n]
+        similarity = self.similarity(roi_features, inputs.tokens)  # [B, M, n]
         if self.entropy_weighting:
             logits = similarity if inputs.valid is None else similarity.masked_fill(~inputs.valid[:, None], -1e4)
             log_rho = logits.log_softmax(dim=-1)
@@ -130,8 +129,21 @@ class PrATo(TokenPruner):
             omega = entropy_rank_weights(entropy, feature_valid)
         else:
             omega = feature_valid.to(similarity.dtype)
-        weights = omega * feature_valid / feature_valid.sum(dim=1, keepdim=True).clamp(min=1)
-        return (weights.to(similarity.dtype).unsqueeze(1) @ similarity).squeeze(1)
+        weights = omega / feature_valid.sum(dim=1, keepdim=True, dtype=omega.dtype).clamp(min=1)
+        return (weights.unsqueeze(1) @ similarity).squeeze(1)
+
+    def similarity(self, roi_features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """``S = f1(F) f2(Y)^T / sqrt(d_v)`` ``[B, M, n]`` (steps 3-4), in the cheaper of two exact orders.
+
+        With few RoI features (``M``) the tokens are never projected: ``S = (V1 W2) Y^T + V1 b2`` costs
+        ``M C n`` multiply-adds instead of ``n C d_v + M d_v n`` (``W2, b2``: ``f2``'s weight and bias).
+        """
+        v1 = self.f1(roi_features) * self.proj_dim**-0.5  # [B, M, d_v]
+        num_features, channels = v1.shape[1], tokens.shape[2]
+        if num_features * channels < (channels + num_features) * self.proj_dim:
+            bias = (v1 @ self.f2.bias).unsqueeze(-1)  # [B, M, 1]
+            return torch.baddbmm(bias, v1 @ self.f2.weight, tokens.transpose(1, 2))
+        return v1 @ self.f2(tokens).transpose(1, 2)
 
     @staticmethod
     def _distance_relevance(inputs: StageInput, boxes: torch.Tensor, box_valid: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ one cell outside the map contributes zero, one within that margin is clamped to 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -49,29 +50,62 @@ def roi_align(
     if sampling_ratio < 1:
         raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio}")
     out_size = ensure_tuple_rep(output_size, spatial_dims)
-    batch, num_boxes = boxes.shape[:2]
-    grid_shape = features.shape[2:]
+    grid_shape = tuple(features.shape[2:])
     boxes = boxes.to(features.dtype)
 
-    offset = 0.5 if aligned else 0.0
-    start = boxes[..., :spatial_dims] - offset
-    extent = boxes[..., spatial_dims:] - boxes[..., :spatial_dims]
+    start = boxes[..., :spatial_dims]
+    extent = boxes[..., spatial_dims:] - start
     if not aligned:  # legacy convention: boxes are at least one cell wide
         extent = extent.clamp(min=1.0)
+    start = start - 0.5 if aligned else start
 
     # Bilinear sampling on a regular grid is separable: for every box and axis, a [k, size] matrix holds the
-    # bilinear weights of its samples (the tent ``max(0, 1 - |c - g|)`` at the clamped coordinate ``c``),
-    # zeroed for samples outside the map and averaged over the ``s`` samples of each bin. The pooled grid is
-    # the feature map contracted with one such matrix per axis (exact; far cheaper than grid_sample here).
-    weights = []
-    for axis in range(spatial_dims):
-        size, bins = grid_shape[axis], out_size[axis]
-        steps = (torch.arange(bins * sampling_ratio, device=boxes.device, dtype=boxes.dtype) + 0.5) / sampling_ratio
-        c = start[..., axis, None] + steps * (extent[..., axis, None] / bins)  # [B, M, P], flattened as i * s + j
-        inside = ((c >= -1.0) & (c <= size)).to(c.dtype)
-        cells = torch.arange(size, device=boxes.device, dtype=boxes.dtype)
-        tent = (1.0 - (c.clamp(0.0, size - 1).unsqueeze(-1) - cells).abs()).clamp(min=0.0)  # [B, M, P, size]
-        weights.append((tent * inside.unsqueeze(-1)).view(batch, num_boxes, bins, sampling_ratio, size).mean(dim=3))
-    if spatial_dims == 2:
-        return torch.einsum("bcyx,bmjx,bmiy->bmcij", features, weights[1], weights[0])
-    return torch.einsum("bczyx,bmkx,bmjy,bmiz->bmcijk", features, weights[2], weights[1], weights[0])
+    # bilinear weights of its samples, averaged over the samples of each bin. The pooled grid is the feature map
+    # contracted with one such matrix per axis (exact; far cheaper than grid_sample here). All axes with the same
+    # number of bins are computed in one go (the usual case: one pass for every axis).
+    if len(set(out_size)) == 1:
+        stacked = _bin_weights(start, extent, out_size[0], grid_shape, sampling_ratio)
+        weights = [stacked[:, :, axis, :, :size] for axis, size in enumerate(grid_shape)]
+    else:
+        weights = [
+            _bin_weights(start[..., axis, None], extent[..., axis, None], bins, (size,), sampling_ratio)[:, :, 0]
+            for axis, (bins, size) in enumerate(zip(out_size, grid_shape))
+        ]
+    return _contract(features.movedim(1, -1), weights).movedim(-1, 2)
+
+
+def _contract(features: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Channels-last ``features [B, *G, C]`` contracted with one ``[B, M, bins_a, G_a]`` matrix per axis:
+    ``[B, M, *bins, C]``. One matmul per axis, first axis first (channels-last maps, such as a token grid, need
+    no copy)."""
+    batch, grid, channels = features.shape[0], features.shape[1:-1], features.shape[-1]
+    num_boxes, bins = weights[0].shape[1], [w.shape[2] for w in weights]
+    pooled = weights[0].reshape(batch, num_boxes * bins[0], grid[0]) @ features.reshape(batch, grid[0], -1)
+    for axis in range(1, len(grid)):  # [B, M, prod(bins[:a]), G_a, rest] -> [B, M, prod(bins[:a]), bins_a, rest]
+        pooled = weights[axis].unsqueeze(2) @ pooled.view(batch, num_boxes, math.prod(bins[:axis]), grid[axis], -1)
+    return pooled.view(batch, num_boxes, *bins, channels)
+
+
+def _bin_weights(
+    start: torch.Tensor, extent: torch.Tensor, bins: int, sizes: Sequence[int], sampling_ratio: int
+) -> torch.Tensor:
+    """Bilinear weights of every bin along ``A`` axes: ``[B, M, A, bins, max(sizes)]``.
+
+    ``start``, ``extent``: ``[B, M, A]`` sampling-grid origin and box extent per axis (grid cells). A bin averages
+    ``sampling_ratio`` samples; a sample at ``c`` weighs cell ``g`` by the tent ``max(0, 1 - |c' - g|)`` at ``c``
+    clamped to the map (``c'``), and not at all when ``c`` lies more than one cell outside the map. Cells beyond an
+    axis' own size get zero weight (``c' <= size - 1``).
+    """
+    samples = bins * sampling_ratio
+    steps = torch.linspace(0.5 / sampling_ratio, bins - 0.5 / sampling_ratio, samples, dtype=start.dtype, device=start.device)
+    c = start.unsqueeze(-1) + steps * (extent / bins).unsqueeze(-1)  # [B, M, A, P], sample p = i * s + j
+    if len(set(sizes)) == 1:
+        inside = (c >= -1.0) & (c <= sizes[0])
+        clamped = c.clamp(0.0, sizes[0] - 1)
+    else:
+        size = torch.tensor(sizes, dtype=c.dtype, device=c.device).unsqueeze(-1)  # [A, 1]
+        inside = (c >= -1.0) & (c <= size)
+        clamped = torch.minimum(c.clamp(min=0.0), size - 1)
+    cells = torch.arange(max(sizes), dtype=c.dtype, device=c.device)
+    tent = (1.0 - (clamped.unsqueeze(-1) - cells).abs()).clamp(min=0.0) * inside.unsqueeze(-1)  # [B, M, A, P, S]
+    return tent.view(*c.shape[:-1], bins, sampling_ratio, cells.shape[0]).mean(dim=-2)
