@@ -105,7 +105,8 @@ def compare(
         rows.append({"network": name, "params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9,
                      "pruner_gflops": pruner_flops / 1e9, "kept_fraction": kept})
         fns[name], timers[name] = fn, PrunerTimer(net)
-    interleaved_latency(fns, warmup=0, repeats=warmup, threads=threads)  # warm-up, untimed
+    if warmup > 0:
+        interleaved_latency(fns, warmup=0, repeats=warmup, threads=threads)  # warm-up, untimed
     for timer in timers.values():
         timer.reset()
     latency = interleaved_latency(fns, warmup=0, repeats=repeats, threads=threads)
@@ -156,6 +157,17 @@ def _bundle_network(bundle_dir: str, overrides: dict) -> tuple[nn.Module, list[i
     return parser.get_parsed_content("network_def"), [int(image["num_channels"]), *spatial]
 
 
+def _setting(text: str) -> tuple[str, object]:
+    """``key=value`` -> ``(key, value)``, the value read as JSON where it parses (numbers, null, lists), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"a bundle setting must read key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 class Benchmark:
     """Benchmark CLI (fire)."""
 
@@ -175,17 +187,20 @@ class Benchmark:
                 repeats: int = 10, warmup: int = 3, json_out: str | None = None, overrides: dict | None = None) -> str:
         """Compare the ``network_def`` of bundles (the first is the reference).
 
-        ``overrides``: config keys set in every bundle, e.g. ``--overrides '{"variant": "b2"}'``.
+        ``overrides``: config keys set in every bundle, e.g. ``--overrides '{"variant": "b2"}'``. A bundle entry
+        ``path@key=value[@key=value]`` sets keys for that entry alone (values read as JSON, else as text), so one
+        bundle can be compared with variants of itself: ``bundles/segformer_prato@network_def#pruner=random``.
         """
         dirs = dirs.split(",") if isinstance(dirs, str) else list(dirs)
         overrides = dict(overrides or {})
         if image_size:
             overrides["image_size"] = image_size
         networks, shape = {}, None
-        for d in dirs:
+        for entry in dirs:
+            path, *settings = entry.split("@")
             torch.manual_seed(0)
-            net, shape_d = _bundle_network(d, overrides)
-            networks[os.path.basename(os.path.normpath(d))] = net
+            net, shape_d = _bundle_network(path, {**overrides, **dict(_setting(s) for s in settings)})
+            networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
             shape = shape or shape_d
         return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
 

@@ -1,0 +1,33 @@
+"""tools/benchmark.py: per-bundle settings and a real (tiny) comparison table."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import ROOT
+
+from tools.benchmark import Benchmark, _setting
+
+
+def test_setting_parses_json_values_and_rejects_bad_text():
+    assert _setting("network_def#pruner=random") == ("network_def#pruner", "random")
+    assert _setting("keep_ratio=0.5") == ("keep_ratio", 0.5)
+    assert _setting("prune_stages=[2, 3]") == ("prune_stages", [2, 3])
+    assert _setting("network_def#pruner=null") == ("network_def#pruner", None)
+    with pytest.raises(ValueError, match="key=value"):
+        _setting("keep_ratio")
+
+
+def test_bundle_entries_with_settings_compare_variants_of_one_bundle(tmp_path):
+    prato = os.path.join(ROOT, "bundles", "segformer_prato")
+    random_half = "@network_def#pruner=random@network_def#pruner_kwargs={\"keep_ratio\":0.5}"
+    table = Benchmark().bundles(f"{prato},{prato}{random_half}", image_size=64, repeats=1, warmup=0, json_out=str(tmp_path / "rows.json"))
+    assert table.splitlines()[0].startswith("input [1, 1, 64, 64]")
+    rows = {row["network"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
+    assert set(rows) == {"segformer_prato", "segformer_prato" + random_half}
+    # PrATo keeps three quarters at both boundaries, the random variant half (same network otherwise)
+    assert rows["segformer_prato"]["kept_fraction"] == pytest.approx(0.75)
+    assert rows["segformer_prato" + random_half]["kept_fraction"] == pytest.approx(0.5)
+    assert rows["segformer_prato" + random_half]["params_M"] < rows["segformer_prato"]["params_M"]  # no f1, f2
