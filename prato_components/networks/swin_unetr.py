@@ -599,8 +599,13 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
                 plan = plans[key]
                 windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
                 tokens = swin_block_forward(block, tokens, live.index, grid, batch, plan)
-            base = carry if self.fill == "carry" else torch.zeros_like(carry)
-            restored = base.index_copy(0, live.index, tokens)
+            if self.fill == "zero":
+                restored = torch.zeros_like(carry).index_copy_(0, live.index, tokens)
+            elif not torch.is_grad_enabled() and self.normalize:
+                # x is read by nobody after this layer (its decoder tap is a normalised copy): restore in place
+                restored = carry.index_copy_(0, live.index, tokens)
+            else:
+                restored = carry.index_copy(0, live.index, tokens)
         else:
             alive = torch.zeros(batch * num_cells, dtype=torch.bool, device=x.device)
             alive[live.index] = True
@@ -611,7 +616,7 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
             h = h.reshape(batch * num_cells, channels)
             restored = h if self.fill == "carry" else torch.where(alive.unsqueeze(-1), h, torch.zeros_like(h))
         merged = layer.downsample(restored.view(batch, *grid, channels))  # [B, *G', C'] on the restored grid
-        merged = merged.movedim(-1, 1).contiguous()
+        merged = merged.movedim(-1, 1)  # a channels-last view, as MONAI's own layers return it (no copy)
         next_index = _parents(live.index, grid, batch)
         flat = merged.flatten(2).transpose(1, 2).reshape(-1, merged.shape[1])
         return merged, _Live(flat[next_index], next_index)
