@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import ROOT
 
 from tools.benchmark import Benchmark, _setting
@@ -31,3 +32,21 @@ def test_bundle_entries_with_settings_compare_variants_of_one_bundle(tmp_path):
     assert rows["segformer_prato"]["kept_fraction"] == pytest.approx(0.75)
     assert rows["segformer_prato" + random_half]["kept_fraction"] == pytest.approx(0.5)
     assert rows["segformer_prato" + random_half]["params_M"] < rows["segformer_prato"]["params_M"]  # no f1, f2
+
+
+def test_compare_compiled_networks_counts_eager_flops(tmp_path):
+    """--compile times torch.compile'd networks: same FLOPs and kept fractions as eager, no pruner timing."""
+    import math
+
+    from prato_components.networks import SegFormer
+    from tools.benchmark import compare
+
+    tiny = {"embed_dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "decoder_dim": 16}
+    torch.manual_seed(0)
+    networks = {"base": SegFormer(**tiny), "random": SegFormer(**tiny, pruner="random", pruner_kwargs={"keep_ratio": 0.5})}
+    eager = compare(networks, [1, 64, 64], repeats=1, warmup=0)
+    compiled = compare(networks, [1, 64, 64], repeats=1, warmup=0, compile=True)
+    for e, c in zip(eager, compiled):
+        assert (c["network"], c["gflops"], c["kept_fraction"]) == (e["network"], e["gflops"], e["kept_fraction"])
+        assert c["latency_ms"] > 0 and math.isnan(c["pruner_ms"])
+    assert compiled[1]["kept_fraction"] == pytest.approx(0.5) and compiled[1]["flops_ratio"] < 1.0

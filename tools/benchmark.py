@@ -8,7 +8,10 @@ Networks come from presets (paper-size UNETR-2D configurations) or from bundles 
 The first network is the reference for the ratios; ``saving_in_latency`` is the latency saving divided by the
 FLOPs saving (1.0: every FLOP saved shows up in wall-clock time). Latency: eval mode, ``torch.inference_mode()``, warm-up,
 fixed thread count, median of interleaved repeats (DESIGN.md §10). The pruners' own cost is timed with
-forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs.
+forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs. ``--compile``
+times ``torch.compile``d networks instead (no per-operation Python overhead; the pruners' time is not measured)::
+
+    python tools/benchmark.py bundles bundles/segformer_baseline,bundles/segformer_prato --compile
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import fire
 import torch
@@ -75,10 +78,13 @@ class PrunerTimer:
         self.seconds, self.calls = 0.0, 0
 
 
-def _call(network: nn.Module, image: torch.Tensor, boxes: torch.Tensor):
+def _call(network: nn.Module, image: torch.Tensor, boxes: torch.Tensor, runner: Callable | None = None):
+    """A no-argument call of ``network`` (through ``runner``, e.g. its compiled form, when given) with the boxes
+    when its ``forward`` takes them."""
+    runner = network if runner is None else runner
     if "boxes" in inspect.signature(network.forward).parameters:
-        return lambda: network(image, boxes=boxes)
-    return lambda: network(image)
+        return lambda: runner(image, boxes=boxes)
+    return lambda: runner(image)
 
 
 def compare(
@@ -89,8 +95,13 @@ def compare(
     threads: int = 2,
     warmup: int = 3,
     repeats: int = 10,
+    compile: bool = False,
 ) -> list[dict]:
-    """Measure every network on the same input; returns one row per network (first = reference)."""
+    """Measure every network on the same input; returns one row per network (first = reference).
+
+    ``compile``: time ``torch.compile``d networks (compiled during the warm-up, which is then at least one call);
+    FLOPs are counted on the eager networks and the pruners' own time is not measured (``nan``).
+    """
     torch.manual_seed(0)
     image = torch.randn(batch_size, *image_shape)
     boxes = central_box(image_shape[1:], box_fraction).expand(batch_size, -1).clone()
@@ -104,7 +115,12 @@ def compare(
         kept = net.kept_fraction() if hasattr(net, "kept_fraction") else 1.0
         rows.append({"network": name, "params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9,
                      "pruner_gflops": pruner_flops / 1e9, "kept_fraction": kept})
-        fns[name], timers[name] = fn, PrunerTimer(net)
+        if compile:
+            fns[name] = _call(net, image, boxes, torch.compile(net))
+        else:
+            fns[name], timers[name] = fn, PrunerTimer(net)
+    if compile:
+        warmup = max(warmup, 1)
     if warmup > 0:
         interleaved_latency(fns, warmup=0, repeats=warmup, threads=threads)  # warm-up, untimed
     for timer in timers.values():
@@ -115,7 +131,7 @@ def compare(
     for row in rows:
         name = row["network"]
         row["latency_ms"] = latency[name] * 1e3
-        row["pruner_ms"] = timers[name].seconds / runs * 1e3
+        row["pruner_ms"] = timers[name].seconds / runs * 1e3 if name in timers else float("nan")
         row["flops_ratio"] = row["gflops"] / reference["gflops"]
         row["latency_ratio"] = latency[name] / latency[reference["network"]]
         row["pruner_share_of_ref_latency"] = row["pruner_ms"] / reference["latency_ms"] if name != reference["network"] else 0.0
@@ -172,7 +188,8 @@ class Benchmark:
     """Benchmark CLI (fire)."""
 
     def presets(self, names: str | Sequence[str] = "unetr,unetr_prato,unetr_prato_mask,unetr_prato_keep50",
-                batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 3, json_out: str | None = None) -> str:
+                batch_size: int = 1, threads: int = 2, repeats: int = 10, warmup: int = 3, json_out: str | None = None,
+                compile: bool = False) -> str:
         """Compare preset networks (paper-size UNETR-2D at 224x224; see ``PRESETS``)."""
         names = names.split(",") if isinstance(names, str) else list(names)
         unknown = [n for n in names if n not in PRESETS]
@@ -181,10 +198,11 @@ class Benchmark:
         torch.manual_seed(0)
         networks = {name: _instantiate(PRESETS[name]) for name in names}
         shape = [PRESETS[names[0]]["in_channels"]] + [PRESETS[names[0]]["img_size"]] * PRESETS[names[0]]["spatial_dims"]
-        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
+        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile)
 
     def bundles(self, dirs: str | Sequence[str], image_size: int | None = None, batch_size: int = 1, threads: int = 2,
-                repeats: int = 10, warmup: int = 3, json_out: str | None = None, overrides: dict | None = None) -> str:
+                repeats: int = 10, warmup: int = 3, json_out: str | None = None, overrides: dict | None = None,
+                compile: bool = False) -> str:
         """Compare the ``network_def`` of bundles (the first is the reference).
 
         ``overrides``: config keys set in every bundle, e.g. ``--overrides '{"variant": "b2"}'``. A bundle entry
@@ -202,15 +220,16 @@ class Benchmark:
             net, shape_d = _bundle_network(path, {**overrides, **dict(_setting(s) for s in settings)})
             networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
             shape = shape or shape_d
-        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out)
+        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile)
 
     @staticmethod
-    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out) -> str:
-        rows = compare(networks, shape, batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup)
+    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False) -> str:
+        rows = compare(networks, shape, batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, compile=compile)
         if json_out:
             with open(json_out, "w") as f:
                 json.dump(rows, f, indent=2)
         header = f"input [{batch_size}, {', '.join(map(str, shape))}], threads={threads}, repeats={repeats}, torch {torch.__version__}"
+        header += ", torch.compile" if compile else ", eager"
         return header + "\n" + format_table(rows)
 
 
