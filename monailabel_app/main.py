@@ -38,6 +38,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+import prato_components
 from prato_components.interactive import BoxPromptSegmenter, boxes_from_request
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class PratoBundlesApp(MONAILabelApp):
             )
         self.overrides = json.loads(conf.get("bundle_overrides", "{}"))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="PrATo bundles",
-                         description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)", version="0.1.0")
+                         description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)", version=prato_components.__version__)
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_bundle, tiny_overrides
 
+from tools.bundles import BUNDLE_VERSION
 from tools.package_bundles import check_index, pack_bundle, pack_bundles, sha256
 from tools.verify_bundles import acdc_inference_inputs
 
@@ -49,7 +50,7 @@ def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
     (tmp_path / "unetr_prato" / "large_files.yml").write_text(
         "large_files:\n  - path: models/model.pt\n    url: ''\n    hash_val: ''\n    hash_type: ''\n")
     archive = pack_bundle(bundle, str(tmp_path / "dist"))
-    assert archive.endswith("unetr_prato_v0.1.0.zip")
+    assert archive.endswith(f"unetr_prato_v{BUNDLE_VERSION}.zip")
     names = zipfile.ZipFile(archive).namelist()
     assert "unetr_prato/models/model.pt" in names and "unetr_prato/large_files.yml" in names
     assert "unetr_prato/models/last.pt" not in names  # resume state is not shared

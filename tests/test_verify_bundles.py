@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import ROOT
 
-from tools.bundles import BUNDLES
+from tools.bundles import BUNDLE_VERSION, BUNDLES
 from tools.verify_bundles import check_files, check_metadata, verify_bundle
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_bundle(bundle, acdc_dir, tmp_path):
     report = verify_bundle(os.path.join(ROOT, "bundles", bundle), str(tmp_path), acdc_dir, full_size=True)
-    assert report["files"] == 8 and report["metadata"] == "0.1.0" and report["net_in_out"] == [224, 224]
+    assert report["files"] == 8 and report["metadata"] == BUNDLE_VERSION and report["net_in_out"] == [224, 224]
     export = report["export"]
     assert export["max_abs_diff"] <= 1e-4 and os.path.isfile(export["file"])
     assert len(torch.export.load(export["file"]).graph_signature.user_inputs) == 2  # (image, boxes)

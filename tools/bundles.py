@@ -25,8 +25,12 @@ sys.path.insert(0, ROOT)
 
 from prato_components import __version__  # noqa: E402
 
-BUNDLE_VERSION = "0.1.0"
-CHANGELOG = {"0.1.0": "first release: 2D training, evaluation and box-prompted inference on ACDC, ISIC, MSD"}
+BUNDLE_VERSION = "0.1.1"
+CHANGELOG = {
+    "0.1.1": "multi-GPU: ranks meet at a barrier before the process group is destroyed; cheaper pruning overhead "
+    "(prato_components 0.1.1); measured CPU limits of Swin UNETR and SegFormer in the README",
+    "0.1.0": "first release: 2D training, evaluation and box-prompted inference on ACDC, ISIC, MSD",
+}
 
 # ----------------------------------------------------------------------------------------------- networks
 # Each backbone: the network_def (pruner inserted under "pruner"), its token width for pruners that need it,
@@ -551,7 +555,10 @@ def multi_gpu_config(name: str) -> dict:
             "$os.makedirs(@ckpt_dir, exist_ok=True)",
         ],
         "run": ["$@train#trainer.run()"],
-        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+        # every rank finishes (rank 0 writes the checkpoints last) before the process group is torn down; without
+        # the barrier a CI run saw rank 1 abort in teardown ("terminate called without an active exception")
+        # while rank 0 was still writing
+        "finalize": ["$dist.is_initialized() and dist.barrier()", "$dist.is_initialized() and dist.destroy_process_group()"],
     }
 
 

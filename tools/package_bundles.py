@@ -11,7 +11,7 @@ same files always give the same bytes. ``index.json`` lists per bundle the file,
 
 Download one back (MONAI's own command; ``file://`` URLs work offline)::
 
-    python -m monai.bundle download --name unetr_prato --url file:///abs/dist/bundles/unetr_prato_v0.1.0.zip \\
+    python -m monai.bundle download --name unetr_prato --url file:///abs/dist/bundles/unetr_prato_v0.1.1.zip \\
         --bundle_dir ./downloaded
 """
 
