@@ -599,13 +599,8 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
                 plan = plans[key]
                 windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
                 tokens = swin_block_forward(block, tokens, live.index, grid, batch, plan)
-            if self.fill == "zero":
-                restored = torch.zeros_like(carry).index_copy_(0, live.index, tokens)
-            elif not torch.is_grad_enabled() and self.normalize:
-                # x is read by nobody after this layer (its decoder tap is a normalised copy): restore in place
-                restored = carry.index_copy_(0, live.index, tokens)
-            else:
-                restored = carry.index_copy(0, live.index, tokens)
+            base = carry if self.fill == "carry" else torch.zeros_like(carry)
+            restored = base.index_copy(0, live.index, tokens)
         else:
             alive = torch.zeros(batch * num_cells, dtype=torch.bool, device=x.device)
             alive[live.index] = True

@@ -94,7 +94,7 @@ class TokenState:
         self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
         self.alive: torch.Tensor | None = None  # [B, N] full-length modes: tokens not yet pruned
         self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
-        self._kept: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []  # (stage, index or alive, valid)
+        self._kept: list[tuple[int, torch.Tensor]] = []  # (stage, alive mask or live grid positions after it)
         self._flat_index: torch.Tensor | None = None  # [B * n] rows of the flattened grid, gather without padding
         self._zero_grids: dict[tuple, torch.Tensor] = {}  # inference: zero-filled grids reused between blocks
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
@@ -115,26 +115,24 @@ class TokenState:
             return self.policy if self.policy is not None else self.alive
         return self.valid
 
+    def _on_grid(self, live: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool alive grid from a full-length alive mask (returned as is) or the live tokens' grid
+        positions (padding rows, at position ``N``, are dropped)."""
+        if live.dtype == torch.bool:
+            return live
+        return scatter_to_grid(live, torch.ones_like(live, dtype=torch.bool), self.num_tokens)
+
     def alive_grid(self) -> torch.Tensor:
         """``[B, N]`` bool: grid positions whose token is still alive."""
-        if self.alive is not None:
-            return self.alive
-        if self.token_index is None:
+        if self.alive is None and self.token_index is None:
             return torch.ones(self.tokens.shape[0], self.num_tokens, dtype=torch.bool, device=self.tokens.device)
-        return scatter_to_grid(self.token_index, torch.ones_like(self.token_index, dtype=torch.bool), self.num_tokens)
+        return self._on_grid(self.alive if self.alive is not None else self.token_index)
 
     @property
     def kept_grids(self) -> list[tuple[int, torch.Tensor]]:
         """``(stage, [B, N] bool alive after that stage)`` per pruned stage, built on request (inference never
         needs them, so the forward pass does not pay for the scatters)."""
-        grids = []
-        for stage, index, valid in self._kept:
-            if index.dtype == torch.bool:  # full-length modes record the alive grid itself
-                grids.append((stage, index))
-            else:
-                live = torch.ones_like(index, dtype=torch.bool) if valid is None else valid
-                grids.append((stage, scatter_to_grid(index, live, self.num_tokens)))
-        return grids
+        return [(stage, self._on_grid(live)) for stage, live in self._kept]
 
     def pruned_at(self) -> torch.Tensor:
         """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
@@ -201,7 +199,7 @@ class TokenState:
         else:
             order, valid = self._compact(keep)
             self._apply_gather(order, valid, weights, inputs)
-        self._kept.append((stage, self.alive, None) if self.alive is not None else (stage, self.token_index, self.valid))
+        self._kept.append((stage, self.alive if self.alive is not None else self.token_index))
 
     def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
@@ -238,19 +236,18 @@ class TokenState:
             self.tokens = self.tokens * (self.alive.to(self.tokens.dtype) if factor is None else factor).unsqueeze(-1)
 
     # ------------------------------------------------------------------ restoring the grid
-    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, valid, fresh: bool = False) -> torch.Tensor:
-        """``base`` with ``tokens`` written at grid positions ``index`` (padding rows dropped); whole rows are copied
-        with ``index_copy`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index).
-        ``fresh``: ``base`` is a new tensor of ours, written in place (one allocation and copy fewer)."""
+    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        """``base`` with ``tokens`` written at the live tokens' grid positions (padding rows dropped); whole rows are
+        copied with ``index_copy_`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index).
+        ``fresh``: ``base`` is a new tensor of ours and is written in place; otherwise it is copied first."""
         batch, num, channels = base.shape
-        if valid is None:
-            rows = self._flat_index if index is self.token_index else _flat_rows(index, num)
+        rows = tokens.reshape(-1, channels)
+        if self.valid is None:
             flat = base.reshape(batch * num, channels)
-            flat = flat.index_copy_(0, rows, tokens.reshape(-1, channels)) if fresh else flat.index_copy(0, rows, tokens.reshape(-1, channels))
-            return flat.view(batch, num, channels)
-        # padding rows point at an extra row N that is cut off afterwards
+            return (flat if fresh else flat.clone()).index_copy_(0, self._flat_index, rows).view(batch, num, channels)
+        # padding rows point at an extra row N, cut off afterwards (the concatenation is a new tensor)
         base = torch.cat([base, base.new_zeros(batch, 1, channels)], dim=1)
-        flat = base.reshape(batch * (num + 1), channels).index_copy_(0, _flat_rows(index, num + 1), tokens.reshape(-1, channels))
+        flat = base.reshape(batch * (num + 1), channels).index_copy_(0, _flat_rows(self.token_index, num + 1), rows)
         return flat.view(batch, num + 1, channels)[:, :num]
 
     def _zero_grid(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -294,15 +291,14 @@ class TokenState:
         if not self.pruned:
             return tokens
         if scratch and fill == "zero" and self.alive is None and self.valid is None and not torch.is_grad_enabled():
-            return self._scatter(self._zero_grid(tokens), tokens, self.token_index, None, fresh=True)
+            return self._scatter(self._zero_grid(tokens), tokens, fresh=True)
         if fill == "carry" and self.carry is not None:
             base = self.carry if carry_transform is None else carry_transform(self.carry)
         else:
             base = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
-        fresh = base is not self.carry and not base._is_view()  # a new tensor of ours: fill it in place
         if self.alive is not None:
             return torch.where(self.alive.unsqueeze(-1), tokens, base)
-        return self._scatter(base, tokens, self.token_index, self.valid, fresh=fresh)
+        return self._scatter(base, tokens, fresh=base is not self.carry and not base._is_view())
 
     def feature_map(self) -> torch.Tensor:
         """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill; a channels-last view)."""
