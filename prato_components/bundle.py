@@ -7,10 +7,13 @@ that changing ``--dataset`` on the command line adjusts channels, classes, loadi
 from __future__ import annotations
 
 import csv
+import difflib
 import glob
+import inspect
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monai.transforms import Compose, MapTransform
@@ -36,6 +39,9 @@ __all__ = [
     "inference_datalist",
     "read_boxes_file",
     "require_file",
+    "default_num_workers",
+    "unknown_override_keys",
+    "check_overrides",
 ]
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
@@ -219,3 +225,87 @@ def require_file(path: str, what: str = "file") -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} does not exist")
     return path
+
+
+def default_num_workers(limit: int = 4) -> int:
+    """DataLoader workers by default: ``limit``, but no more than the CPUs this process may use (PyTorch warns
+    when a loader asks for more workers than that)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(int(limit), cpus))
+
+
+def _lookup(config: Any, parts: Sequence[str]) -> tuple[int, Any]:
+    """How many leading parts of a config id exist in ``config``, and the node the lookup reached."""
+    node = config
+    for depth, part in enumerate(parts):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return depth, node
+    return len(parts), node
+
+
+def unknown_override_keys(config: Mapping, overrides: Sequence[str]) -> list[str]:
+    """One message per override id that ``config`` does not define, with the closest known key suggested.
+
+    An id is known when it exists in ``config`` or, for a nested id (``network_def#embed_dims``), when its parent
+    is a dict (adding a keyword argument to a component). A new top-level key is unknown: MONAI's runner would
+    add it silently, so ``--epoch 1`` would train the default number of ``epochs``. ``_meta_`` ids are MONAI's.
+    """
+    messages = []
+    for key in overrides:
+        parts = str(key).split("#")
+        depth, node = _lookup(config, parts)
+        new_argument = depth == len(parts) - 1 and depth > 0 and isinstance(node, Mapping)
+        if parts[0] == "_meta_" or depth == len(parts) or new_argument:
+            continue
+        known = [str(k) for k in node] if isinstance(node, Mapping) else [str(i) for i in range(len(node))] if \
+            isinstance(node, list) else []
+        close = ["#".join([*parts[:depth], c]) for c in difflib.get_close_matches(parts[depth], known, n=3)]
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        messages.append(f"unknown override key {key!r}{hint}")
+    return messages
+
+
+def _running_workflow_arguments() -> tuple[Any, dict] | None:
+    """The ``config_file`` and keyword arguments of the ``monai.bundle`` workflow being created, read from the
+    call stack (``monai.bundle.scripts.create_workflow``, which ``python -m monai.bundle run`` and
+    ``monai.bundle.run`` go through); ``None`` when the config is not run that way."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
+            arguments = frame.f_locals.get("_args")
+            if isinstance(arguments, dict):
+                return frame.f_locals.get("config_file"), arguments
+        frame = frame.f_back
+    return None
+
+
+def check_overrides() -> None:
+    """Reject override keys the bundle's config files do not define, at the start of ``initialize``.
+
+    ``python -m monai.bundle run --config_file train.json --epoch 1`` would otherwise add a new key ``epoch`` and
+    train the default ``epochs``. The overrides are the arguments of the running ``monai.bundle`` workflow less the
+    workflow's own (``meta_file``, ``logging_file``, ``tracking``, ``run_id``, ...). Raises ``ValueError`` naming
+    every unknown key with the closest known one.
+    """
+    from monai.bundle import ConfigParser, ConfigWorkflow
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    running = _running_workflow_arguments()
+    if running is None or running[0] is None:
+        return
+    config_file, arguments = running
+    own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
+    overrides = [k for k in arguments if k not in own]
+    config = ConfigParser.load_config_files(config_file)
+    tracking = arguments.get("tracking")
+    if tracking is not None:  # MONAI adds the tracking settings' keys (tracking_uri, experiment_name, ...)
+        settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) if isinstance(tracking, str) else None
+        settings = settings if settings is not None else ConfigParser.load_config_files(tracking)
+        config = {**settings.get("configs", {}), **config}
+    messages = unknown_override_keys(config, overrides)
+    if messages:
+        raise ValueError(f"{'; '.join(messages)} (config: {config_file})")

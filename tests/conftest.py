@@ -38,18 +38,18 @@ def error_text(error: BaseException) -> str:
     return "\n".join(parts)
 
 
-def tiny_overrides(bundle: str) -> dict:
+def tiny_overrides(bundle: str, config: str = "train") -> dict:
     """Overrides that shrink a bundle's network and data handling for CPU tests (32 x 32 images)."""
     from tools.verify_bundles import tiny_overrides as shrink
 
-    return shrink(bundle, image_size=32)
+    return shrink(bundle, image_size=32, config=config)
 
 
 def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
     """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``, tiny sizes."""
     from tools.verify_bundles import run_config
 
-    return run_config(os.path.join(ROOT, "bundles", bundle), config, bundle_root, **{**tiny_overrides(bundle), **overrides})
+    return run_config(os.path.join(ROOT, "bundles", bundle), config, bundle_root, **{**tiny_overrides(bundle, config), **overrides})
 
 
 def read_json(path: str) -> dict:

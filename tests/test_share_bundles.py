@@ -66,7 +66,7 @@ def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
 
     inputs = str(tmp_path / "inputs")
     images = acdc_inference_inputs(acdc_dir, inputs, count=1)
-    overrides = [f"--{k}={json.dumps(v)}" for k, v in tiny_overrides("unetr_prato").items()]
+    overrides = [f"--{k}={json.dumps(v)}" for k, v in tiny_overrides("unetr_prato", "inference").items()]
     # run from the downloaded folder, as a user would: bundle_root defaults to "."
     subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                     "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",

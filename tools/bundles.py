@@ -224,6 +224,10 @@ IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_compon
            "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
 
 
+# first in every "initialize": unknown override keys (``--epoch`` for ``--epochs``) stop the run with a suggestion
+CHECK_OVERRIDES = "$prato_components.bundle.check_overrides()"
+
+
 def common(name: str) -> dict:
     """Keys shared by train, evaluate and inference."""
     backbone, _ = _split(name)
@@ -238,7 +242,7 @@ def common(name: str) -> dict:
         "out_channels": "$@spec['out_channels']",
         "image_size": 224,
         "seed": 0,
-        "num_workers": 4,
+        "num_workers": "$prato_components.bundle.default_num_workers()",
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
@@ -401,7 +405,7 @@ def train_config(name: str) -> dict:
                 "val_handlers": "@validate#handlers",
             },
         },
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     })
     return config
@@ -453,7 +457,7 @@ def evaluate_config(name: str) -> dict:
             "key_val_metric": "$@metrics",
             "val_handlers": "@handlers",
         },
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
     })
     return config
@@ -517,7 +521,7 @@ def inference_config(name: str) -> dict:
             "postprocessing": "@postprocessing",
             "val_handlers": "@handlers",
         },
-        "initialize": ["$monai.utils.set_determinism(seed=@seed)"],
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
     })
     config["imports"] = IMPORTS + ["$import numpy"]
@@ -548,6 +552,7 @@ def multi_gpu_config(name: str) -> dict:
         "validate#dataloader#sampler": "@validate#sampler",
         "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
         "initialize": [
+            CHECK_OVERRIDES,
             "$import torch.distributed as dist",
             "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
             "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
@@ -704,7 +709,9 @@ Multi-GPU (or several CPU processes with gloo):
 `attention_mask`), `fill` (`carry` | `zero`), `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
-root and to `.` otherwise.
+root and to `.` otherwise. An unknown key stops the run at start and names the closest known one (`--epoch` ->
+`epochs`). The defaults are the paper's network at 224 x 224 (a GPU job); on a CPU pass smaller settings to every
+config alike (the repository README's `SMALL`), since the weights are those of the network they were trained with.
 
 ## Data
 

@@ -80,10 +80,12 @@ def _name(bundle_dir: str) -> str:
     )
 
 
-def tiny_overrides(name: str, image_size: int = TINY_SIZE) -> dict:
-    """Overrides that shrink bundle ``name`` for CPU checks: small image, the backbone's tiny widths, no workers."""
+def tiny_overrides(name: str, image_size: int = TINY_SIZE, config: str = "train") -> dict:
+    """Overrides that shrink bundle ``name`` for CPU checks: small image, the backbone's tiny widths, no workers,
+    and (not for ``inference``, which reads one image at a time) a small batch."""
     backbone, _ = _split(name)
-    return {"image_size": image_size, "num_workers": 0, "batch_size": 4, **BACKBONES[backbone]["tiny"]}
+    batch = {} if config == "inference" else {"batch_size": 4}
+    return {"image_size": image_size, "num_workers": 0, **batch, **BACKBONES[backbone]["tiny"]}
 
 
 def _network_overrides(name: str, image_size: int = TINY_SIZE) -> dict:
@@ -211,7 +213,8 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
         raise FileNotFoundError(f"{name}: training wrote no {checkpoint}")
     inputs, outputs = os.path.join(work_dir, "inputs"), os.path.join(work_dir, "predictions")
     images = acdc_inference_inputs(dataset_dir, inputs)
-    run_config(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs, **overrides)
+    run_config(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs,
+               **tiny_overrides(name, image_size, "inference"))
     for image in images:
         seg_path = os.path.join(outputs, os.path.basename(image)[: -len(".nii.gz")] + "_seg.nii.gz")
         seg = nib.load(seg_path)
