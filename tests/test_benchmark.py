@@ -28,9 +28,10 @@ def test_bundle_entries_with_settings_compare_variants_of_one_bundle(tmp_path):
     assert table.splitlines()[0].startswith("input [1, 1, 64, 64]")
     rows = {row["network"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
     assert set(rows) == {"segformer_prato", "segformer_prato" + random_half}
-    # PrATo keeps three quarters at both boundaries, the random variant half (same network otherwise)
-    assert rows["segformer_prato"]["kept_fraction"] == pytest.approx(0.75)
-    assert rows["segformer_prato" + random_half]["kept_fraction"] == pytest.approx(0.5)
+    # PrATo keeps three quarters at both boundaries, the random variant half (same network otherwise); kept token-block
+    # work over the four one-block MiT stages (16x16, 8x8, 4x4, 2x2 tokens), stages 2 and 3 pruned
+    assert rows["segformer_prato"]["kept_fraction"] == pytest.approx((256 + 48 + 12 + 4) / 340)
+    assert rows["segformer_prato" + random_half]["kept_fraction"] == pytest.approx((256 + 32 + 8 + 4) / 340)
     assert rows["segformer_prato" + random_half]["params_M"] < rows["segformer_prato"]["params_M"]  # no f1, f2
 
 
@@ -49,4 +50,4 @@ def test_compare_compiled_networks_counts_eager_flops(tmp_path):
     for e, c in zip(eager, compiled):
         assert (c["network"], c["gflops"], c["kept_fraction"]) == (e["network"], e["gflops"], e["kept_fraction"])
         assert c["latency_ms"] > 0 and math.isnan(c["pruner_ms"])
-    assert compiled[1]["kept_fraction"] == pytest.approx(0.5) and compiled[1]["flops_ratio"] < 1.0
+    assert compiled[1]["kept_fraction"] == pytest.approx((256 + 32 + 8 + 4) / 340) and compiled[1]["flops_ratio"] < 1.0

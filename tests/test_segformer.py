@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
 from prato_components.efficiency import count_flops
-from prato_components.engine.handlers import TokenSparsityHandler
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
 from prato_components.networks.tokens import TokenState
 from prato_components.pruners.base import TokenPruner, TokenSelection, keep_count, select_topk
@@ -75,8 +74,13 @@ def test_kept_counts_and_strides_per_stage():
     assert net.token_report[0].tokens_kept.tolist() == [keep_count(64, 0.75)] * 2
     assert net.token_report[1].tokens_in.tolist() == [16.0, 16.0]
     assert net.token_report[1].tokens_kept.tolist() == [keep_count(16, 0.75)] * 2
-    assert net.num_tokens == 16 and net.kept_fraction() == pytest.approx(0.75)
-    assert TokenSparsityHandler(net).num_tokens() == 16
+    assert net.num_tokens == 16
+    # token sparsity counts every MiT block on its own grid (depths 1, 2, 1, 1): stage 1 and 4 run whole
+    first, second = keep_count(64, 0.75), keep_count(16, 0.75)
+    assert [(b.tokens.tolist(), b.grid_tokens) for b in net.block_report] == [
+        ([256.0] * 2, 256), ([first] * 2, 64), ([first] * 2, 64), ([second] * 2, 16), ([4.0] * 2, 4)
+    ]
+    assert net.kept_fraction() == pytest.approx((256 + 2 * first + second + 4) / (256 + 2 * 64 + 16 + 4))
 
     recorder = Recorder()
     net = make(pruner=recorder, prune_stages=(1, 2, 3)).eval()

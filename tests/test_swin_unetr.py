@@ -1,6 +1,7 @@
 """Pruned Swin UNETR: window skipping, equivalence with MONAI's SwinUNETR, reports, FLOPs (tiny configurations)."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -80,7 +81,15 @@ def test_shapes_kept_counts_and_reports_2d():
     assert second.stage == 2 and all(32 <= n <= 64 for n in second.tokens_in.tolist())
     expected = keep_count(int(second.tokens_in.min()), 0.5)
     assert second.tokens_kept.tolist() == [float(expected)] * 2
-    assert net.num_tokens == 64 and net.kept_fraction() == pytest.approx(expected / 64)
+    assert net.num_tokens == 64
+    # every Swin block reports the live tokens it ran on, on its own grid (32x32, then the stages' 16x16, 8x8, 4x4)
+    counts = [b.tokens.tolist() for b in net.block_report]
+    assert [b.grid_tokens for b in net.block_report] == [1024] * 2 + [256] * 2 + [64] * 2 + [16] * 2
+    assert counts[:6] == [[1024.0] * 2] * 2 + [[128.0] * 2] * 2 + [[float(expected)] * 2] * 2
+    parents = counts[6]  # layer 4 runs on the alive parents of the stage-2 kept tokens
+    assert counts[7] == parents and all(math.ceil(expected / 4) <= n <= min(expected, 16) for n in parents)
+    kept = [(2 * 1024 + 2 * 128 + 2 * expected + 2 * n) / (2 * (1024 + 256 + 64 + 16)) for n in parents]
+    assert net.kept_fraction() == pytest.approx(sum(kept) / 2)
     # layers 2-4 run pruned; their blocks report the windows they attended
     assert [(w.layer, w.block) for w in net.window_report] == [(layer, b) for layer in (2, 3, 4) for b in (0, 1)]
     assert all(0 < w.windows_kept <= w.windows_total for w in net.window_report)

@@ -75,7 +75,9 @@ def test_kept_counts_match_keep_count():
     assert net.token_report[0].tokens_in.tolist() == [36.0, 36.0]
     assert net.token_report[0].tokens_kept.tolist() == [first, first]
     assert net.token_report[1].tokens_kept.tolist() == [second, second]
-    assert net.kept_fraction() == pytest.approx(second / 36)
+    # 8 blocks, boundaries after blocks 2 and 4: three run whole, two after stage 1, three after stage 2
+    assert [b.tokens.tolist() for b in net.block_report] == [[36.0] * 2] * 3 + [[first] * 2] * 2 + [[second] * 2] * 3
+    assert net.kept_fraction() == pytest.approx((3 * 36 + 2 * first + 3 * second) / (8 * 36))
 
 
 def test_boxes_reach_the_vit_at_the_token_stride():

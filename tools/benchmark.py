@@ -1,4 +1,5 @@
-"""Compare networks: parameters, GFLOPs, kept tokens, CPU latency and the pruners' own cost.
+"""Compare networks: parameters, GFLOPs, kept token-block work (``kept_fraction``, 1 - token sparsity), CPU latency
+and the pruners' own cost.
 
 Networks come from presets (paper-size UNETR-2D configurations) or from bundles (their ``network_def``)::
 

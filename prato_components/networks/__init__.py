@@ -2,7 +2,14 @@
 
 from prato_components.networks.blocks import transformer_block_forward
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import EXECUTOR_MODES, FILL_POLICIES, StageReport, TokenState
+from prato_components.networks.tokens import (
+    EXECUTOR_MODES,
+    FILL_POLICIES,
+    BlockReport,
+    StageReport,
+    TokenState,
+    kept_token_work,
+)
 from prato_components.networks.segformer import SEGFORMER_STAGES, SEGFORMER_VARIANTS, SegFormer
 from prato_components.networks.swin_unetr import SWIN_STAGES, PrunedSwinUNETR, patch_swin_unetr
 from prato_components.networks.transunet import TRANSUNET_STAGES, TransUNet

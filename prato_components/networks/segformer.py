@@ -46,7 +46,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import StageReport, TokenState, check_executor
+from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode
 from prato_components.pruners.base import TokenPruner
 
@@ -285,8 +285,9 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
         pruner_kwargs: keyword arguments for a pruner given by name.
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
-    :attr:`aux_loss` holds the pruners' side loss (or ``None``), :attr:`aux_logits` their intermediate logits, and
-    :attr:`grid_shapes` the token grid of every stage.
+    :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
+    :meth:`kept_fraction`), :attr:`aux_loss` holds the pruners' side loss (or ``None``), :attr:`aux_logits` their
+    intermediate logits, and :attr:`grid_shapes` the token grid of every stage.
     """
 
     def __init__(
@@ -355,6 +356,7 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
         self.prune_stages = tuple(stages_pruned)
         self.executor, self.fill = executor, fill
         self.token_report: list[StageReport] = []
+        self.block_report: list[BlockReport] = []
         self.aux_loss: torch.Tensor | None = None
         self.aux_logits: list[torch.Tensor] = []
         self.grid_shapes: list[tuple[int, int]] = []
@@ -390,7 +392,7 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
         first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
         mode = executor_mode(first, self.executor, self.training)
         mode = "mask" if mode == "attention_mask" else mode
-        maps, reports, aux_losses, aux_logits, grids = [], [], [], [], []
+        maps, reports, blocks, aux_losses, aux_logits, grids = [], [], [], [], [], []
         x = image
         for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
             tokens, grid = stage.patch_embed(x)
@@ -402,12 +404,14 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
                 state.apply(self.pruners[str(index)](inputs), index, inputs)
             for block in stage.blocks:
                 state.tokens = block(state.tokens, grid, state)
+                state.record_block()
             x = _to_map(state.restore(stage.norm(state.tokens), carry_transform=stage.norm), grid)
             maps.append(x)
             reports += state.reports
+            blocks += state.block_reports
             aux_losses += state.aux_losses
             aux_logits += state.aux_logits
-        self.token_report, self.aux_logits, self.grid_shapes = reports, aux_logits, grids
+        self.token_report, self.block_report, self.aux_logits, self.grid_shapes = reports, blocks, aux_logits, grids
         self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
         return maps
 

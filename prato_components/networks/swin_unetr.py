@@ -66,7 +66,7 @@ from monai.networks.nets.swin_unetr import (
 )
 
 from prato_components.networks.inputs import check_network_boxes
-from prato_components.networks.tokens import FILL_POLICIES, StageReport
+from prato_components.networks.tokens import FILL_POLICIES, BlockReport, StageReport
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner
 from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, straight_through
 
@@ -408,8 +408,10 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
-    :attr:`window_report` the windows attended per block of the pruned Swin layers, :attr:`aux_loss` and
-    :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the last pruned stage.
+    :attr:`block_report` per Swin block (all four layers) the live tokens it ran on (the token sparsity,
+    :meth:`kept_fraction`), :attr:`window_report` the windows attended per block of the pruned Swin layers,
+    :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the
+    last pruned stage.
     """
 
     def __init__(
@@ -456,6 +458,7 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
         self.token_report: list[StageReport] = []
+        self.block_report: list[BlockReport] = []
         self.window_report: list[WindowReport] = []
         self.aux_loss: torch.Tensor | None = None
         self.aux_logits: list[torch.Tensor] = []
@@ -497,12 +500,13 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
         vit = self.swinViT
         batch = x_in.shape[0]
         mode = self._mode()
-        reports, windows, aux_losses, aux_logits, memory = [], [], [], [], {}
+        reports, blocks, windows, aux_losses, aux_logits, memory = [], [], [], [], [], {}
         x = vit.pos_drop(vit.patch_embed(x_in))
         outs = [vit.proj_out(x, self.normalize)]
         live: _Live | None = None
         layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
         for number, layer in enumerate(layers, start=1):
+            blocks += self._block_reports(layer, x, live)
             if live is None:
                 x = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
             else:
@@ -515,10 +519,23 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
             outs.append(vit.proj_out(tap, self.normalize))
             if number in self.prune_stages:
                 live = self._prune(number, x, live, boxes, memory, reports, aux_losses, aux_logits)
-        self.token_report, self.window_report = reports, windows
+        self.token_report, self.block_report, self.window_report = reports, blocks, windows
         self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
         self.aux_logits = aux_logits
         return outs
+
+    @staticmethod
+    def _block_reports(layer, x: torch.Tensor, live: _Live | None) -> list[BlockReport]:
+        """What the blocks of ``layer`` run on for grid ``x`` ``[B, C, *G]``: every cell, or the live tokens (their
+        norms, ``qkv``, projection and MLP; window attention also holds the masked pruned slots of kept windows,
+        counted in :attr:`window_report`)."""
+        batch, num_cells = x.shape[0], math.prod(x.shape[2:])
+        if live is None:
+            counts = torch.full((batch,), float(num_cells), device=x.device)
+        else:
+            image = torch.div(live.index, num_cells, rounding_mode="floor")
+            counts = torch.zeros(batch, device=x.device).index_add_(0, image, torch.ones(image.shape, device=x.device))
+        return [BlockReport(counts, num_cells) for _ in layer.blocks]
 
     def _prune(self, stage, x, live, boxes, memory, reports, aux_losses, aux_logits) -> _Live:
         """Run the stage's pruner over the live tokens of grid ``x`` ``[B, C, *G]``; returns the kept tokens."""

@@ -14,19 +14,31 @@ Modes (``TokenState(mode=...)``):
 
 Restoring the grid (for dense decoders) scatters the live tokens back; pruned positions are filled by
 ``fill="zero"`` (the literal ``beta * Y``) or ``fill="carry"`` (the value the token had when pruned).
+
+Token sparsity, one definition for every backbone (:func:`kept_token_work`): every transformer block of the
+encoder reports the tokens it ran on (:class:`BlockReport`), and the sparsity is the fraction of that token-block
+work the pruning removed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from prato_components.pruners.base import StageInput, TokenSelection, scatter_to_grid, straight_through
 
-__all__ = ["EXECUTOR_MODES", "FILL_POLICIES", "StageReport", "TokenState", "check_executor"]
+__all__ = [
+    "EXECUTOR_MODES",
+    "FILL_POLICIES",
+    "BlockReport",
+    "StageReport",
+    "TokenState",
+    "check_executor",
+    "kept_token_work",
+]
 
 EXECUTOR_MODES = ("gather", "padded", "mask", "attention_mask")
 FILL_POLICIES = ("zero", "carry")
@@ -51,6 +63,38 @@ class StageReport:
     @property
     def kept_fraction(self) -> float:
         return float(self.tokens_kept.sum() / self.tokens_in.sum().clamp(min=1))
+
+
+@dataclass
+class BlockReport:
+    """The tokens one transformer block of the encoder ran on in a forward pass: ``tokens`` per image (``[B]``
+    float), out of ``grid_tokens``, the tokens of its grid (what it runs on unpruned)."""
+
+    tokens: torch.Tensor
+    grid_tokens: int
+
+
+def kept_token_work(blocks: Sequence[BlockReport]) -> torch.Tensor:
+    """``[B]``: per image, the tokens all transformer blocks of the encoder ran on over the tokens they run on
+    unpruned, ``sum_b tokens_b / sum_b grid_tokens_b``; **token sparsity** is ``1 -`` this (ones when nothing was
+    reported).
+
+    The one definition of token sparsity, the same for every backbone: the fraction of the transformer's
+    token-block work (each block's norms, projections and MLP are computed once per token) that pruning removed.
+    A block before the first pruned boundary counts with all its tokens, so pruning earlier removes more, and the
+    blocks of a hierarchical encoder (SegFormer's MiT stages, Swin's layers) each count on their own grid. The
+    kept fraction of the last pruned stage alone is not comparable across backbones: in a plain ViT keep ratios
+    compound (0.75 at stages 1 and 2 leave 0.5625 of the grid), in SegFormer each stage decides afresh on its own
+    grid (0.75), and neither says how many blocks ran pruned. Counts are the tokens the pruning decisions leave alive
+    (what the ``gather`` executor computes; the full-length reference executors model the same decisions, so they
+    report the same); helper tokens a pruner adds (Evo-ViT's representative token) are not counted. Tokens are not
+    FLOPs: the blocks of different stages differ in width, and attention grows with the square of the tokens;
+    ``tools/benchmark.py`` measures FLOPs.
+    """
+    if not blocks:
+        return torch.ones(1)
+    done = torch.stack([block.tokens.detach().float().cpu() for block in blocks]).sum(0)
+    return done / float(sum(block.grid_tokens for block in blocks))
 
 
 def _flat_rows(index: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -99,6 +143,8 @@ class TokenState:
         self._zero_grids: dict[tuple, torch.Tensor] = {}  # inference: zero-filled grids reused between blocks
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
         self.reports: list[StageReport] = []
+        self.block_reports: list[BlockReport] = []
+        self._live_counts: torch.Tensor | None = None  # [B] live tokens per image, until the next apply
         self.aux_losses: list[torch.Tensor] = []
         self.aux_logits: list[torch.Tensor] = []
         self.memory: dict = {}
@@ -106,6 +152,22 @@ class TokenState:
     @property
     def pruned(self) -> bool:
         return self.token_index is not None or self.alive is not None
+
+    def live_counts(self) -> torch.Tensor:
+        """``[B]`` float: tokens still alive per image (padding rows and pruned tokens excluded)."""
+        if self._live_counts is None:
+            if self.alive is not None:
+                self._live_counts = self.alive.sum(1, dtype=torch.float32)
+            elif self.valid is not None:
+                self._live_counts = self.valid.sum(1, dtype=torch.float32)
+            else:
+                batch, live = self.tokens.shape[:2]
+                self._live_counts = torch.full((batch,), float(live), device=self.tokens.device)
+        return self._live_counts
+
+    def record_block(self) -> None:
+        """Report a transformer block that just ran on the live tokens (:class:`BlockReport`, for the sparsity)."""
+        self.block_reports.append(BlockReport(self.live_counts(), self.num_tokens))
 
     @property
     def key_mask(self) -> torch.Tensor | None:
@@ -186,6 +248,7 @@ class TokenState:
         if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
             weights = straight_through(keep, selection.scores)
         self.carry = self.restore(fill="carry")  # value of every token now, kept for those pruned here
+        self._live_counts = None
         if self.mode in ("mask", "attention_mask"):
             self._apply_mask(keep, weights, inputs)
         elif self.mode == "gather":

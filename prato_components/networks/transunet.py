@@ -30,7 +30,7 @@ from monai.networks.nets.resnet import ResNetBottleneck
 
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import StageReport, TokenState, check_executor
+from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 
@@ -166,6 +166,7 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
             once tokens were pruned (e.g. STP's MTA); TransUNet has one tap, the final grid, numbered 4 as in UNETR.
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
+    :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
     :attr:`aux_loss` holds the pruners' side loss (or ``None``) and :attr:`aux_logits` their intermediate logits.
     """
 
@@ -235,6 +236,7 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
         self.pruners = nn.ModuleDict({str(s): copy.deepcopy(pruner) for s in stages})
         self.completion = completion
         self.token_report: list[StageReport] = []
+        self.block_report: list[BlockReport] = []
         self.aux_loss: torch.Tensor | None = None
         self.aux_logits: list[torch.Tensor] = []
 
@@ -257,7 +259,8 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:
             grid = self.completion(grid, state, len(TRANSUNET_STAGES) + 1)
-        self.token_report, self.aux_loss, self.aux_logits = state.reports, state.aux_loss, state.aux_logits
+        self.token_report, self.block_report = state.reports, state.block_reports
+        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
         return grid, skips
 
     def decode(self, grid: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -19,7 +19,7 @@ from monai.networks.nets import UNETR
 
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import check_executor, StageReport, TokenState
+from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 
@@ -45,6 +45,7 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
             ``spatial_dims``, ``hidden_size`` ...).
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
+    :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
     :attr:`aux_loss` holds the pruners' side loss (or ``None``) and :attr:`aux_logits` their intermediate
     segmentation logits (for :class:`~prato_components.engine.PrunedSegLoss`).
     """
@@ -85,6 +86,7 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
         self.token_report: list[StageReport] = []
+        self.block_report: list[BlockReport] = []
         self.aux_loss: torch.Tensor | None = None
         self.aux_logits: list[torch.Tensor] = []
 
@@ -92,7 +94,8 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         check_image(x_in, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
         taps, final, state = self._encode(x_in, boxes)
-        self.token_report, self.aux_loss, self.aux_logits = state.reports, state.aux_loss, state.aux_logits
+        self.token_report, self.block_report = state.reports, state.block_reports
+        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
         enc1 = self.encoder1(x_in)
         enc2 = self.encoder2(self.proj_feat(taps[1]))
         enc3 = self.encoder3(self.proj_feat(taps[2]))

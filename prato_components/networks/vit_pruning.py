@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from prato_components.networks.blocks import transformer_block_forward
-from prato_components.networks.tokens import TokenState
+from prato_components.networks.tokens import TokenState, kept_token_work
 from prato_components.pruners.base import TokenPruner
 from prato_components.pruners.registry import PRUNERS, create_pruner
 
@@ -24,17 +24,17 @@ __all__ = ["PrunedNetworkMixin", "build_pruner", "executor_mode", "run_pruned_bl
 
 class PrunedNetworkMixin:
     """What every pruned backbone offers: the kept fraction of the last forward pass and loading the state dict of
-    its unpruned counterpart. A backbone provides :attr:`token_report` (set by each forward pass) and
-    :attr:`num_tokens` (tokens on the grid of its last reported stage)."""
+    its unpruned counterpart. A backbone sets, in each forward pass, :attr:`token_report` (per pruned stage: tokens
+    in and kept, :class:`~prato_components.networks.tokens.StageReport`) and :attr:`block_report` (per transformer
+    block of the encoder, pruned or not: the tokens it ran on, :class:`~prato_components.networks.tokens.BlockReport`)."""
 
     token_report: list
-    num_tokens: int
+    block_report: list
 
     def kept_fraction(self) -> float:
-        """Fraction of the last reported stage's grid alive after that stage, in the last forward pass."""
-        if not self.token_report:
-            return 1.0
-        return float(self.token_report[-1].tokens_kept.mean()) / float(self.num_tokens)
+        """Kept token-block work of the last forward pass, mean over its images: ``1 - token sparsity`` (the one
+        definition, :func:`~prato_components.networks.tokens.kept_token_work`); 1 before any forward pass."""
+        return float(kept_token_work(getattr(self, "block_report", [])).mean())
 
     def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load the state dict of the unpruned network; pruners and completion keep their own (fresh) weights."""
@@ -105,6 +105,7 @@ def run_pruned_blocks(
             state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
         else:
             state.tokens, attention = active.run_block(block, state, want_attention)
+        state.record_block()
         if attention is not None:
             attentions.append(attention)
         stage = stage_after.get(index)
