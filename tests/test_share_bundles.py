@@ -38,6 +38,52 @@ def test_archives_are_deterministic_and_indexed(tmp_path):
         check_index(str(tmp_path / "a"))
 
 
+def _models(archive: str) -> dict[str, bytes]:
+    with zipfile.ZipFile(archive) as z:
+        return {n.split("/models/", 1)[1]: z.read(n) for n in z.namelist() if "/models/" in n}
+
+
+def test_zip_packs_one_set_of_weights_by_default_the_other_on_request(tmp_path):
+    bundles = tmp_path / "bundles"
+    bundle = bundles / "unetr_prato"
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), bundle)
+    (bundle / "models").mkdir()
+    files = {"model.pt": b"best", "model_final.pt": b"final", "last.pt": b"resume", "model.pt2": b"export",
+             "best_metric.txt": b"0.5", "datalist_acdc.json": b"{}"}
+    for name, data in files.items():
+        (bundle / "models" / name).write_bytes(data)
+    packed = {}
+    for weights in ("best", "final", "all"):
+        index = pack_bundles(str(tmp_path / weights), bundles_dir=str(bundles), weights=weights)
+        packed[weights] = _models(str(tmp_path / weights / index["unetr_prato"]["file"]))
+        assert check_index(str(tmp_path / weights)) == index
+        assert index["unetr_prato"]["weights"] == {
+            "best": {"models/model.pt": "models/model.pt"}, "final": {"models/model.pt": "models/model_final.pt"},
+            "all": {"models/model.pt": "models/model.pt", "models/model_final.pt": "models/model_final.pt"},
+        }[weights]
+    # default: the best checkpoint only, as models/model.pt (what inference.json's ckpt_path loads); exports kept
+    assert packed["best"] == {"model.pt": b"best", "model.pt2": b"export"}
+    assert packed["final"] == {"model.pt": b"final", "model.pt2": b"export"}
+    assert packed["all"] == {"model.pt": b"best", "model_final.pt": b"final", "model.pt2": b"export"}
+    # still deterministic with weights
+    again = pack_bundle(str(bundle), str(tmp_path / "again"))
+    assert sha256(again) == sha256(str(tmp_path / "best" / os.path.basename(again)))
+
+    # only the final checkpoint: shipped under the default name, and index.json says so
+    (bundle / "models" / "model.pt").unlink()
+    index = pack_bundles(str(tmp_path / "fallback"), bundles_dir=str(bundles))
+    assert index["unetr_prato"]["weights"] == {"models/model.pt": "models/model_final.pt"}
+    assert _models(str(tmp_path / "fallback" / index["unetr_prato"]["file"])) == {"model.pt": b"final",
+                                                                                  "model.pt2": b"export"}
+    # an explicit request is not substituted; an unknown choice is named
+    (bundle / "models" / "model.pt").write_bytes(b"best")
+    (bundle / "models" / "model_final.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="weights='final' but .* has no model_final.pt"):
+        pack_bundle(str(bundle), str(tmp_path / "missing"), weights="final")
+    with pytest.raises(ValueError, match="weights must be one of"):
+        pack_bundle(str(bundle), str(tmp_path / "bad"), weights="latest")
+
+
 def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
     # a tiny trained checkpoint in a copy of the bundle, with a large_files.yml
     trained = str(tmp_path / "trained")
@@ -45,7 +91,7 @@ def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
     bundle = str(tmp_path / "unetr_prato")
     shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), bundle)
     os.makedirs(os.path.join(bundle, "models"))
-    for name in ("model.pt", "last.pt"):
+    for name in ("model.pt", "model_final.pt", "last.pt"):
         shutil.copy(os.path.join(trained, "models", name), os.path.join(bundle, "models", name))
     (tmp_path / "unetr_prato" / "large_files.yml").write_text(
         "large_files:\n  - path: models/model.pt\n    url: ''\n    hash_val: ''\n    hash_type: ''\n")
@@ -54,6 +100,7 @@ def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
     names = zipfile.ZipFile(archive).namelist()
     assert "unetr_prato/models/model.pt" in names and "unetr_prato/large_files.yml" in names
     assert "unetr_prato/models/last.pt" not in names  # resume state is not shared
+    assert "unetr_prato/models/model_final.pt" not in names  # one set of weights by default
 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     downloads = str(tmp_path / "downloads")

@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import ROOT
 
+from prato_components.export import example_inputs, load_exported
 from tools.bundles import BUNDLE_VERSION, BUNDLES
-from tools.verify_bundles import check_files, check_metadata, verify_bundle
+from tools.verify_bundles import _network, _network_overrides, check_files, check_metadata, export, verify_bundle
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -37,3 +38,73 @@ def test_missing_file_and_version_outside_changelog_are_named(tmp_path):
         json.dump(meta, f)
     with pytest.raises(ValueError, match="9.9.9 is not in the changelog"):
         check_metadata(bundle)
+
+
+def _export_tiny(bundle: str, size: int, folder) -> tuple:
+    """Export bundle ``bundle`` (tiny widths, ``size`` px, random weights) through ``tools/verify_bundles.py export``;
+    the eager network, the loaded export and its export.json."""
+    bundle_dir, overrides = os.path.join(ROOT, "bundles", bundle), _network_overrides(bundle, size)
+    network, _, _ = _network(bundle_dir, None, overrides)
+    checkpoint = str(folder / "model.pt")
+    torch.save(network.state_dict(), checkpoint)
+    path = export(bundle_dir, checkpoint, str(folder / "model.pt2"), **overrides)
+    module, files = load_exported(path, ("export.json",))
+    return network, module, files["export.json"]
+
+
+@pytest.fixture(scope="module")
+def unetr_export(tmp_path_factory):
+    # 48 px: a 3 x 3 token grid, where the tiny random network's output depends on the boxes (at 32 px it does not)
+    return _export_tiny("unetr_prato", 48, tmp_path_factory.mktemp("unetr_export"))
+
+
+@pytest.mark.parametrize("bundle,size", [("unetr_prato", 48), ("segformer_prato", 64)])
+def test_export_takes_any_number_of_boxes_per_image(bundle, size, unetr_export, tmp_path):
+    # exported once with 2 boxes per image (a real one and a padding row); called with 1, 2 and 3
+    network, module, shapes = unetr_export if bundle == "unetr_prato" else _export_tiny(bundle, size, tmp_path)
+    assert shapes["dynamic_boxes"] and shapes["boxes_per_image"] is None and module.boxes_range[0] == 1
+    assert shapes["image_size"] == size and module.spatial_shape == (size, size)
+    if bundle == "segformer_prato":  # its batch cannot be symbolic: exported for batch 2, and export.json says why
+        assert not shapes["dynamic_batch"] and shapes["batch_size"] == 2 and shapes["static_reasons"]["batch"]
+    else:
+        assert shapes["dynamic_batch"] and shapes["static_reasons"] == {}
+    batch = 3 if shapes["dynamic_batch"] else shapes["batch_size"]
+    outputs = []
+    for count in (1, 2, 3):
+        image, boxes = example_inputs(1, (size, size), batch=batch, seed=7, num_boxes=count, real_boxes=None)
+        with torch.no_grad():
+            expected, got = network(image, boxes), module(image, boxes)
+        assert got.shape == expected.shape == (batch, 4, size, size)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+        outputs.append(got)
+    assert any(not torch.equal(a, b) for a, b in zip(outputs, outputs[1:]))  # the extra boxes reach the program
+    with torch.no_grad():  # [B, 4] (one box per image, no M axis) is accepted as for the eager network
+        torch.testing.assert_close(module(image, boxes[:, 0]), network(image, boxes[:, :1]), atol=1e-4, rtol=1e-4)
+
+
+def test_exported_network_names_what_it_cannot_take(unetr_export):
+    _, module, _ = unetr_export
+    image, boxes = example_inputs(1, (48, 48), batch=2)
+    with pytest.raises(ValueError, match=r"spatial shape \(48, 48\), got \(64, 64\); this export was made at "
+                                         r"image_size 48 .*re-export the bundle with that `image_size`"):
+        module(torch.rand(2, 1, 64, 64), boxes)
+    with pytest.raises(ValueError, match=r"expects 1 input channel\(s\), got 3"):
+        module(torch.rand(2, 3, 48, 48), boxes)
+    with pytest.raises(ValueError, match=r"expected an image of shape \[B, C, \*, \*\] \(2D\)"):
+        module(torch.rand(2, 48, 48), boxes)
+    outside = boxes.clone()
+    outside[1, 0] = torch.tensor([50.0, 50.0, 60.0, 70.0])
+    with pytest.raises(ValueError, match=r"row 2 \(50, 50, 60, 70\) lies outside the image of shape \(48, 48\)"):
+        module(image, outside)
+    with pytest.raises(ValueError, match="a box has 6 values but the image has 2 spatial dims"):
+        module(image, torch.zeros(2, 1, 6))
+    with pytest.raises(ValueError, match=r"boxes must have shape \[B=2, M, 4\]"):
+        module(image, boxes[:1])
+    nan = boxes.clone()
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="contains NaN or inf"):
+        module(image, nan)
+    with pytest.raises(ValueError, match="the image contains NaN or infinite values"):
+        module(torch.full_like(image, float("inf")), boxes)
+    with pytest.raises(ValueError, match="needs boxes .*padding row"):
+        module(image, None)

@@ -17,8 +17,8 @@ Checks per bundle (each one a function here, importable by tests):
    then ``inference.json`` on two volumes with box sidecars; the checkpoint and segmentations must exist.
 5. ``check_export``: ``torch.export`` of the trained network (see :mod:`prato_components.export` for why not
    TorchScript), saved with the bundle configs, reloaded, and compared with the eager network on new images and
-   boxes (also a padding-only "no prompt" box). ``torchscript=True`` also tries ``python -m monai.bundle
-   ckpt_export`` (trace) and records how it fails.
+   1, 2 and 3 boxes per image (the box count is a dynamic dimension; also a padding-only "no prompt" box).
+   ``torchscript=True`` also tries ``python -m monai.bundle ckpt_export`` (trace) and records how it fails.
 """
 
 from __future__ import annotations
@@ -251,19 +251,25 @@ def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
     from prato_components.export import example_inputs, export_network, save_exported
 
     network, channels, size = _network(bundle_dir, checkpoint, overrides)
-    image, boxes = example_inputs(channels, (size, size), batch=2)
-    program, dynamic = export_network(network, image, boxes)
+    image, boxes = example_inputs(channels, (size, size), batch=2)  # 2 boxes per image: one real, one padding
+    program, shapes = export_network(network, image, boxes)
     configs = os.path.join(bundle_dir, "configs")
     extra = {name: open(os.path.join(configs, name)).read() for name in ("metadata.json", "inference.json")}
-    extra["export.json"] = json.dumps({"signature": "(image [B, C, H, W], boxes [B, M, 4]) -> logits",
-                                       "image_size": size, "dynamic_batch": dynamic, "overrides": overrides})
+    extra["export.json"] = json.dumps({
+        "signature": "(image [B, C, H, W], boxes [B, M, 4]) -> logits", "image_size": size, "in_channels": channels,
+        **shapes,  # dynamic_batch, dynamic_boxes, static_reasons (why a dimension is fixed)
+        "batch_size": None if shapes["dynamic_batch"] else int(image.shape[0]),
+        "boxes_per_image": None if shapes["dynamic_boxes"] else int(boxes.shape[1]),
+        "overrides": overrides,
+    })
     return save_exported(program, filepath, extra)
 
 
 def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: int = TINY_SIZE,
                  atol: float = 1e-4) -> dict:
     """Export the trained tiny network, reload the file, and compare its logits with the eager network's on new
-    images and boxes (batch 1 and, where the batch is dynamic, 3; and a padding-only box: no prompt)."""
+    images and boxes: batch 1 and, where the batch is dynamic, 3; 1, 2 and 3 real boxes per image where the box
+    count is dynamic (else the exported count), and a padding-only box (no prompt)."""
     import torch
 
     from prato_components.export import example_inputs, load_exported
@@ -275,12 +281,16 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
     if files["metadata.json"].get("name") != name:
         raise ValueError(f"{filepath} carries the metadata of {files['metadata.json'].get('name')}, not {name}")
     network, channels, _ = _network(bundle_dir, checkpoint, overrides)
-    batches = (1, 3) if files["export.json"]["dynamic_batch"] else (2,)
+    shapes = files["export.json"]
+    batches = (1, 3) if shapes["dynamic_batch"] else (shapes["batch_size"],)
+    counts = (1, 2, 3) if shapes["dynamic_boxes"] else (shapes["boxes_per_image"],)
     worst = 0.0
     for seed, batch in enumerate(batches, start=1):
-        image, boxes = example_inputs(channels, (image_size, image_size), batch=batch, seed=seed)
-        no_prompt = torch.tensor([0.0, 0.0, -1.0, -1.0]).expand(batch, 1, 4).clone()
-        for prompt in (boxes, no_prompt):
+        image, _ = example_inputs(channels, (image_size, image_size), batch=batch, seed=seed)
+        prompts = [example_inputs(channels, (image_size, image_size), batch=batch, seed=10 * seed + count,
+                                  num_boxes=count, real_boxes=None)[1] for count in counts]
+        no_prompt = torch.tensor([0.0, 0.0, -1.0, -1.0]).expand(batch, counts[0], 4).clone()
+        for prompt in (*prompts, no_prompt):
             with torch.no_grad():
                 expected, got = network(image, prompt), exported(image, prompt)
             if got.shape != expected.shape:
@@ -289,7 +299,8 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
             worst = max(worst, diff)
             if diff > atol:
                 raise ValueError(f"{name}: exported logits differ from the eager network's by {diff:.3g} > {atol}")
-    return {"file": filepath, "max_abs_diff": worst, "dynamic_batch": files["export.json"]["dynamic_batch"]}
+    return {"file": filepath, "max_abs_diff": worst, "dynamic_batch": shapes["dynamic_batch"],
+            "dynamic_boxes": shapes["dynamic_boxes"], "static_reasons": shapes["static_reasons"]}
 
 
 def try_ckpt_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: int = TINY_SIZE) -> dict:

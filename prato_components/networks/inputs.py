@@ -11,8 +11,14 @@ from prato_components.prompts.boxes import validate_boxes
 __all__ = ["check_image", "check_network_boxes"]
 
 
-def check_image(image: torch.Tensor, in_channels: int, spatial_shape: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``image`` is ``[B, in_channels, *spatial_shape]`` and finite."""
+SIZE_REMEDY = "resize/crop in preprocessing or use a sliding-window inferer"
+
+
+def check_image(
+    image: torch.Tensor, in_channels: int, spatial_shape: Sequence[int], size_remedy: str = SIZE_REMEDY
+) -> None:
+    """Raise ``ValueError`` unless ``image`` is ``[B, in_channels, *spatial_shape]`` and finite; ``size_remedy`` ends
+    the message for a wrong spatial shape (what the caller can do about it)."""
     dims = len(spatial_shape)
     if image.ndim != dims + 2:
         raise ValueError(
@@ -23,7 +29,7 @@ def check_image(image: torch.Tensor, in_channels: int, spatial_shape: Sequence[i
     if tuple(image.shape[2:]) != tuple(spatial_shape):
         raise ValueError(
             f"the network was built for images of spatial shape {tuple(spatial_shape)}, got {tuple(image.shape[2:])}; "
-            "resize/crop in preprocessing or use a sliding-window inferer"
+            + size_remedy
         )
     if torch.compiler.is_exporting():  # value checks are data-dependent: torch.export traces shapes only
         return
