@@ -25,8 +25,12 @@ sys.path.insert(0, ROOT)
 
 from prato_components import __version__  # noqa: E402
 
-BUNDLE_VERSION = "0.1.1"
+BUNDLE_VERSION = "0.2.0"
 CHANGELOG = {
+    "0.2.0": "unknown override keys stop a run with the closest known key; num_workers defaults to min(4, CPUs); "
+    "token sparsity means the share of the encoder's token-block work removed, for every backbone; the export takes "
+    "any number of boxes per image and names inputs it cannot take; share zips carry one set of weights "
+    "(prato_components 0.2.0, which declares scipy)",
     "0.1.1": "multi-GPU: ranks meet at a barrier before the process group is destroyed; cheaper pruning overhead "
     "(prato_components 0.1.1); measured CPU limits of Swin UNETR and SegFormer in the README",
     "0.1.0": "first release: 2D training, evaluation and box-prompted inference on ACDC, ISIC, MSD",
