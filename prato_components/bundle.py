@@ -27,6 +27,7 @@ from prato_components.data import (
     load_or_create_split,
     slice_datalist,
 )
+from prato_components.networks.tokens import EXECUTOR_MODES, FILL_POLICIES
 from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
 
 __all__ = [
@@ -42,6 +43,8 @@ __all__ = [
     "default_num_workers",
     "unknown_override_keys",
     "check_overrides",
+    "SETTING_RULES",
+    "check_settings",
 ]
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
@@ -309,3 +312,40 @@ def check_overrides() -> None:
     messages = unknown_override_keys(config, overrides)
     if messages:
         raise ValueError(f"{'; '.join(messages)} (config: {config_file})")
+
+
+def _integer(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _number(value: Any, low: float, high: float, low_open: bool = True) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return False
+    return (low < value if low_open else low <= value) and value <= high
+
+
+# bundle key -> (valid?, what it must be); checked by ``check_settings`` when a run starts
+SETTING_RULES: dict[str, tuple[Any, str]] = {
+    "image_size": (lambda v: _integer(v, 16), "one integer >= 16, the side of the square network input"),
+    "epochs": (lambda v: _integer(v, 1), "an integer >= 1"),
+    "batch_size": (lambda v: _integer(v, 1), "an integer >= 1"),
+    "val_interval": (lambda v: _integer(v, 1), "an integer >= 1 (epochs between validations)"),
+    "num_workers": (lambda v: _integer(v, 0), "an integer >= 0"),
+    "learning_rate": (lambda v: _number(v, 0.0, 1.0), "a number in (0, 1]"),
+    "keep_ratio": (lambda v: _number(v, 0.0, 1.0), "a number in (0, 1], the fraction of tokens kept per stage"),
+    "prune_stages": (lambda v: isinstance(v, (list, tuple)) and all(_integer(s, 1) for s in v)
+                     and len(set(v)) == len(v), "a list of distinct stage numbers >= 1, e.g. [1, 2]"),
+    "executor": (lambda v: v in EXECUTOR_MODES, f"one of {list(EXECUTOR_MODES)}"),
+    "fill": (lambda v: v in FILL_POLICIES, f"one of {list(FILL_POLICIES)}"),
+    "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
+    "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
+}
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """``ValueError`` naming every bundle setting of the wrong type or out of range (see :data:`SETTING_RULES`),
+    at the start of a run rather than deep inside a transform or the network. Keys without a rule pass."""
+    wrong = [f"{key} must be {SETTING_RULES[key][1]}, got {value!r}" for key, value in settings.items()
+             if key in SETTING_RULES and not SETTING_RULES[key][0](value)]
+    if wrong:
+        raise ValueError("; ".join(wrong))

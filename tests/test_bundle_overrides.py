@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import ROOT, error_text, read_json, run_bundle
 
-from prato_components.bundle import default_num_workers, unknown_override_keys
+from prato_components.bundle import check_settings, default_num_workers, unknown_override_keys
 
 TRAIN = os.path.join(ROOT, "bundles", "unetr_prato", "configs", "train.json")
 
@@ -58,3 +58,43 @@ def test_default_num_workers_never_exceeds_the_cpus():
     assert default_num_workers() == min(4, cpus)
     assert default_num_workers(1) == 1
     assert default_num_workers(0) == 0
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("image_size", [96, 96], "image_size must be one integer >= 16"),
+    ("image_size", 8, "image_size must be one integer >= 16"),
+    ("image_size", True, "image_size must be one integer >= 16"),
+    ("epochs", 0, "epochs must be an integer >= 1"),
+    ("epochs", 2.5, "epochs must be an integer >= 1"),
+    ("batch_size", "8", "batch_size must be an integer >= 1"),
+    ("learning_rate", -1e-4, "learning_rate must be a number in (0, 1]"),
+    ("learning_rate", float("nan"), "learning_rate must be a number in (0, 1]"),
+    ("keep_ratio", 0.0, "keep_ratio must be a number in (0, 1]"),
+    ("keep_ratio", 1.5, "keep_ratio must be a number in (0, 1]"),
+    ("prune_stages", 1, "prune_stages must be a list of distinct stage numbers"),
+    ("prune_stages", [1, 1], "prune_stages must be a list of distinct stage numbers"),
+    ("executor", "sparse", "executor must be one of ['gather', 'padded', 'mask', 'attention_mask']"),
+    ("fill", "mean", "fill must be one of ['zero', 'carry']"),
+    ("dataset", "brats", "dataset must be one of ['acdc', 'isic', 'decathlon']"),
+    ("dataset_dir", "", "dataset_dir must be a folder path"),
+])
+def test_bad_setting_values_are_named(key, value, expected):
+    with pytest.raises(ValueError) as caught:
+        check_settings({key: value})
+    assert str(caught.value).startswith(expected) and str(caught.value).endswith(f"got {value!r}")
+
+
+def test_good_settings_pass():
+    check_settings({"image_size": 96, "epochs": 1, "batch_size": 8, "learning_rate": 3e-4, "keep_ratio": 1,
+                    "prune_stages": [1, 2], "executor": "gather", "fill": "carry", "dataset": "ACDC",
+                    "dataset_dir": "/data", "num_workers": 0, "val_interval": 1, "not_a_rule": object()})
+
+
+@pytest.mark.parametrize("config", ["train", "evaluate", "inference"])
+def test_a_run_names_a_bad_value_before_reading_data(tmp_path, config):
+    missing = str(tmp_path / "missing")
+    inputs = {"input_dir": missing} if config == "inference" else {}
+    with pytest.raises(Exception) as caught:
+        run_bundle("unetr_prato", config, str(tmp_path / "run"), dataset_dir=missing, image_size=[96, 96], **inputs)
+    assert "image_size must be one integer >= 16, the side of the square network input, got [96, 96]" in \
+        error_text(caught.value)

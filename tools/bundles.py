@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from prato_components import __version__  # noqa: E402
+from prato_components.bundle import SETTING_RULES  # noqa: E402
 
 BUNDLE_VERSION = "0.2.0"
 CHANGELOG = {
@@ -232,6 +233,13 @@ IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_compon
 CHECK_OVERRIDES = "$prato_components.bundle.check_overrides()"
 
 
+def check_settings(config: dict) -> str:
+    """Second in every "initialize": the values of ``config``'s user settings (types, ranges, names), so that
+    ``--image_size [96,96]`` is named at start rather than failing inside a transform."""
+    values = ", ".join(f"'{key}': @{key}" for key in SETTING_RULES if key in config)
+    return f"$prato_components.bundle.check_settings({{{values}}})"
+
+
 def common(name: str) -> dict:
     """Keys shared by train, evaluate and inference."""
     backbone, _ = _split(name)
@@ -412,6 +420,7 @@ def train_config(name: str) -> dict:
         "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     })
+    config["initialize"].insert(1, check_settings(config))
     return config
 
 
@@ -464,6 +473,7 @@ def evaluate_config(name: str) -> dict:
         "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
     })
+    config["initialize"].insert(1, check_settings(config))
     return config
 
 
@@ -529,6 +539,7 @@ def inference_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     })
     config["imports"] = IMPORTS + ["$import numpy"]
+    config["initialize"].insert(1, check_settings(config))
     return config
 
 
@@ -557,6 +568,7 @@ def multi_gpu_config(name: str) -> dict:
         "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
         "initialize": [
             CHECK_OVERRIDES,
+            check_settings(train_config(name)),
             "$import torch.distributed as dist",
             "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
             "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
