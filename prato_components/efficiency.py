@@ -1,7 +1,7 @@
 """FLOPs, latency and parameter counts, shared by the benchmark tool, handlers and tests.
 
 FLOPs come from torch's own ``FlopCounterMode`` (multiply-add = 2 FLOPs); no third-party counter.
-Latency follows DESIGN.md §10: eval mode, ``torch.inference_mode()``, warm-up, a fixed thread count, the
+Latency follows docs/design.md §8: eval mode, ``torch.inference_mode()``, warm-up, a fixed thread count, the
 median of repeats, and networks compared in the same run with their runs interleaved.
 """
 

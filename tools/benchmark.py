@@ -8,7 +8,7 @@ Networks come from presets (paper-size UNETR-2D configurations) or from bundles 
 
 The first network is the reference for the ratios; ``saving_in_latency`` is the latency saving divided by the
 FLOPs saving (1.0: every FLOP saved shows up in wall-clock time). Latency: eval mode, ``torch.inference_mode()``, warm-up,
-fixed thread count, median of interleaved repeats (DESIGN.md §10). The pruners' own cost is timed with
+fixed thread count, median of interleaved repeats (docs/design.md §8). The pruners' own cost is timed with
 forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs. ``--compile``
 times ``torch.compile``d networks instead (no per-operation Python overhead; the pruners' time is not measured)::
 

@@ -7,7 +7,7 @@ overlapping patch embedding (7x7/4, then 3x3/2 convolutions + LayerNorm), blocks
 concatenation, a 1x1 fuse conv, prediction; computed in an equivalent, cheaper order: :class:`AllMLPHead`) and a
 bilinear upsampling to the input size.
 
-Pruning (DESIGN.md §7). Stage boundary ``s`` in {1, 2, 3} sits between MiT stage ``s`` and ``s + 1``. At a pruned
+Pruning (docs/design.md §6). Stage boundary ``s`` in {1, 2, 3} sits between MiT stage ``s`` and ``s + 1``. At a pruned
 boundary the pruner sees the tokens entering stage ``s + 1`` (its overlapping patch embedding, a conv over the
 restored full map of stage ``s``) on stage ``s + 1``'s own grid, with that grid's stride (input pixels per token:
 8, 16, 32 at boundaries 1, 2, 3), so a box reaches every stage at its stride. The blocks of stage ``s + 1`` then run

@@ -1,6 +1,6 @@
 """Box prompts: pure functions on boxes.
 
-Conventions (shared by the whole package, see DESIGN.md section 3):
+Conventions (shared by the whole package, see docs/design.md §3):
 
 - A box for a ``D``-dimensional image (``D`` = 2 or 3) holds ``2 * D`` floats in MONAI ``StandardMode``
   order, ``(x1, y1, x2, y2)`` / ``(x1, y1, z1, x2, y2, z2)``, where coordinate ``i`` indexes spatial axis

@@ -1,4 +1,4 @@
-"""PrATo: prompt-based adaptive token pruning (DESIGN.md §5).
+"""PrATo: prompt-based adaptive token pruning (docs/design.md §7.1).
 
 At a stage boundary with tokens ``Y [B, n, C]`` on a grid of stride ``p``:
 
