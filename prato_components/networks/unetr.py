@@ -35,7 +35,8 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         pruner: a :class:`TokenPruner`, a registered pruner name (built with ``pruner_kwargs``; ``dim`` is
             filled in) or ``None`` for the unpruned baseline. Each pruned stage gets its own copy.
         prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)``; the paper uses ``(1, 2)``.
-        executor: ``"gather"`` (fast), ``"padded"`` (variable counts) or ``"mask"`` (reference).
+        executor: ``"gather"`` (fast), ``"padded"`` (variable counts), ``"attention_mask"`` (full length, pruned keys
+            masked) or ``"mask"`` (reference); see docs/design.md §5.
         fill: how pruned positions are filled when the grid is restored: ``"carry"`` or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
         completion: optional module ``completion(grid [B, N, C], state: TokenState, tap: int) -> grid`` applied to
