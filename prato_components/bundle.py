@@ -318,10 +318,9 @@ def _integer(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _number(value: Any, low: float, high: float, low_open: bool = True) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        return False
-    return (low < value if low_open else low <= value) and value <= high
+def _number(value: Any, low: float, high: float) -> bool:
+    """``value`` is a real number in ``(low, high]`` (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low < value <= high
 
 
 # bundle key -> (valid?, what it must be); checked by ``check_settings`` when a run starts
