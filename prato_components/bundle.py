@@ -37,6 +37,7 @@ __all__ = [
     "bundle_splits",
     "load_transforms",
     "prompt_transforms",
+    "per_class_prompt",
     "inference_datalist",
     "read_boxes_file",
     "require_file",
@@ -48,6 +49,15 @@ __all__ = [
 ]
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
+PROMPT_BOXES = ("union", "per_class")
+
+
+def per_class_prompt(prompt_boxes: str) -> bool:
+    """The bundles' ``prompt_boxes`` key: ``"union"`` (one box around all structures, the paper) or ``"per_class"``
+    (one box per foreground class, absent classes as padding rows). Returns whether it is per class."""
+    if prompt_boxes not in PROMPT_BOXES:
+        raise ValueError(f"prompt_boxes must be one of {PROMPT_BOXES}, got {prompt_boxes!r}")
+    return prompt_boxes == "per_class"
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
 

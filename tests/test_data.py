@@ -461,3 +461,39 @@ def test_make_data_cli(tmp_path, capsys):
     assert printed.count("wrote") == 3 and "12 .nii.gz" in printed
     assert len(acdc_datalist(str(tmp_path / "acdc"), "testing")) == 2
     assert len(isic_datalist(str(tmp_path / "isic"))) == 2 and len(decathlon_datalist(str(tmp_path / "msd"))) == 2
+
+
+def test_acdc_small_dark(tmp_path):
+    """``small_dark=True``: class 3 is small, varies in size between patients and slices, and is darker than the
+    myocardium around it, with an intensity close to the background outside the body; everything else and the
+    default data set are unchanged."""
+    kw = {"num_patients": 4, "num_frames": 1, "slices": (6, 8), "size": (64, 64), "spacing": (2.0, 2.0, 8.0)}
+    make_acdc_like(str(tmp_path / "dark"), small_dark=True, **kw)
+    make_acdc_like(str(tmp_path / "plain"), **kw)
+    make_acdc_like(str(tmp_path / "plain2"), small_dark=False, **kw)
+    patient_areas, slice_areas, ratios = [], [], []
+    for item in acdc_datalist(str(tmp_path / "dark")):
+        lab = np.asarray(nib.load(item["label"]).dataobj)
+        img = np.asarray(nib.load(item["image"]).dataobj)
+        plain = item["label"].replace(os.sep + "dark" + os.sep, os.sep + "plain" + os.sep)
+        lab_plain = np.asarray(nib.load(plain).dataobj)
+        img_plain = np.asarray(nib.load(plain.replace("_gt", "")).dataobj)
+        assert lab.shape == lab_plain.shape and img.shape == img_plain.shape and img.dtype == np.float32
+        assert ((lab == 1) == (lab_plain == 1)).all()  # the RV is the default one
+        assert ((lab > 0) == (lab_plain > 0)).all()  # the heart's outline too: class 3 only cut out of it
+        assert ((lab == 3) <= (lab_plain == 3)).all()  # inside the default LV
+        areas = [(lab[..., z] == 3).sum() / max((lab_plain[..., z] == 3).sum(), 1) for z in range(lab.shape[2])]
+        areas = [a for a, z in zip(areas, range(lab.shape[2])) if (lab[..., z] == 3).any()]
+        assert areas and max(areas) < 0.5  # small: under half the default LV's area on every slice
+        patient_areas.append(float(np.mean(areas)))
+        slice_areas.append(np.ptp([(lab[..., z] == 3).sum() for z in range(lab.shape[2]) if (lab[..., z] == 3).any()]))
+        outside = img[:3, :3].mean()  # corner: outside the body
+        dark, myo = img[lab == 3].mean(), img[lab == 2].mean()
+        assert dark < 0.6 * myo  # darker than its surroundings
+        ratios.append(abs(dark - outside) / (img_plain[lab_plain == 3].mean() - outside))
+        assert img_plain[lab_plain == 3].mean() > 2 * img_plain[lab_plain == 2].mean()  # default: bright blood
+    assert max(patient_areas) > 1.5 * min(patient_areas)  # sizes vary between patients
+    assert min(slice_areas) > 0  # and between the slices of every patient
+    assert max(ratios) < 0.15  # close to the background's intensity (relative to the default LV's contrast)
+    for a, b in zip(acdc_datalist(str(tmp_path / "plain")), acdc_datalist(str(tmp_path / "plain2"))):  # default off
+        assert (np.asarray(nib.load(a["image"]).dataobj) == np.asarray(nib.load(b["image"]).dataobj)).all()

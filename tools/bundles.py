@@ -31,7 +31,12 @@ CHANGELOG = {
     "0.2.0": "unknown override keys stop a run with the closest known key; num_workers defaults to min(4, CPUs); "
     "token sparsity means the share of the encoder's token-block work removed, for every backbone; the export takes "
     "any number of boxes per image and names inputs it cannot take; share zips carry one set of weights "
-    "(prato_components 0.2.0, which declares scipy)",
+    "(prato_components 0.2.0, which declares scipy); "
+    "PrATo keeps the tokens inside the prompt box(es) first, so the prompt decides (protect_boxes, default true; "
+    "false is the paper's literal ranking); optional "
+    "pruning warm-up (warmup_epochs, ramp_epochs); prompt_boxes 'union' (one box, the paper) or 'per_class' (one "
+    "padded row per structure); per-class validation Dice per epoch (models/val_per_class.json); the evaluation "
+    "report counts the images in which each class is present",
     "0.1.1": "multi-GPU: ranks meet at a barrier before the process group is destroyed; cheaper pruning overhead "
     "(prato_components 0.1.1); measured CPU limits of Swin UNETR and SegFormer in the README",
     "0.1.0": "first release: 2D training, evaluation and box-prompted inference on ACDC, ISIC, MSD",
@@ -150,8 +155,10 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "tau": 0.5,
             "entropy_weighting": True,
             "scoring": "roi_align",
+            "protect_boxes": "@protect_boxes",
         },
         "needs_dim": True,
+        "keys": {"protect_boxes": True},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",
@@ -262,6 +269,8 @@ def common(name: str) -> dict:
         "prune_stages": BACKBONES[backbone]["stages"],
         "executor": "gather",
         "fill": "carry",
+        "prompt_boxes": "union",
+        **PRUNER_CONFIGS[_split(name)[1]].get("keys", {}),
         **BACKBONES[backbone]["keys"],
         "network_def": network_def(name),
         "network": "$@network_def.to(@device)",
@@ -287,9 +296,14 @@ def _labelled_preprocessing() -> list:
 
 
 def _box_from_label(extra: Iterable = ()) -> list:
+    # prompt_boxes "union": one box around all structures (the paper); "per_class": one row per foreground class,
+    # absent classes as padding rows, so every image has out_channels - 1 rows and batches stack
     return [
         {"_target_": "prato_components.prompts.BoxFromLabeld", "keys": "label", "box_key": "box",
-         "per_class": False, "on_empty": "full"},
+         "per_class": "$prato_components.bundle.per_class_prompt(@prompt_boxes)",
+         "classes": "$list(range(1, @out_channels)) if prato_components.bundle.per_class_prompt(@prompt_boxes) "
+                    "else None",
+         "on_empty": "full"},
         *extra,
         {"_target_": "EnsureTyped", "keys": ["image", "label", "box"], "track_meta": False},
     ]
@@ -299,7 +313,7 @@ def _metric_handlers(prefix: str, details: bool) -> dict:
     out = {
         f"{prefix}_mean_dice": {"_target_": "MeanDice", "include_background": False,
                                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
-                                "save_details": details},
+                                "save_details": True},  # per-class Dice (validation: val_per_class.json)
     }
     if details:
         out[f"{prefix}_mean_iou"] = {"_target_": "MeanIoUHandler", "include_background": False,
@@ -329,6 +343,8 @@ def train_config(name: str) -> dict:
         "batch_size": 8,
         "learning_rate": 1e-4,
         "val_interval": 1,
+        "warmup_epochs": 0,
+        "ramp_epochs": 0,
         "cache_rate": 1.0,
         "resume": True,
         "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
@@ -364,6 +380,8 @@ def train_config(name: str) -> dict:
                            "shuffle": True, "num_workers": "@num_workers"},
             "inferer": "@inferer",
             "handlers": [
+                {"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
+                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"},
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},
@@ -401,6 +419,9 @@ def train_config(name: str) -> dict:
                 {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network",
                  "prefix": "val_"},
                 {"_target_": "StatsHandler", "iteration_log": False},
+                {"_target_": "prato_components.engine.PerClassHistory",
+                 "path": "$os.path.join(@ckpt_dir, 'val_per_class.json')", "class_names": "$@spec['class_names']",
+                 "metric_name": "val_mean_dice"},
                 {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
                  "network": "@network", "metric_name": "val_mean_dice"},
             ],

@@ -53,6 +53,7 @@ def acdc(
     size: tuple[int, int] = (128, 128),
     spacing: tuple[float, float, float] = (1.5, 1.5, 10.0),
     seed: int = 0,
+    small_dark: bool = False,
     verbose: bool = False,
 ) -> None:
     """ACDC-like cine MRI: ``root/training/patientNNN/...`` (and ``root/testing/`` with ``--num_testing``).
@@ -66,9 +67,11 @@ def acdc(
         size: in-plane size (X, Y).
         spacing: voxel spacing (x, y, z) in mm.
         seed: random seed.
+        small_dark: class 3 small, of varying size, and dark like the background (fluid-like); default off.
         verbose: list every file.
     """
     kwargs = {
+        "small_dark": bool(small_dark),
         "num_frames": num_frames,
         "slices": tuple(slices),
         "size": tuple(size),

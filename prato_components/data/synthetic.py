@@ -154,7 +154,12 @@ def _acdc_label_slice(p: dict, z: int, phase: str, grid: tuple[np.ndarray, np.nd
         r_lv = 0.0
     r_outer = (r_lv + thick) * wobble
     lab[dist < r_outer] = 2
-    lab[dist < r_lv * wobble] = 3
+    small = p.get("small_dark")
+    if small is not None:  # a small cavity of its own size per slice inside the (otherwise solid) ring
+        r_small = (p["r_out"] - p["thick"]) * m * small["scale"][z]
+        lab[dist < (r_small if r_small >= 1.5 else 0.0) * wobble] = 3
+    else:
+        lab[dist < r_lv * wobble] = 3
     if u < 0.8:  # the RV ends before the apex
         m_rv = m**1.5
         r_rv = p["r_out"] * p["rv_scale"] * rv_f * m_rv
@@ -186,18 +191,31 @@ def _acdc_intensity(
         img = np.where(body & lung, 0.07 + 0.02 * texture[..., z], img)
         img = np.where(lab == 2, 0.2 + 0.03 * texture[..., z], img)
         img = np.where(lab == 1, 0.8, img)
-        img = np.where(lab == 3, 0.9, img)
+        img = np.where(lab == 3, p["small_dark"]["level"] if p.get("small_dark") else 0.9, img)
         out[..., z] = _blur(img, 0.7)
     out = _rician(rng, out * bias, p["noise"])
     return (out * p["scale"]).astype(np.float32)
 
 
+def _small_dark_params(seed: int, pid: int, nz: int) -> dict:
+    """Class 3 as a small dark (fluid-like) cavity: a radius fraction per slice and an intensity near the air's.
+
+    Drawn from a generator of its own (``(seed, pid, 3)``) so the default data set does not change.
+    """
+    rng = _rng(seed, pid, 3)
+    base = rng.uniform(0.28, 0.55)  # of the default LV radius: the area varies about 4x between patients
+    scale = np.clip(base * (1.0 + rng.uniform(-0.35, 0.35, nz)), 0.12, 0.6)  # and from slice to slice
+    return {"scale": scale, "level": float(rng.uniform(0.03, 0.07))}  # outside the body: 0.02, lung 0.07
+
+
 def _acdc_write_patient(
-    folder: str, pid: int, size, spacing, slices, num_frames: int, seed: int, write_4d: bool
+    folder: str, pid: int, size, spacing, slices, num_frames: int, seed: int, write_4d: bool, small_dark: bool = False
 ) -> list[str]:
     """Write the frames, ground truths and ``Info.cfg`` of one patient; return the written paths."""
     rng = _rng(seed, pid)
     p = _acdc_patient_params(rng, size, spacing, slices)
+    if small_dark:
+        p["small_dark"] = _small_dark_params(seed, pid, p["nz"])
     name = f"patient{pid:03d}"
     pdir = os.path.join(folder, name)
     os.makedirs(pdir, exist_ok=True)
@@ -247,6 +265,7 @@ def make_acdc_like(
     split: str = "training",
     first_id: int | None = None,
     write_4d: bool = False,
+    small_dark: bool = False,
 ) -> list[str]:
     """Write an ACDC-like cine-MRI data set: ``root/<split>/patientNNN/patientNNN_frameMM[_gt].nii.gz``.
 
@@ -269,6 +288,11 @@ def make_acdc_like(
         first_id: number of the first patient. Default: 1 for training; for testing, one more than the
             largest training patient under ``root/training`` (101 when there is none, as in ACDC).
         write_4d: also write a (shortened, ``num_frames`` long) ``patientNNN_4d.nii.gz``.
+        small_dark: make class 3 a small structure that is darker than its surroundings, with an intensity
+            close to the background outside the body (fluid-like): a cavity inside a thick myocardium whose
+            radius is a patient-specific fraction (0.28-0.55) of the default LV radius, varied by up to 35%
+            from slice to slice (absent where it would be under 1.5 mm). Drawn from a generator of its own, so
+            classes 1 and 2 and the image elsewhere are the default data set's. Default off.
 
     Returns:
         the paths written, sorted.
@@ -285,7 +309,9 @@ def make_acdc_like(
     os.makedirs(folder, exist_ok=True)
     written: list[str] = []
     for pid in range(first_id, first_id + num_patients):
-        written += _acdc_write_patient(folder, pid, tuple(size), tuple(spacing), slices, num_frames, seed, write_4d)
+        written += _acdc_write_patient(
+            folder, pid, tuple(size), tuple(spacing), slices, num_frames, seed, write_4d, small_dark
+        )
     return sorted(written)
 
 

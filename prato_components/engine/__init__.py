@@ -3,6 +3,12 @@
 from prato_components.engine.checkpoint import BestModelSaver, TrainingCheckpoint, atomic_save
 from prato_components.engine.distributed import is_writer_rank, unwrap
 from prato_components.engine.evaluation import EvaluationReport
-from prato_components.engine.handlers import TokenSparsityHandler, summarise_token_reports
+from prato_components.engine.handlers import (
+    PerClassHistory,
+    PruningWarmup,
+    TokenSparsityHandler,
+    keep_ratio_schedule,
+    summarise_token_reports,
+)
 from prato_components.engine.inferers import PromptedInferer, boxes_for_slices
 from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid

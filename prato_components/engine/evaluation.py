@@ -1,7 +1,9 @@
 """The evaluation report: per-class accuracy, token sparsity and efficiency, written atomically.
 
 The accuracy numbers come from MONAI's metric handlers (``MeanDice``, ``MeanIoUHandler``,
-``HausdorffDistance`` with ``save_details=True``); this handler reduces their per-image, per-class details,
+``HausdorffDistance`` with ``save_details=True``); this handler reduces their per-image, per-class details
+(a class's mean is over the images in which it is present; ``num_present`` counts them, so a class that is never
+found shows as 0 over a stated number of images rather than hiding in the mean),
 adds the token sparsity collected by :class:`~prato_components.engine.handlers.TokenSparsityHandler` and the
 network's GFLOPs and CPU latency on one input of the network's size, writes ``metrics.json`` and
 ``metrics.csv`` to ``output_dir`` and prints a table.
@@ -101,8 +103,17 @@ class EvaluationReport:
                 values = values[:, None]
             per_class[name] = {cls: _nanmean(values[:, i]) for i, cls in enumerate(self.class_names[: values.shape[1]])}
             per_class[name]["mean"] = float(engine.state.metrics.get(name, _nanmean(values)))
+        present: dict[str, int] = {}
+        for name in self.metric_names:  # Dice is NaN where a class is absent from the label (MONAI ignore_empty)
+            if name in details and "dice" in name:
+                values = torch.as_tensor(details[name], dtype=torch.float64)
+                values = values[:, None] if values.ndim == 1 else values
+                present = {cls: int(torch.isfinite(values[:, i]).sum())
+                           for i, cls in enumerate(self.class_names[: values.shape[1]])}
+                break
         summary = {
             "num_images": int(next(iter(details.values())).shape[0]) if details else 0,
+            "num_present": present,
             "metrics": per_class,
             "tokens": {k: float(v) for k, v in engine.state.metrics.items() if "kept_fraction" in k or "sparsity" in k},
         }
@@ -114,6 +125,8 @@ class EvaluationReport:
         writer.writerow(["metric", *self.class_names, "mean"])
         for name, values in per_class.items():
             writer.writerow([name, *[values.get(c, float("nan")) for c in self.class_names], values["mean"]])
+        if present:
+            writer.writerow(["num_present", *[present.get(c, 0) for c in self.class_names], summary["num_images"]])
         atomic_write_text(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
         print(self.format(summary), flush=True)
 
@@ -124,6 +137,9 @@ class EvaluationReport:
         for name, values in summary["metrics"].items():
             cells = [values.get(c, float("nan")) for c in self.class_names] + [values["mean"]]
             lines.append(f"{name:<10}" + "".join(f"{v:>{width + 2}.4f}" if not math.isnan(v) else f"{'nan':>{width + 2}}" for v in cells))
+        if summary.get("num_present"):
+            counts = [summary["num_present"].get(c, 0) for c in self.class_names] + [summary["num_images"]]
+            lines.append(f"{'present':<10}" + "".join(f"{n:>{width + 2}d}" for n in counts))
         for key, value in summary["tokens"].items():
             lines.append(f"{key}: {value:.4f}")
         for key in ("gflops", "latency_ms"):

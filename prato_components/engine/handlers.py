@@ -1,8 +1,13 @@
-"""Ignite handlers for pruned networks: token sparsity (from the network's own reports)."""
+"""Ignite handlers for pruned networks: token sparsity (from the network's own reports), a pruning warm-up,
+per-class validation Dice per epoch."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -11,7 +16,7 @@ from ignite.engine import Engine, Events
 from prato_components.engine.distributed import unwrap
 from prato_components.networks.tokens import kept_token_work
 
-__all__ = ["TokenSparsityHandler", "summarise_token_reports"]
+__all__ = ["PerClassHistory", "PruningWarmup", "TokenSparsityHandler", "keep_ratio_schedule", "summarise_token_reports"]
 
 
 def summarise_token_reports(stage_reports: list, block_reports: list) -> dict[str, float]:
@@ -77,3 +82,96 @@ class TokenSparsityHandler:
         for key, value in summary.items():
             engine.state.metrics[self.prefix + key] = value
         self.logger.info("token sparsity: %s", ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))
+
+
+def keep_ratio_schedule(epoch: int, target: float, warmup_epochs: int = 0, ramp_epochs: int = 0) -> float:
+    """The training keep ratio of (1-based) ``epoch``: 1.0 (no pruning) for the first ``warmup_epochs``, then a
+    linear ramp that reaches ``target`` at epoch ``warmup_epochs + ramp_epochs`` and stays there."""
+    if epoch <= warmup_epochs:
+        return 1.0
+    if ramp_epochs <= 0:
+        return float(target)
+    progress = min(1.0, (epoch - warmup_epochs) / ramp_epochs)
+    return 1.0 + (float(target) - 1.0) * progress
+
+
+class PruningWarmup:
+    """Train unpruned first, then ramp every pruner's ``keep_ratio`` to its configured value
+    (:func:`keep_ratio_schedule`).
+
+    The scheduled ratio applies to training iterations only: each pruner gets it at ``ITERATION_STARTED`` and its
+    own ``keep_ratio`` back at ``ITERATION_COMPLETED``, so validation, checkpoints and evaluation always see the
+    configured budget. With ``warmup_epochs = ramp_epochs = 0`` it changes nothing.
+
+    Args:
+        network: the pruned network (DDP-wrapped is fine); every :class:`TokenPruner` in it is scheduled.
+        warmup_epochs: epochs trained with ``keep_ratio`` 1.0.
+        ramp_epochs: epochs of the linear ramp after the warm-up.
+    """
+
+    def __init__(self, network: nn.Module, warmup_epochs: int = 0, ramp_epochs: int = 0) -> None:
+        if warmup_epochs < 0 or ramp_epochs < 0:
+            raise ValueError(f"warmup_epochs and ramp_epochs must be >= 0, got {warmup_epochs} and {ramp_epochs}")
+        self._network = [network]
+        self.warmup_epochs, self.ramp_epochs = int(warmup_epochs), int(ramp_epochs)
+        self._targets: dict[int, float] = {}
+
+    def pruners(self) -> list:
+        from prato_components.pruners.base import TokenPruner
+
+        return [m for m in unwrap(self._network[0]).modules() if isinstance(m, TokenPruner)]
+
+    def keep_ratio(self, epoch: int, target: float) -> float:
+        return keep_ratio_schedule(epoch, target, self.warmup_epochs, self.ramp_epochs)
+
+    def attach(self, engine: Engine) -> None:
+        if self.warmup_epochs or self.ramp_epochs:
+            engine.add_event_handler(Events.ITERATION_STARTED, self._schedule)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._restore)
+
+    def _schedule(self, engine: Engine) -> None:
+        for pruner in self.pruners():
+            target = self._targets.setdefault(id(pruner), pruner.keep_ratio)
+            pruner.keep_ratio = self.keep_ratio(engine.state.epoch, target)
+
+    def _restore(self, engine: Engine) -> None:
+        for pruner in self.pruners():
+            pruner.keep_ratio = self._targets.get(id(pruner), pruner.keep_ratio)
+
+
+class PerClassHistory:
+    """After every run of an evaluator, append the per-class mean of a metric's details to a JSON file:
+    ``[{"epoch": e, "<class>": value, ..., "mean": value}, ...]`` (the metric needs ``save_details=True``). Classes
+    absent from every image are NaN (written as ``null``), so a class that is never found shows as 0, not as a gap.
+
+    Args:
+        path: the JSON file (rewritten each time; a resumed run appends to what is there).
+        class_names: foreground class names, in label order.
+        metric_name: the evaluator metric whose details are read.
+    """
+
+    def __init__(self, path: str, class_names: Sequence[str], metric_name: str = "val_mean_dice") -> None:
+        self.path, self.class_names, self.metric_name = path, list(class_names), metric_name
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        details = (getattr(engine.state, "metric_details", {}) or {}).get(self.metric_name)
+        if details is None:
+            return
+        values = torch.as_tensor(details, dtype=torch.float64)
+        values = values[:, None] if values.ndim == 1 else values
+        row: dict = {"epoch": int(engine.state.epoch)}
+        for i, name in enumerate(self.class_names[: values.shape[1]]):
+            column = values[:, i][torch.isfinite(values[:, i])]
+            row[name] = float(column.mean()) if column.numel() else None
+        mean = engine.state.metrics.get(self.metric_name)
+        row["mean"] = None if mean is None or math.isnan(float(mean)) else float(mean)
+        history = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                history = [r for r in json.load(f) if r.get("epoch") != row["epoch"]]
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "w") as f:
+            json.dump(history + [row], f, indent=1)

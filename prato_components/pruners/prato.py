@@ -15,6 +15,14 @@ At a stage boundary with tokens ``Y [B, n, C]`` on a grid of stride ``p``:
    ``sigmoid(r) > tau`` (variable K; executor ``padded`` or ``mask``);
 10. training uses the hard selection forward and the gradient of ``sigmoid(r)`` backward (straight-through).
 
+``protect_boxes=True`` (the bundles' default since 0.2.0; ``False`` is the paper's literal rule) ranks every
+token whose grid cell overlaps a prompt box above every token outside all boxes; within each group the
+learned relevance orders them, and the straight-through gradient is the same. The literal rule ranks by
+content similarity alone, so tokens inside the box that look like the background outside it (a small dark,
+fluid-like structure) rank with the background and are pruned in every training step: no gradient ever
+reaches the kept-token weights of a token that is never kept, the decoder learns to call such a structure
+background, and the box hardly matters (issue 17).
+
 Without a prompt (``boxes=None``, or only padding rows for an image) the whole image is the box.
 ``scoring="naive_crop"`` is the paper's ablation without RoIAlign: a token's relevance is minus the distance
 (in grid cells) of its centre to the nearest box, so tokens whose centres fall in a box come first.
@@ -81,6 +89,8 @@ class PrATo(TokenPruner):
         entropy_weighting: ``False`` sets ``Omega = 1`` (ablation).
         scoring: ``"roi_align"`` (PrATo) or ``"naive_crop"`` (ablation: distance to the box, no learning).
         sampling_ratio: bilinear samples per RoIAlign bin and axis.
+        protect_boxes: tokens whose cells overlap a prompt box outrank all others (``fixed`` threshold: they are
+            always kept); ``False``: the paper's literal ranking by relevance alone.
     """
 
     def __init__(
@@ -94,6 +104,7 @@ class PrATo(TokenPruner):
         entropy_weighting: bool = True,
         scoring: str = "roi_align",
         sampling_ratio: int = 2,
+        protect_boxes: bool = False,
     ) -> None:
         super().__init__(keep_ratio=keep_ratio)
         if threshold not in ("percentile", "fixed"):
@@ -106,6 +117,7 @@ class PrATo(TokenPruner):
             raise ValueError(f"roi_size and proj_dim must be >= 1, got {roi_size} and {proj_dim}")
         self.roi_size, self.proj_dim, self.threshold, self.tau = roi_size, proj_dim, threshold, tau
         self.entropy_weighting, self.scoring, self.sampling_ratio = entropy_weighting, scoring, sampling_ratio
+        self.protect_boxes = bool(protect_boxes)
         self.f1 = nn.Linear(dim, proj_dim)
         self.f2 = nn.Linear(dim, proj_dim)
 
@@ -156,6 +168,17 @@ class PrATo(TokenPruner):
         distance = gap.norm(dim=-1).masked_fill(~box_valid[:, None], float("inf"))
         return -distance.min(dim=-1).values
 
+    @staticmethod
+    def inside_boxes(inputs: StageInput) -> torch.Tensor:
+        """``[B, n]`` bool: the live token's grid cell overlaps a valid prompt box (every token without a prompt)."""
+        boxes, box_valid = prompt_boxes_or_image(inputs)
+        dims = inputs.spatial_dims
+        half = torch.tensor(inputs.stride, dtype=boxes.dtype, device=boxes.device) / 2
+        centres = inputs.token_centres().to(boxes.dtype)[:, :, None]  # [B, n, 1, D]
+        lo, hi = boxes[..., :dims][:, None], boxes[..., dims:][:, None]  # [B, 1, M, D]
+        overlap = ((centres - half) < hi) & ((centres + half) > lo)
+        return (overlap.all(dim=-1) & box_valid[:, None]).any(dim=-1)
+
     def forward(self, inputs: StageInput) -> TokenSelection:
         relevance = self.relevance(inputs)
         if self.scoring == "naive_crop":
@@ -163,6 +186,8 @@ class PrATo(TokenPruner):
                 return select_threshold(relevance, -1e-6, inputs.valid)
             return select_topk(relevance, self.keep_ratio, inputs.valid)
         scores = torch.sigmoid(relevance)
+        if self.protect_boxes:  # in (1, 2) inside a box, (0, 1) outside; the same gradient as sigmoid(r)
+            scores = scores + self.inside_boxes(inputs).to(scores.dtype)
         if self.threshold == "fixed":
             return select_threshold(scores, self.tau, inputs.valid)
         return select_topk(scores, self.keep_ratio, inputs.valid)
@@ -171,5 +196,5 @@ class PrATo(TokenPruner):
         return (
             f"keep_ratio={self.keep_ratio}, roi_size={self.roi_size}, proj_dim={self.proj_dim}, "
             f"threshold={self.threshold!r}, tau={self.tau}, entropy_weighting={self.entropy_weighting}, "
-            f"scoring={self.scoring!r}"
+            f"scoring={self.scoring!r}, protect_boxes={self.protect_boxes}"
         )
