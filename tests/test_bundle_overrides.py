@@ -16,7 +16,7 @@ TRAIN = os.path.join(ROOT, "bundles", "unetr_prato", "configs", "train.json")
 
 def test_unknown_top_level_key_suggests_the_closest():
     config = read_json(TRAIN)
-    assert unknown_override_keys(config, ["epoch"]) == ["unknown override key 'epoch'; did you mean 'epochs'?"]
+    assert unknown_override_keys(config, ["epoch"])[0].startswith("unknown override key 'epoch'; did you mean 'epochs'")
     assert unknown_override_keys(config, ["kep_ratio"])[0].endswith("did you mean 'keep_ratio'?")
     assert unknown_override_keys(config, ["no_such_thing_at_all"]) == ["unknown override key 'no_such_thing_at_all'"]
 
@@ -38,7 +38,7 @@ def test_nested_typo_names_the_level():
 def test_in_process_run_rejects_a_misspelled_key_before_training(tmp_path, acdc_dir):
     with pytest.raises(Exception) as caught:
         run_bundle("unetr_prato", "train", str(tmp_path / "run"), dataset="acdc", dataset_dir=acdc_dir, epoch=1)
-    assert "unknown override key 'epoch'; did you mean 'epochs'?" in error_text(caught.value)
+    assert "unknown override key 'epoch'; did you mean 'epochs'" in error_text(caught.value)
     assert not os.path.exists(tmp_path / "run" / "models")  # stopped before anything was written
 
 
@@ -48,7 +48,7 @@ def test_command_line_rejects_a_misspelled_key_and_keeps_monai_arguments(tmp_pat
                "--bundle_root", str(tmp_path), "--tracking_uri", f"sqlite:///{tmp_path}/mlruns.db", "--epoch", "1"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode != 0
-    assert "unknown override key 'epoch'; did you mean 'epochs'?" in done.stderr
+    assert "unknown override key 'epoch'; did you mean 'epochs'" in done.stderr
     reported = done.stderr.split("ValueError: ")[-1]
     assert "meta_file" not in reported and "tracking" not in reported  # MONAI's own arguments and tracking keys
 
