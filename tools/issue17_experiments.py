@@ -148,11 +148,14 @@ def job(spec: str, out: str, data_json: str) -> None:
     bundle, extra = VARIANTS[spec["variant"]]
     root = os.path.join(out, "runs", spec["name"])
     small = SMALL if spec["size"] >= 64 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8}
+    training_only = {k: v for k, v in extra.items() if k in ("warmup_epochs", "ramp_epochs")}
     common = {"dataset": "acdc", "dataset_dir": data[spec["data"]], "bundle_root": root, "image_size": spec["size"],
-              "num_workers": 0, "seed": spec["seed"], **small, **extra}
+              "num_workers": 0, "seed": spec["seed"], **small,
+              **{k: v for k, v in extra.items() if k not in training_only}}
     result = {**spec, "bundle": bundle, "overrides": extra}
     start = time.time()
-    _bundle_run(bundle, "train", **common, epochs=spec["epochs"], batch_size=8, learning_rate=3e-4, val_interval=1)
+    _bundle_run(bundle, "train", **common, **training_only, epochs=spec["epochs"], batch_size=8, learning_rate=3e-4,
+                val_interval=1)
     result["train_s"] = time.time() - start
     history = os.path.join(root, "models", "val_per_class.json")
     result["val_history"] = json.load(open(history)) if os.path.exists(history) else None
