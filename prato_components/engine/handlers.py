@@ -13,8 +13,10 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from prato_components.atomic import atomic_write_text
 from prato_components.engine.distributed import unwrap
 from prato_components.networks.tokens import kept_token_work
+from prato_components.pruners.base import TokenPruner
 
 __all__ = ["PerClassHistory", "PruningWarmup", "TokenSparsityHandler", "keep_ratio_schedule", "summarise_token_reports"]
 
@@ -117,8 +119,6 @@ class PruningWarmup:
         self._targets: dict[int, float] = {}
 
     def pruners(self) -> list:
-        from prato_components.pruners.base import TokenPruner
-
         return [m for m in unwrap(self._network[0]).modules() if isinstance(m, TokenPruner)]
 
     def keep_ratio(self, epoch: int, target: float) -> float:
@@ -173,5 +173,4 @@ class PerClassHistory:
             with open(self.path) as f:
                 history = [r for r in json.load(f) if r.get("epoch") != row["epoch"]]
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path, "w") as f:
-            json.dump(history + [row], f, indent=1)
+        atomic_write_text(json.dumps(history + [row], indent=1), self.path)

@@ -18,10 +18,10 @@ At a stage boundary with tokens ``Y [B, n, C]`` on a grid of stride ``p``:
 ``protect_boxes=True`` (the bundles' default since 0.2.0; ``False`` is the paper's literal rule) ranks every
 token whose grid cell overlaps a prompt box above every token outside all boxes; within each group the
 learned relevance orders them, and the straight-through gradient is the same. The literal rule ranks by
-content similarity alone, so tokens inside the box that look like the background outside it (a small dark,
-fluid-like structure) rank with the background and are pruned in every training step: no gradient ever
-reaches the kept-token weights of a token that is never kept, the decoder learns to call such a structure
-background, and the box hardly matters (issue 17).
+content similarity alone, so a token inside the box that looks like the background outside it (a small dark,
+fluid-like structure) can rank with the background; a token pruned in every training step gets no gradient
+towards being kept, and the box hardly changes the selection. Issue 17 reported such a structure lost; on our
+synthetic set the literal rule kept it, but its Dice did not react to the prompt (docs/notes/issue17.md).
 
 Without a prompt (``boxes=None``, or only padding rows for an image) the whole image is the box.
 ``scoring="naive_crop"`` is the paper's ablation without RoIAlign: a token's relevance is minus the distance
