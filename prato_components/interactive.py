@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prato_components.engine.checkpoint import check_trained_settings, load_weights
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
 __all__ = ["PROMPT_PARAMS", "boxes_from_request", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter"]
@@ -138,7 +139,8 @@ class BoxPromptSegmenter:
 
     Args:
         bundle_dir: the bundle folder (``configs/inference.json``, ``configs/metadata.json``).
-        checkpoint: weights (plain or ``{"network": ...}`` state dict); default ``<bundle_dir>/models/model.pt``.
+        checkpoint: weights (see :func:`~prato_components.engine.load_weights`); default
+            ``<bundle_dir>/models/model.pt``. The network is built with the settings the checkpoint records.
         overrides: config keys to override (e.g. ``{"dataset": "isic"}`` or smaller sizes).
         device: torch device for the network.
     """
@@ -156,17 +158,19 @@ class BoxPromptSegmenter:
         parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
         parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
         parser["bundle_root"] = bundle_dir
+        parser["ckpt_path"] = self.checkpoint  # the network is built with the settings recorded in it
         parser["device"] = f"$torch.device({device!r})"
         parser["num_workers"] = 0
         for key, value in (overrides or {}).items():
             parser[key] = value
+        check_trained_settings(parser.get_parsed_content("trained"), parser.get_parsed_content("network_settings"),
+                               self.checkpoint)
         self.parser = parser
         self.meta = parser.get("_meta_")
         self.name = self.meta.get("name", os.path.basename(os.path.normpath(bundle_dir)))
         self.device = torch.device(device)
         self.network = parser.get_parsed_content("network")
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state["network"] if isinstance(state.get("network"), dict) else state)
+        self.network.load_state_dict(load_weights(self.checkpoint, self.device)[0])
         self.network.eval()
         self.spec = parser.get_parsed_content("spec")
         self.preprocessing = parser.get_parsed_content("preprocessing")

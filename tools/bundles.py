@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 
@@ -247,10 +248,30 @@ def check_settings(config: dict) -> str:
     return f"$prato_components.bundle.check_settings({{{values}}})"
 
 
+def network_settings(config: dict) -> dict:
+    """``{key: "@key"}`` for the top-level keys ``network_def`` reads: what every checkpoint records."""
+    read = set(re.findall(r"@(\w+)", json.dumps(config["network_def"])))
+    return {key: f"@{key}" for key in config if key in read}
+
+
+def trained_network(config: dict) -> None:
+    """Make ``config`` (evaluate / inference) build the network the checkpoint at ``ckpt_path`` was trained with:
+    each network setting defaults to the checkpoint's value (the literal default when it records none), and a run
+    whose overrides contradict the checkpoint stops at start naming the keys (channels and classes follow the
+    data set and are checked the same way)."""
+    settings = network_settings(config)
+    config["trained"] = "$prato_components.engine.trained_settings(@ckpt_path)"
+    for key in settings:
+        if key not in ("in_channels", "out_channels"):
+            config[key] = f"$@trained.get({key!r}, {config[key]!r})"
+    config["initialize"].insert(2, "$prato_components.engine.check_trained_settings(@trained, @network_settings, "
+                                   "@ckpt_path)")
+
+
 def common(name: str) -> dict:
     """Keys shared by train, evaluate and inference."""
     backbone, _ = _split(name)
-    return {
+    config = {
         "imports": IMPORTS,
         "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
@@ -277,6 +298,9 @@ def common(name: str) -> dict:
         "prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}},
         "inferer": {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2},
     }
+    # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
+    config["network_settings"] = network_settings(config)
+    return config
 
 
 def _intensity_and_size(keys: list[str], modes: list[str]) -> list[dict]:
@@ -389,7 +413,7 @@ def train_config(name: str) -> dict:
                  "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
                 {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
                  "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
-                 "resume": "@resume"},
+                 "resume": "@resume", "settings": "@network_settings"},
             ],
             "trainer": {
                 "_target_": "SupervisedTrainer",
@@ -423,7 +447,7 @@ def train_config(name: str) -> dict:
                  "path": "$os.path.join(@ckpt_dir, 'val_per_class.json')", "class_names": "$@spec['class_names']",
                  "metric_name": "val_mean_dice"},
                 {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
-                 "network": "@network", "metric_name": "val_mean_dice"},
+                 "network": "@network", "metric_name": "val_mean_dice", "settings": "@network_settings"},
             ],
             "key_metric": _metric_handlers("val", details=False),
             "evaluator": {
@@ -495,6 +519,7 @@ def evaluate_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     })
     config["initialize"].insert(1, check_settings(config))
+    trained_network(config)
     return config
 
 
@@ -561,6 +586,7 @@ def inference_config(name: str) -> dict:
     })
     config["imports"] = IMPORTS + ["$import numpy"]
     config["initialize"].insert(1, check_settings(config))
+    trained_network(config)
     return config
 
 

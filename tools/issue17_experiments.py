@@ -90,14 +90,14 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
 
+    from prato_components.engine import load_weights
     from prato_components.pruners.base import scatter_to_grid
 
     parser = ConfigParser()
     parser.read_config(os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json"))
     parser.update(overrides)
     net = parser.get_parsed_content("network")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    net.load_state_dict(state.get("network", state) if isinstance(state, dict) and "network" in state else state)
+    net.load_state_dict(load_weights(ckpt)[0])
     net.eval()
     loader = parser.get_parsed_content("test#dataloader")
     device = next(net.parameters()).device

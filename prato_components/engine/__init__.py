@@ -1,6 +1,15 @@
 """Training and evaluation glue: losses with pruner side terms, ignite handlers, inferer, checkpoints."""
 
-from prato_components.engine.checkpoint import BestModelSaver, TrainingCheckpoint, atomic_save
+from prato_components.engine.checkpoint import (
+    RUN_TIME_SETTINGS,
+    BestModelSaver,
+    TrainingCheckpoint,
+    atomic_save,
+    check_trained_settings,
+    differing_settings,
+    load_weights,
+    trained_settings,
+)
 from prato_components.engine.distributed import is_writer_rank, unwrap
 from prato_components.engine.evaluation import EvaluationReport
 from prato_components.engine.handlers import (

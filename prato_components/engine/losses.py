@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prato_components.engine.checkpoint import load_weights
 from prato_components.engine.distributed import unwrap
 
 __all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid"]
@@ -111,11 +112,7 @@ class DistillationLoss(nn.Module):
         self._teacher_takes_boxes = "boxes" in inspect.signature(teacher.forward).parameters
 
     def _load_teacher(self, path: str) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("network", "model", "state_dict"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict):
-                state = state[key]
-                break
+        state = load_weights(path)[0]
         if hasattr(self.teacher, "load_unpruned_state_dict"):  # a PrunedUNETR teacher takes a plain UNETR state dict
             self.teacher.load_unpruned_state_dict(state)
         else:

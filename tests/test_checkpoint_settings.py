@@ -1,0 +1,104 @@
+"""A trained checkpoint records the network settings it was built with; evaluation, inference, export and the
+MONAI Label segmenter rebuild that network without the training overrides, and contradicting overrides are named."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import ROOT, error_text, read_json, run_bundle
+
+from prato_components.engine import differing_settings, load_weights, trained_settings
+from tools.verify_bundles import acdc_inference_inputs, run_config
+
+BUNDLE = os.path.join(ROOT, "bundles", "unetr_prato")
+
+
+@pytest.fixture(scope="module")
+def trained(acdc_dir, tmp_path_factory) -> str:
+    """unetr_prato trained for one iteration at 32 x 32 with a small ViT (far from the 224 / ViT-B defaults)."""
+    root = str(tmp_path_factory.mktemp("trained"))
+    run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=1, keep_ratio=0.5,
+               **{"train#trainer#epoch_length": 1})
+    return root
+
+
+def test_every_checkpoint_records_the_settings(trained):
+    for name in ("model.pt", "model_final.pt", "last.pt"):
+        settings = trained_settings(os.path.join(trained, "models", name))
+        assert settings["image_size"] == 32 and settings["hidden_size"] == 32 and settings["num_heads"] == 2
+        assert settings["keep_ratio"] == 0.5 and settings["prune_stages"] == [1, 2]
+        assert settings["in_channels"] == 1 and settings["out_channels"] == 4
+    state, settings = load_weights(os.path.join(trained, "models", "model.pt"))
+    assert "vit.patch_embedding.position_embeddings" in state and settings["feature_size"] == 8
+
+
+def test_load_weights_reads_every_format(tmp_path):
+    net = torch.nn.Linear(2, 3)
+    for content in (net.state_dict(), {"network": net.state_dict(), "optimizer": {}},
+                    {"model": net.state_dict(), "network_settings": {"image_size": 64}}):
+        torch.save(content, tmp_path / "w.pt")
+        state, settings = load_weights(str(tmp_path / "w.pt"))
+        assert set(state) == {"weight", "bias"}
+        assert settings == ({"image_size": 64} if "model" in content else {})
+    assert trained_settings(str(tmp_path / "missing.pt")) == {}
+
+
+def test_run_time_settings_may_differ_shape_settings_may_not():
+    trained = {"image_size": 96, "keep_ratio": 0.75, "executor": "gather", "prune_stages": [1, 2]}
+    assert differing_settings(trained, {"image_size": 96, "keep_ratio": 1.0, "executor": "mask",
+                                        "prune_stages": (1, 2)}) == {}
+    assert differing_settings(trained, {"image_size": 64, "prune_stages": [1]}) == {"image_size": (96, 64),
+                                                                                   "prune_stages": ([1, 2], [1])}
+
+
+def test_evaluate_and_infer_without_the_training_overrides(trained, acdc_dir, tmp_path):
+    plain = {"num_workers": 0}  # no image_size, widths or heads: they come from models/model.pt
+    run_config(BUNDLE, "evaluate", trained, dataset_dir=acdc_dir, latency_repeats=0, batch_size=4, **plain)
+    metrics = read_json(os.path.join(trained, "eval", "metrics.json"))
+    assert metrics["tokens"]["kept_fraction/stage1"] == pytest.approx(0.5)  # the trained keep_ratio
+    images = acdc_inference_inputs(acdc_dir, str(tmp_path / "inputs"), count=1)
+    run_config(BUNDLE, "inference", trained, dataset="acdc", input_dir=str(tmp_path / "inputs"),
+               output_dir=str(tmp_path / "out"), **plain)
+    stem = os.path.basename(images[0])[: -len(".nii.gz")]
+    assert os.path.isfile(tmp_path / "out" / f"{stem}_seg.nii.gz")
+    # a run-time setting may still be changed: evaluation without pruning
+    run_config(BUNDLE, "evaluate", trained, dataset_dir=acdc_dir, latency_repeats=0, batch_size=4, keep_ratio=1.0,
+               output_dir=str(tmp_path / "keep1"), **plain)
+    assert read_json(os.path.join(tmp_path, "keep1", "metrics.json"))["tokens"]["token_sparsity"] == 0.0
+
+
+def test_export_and_segmenter_build_the_trained_network(trained, acdc_dir, tmp_path):
+    from prato_components.export import load_exported
+    from prato_components.interactive import BoxPromptSegmenter
+    from tools.verify_bundles import export
+
+    weights = os.path.join(trained, "models", "model.pt")
+    path = export(BUNDLE, weights, str(tmp_path / "net.pt2"))
+    module, files = load_exported(path, ("export.json",))
+    assert files["export.json"]["image_size"] == 32
+    logits = module(torch.rand(1, 1, 32, 32), torch.tensor([[[4.0, 4.0, 20.0, 20.0]]]))
+    assert logits.shape == (1, 4, 32, 32)
+    segmenter = BoxPromptSegmenter(BUNDLE, checkpoint=weights)
+    image = acdc_inference_inputs(acdc_dir, str(tmp_path / "inputs"), count=1)[0]
+    label, _, _ = segmenter(image, [[2, 2, 0, 40, 40, 3]])
+    assert label.shape == segmenter.image_shape(image)
+
+
+def test_contradicting_overrides_are_named_with_the_fix(trained, acdc_dir):
+    with pytest.raises(Exception) as caught:
+        run_config(BUNDLE, "evaluate", trained, dataset_dir=acdc_dir, num_workers=0, image_size=64, hidden_size=48)
+    text = error_text(caught.value)
+    assert "holds a network trained with image_size=32 (this run: 64), hidden_size=32 (this run: 48)" in text
+    assert "pass --image_size 32 --hidden_size 32" in text
+    with pytest.raises(Exception) as caught:  # trained on 1-channel ACDC, asked to segment 3-channel ISIC
+        run_config(BUNDLE, "inference", trained, dataset="isic", input_dir=acdc_dir, num_workers=0)
+    assert "in_channels=1 (this run: 3), out_channels=4 (this run: 2)" in error_text(caught.value)
+
+
+def test_resuming_with_other_shapes_is_refused(trained, acdc_dir):
+    with pytest.raises(Exception) as caught:
+        run_bundle("unetr_prato", "train", trained, dataset_dir=acdc_dir, epochs=2, hidden_size=48,
+                   **{"train#trainer#epoch_length": 1})
+    assert "last.pt was written by a run with hidden_size=32 (this run: 48)" in error_text(caught.value)
