@@ -6,14 +6,19 @@ import glob
 import hashlib
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, error_text, read_json, run_bundle
+from conftest import ROOT, error_text, read_json, run_bundle, tiny_overrides
 from PIL import Image
 
 from tools.bundles import BUNDLES, Bundles
@@ -133,6 +138,35 @@ def test_resume_continues_from_the_last_checkpoint(acdc_dir, tmp_path):
     resumed = torch.load(last, weights_only=False)
     assert _epoch(resumed) == 2 and resumed["trainer"]["iteration"] == 2 * again["trainer"]["iteration"]
     assert any(not torch.equal(weights[k], resumed["network"][k]) for k in weights)
+
+
+def test_kill_9_during_training_then_resume_finishes_every_epoch(acdc_dir, tmp_path):
+    """SIGKILL at a moment after the first checkpoint: every file left is whole, and the rerun resumes from the last
+    complete epoch and ends with all epochs done."""
+    root, epochs = str(tmp_path / "bundle"), 4
+    configs = os.path.join(ROOT, "bundles", "unetr_prato", "configs")
+    overrides = {**tiny_overrides("unetr_prato"), "dataset_dir": acdc_dir, "epochs": epochs, "bundle_root": root}
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(configs, "train.json"),
+               "--meta_file", os.path.join(configs, "metadata.json"),
+               "--logging_file", os.path.join(configs, "logging.conf"),
+               *[f"--{k}={json.dumps(v)}" for k, v in overrides.items()]]
+    last = os.path.join(root, "models", "last.pt")
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not os.path.exists(last) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 0.5))  # somewhere in the next epoch (or in its checkpoint writes)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "training finished before it could be killed"
+    saved = [f for f in os.listdir(os.path.join(root, "models")) if f.endswith(".pt")]
+    for name in saved:  # whole files only; a killed write leaves at most a hidden .tmp beside them
+        torch.load(os.path.join(root, "models", name), weights_only=False)
+    before = _epoch(torch.load(last, weights_only=False))
+    assert 1 <= before < epochs
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    resumed = torch.load(last, weights_only=False)
+    assert _epoch(resumed) == epochs
+    assert os.path.isfile(os.path.join(root, "models", "model_final.pt"))
 
 
 def _corrupt_copy(source: str, target: str, pattern: str, content: bytes) -> str:
