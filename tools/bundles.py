@@ -773,8 +773,9 @@ Multi-GPU (or several CPU processes with gloo):
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
 root and to `.` otherwise. An unknown key stops the run at start and names the closest known one (`--epoch` ->
-`epochs`). The defaults are the paper's network at 224 x 224 (a GPU job); on a CPU pass smaller settings to every
-config alike (the repository README's `SMALL`), since the weights are those of the network they were trained with.
+`epochs`). The defaults are the paper's network at 224 x 224 (a GPU job); on a CPU train a smaller one (the
+repository README's `SMALL`). Checkpoints record the network settings, so `evaluate.json` and `inference.json` build
+the trained network without repeating them (a contradicting override stops the run and names the keys).
 
 ## Data
 

@@ -23,7 +23,7 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SMALL = {"image_size": 96, "hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16, "num_workers": 0}
+SMALL = {"image_size": 96, "hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16}
 
 
 def _run(args: list[str]) -> None:
@@ -48,9 +48,10 @@ def main(workdir: str = "/tmp/prato_demo", epochs: int = 20, patients: int = 12,
         make_acdc_like(data_dir, num_patients=patients, seed=seed)
         print(f"wrote a synthetic ACDC-like data set ({patients} patients) to {data_dir}", flush=True)
     configs = os.path.join("bundles", bundle, "configs")
-    common = {"dataset": "acdc", "dataset_dir": data_dir, "bundle_root": bundle_root, **SMALL}
+    common = {"dataset": "acdc", "dataset_dir": data_dir, "bundle_root": bundle_root, "num_workers": 0}
     _run(["--config_file", os.path.join(configs, "train.json"),
-          *_overrides({**common, "epochs": epochs, "batch_size": 8, "learning_rate": 3e-4, "val_interval": 5})])
+          *_overrides({**common, **SMALL, "epochs": epochs, "batch_size": 8, "learning_rate": 3e-4, "val_interval": 5})])
+    # evaluation needs no network settings: the checkpoint records those it was trained with
     summaries = {}
     for name, extra in (("trained", {}), ("untrained", {"handlers#0#_disabled_": True})):
         out = os.path.join(bundle_root, f"eval_{name}")
