@@ -429,3 +429,8 @@ def test_token_sparsity_summary_averages_per_image():
     assert summary["kept_fraction"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert summary["token_sparsity"] == pytest.approx(1 / 3)
     assert summarise_token_reports([], []) == {"kept_fraction": 1.0, "token_sparsity": 0.0}
+
+
+def test_image_size_not_a_multiple_of_the_patch_is_named():
+    with pytest.raises(ValueError, match=r"img_size \(40, 40\) must be a multiple of the ViT patch size \(16, 16\)"):
+        PrunedUNETR(**dict(TINY, img_size=40))

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn as nn
 from monai.networks.nets import UNETR
+from monai.utils import ensure_tuple_rep
 
 from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
@@ -63,6 +64,10 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
+        requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
+        if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
+            raise ValueError(f"img_size {requested} must be a multiple of the ViT patch size {tuple(self.patch_size)} "
+                             "on every axis")
         pruner = build_pruner(pruner, pruner_kwargs, self.hidden_size, self.out.conv.conv.out_channels)
         self._setup_pruning(pruner, prune_stages, executor, fill, completion)
 
