@@ -198,7 +198,8 @@ def run(out: str, parallel: int = 8, deadline: float = 420.0, tiny: bool = False
     print(f"data ready in {time.time() - t0:.0f} s", flush=True)
     jobs = plan(tiny, epochs)
     if only:
-        jobs = [j for j in jobs if any(k in j["name"] for k in only.split(","))]
+        keys = only.split(",") if isinstance(only, str) else [str(k) for k in only]  # fire makes "a,b" a tuple
+        jobs = [j for j in jobs if any(k in j["name"] for k in keys)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     running: list = []
     logs = os.path.join(out, "logs")
