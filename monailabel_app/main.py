@@ -33,13 +33,16 @@ or mismatched weights, a bad config) is skipped at start with its reason in the 
 
 Concurrency: the app replaces MONAI Label's ``POST /infer/{model}`` route (an ``async`` function that runs the
 inference on the event loop, so one request blocked every other one, ``/info/`` included) with one that runs in
-FastAPI's thread pool. ``--conf infer_concurrency N`` (default 1) inferences run at once per process, the others
-wait in order; ``/info/`` and the other routes answer meanwhile. For more parallel inferences start the server with
+FastAPI's thread pool and hands the inference to ``--conf infer_concurrency N`` (default 1) inference threads
+(MONAI Label's ``MONAI_LABEL_INFER_CONCURRENCY`` pool when that is set): N inferences run at once per process, the
+others wait in arrival order (up to ``MONAI_LABEL_INFER_TIMEOUT``, 600 s, then 503); ``/info/`` and the other routes
+answer meanwhile. For more parallel inferences start the server with
 ``--workers N`` (N processes, each loading every served bundle; see the README for the measured memory).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -48,6 +51,8 @@ import shutil
 import sys
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Optional
 
 import numpy as np
@@ -115,6 +120,21 @@ class BoxPromptInferTask(InferTask):
                          description=description,
                          config={"point_margin": point_margin, "restrict_to_box": restrict_to_box})
         self.version = meta.get("version")
+        self._local = threading.local()
+
+    def _segmenter(self) -> BoxPromptSegmenter:
+        """This thread's segmenter: the network is shared, the transforms are copied per inference thread (MONAI's
+        ``Invertd`` switches ``allow_missing_keys`` on the shared preprocessing while it inverts, so two threads on
+        one pipeline fail with ``KeyError: Key `box_mask` of transform `Resized` was missing``)."""
+        segmenter = getattr(self._local, "segmenter", None)
+        if segmenter is None:
+            base = self.segmenter
+            segmenter = copy.copy(base)
+            memo = {id(base.network): base.network}  # the network stays shared
+            segmenter.preprocessing, segmenter.postprocessing, segmenter.inferer = copy.deepcopy(
+                (base.preprocessing, base.postprocessing, base.inferer), memo)
+            self._local.segmenter = segmenter
+        return segmenter
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -131,7 +151,7 @@ class BoxPromptInferTask(InferTask):
             boxes = boxes_from_request(params, point_margin=margin_from_request(params))
             slice_index = slice_from_request(params)
             check_image_file(params["image"], name=params.get("image_name"))
-            label, affine, used = self.segmenter(
+            label, affine, used = self._segmenter()(
                 params["image"], boxes, slice_index=slice_index,
                 restrict=_strtobool(params.get("restrict_to_box", True)),
             )
@@ -185,9 +205,14 @@ class PratoBundlesApp(MONAILabelApp):
         self.infer_concurrency = int(conf.get("infer_concurrency", 1))
         if self.infer_concurrency < 1:
             raise ValueError(f"--conf infer_concurrency must be an integer >= 1, got {self.infer_concurrency}")
-        self.infer_slots = threading.BoundedSemaphore(self.infer_concurrency)
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="PrATo bundles",
                          description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)", version=prato_components.__version__)
+        if self._infers_threadpool is None:  # MONAI Label's own pool (MONAI_LABEL_INFER_CONCURRENCY) when set
+            # inferences run on these threads only, in arrival order: a fixed few threads also keep the memory of
+            # one process low (every thread that runs the network grows its own malloc arena)
+            self._infers_threadpool = ThreadPoolExecutor(max_workers=self.infer_concurrency, thread_name_prefix="INFER")
+        else:
+            self.infer_concurrency = self._infers_threadpool._max_workers
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -303,11 +328,14 @@ def install_infer_route(fastapi_app: Any) -> None:
         try:
             if label:
                 raise HTTPException(status_code=422, detail="form field 'label' is not used by these models")
-            with instance.infer_slots:
-                response = monailabel_infer.run_inference(
-                    background_tasks, model, image, "" if uploaded else session_id, json.dumps(parsed), None, None,
-                    output,
-                )
+            response = monailabel_infer.run_inference(
+                background_tasks, model, image, "" if uploaded else session_id, json.dumps(parsed), None, None, output,
+            )
+        except FutureTimeout as error:
+            _remove(uploaded)
+            raise HTTPException(status_code=503, detail=(
+                f"inference of {model!r} did not finish within {settings.MONAI_LABEL_INFER_TIMEOUT} s (waiting "
+                "included; server busy): retry later, or start the server with more --workers")) from error
         except MONAILabelException as error:
             _remove(uploaded)
             raise HTTPException(status_code=422, detail=f"{error.error.name}: {error.msg}") from error
