@@ -112,8 +112,9 @@ class BoxPromptInferTask(InferTask):
     """A bundle as a MONAI Label segmentation model that takes a box prompt from the request params."""
 
     def __init__(self, bundle_dir: str, overrides: dict | None = None, point_margin: float = 5.0,
-                 restrict_to_box: bool = True) -> None:
+                 restrict_to_box: bool = True, name: str | None = None) -> None:
         self.segmenter = BoxPromptSegmenter(bundle_dir, overrides=overrides)
+        self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
         description = f"{meta.get('task', meta.get('name'))}. Prompt: params 'box', 'roi' or 'foreground'."
         super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels, dimension=2,
@@ -160,13 +161,13 @@ class BoxPromptInferTask(InferTask):
         except Exception as error:  # noqa: BLE001 - bad prompts become a 422 with the reason
             reason = _value_error(error)
             if reason is None:  # not the request's fault as far as we can tell: a 500, with the reason for the client
-                logger.exception("%s: inference failed", self.segmenter.name)
+                logger.exception("%s: inference failed", self.name)
                 raise HTTPException(
-                    status_code=500, detail=f"{self.segmenter.name}: inference failed: {type(error).__name__}: {error}"
+                    status_code=500, detail=f"{self.name}: inference failed: {type(error).__name__}: {error}"
                 ) from error
-            raise HTTPException(status_code=422, detail=f"{self.segmenter.name}: {reason}") from error
+            raise HTTPException(status_code=422, detail=f"{self.name}: {reason}") from error
         path = self._write(label, affine, params["image"])
-        return path, {"boxes": used, "label_names": self.labels, "model": self.segmenter.name}
+        return path, {"boxes": used, "label_names": self.labels, "model": self.name}
 
     @staticmethod
     def _write(label: np.ndarray, affine: np.ndarray | None, image_path: str) -> str:
@@ -227,7 +228,7 @@ class PratoBundlesApp(MONAILabelApp):
                 _check_weights(weights)
                 infers[name] = BoxPromptInferTask(
                     bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
-                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")),
+                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,
                 )
             except Exception as error:  # noqa: BLE001 - one bad bundle must not take the others down
                 logger.debug("loading %s failed", name, exc_info=True)

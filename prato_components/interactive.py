@@ -130,7 +130,8 @@ def check_image_file(path: str, name: str | None = None) -> tuple[int, ...]:
             return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
     except Exception as err:  # noqa: BLE001 - every reader error means "this file is not a readable image"
         kind = "NIfTI" if lower.endswith((".nii", ".nii.gz")) else "PNG/JPG"
-        raise ValueError(f"image {name!r} cannot be read as {kind}: {type(err).__name__}: {err}") from err
+        reason = str(err).replace(path, name)  # the client's name, not the server's temp path
+        raise ValueError(f"image {name!r} cannot be read as {kind}: {type(err).__name__}: {reason}") from err
 
 
 def _check_box(box: list[float], name: str) -> list[float]:

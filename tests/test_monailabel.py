@@ -316,12 +316,13 @@ def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_di
         cases = [
             # (url, file name, content, params, status, text the message must hold)
             (url, "truncated.nii.gz", good[: len(good) // 2], ok_box, 422, "cannot be read as NIfTI"),
-            (url, "corrupt.nii.gz", bytes(range(256)) * 8, ok_box, 422, "cannot be read as NIfTI"),
+            (url, "corrupt.nii.gz", bytes(range(256)) * 8, ok_box, 422, "File corrupt.nii.gz is not a gzip file"),
             (url, "picture.nii.gz", png, ok_box, 422, "cannot be read as NIfTI"),
             (url, "notes.nii.gz", b"just some text\n", ok_box, 422, "cannot be read as NIfTI"),
             (url, "notes.txt", b"just some text\n", ok_box, 415, "unsupported file type"),
+            (url, "image", good, ok_box, 415, "uploaded file 'image': unsupported file type"),
             (url, "broken.png", png, {"box": [1, 1, 5, 5]}, 422, "cannot be read as PNG/JPG"),
-            (url, "img.nii.gz", good, {**ok_box, "slice": "abc"}, 422, "parameter 'slice' must be an integer"),
+            (url, "img.nii.gz", good, {**ok_box, "slice": "abc"}, 422, "tiny: parameter 'slice' must be an integer"),
             (url, "img.nii.gz", good, {"box": box[:2] + box[3:5], "slice": -3}, 422, "parameter 'slice'"),
             (url, "img.nii.gz", good, {"foreground": [[10, 10, 1]], "point_margin": "x"}, 422,
              "parameter 'point_margin' must be a number"),
@@ -333,6 +334,7 @@ def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_di
         for case_url, name, content, params, status, text in cases:
             got, body = _post_bytes(case_url, name, content, params)
             assert got == status and text in body.get("detail", ""), (name, params, got, body)
+            assert "prato_upload" not in body["detail"], body  # the client's file name, not the server's temp path
         assert sorted(os.listdir(server_tmp)) == before, "failed requests left files in the temp folder"
 
         # params that are not JSON at all (the form field as sent)
