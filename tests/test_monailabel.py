@@ -24,7 +24,13 @@ import pytest
 import torch
 from conftest import ROOT, run_bundle
 
-from prato_components.interactive import BoxPromptSegmenter, boxes_for_image, boxes_from_request
+from prato_components.interactive import (
+    BoxPromptSegmenter,
+    boxes_for_image,
+    boxes_from_request,
+    check_image_file,
+    slice_from_request,
+)
 from prato_components.prompts import boxes_from_label
 from tools.verify_bundles import tiny_overrides
 
@@ -61,6 +67,9 @@ def test_boxes_from_request(params, expected):
         ({"roi": [1, 2, 3, 4, 5]}, "'roi' must have 6 values"),
         ({"box": "[1, 2"}, "not valid JSON"),
         ({"foreground": [[1, 2], [1, 2, 3]]}, "'foreground' must be points"),
+        ({"box": [0, 0, 1e308, 4]}, r"parameter 'box': box values must lie within \+-3.4e\+38"),
+        ({"foreground": [[5, 5]], "point_margin": "x"}, "parameter 'point_margin' must be a number of voxels >= 0"),
+        ({"foreground": [[5, 5]], "point_margin": -1}, "parameter 'point_margin' must be a finite number"),
     ],
 )
 def test_bad_prompts_are_named(params, message):
@@ -68,14 +77,32 @@ def test_bad_prompts_are_named(params, message):
         boxes_from_request(params)
 
 
-def test_boxes_for_image_fits_slices_and_clips():
-    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5), slice_index=3) == [[2, 3, 3, 10, 12, 4]]
-    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5)) == [[2, 3, 0, 10, 12, 5]]
-    assert boxes_for_image([[-4, 3, 30, 12]], (20, 20)) == [[0, 3, 20, 12]]
-    with pytest.raises(ValueError, match="lies outside the image"):
-        boxes_for_image([[25, 25, 30, 30]], (20, 20))
-    with pytest.raises(ValueError, match="has 6 values but the image has 2 spatial dims"):
-        boxes_for_image([[1, 1, 1, 5, 5, 2]], (20, 20))
+@pytest.mark.parametrize("value, expected", [(None, None), ("", None), (-1, None), ("-1", None), (3, 3), ("4", 4),
+                                             (2.0, 2)])
+def test_slice_from_request(value, expected):
+    assert slice_from_request({"slice": value}) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", 2.5, -3, True, [1], float("nan")])
+def test_bad_slice_is_named(value):
+    with pytest.raises(ValueError, match="parameter 'slice' must be an integer slice index >= 0"):
+        slice_from_request({"slice": value})
+
+
+def test_check_image_file(tmp_path):
+    good = str(tmp_path / "ok.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 3), np.float32), np.eye(4)), good)
+    assert check_image_file(good) == (8, 9, 3)
+    content = open(good, "rb").read()
+    for name, data, message in (("half.nii.gz", content[: len(content) // 2], "image 'up.nii.gz' cannot be read as NIfTI"),
+                                ("text.nii.gz", b"hello", "File up.nii.gz is not a gzip file"),
+                                ("text.png", b"hello", "image 'up.png' cannot be read as PNG/JPG"),
+                                ("text.txt", b"hello", "image 'up.txt': unsupported file type")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as raised:
+            check_image_file(str(path), name="up" + name[name.index("."):])
+        assert message in str(raised.value) and str(tmp_path) not in str(raised.value), str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
