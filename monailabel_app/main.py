@@ -11,10 +11,11 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
 - ``bundles``: folder holding the bundles (default: ``bundles/`` of this repository). A bundle is served from
   ``<app>/model/<name>`` when that folder exists (MONAI Label's place for downloaded bundles, e.g. with
   ``python -m monai.bundle download``), else from ``<bundles>/<name>``; it needs ``models/model.pt``. Bundles
-  without weights are skipped with a log line.
+  without weights or that cannot be loaded are skipped (log line, ``/info/`` ``skipped_models``).
 - ``bundle_overrides``: JSON object of config overrides applied to every bundle (e.g. ``{"dataset": "isic"}``).
 - ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` (default)
   sets the label to background outside the box(es).
+- ``infer_concurrency``: inferences run at once in one server process (default 1; see Concurrency below).
 - ``zoo_source``, ``sam2``: accepted for the usual MONAI Label command line; this app never downloads and offers
   no SAM2 model.
 
