@@ -94,7 +94,8 @@ def test_check_image_file(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 9, 3), np.float32), np.eye(4)), good)
     assert check_image_file(good) == (8, 9, 3)
     content = open(good, "rb").read()
-    for name, data, message in (("half.nii.gz", content[: len(content) // 2], "image 'up.nii.gz' cannot be read as NIfTI"),
+    half = content[: len(content) // 2]
+    for name, data, message in (("half.nii.gz", half, "image 'up.nii.gz' cannot be read as NIfTI"),
                                 ("text.nii.gz", b"hello", "File up.nii.gz is not a gzip file"),
                                 ("text.png", b"hello", "image 'up.png' cannot be read as PNG/JPG"),
                                 ("text.txt", b"hello", "image 'up.txt': unsupported file type")):

@@ -145,7 +145,8 @@ def main() -> int:
     studies = os.path.join(work, "studies")
     os.makedirs(studies)
     port = _free_port()
-    command = [args.python, "-m", "monailabel.main", "start_server", "--app", args.app, "--studies", studies, "--conf", "bundles", bundles, "--conf", "models", args.bundle,
+    command = [args.python, "-m", "monailabel.main", "start_server", "--app", args.app, "--studies", studies,
+               "--conf", "bundles", bundles, "--conf", "models", args.bundle,
                "--conf", "bundle_overrides", json.dumps(overrides), "--conf", "zoo_source", "github",
                "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port), *args.server_args]
     log_path = os.path.join(work, "server.log")
