@@ -11,10 +11,11 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
 - ``bundles``: folder holding the bundles (default: ``bundles/`` of this repository). A bundle is served from
   ``<app>/model/<name>`` when that folder exists (MONAI Label's place for downloaded bundles, e.g. with
   ``python -m monai.bundle download``), else from ``<bundles>/<name>``; it needs ``models/model.pt``. Bundles
-  without weights are skipped with a log line.
+  without weights or that cannot be loaded are skipped (log line, ``/info/`` ``skipped_models``).
 - ``bundle_overrides``: JSON object of config overrides applied to every bundle (e.g. ``{"dataset": "isic"}``).
 - ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` (default)
   sets the label to background outside the box(es).
+- ``infer_concurrency``: inferences run at once in one server process (default 1; see Concurrency below).
 - ``zoo_source``, ``sam2``: accepted for the usual MONAI Label command line; this app never downloads and offers
   no SAM2 model.
 
@@ -22,24 +23,59 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
 holding the prompt: ``box`` (``[x1, y1, x2, y2]`` / ``[x1, y1, z1, x2, y2, z2]`` or a list of boxes), ``roi``
 (3D Slicer's ROI: ``[i0, i1, j0, j1, k0, k1]``) or ``foreground`` click points, all in voxel coordinates of the
 image as loaded (NIfTI: i, j, k = array axes = Slicer IJK; PNG/JPG: x = column, y = row); see
-:mod:`prato_components.interactive`. A missing or invalid prompt is answered with HTTP 422 and the reason.
+:mod:`prato_components.interactive`.
+
+Failures the client sees (``{"detail": reason}``): a missing or invalid prompt or parameter (``slice``,
+``point_margin``, ``params`` not JSON), an image that cannot be read (corrupt, truncated, another format under a
+``.nii.gz`` name) -> 422; a file type other than NIfTI/PNG/JPG -> 415; an unknown model or image id -> 404. The
+uploaded file is removed whether the request succeeds or fails. A bundle that cannot be loaded (no weights, corrupt
+or mismatched weights, a bad config) is skipped at start with its reason in the log and in ``/info/`` under
+``skipped_models``; the others are served.
+
+Concurrency: the app replaces MONAI Label's ``POST /infer/{model}`` route (an ``async`` function that runs the
+inference on the event loop, so one request blocked every other one, ``/info/`` included) with one that runs in
+FastAPI's thread pool and hands the inference to ``--conf infer_concurrency N`` (default 1) inference threads
+(MONAI Label's ``MONAI_LABEL_INFER_CONCURRENCY`` pool when that is set): N inferences run at once per process, the
+others wait in arrival order (up to ``MONAI_LABEL_INFER_TIMEOUT``, 600 s, then 503); ``/info/`` and the other routes
+answer meanwhile. For more parallel inferences start the server with
+``--workers N`` (N processes, each loading every served bundle; see the README for the measured memory).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import pathlib
+import shutil
+import sys
 import tempfile
-from typing import Any
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Optional
 
 import numpy as np
-from fastapi import HTTPException
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, UploadFile
+from fastapi.routing import APIRoute
+from monailabel.config import settings
+from monailabel.endpoints import infer as monailabel_infer
+from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelException
+from monailabel.interfaces.utils.app import app_instance
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 import prato_components
-from prato_components.interactive import BoxPromptSegmenter, boxes_from_request
+from prato_components.interactive import (
+    IMAGE_SUFFIXES,
+    BoxPromptSegmenter,
+    boxes_from_request,
+    check_image_file,
+    margin_from_request,
+    slice_from_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,18 +97,46 @@ def _strtobool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _check_weights(path: str) -> None:
+    """Raise ``ValueError`` naming ``path`` when it is not a readable torch checkpoint (torch's own error for a
+    corrupt file can be as bare as ``IndexError: pop from empty list``)."""
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise ValueError(f"weights {path} are not a readable torch checkpoint (corrupt, truncated or another "
+                         f"format?): {type(error).__name__}: {error}") from error
+
+
 class BoxPromptInferTask(InferTask):
     """A bundle as a MONAI Label segmentation model that takes a box prompt from the request params."""
 
     def __init__(self, bundle_dir: str, overrides: dict | None = None, point_margin: float = 5.0,
-                 restrict_to_box: bool = True) -> None:
+                 restrict_to_box: bool = True, name: str | None = None) -> None:
         self.segmenter = BoxPromptSegmenter(bundle_dir, overrides=overrides)
+        self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
         description = f"{meta.get('task', meta.get('name'))}. Prompt: params 'box', 'roi' or 'foreground'."
         super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels, dimension=2,
                          description=description,
                          config={"point_margin": point_margin, "restrict_to_box": restrict_to_box})
         self.version = meta.get("version")
+        self._local = threading.local()
+
+    def _segmenter(self) -> BoxPromptSegmenter:
+        """This thread's segmenter: the network is shared, the transforms are copied per inference thread (MONAI's
+        ``Invertd`` switches ``allow_missing_keys`` on the shared preprocessing while it inverts, so two threads on
+        one pipeline fail with ``KeyError: Key `box_mask` of transform `Resized` was missing``)."""
+        segmenter = getattr(self._local, "segmenter", None)
+        if segmenter is None:
+            base = self.segmenter
+            segmenter = copy.copy(base)
+            memo = {id(base.network): base.network}  # the network stays shared
+            segmenter.preprocessing, segmenter.postprocessing, segmenter.inferer = copy.deepcopy(
+                (base.preprocessing, base.postprocessing, base.inferer), memo)
+            self._local.segmenter = segmenter
+        return segmenter
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -86,19 +150,25 @@ class BoxPromptInferTask(InferTask):
     def __call__(self, request: dict) -> tuple[str, dict]:
         params = {**self._config, **request}
         try:
-            boxes = boxes_from_request(params, point_margin=float(params.get("point_margin", 5)))
-            slice_index = params.get("slice")
-            label, affine, used = self.segmenter(
-                params["image"], boxes, slice_index=None if slice_index in (None, "", -1) else int(slice_index),
+            boxes = boxes_from_request(params, point_margin=margin_from_request(params))
+            slice_index = slice_from_request(params)
+            check_image_file(params["image"], name=params.get("image_name"))
+            label, affine, used = self._segmenter()(
+                params["image"], boxes, slice_index=slice_index,
                 restrict=_strtobool(params.get("restrict_to_box", True)),
             )
+        except HTTPException:
+            raise
         except Exception as error:  # noqa: BLE001 - bad prompts become a 422 with the reason
             reason = _value_error(error)
-            if reason is None:
-                raise
-            raise HTTPException(status_code=422, detail=f"{self.segmenter.name}: {reason}") from error
+            if reason is None:  # not the request's fault as far as we can tell: a 500, with the reason for the client
+                logger.exception("%s: inference failed", self.name)
+                raise HTTPException(
+                    status_code=500, detail=f"{self.name}: inference failed: {type(error).__name__}: {error}"
+                ) from error
+            raise HTTPException(status_code=422, detail=f"{self.name}: {reason}") from error
         path = self._write(label, affine, params["image"])
-        return path, {"boxes": used, "label_names": self.labels, "model": self.segmenter.name}
+        return path, {"boxes": used, "label_names": self.labels, "model": self.name}
 
     @staticmethod
     def _write(label: np.ndarray, affine: np.ndarray | None, image_path: str) -> str:
@@ -133,8 +203,18 @@ class PratoBundlesApp(MONAILabelApp):
                 f"unknown bundle(s) {unknown} in --conf models; available in {self.bundles_dir}: {available}"
             )
         self.overrides = json.loads(conf.get("bundle_overrides", "{}"))
+        self.skipped: dict[str, str] = {}
+        self.infer_concurrency = int(conf.get("infer_concurrency", 1))
+        if self.infer_concurrency < 1:
+            raise ValueError(f"--conf infer_concurrency must be an integer >= 1, got {self.infer_concurrency}")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="PrATo bundles",
                          description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)", version=prato_components.__version__)
+        if self._infers_threadpool is None:  # MONAI Label's own pool (MONAI_LABEL_INFER_CONCURRENCY) when set
+            # inferences run on these threads only, in arrival order: a fixed few threads also keep the memory of
+            # one process low (every thread that runs the network grows its own malloc arena)
+            self._infers_threadpool = ThreadPoolExecutor(max_workers=self.infer_concurrency, thread_name_prefix="INFER")
+        else:
+            self.infer_concurrency = self._infers_threadpool._max_workers
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -143,12 +223,132 @@ class PratoBundlesApp(MONAILabelApp):
             bundle_dir = local if os.path.isdir(local) else os.path.join(self.bundles_dir, name)
             weights = os.path.join(bundle_dir, "models", "model.pt")
             if not os.path.isfile(weights):
-                logger.warning("skip %s: no weights at %s (train the bundle or download it into %s)",
-                               name, weights, local)
+                self._skip(name, f"no weights at {weights} (train the bundle or download it into {local})")
                 continue
-            infers[name] = BoxPromptInferTask(
-                bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
-                restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")),
-            )
+            try:
+                _check_weights(weights)
+                infers[name] = BoxPromptInferTask(
+                    bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
+                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,
+                )
+            except Exception as error:  # noqa: BLE001 - one bad bundle must not take the others down
+                logger.debug("loading %s failed", name, exc_info=True)
+                self._skip(name, f"cannot load bundle {bundle_dir}: {type(error).__name__}: {error}")
+                continue
             logger.info("serving %s from %s", name, bundle_dir)
+        if not infers:
+            logger.error("no bundle could be loaded; the server runs but serves no model (see skipped_models)")
         return infers
+
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped[name] = reason
+        logger.error("skip %s: %s", name, reason)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["skipped_models"] = dict(self.skipped)
+        info["infer_concurrency"] = self.infer_concurrency
+        return info
+
+    def on_init_complete(self) -> None:
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")
+        if server is not None and hasattr(server, "app"):
+            install_infer_route(server.app)
+
+    def unknown_model(self, model: str) -> HTTPException | None:
+        """A 404 naming the served and the skipped models when ``model`` is not served, else ``None``."""
+        if model in self._infers:
+            return None
+        if model in self.skipped:
+            return HTTPException(status_code=404, detail=f"model {model!r} is not served: {self.skipped[model]}")
+        return HTTPException(status_code=404, detail=f"unknown model {model!r}; served: {sorted(self._infers)}")
+
+
+# ---------------------------------------------------------------------------------------------- the /infer route
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def install_infer_route(fastapi_app: Any) -> None:
+    """Put this app's ``POST /infer/{model}`` in front of MONAI Label's (idempotent).
+
+    Same parameters and responses as MONAI Label's route (it calls MONAI Label's ``run_inference``), but: a plain
+    ``def`` (FastAPI runs it in its thread pool, so the event loop keeps answering other requests), at most
+    ``infer_concurrency`` inferences at once, the checks that answer 4xx before the model runs, and the uploaded
+    file removed on failure as well as on success.
+    """
+    path = f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}"
+    routes = fastapi_app.router.routes
+    if any(getattr(r, "path", None) == path and getattr(r, "name", "") == "prato_infer" for r in routes):
+        return
+
+    def prato_infer(
+        background_tasks: BackgroundTasks,
+        model: str,
+        image: str = "",
+        session_id: str = "",
+        params: str = Form("{}"),
+        file: UploadFile = File(None),
+        label: UploadFile = File(None),
+        output: Optional[monailabel_infer.ResultType] = None,
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+    ):
+        instance = app_instance()
+        try:
+            parsed = json.loads(params) if params else {}
+        except json.JSONDecodeError as error:
+            raise HTTPException(status_code=422, detail=f"form field 'params' is not valid JSON: {error}") from error
+        if not isinstance(parsed, dict):
+            raise HTTPException(status_code=422, detail=f"form field 'params' must be a JSON object, got {params!r}")
+        unknown = instance.unknown_model(model) if hasattr(instance, "unknown_model") else None
+        if unknown is not None:
+            raise unknown
+        if not file and not image and not session_id:
+            raise HTTPException(status_code=422, detail="no image: upload it as form field 'file' or give a "
+                                                        "datastore image id in the query ('?image=<id>')")
+        if (image and not file and not session_id and not os.path.exists(image)
+                and not instance.datastore().get_image_uri(image)):
+            raise HTTPException(status_code=404, detail=f"unknown image id {image!r}: not in the datastore "
+                                                        "(GET /datastore/?output=all lists the ids)")
+        uploaded = None
+        if file:
+            filename = file.filename or "upload.nii.gz"
+            suffix = "".join(pathlib.Path(filename).suffixes[-2:]).lower()
+            if not suffix.endswith(IMAGE_SUFFIXES):
+                raise HTTPException(status_code=415, detail=f"uploaded file {filename!r}: unsupported file type "
+                                                            "(send NIfTI .nii/.nii.gz or PNG/JPG)")
+            handle, uploaded = tempfile.mkstemp(suffix=suffix, prefix="prato_upload_")
+            with os.fdopen(handle, "wb") as buffer:
+                shutil.copyfileobj(file.file, buffer)
+            image = uploaded
+            parsed["image_name"] = filename
+        try:
+            if label:
+                raise HTTPException(status_code=422, detail="form field 'label' is not used by these models")
+            response = monailabel_infer.run_inference(
+                background_tasks, model, image, "" if uploaded else session_id, json.dumps(parsed), None, None, output,
+            )
+        except FutureTimeout as error:
+            _remove(uploaded)
+            raise HTTPException(status_code=503, detail=(
+                f"inference of {model!r} did not finish within {settings.MONAI_LABEL_INFER_TIMEOUT} s (waiting "
+                "included; server busy): retry later, or start the server with more --workers")) from error
+        except MONAILabelException as error:
+            _remove(uploaded)
+            raise HTTPException(status_code=422, detail=f"{error.error.name}: {error.msg}") from error
+        except BaseException:
+            _remove(uploaded)
+            raise
+        if uploaded:
+            background_tasks.add_task(_remove, uploaded)
+        return response
+
+    route = APIRoute(path, prato_infer, methods=["POST"], name="prato_infer",
+                     summary="Run inference (PrATo bundles: thread pool, 4xx for bad requests)")
+    routes.insert(0, route)
+    logger.info("POST %s runs in the thread pool, %d inference(s) at once", path, app_instance().infer_concurrency)

@@ -33,9 +33,14 @@ import torch
 from prato_components.engine.checkpoint import check_trained_settings, load_weights
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
-__all__ = ["PROMPT_PARAMS", "boxes_from_request", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter"]
+__all__ = [
+    "PROMPT_PARAMS", "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
+    "check_image_file", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter",
+]
 
 PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # boxes become float32 tensors; larger values would turn into inf
 
 
 def _loads(value: Any, name: str) -> Any:
@@ -54,7 +59,80 @@ def _numbers(values: Any, name: str) -> list[float]:
         raise ValueError(f"parameter {name!r}: box values must be numbers, got {values!r}") from err
     if not all(math.isfinite(v) for v in out):
         raise ValueError(f"parameter {name!r}: box values must be finite, got {values!r}")
+    if any(abs(v) > FLOAT32_MAX for v in out):
+        raise ValueError(
+            f"parameter {name!r}: box values must lie within +-{FLOAT32_MAX:.3g} (float32; voxel coordinates), "
+            f"got {values!r}"
+        )
     return out
+
+
+def margin_from_request(params: Mapping[str, Any], default: float = 5.0) -> float:
+    """``point_margin`` (voxels added around ``foreground`` clicks): a finite number >= 0."""
+    value = params.get("point_margin", default)
+    if value is None or value == "":
+        return float(default)
+    try:
+        margin = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"parameter 'point_margin' must be a number of voxels >= 0, got {value!r}") from err
+    if not math.isfinite(margin) or margin < 0 or margin > FLOAT32_MAX:
+        raise ValueError(f"parameter 'point_margin' must be a finite number of voxels >= 0, got {value!r}")
+    return margin
+
+
+def slice_from_request(params: Mapping[str, Any]) -> int | None:
+    """``slice`` (the slice a 2D box on a volume applies to): an integer >= 0, or absent/``""``/-1 for none."""
+    value = params.get("slice")
+    if value is None or value == "" or value == -1 or value == "-1":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}") from err
+    if not math.isfinite(number) or number != int(number) or number < 0:
+        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}")
+    return int(number)
+
+
+def check_image_file(path: str, name: str | None = None) -> tuple[int, ...]:
+    """Check that ``path`` is an image this module reads (NIfTI, PNG/JPG), reading it whole; its spatial shape.
+
+    Args:
+        path: the image file.
+        name: how the image is called in messages (e.g. the uploaded file name); default the base name of ``path``.
+
+    Raises:
+        ValueError: an unsupported file type, or a file that cannot be read as its type (corrupt, truncated, another
+            format under this name), with the reason.
+    """
+    name = name or os.path.basename(path)
+    lower = path.lower()
+    if not lower.endswith(IMAGE_SUFFIXES):
+        raise ValueError(
+            f"image {name!r}: unsupported file type (send NIfTI .nii/.nii.gz or PNG/JPG; the type is taken from the "
+            "file name ending)"
+        )
+    try:
+        if lower.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            image = nib.load(path)
+            data = np.asarray(image.dataobj)  # reads the whole file: a truncated one fails here, not in the network
+            if data.ndim < 2 or data.size == 0:
+                raise ValueError(f"the image has shape {data.shape}")
+            return tuple(int(s) for s in data.shape[:3])
+        from PIL import Image
+
+        with Image.open(path) as image:
+            image.load()
+            return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
+    except Exception as err:  # noqa: BLE001 - every reader error means "this file is not a readable image"
+        kind = "NIfTI" if lower.endswith((".nii", ".nii.gz")) else "PNG/JPG"
+        reason = str(err).replace(path, name)  # the client's name, not the server's temp path
+        raise ValueError(f"image {name!r} cannot be read as {kind}: {type(err).__name__}: {reason}") from err
 
 
 def _check_box(box: list[float], name: str) -> list[float]:
@@ -76,7 +154,7 @@ def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = N
 
     The first of ``box``/``boxes``, ``roi``, ``foreground`` that is present and not empty is used.
     """
-    margin = float(params.get("point_margin", 5) if point_margin is None else point_margin)
+    margin = margin_from_request(params if point_margin is None else {"point_margin": point_margin})
     for name in ("box", "boxes"):
         value = _loads(params.get(name), name)
         if value is not None and value != []:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -9,8 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -20,7 +24,13 @@ import pytest
 import torch
 from conftest import ROOT, run_bundle
 
-from prato_components.interactive import BoxPromptSegmenter, boxes_for_image, boxes_from_request
+from prato_components.interactive import (
+    BoxPromptSegmenter,
+    boxes_for_image,
+    boxes_from_request,
+    check_image_file,
+    slice_from_request,
+)
 from prato_components.prompts import boxes_from_label
 from tools.verify_bundles import tiny_overrides
 
@@ -57,6 +67,9 @@ def test_boxes_from_request(params, expected):
         ({"roi": [1, 2, 3, 4, 5]}, "'roi' must have 6 values"),
         ({"box": "[1, 2"}, "not valid JSON"),
         ({"foreground": [[1, 2], [1, 2, 3]]}, "'foreground' must be points"),
+        ({"box": [0, 0, 1e308, 4]}, r"parameter 'box': box values must lie within \+-3.4e\+38"),
+        ({"foreground": [[5, 5]], "point_margin": "x"}, "parameter 'point_margin' must be a number of voxels >= 0"),
+        ({"foreground": [[5, 5]], "point_margin": -1}, "parameter 'point_margin' must be a finite number"),
     ],
 )
 def test_bad_prompts_are_named(params, message):
@@ -64,14 +77,33 @@ def test_bad_prompts_are_named(params, message):
         boxes_from_request(params)
 
 
-def test_boxes_for_image_fits_slices_and_clips():
-    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5), slice_index=3) == [[2, 3, 3, 10, 12, 4]]
-    assert boxes_for_image([[2, 3, 10, 12]], (20, 20, 5)) == [[2, 3, 0, 10, 12, 5]]
-    assert boxes_for_image([[-4, 3, 30, 12]], (20, 20)) == [[0, 3, 20, 12]]
-    with pytest.raises(ValueError, match="lies outside the image"):
-        boxes_for_image([[25, 25, 30, 30]], (20, 20))
-    with pytest.raises(ValueError, match="has 6 values but the image has 2 spatial dims"):
-        boxes_for_image([[1, 1, 1, 5, 5, 2]], (20, 20))
+@pytest.mark.parametrize("value, expected", [(None, None), ("", None), (-1, None), ("-1", None), (3, 3), ("4", 4),
+                                             (2.0, 2)])
+def test_slice_from_request(value, expected):
+    assert slice_from_request({"slice": value}) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", 2.5, -3, True, [1], float("nan")])
+def test_bad_slice_is_named(value):
+    with pytest.raises(ValueError, match="parameter 'slice' must be an integer slice index >= 0"):
+        slice_from_request({"slice": value})
+
+
+def test_check_image_file(tmp_path):
+    good = str(tmp_path / "ok.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 9, 3), np.float32), np.eye(4)), good)
+    assert check_image_file(good) == (8, 9, 3)
+    content = open(good, "rb").read()
+    half = content[: len(content) // 2]
+    for name, data, message in (("half.nii.gz", half, "image 'up.nii.gz' cannot be read as NIfTI"),
+                                ("text.nii.gz", b"hello", "File up.nii.gz is not a gzip file"),
+                                ("text.png", b"hello", "image 'up.png' cannot be read as PNG/JPG"),
+                                ("text.txt", b"hello", "image 'up.txt': unsupported file type")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ValueError) as raised:
+            check_image_file(str(path), name="up" + name[name.index("."):])
+        assert message in str(raised.value) and str(tmp_path) not in str(raised.value), str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
@@ -180,29 +212,8 @@ def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, 
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(image, studies)
-    port = _free_port()
-    command = [monailabel_python, "-m", "monailabel.main", "start_server",
-               "--app", os.path.join(ROOT, "monailabel_app"), "--studies", str(studies),
-               "--conf", "models", "unetr_prato,unetr_prato_untrained",
-               "--conf", "bundles", served_bundles, "--conf", "bundle_overrides", json.dumps(TINY),
-               "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port)]
-    log_path = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env,
-                                  start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        info = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
-                    info = json.loads(response.read())
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(1)
-        assert info is not None, f"server did not start:\n{log_path.read_text()[-4000:]}"
+    with _server(monailabel_python, served_bundles, str(studies), tmp_path,
+                 ["--conf", "models", "unetr_prato,unetr_prato_untrained"]) as (base, info, _log):
         assert {"unetr_prato", "unetr_prato_untrained"} <= set(info["models"])
         assert info["models"]["unetr_prato"]["labels"] == {"right_ventricle": 1, "myocardium": 2, "left_ventricle": 3}
 
@@ -229,6 +240,36 @@ def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, 
                                 ({"box": [1, 2, 3]}, "a box has 4 values")):
             status, content = _post(f"{base}/infer/unetr_prato?output=image", image, params)
             assert status == 422 and message in json.loads(content)["detail"], (status, content)
+
+
+@contextlib.contextmanager
+def _server(python: str, bundles: str, studies: str, tmp_path, extra: list[str], tmpdir: str | None = None):
+    """A MONAI Label server on 127.0.0.1 serving ``bundles``; yields (base url, /info/ at start, log path)."""
+    port = _free_port()
+    command = [python, "-m", "monailabel.main", "start_server", "--app", os.path.join(ROOT, "monailabel_app"),
+               "--studies", studies, "--conf", "bundles", bundles, "--conf", "bundle_overrides", json.dumps(TINY),
+               "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1",
+               "--port", str(port), *extra]
+    log_path = tmp_path / f"server-{port}.log"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if tmpdir is not None:
+        env["TMPDIR"] = tmpdir
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env,
+                                  start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        info = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                    info = json.loads(response.read())
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        assert info is not None, f"server did not start:\n{log_path.read_text()[-4000:]}"
+        yield base, info, log_path
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -237,3 +278,159 @@ def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, 
             except subprocess.TimeoutExpired:
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_bundles(tmp_path_factory) -> str:
+    """Bundles without training: ``tiny`` (random weights, TINY sizes), ``broken`` (model.pt is not a checkpoint),
+    ``mismatched`` (a weight of the wrong shape)."""
+    from monai.bundle import ConfigParser
+
+    out = str(tmp_path_factory.mktemp("tiny_bundles"))
+    for name in ("tiny", "broken", "mismatched"):
+        target = os.path.join(out, name)
+        shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
+        os.makedirs(os.path.join(target, "models"))
+    parser = ConfigParser()
+    parser.read_config(os.path.join(out, "tiny", "configs", "inference.json"))
+    for key, value in TINY.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    state = parser.get_parsed_content("network_def").state_dict()
+    torch.save(state, os.path.join(out, "tiny", "models", "model.pt"))
+    with open(os.path.join(out, "broken", "models", "model.pt"), "wb") as f:
+        f.write(b"this is not a torch checkpoint")
+    key = next(k for k, v in state.items() if v.ndim >= 2)
+    torch.save({**state, key: torch.zeros(3, 3)}, os.path.join(out, "mismatched", "models", "model.pt"))
+    return out
+
+
+def _post_bytes(url: str, name: str, content: bytes, params) -> tuple[int, dict]:
+    path = os.path.join(tempfile.mkdtemp(), name)
+    with open(path, "wb") as f:
+        f.write(content)
+    status, body = _post(url, path, params)
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, {"detail": body.decode(errors="replace")}
+
+
+@pytest.mark.slow
+def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_dir, tmp_path):
+    """Every bad request gets a 4xx naming the problem; failed uploads leave no temp file; bad bundles are skipped."""
+    image, _gt, box = _test_case(acdc_dir)
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    shutil.copy(image, studies)
+    image_id = os.path.basename(image)[: -len(".nii.gz")]
+    server_tmp = tmp_path / "server_tmp"
+    server_tmp.mkdir()
+    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path, [], tmpdir=str(server_tmp)) as (
+            base, info, log):
+        # a bundle that cannot load is skipped with its reason; the others are served
+        assert set(info["models"]) == {"tiny"}, info["models"].keys()
+        skipped = info["skipped_models"]
+        assert set(skipped) == {"broken", "mismatched"}, skipped
+        assert "not a readable torch checkpoint" in skipped["broken"] and "model.pt" in skipped["broken"], skipped
+        assert "size mismatch" in skipped["mismatched"] or "shape" in skipped["mismatched"], skipped
+        assert "skip broken" in log.read_text()
+
+        url = f"{base}/infer/tiny?output=image"
+        good = open(image, "rb").read()
+        png = b"\x89PNG\r\n\x1a\n" + bytes(100)
+        ok_box = {"box": box}
+        before = sorted(os.listdir(server_tmp))
+        cases = [
+            # (url, file name, content, params, status, text the message must hold)
+            (url, "truncated.nii.gz", good[: len(good) // 2], ok_box, 422, "cannot be read as NIfTI"),
+            (url, "corrupt.nii.gz", bytes(range(256)) * 8, ok_box, 422, "File corrupt.nii.gz is not a gzip file"),
+            (url, "picture.nii.gz", png, ok_box, 422, "cannot be read as NIfTI"),
+            (url, "notes.nii.gz", b"just some text\n", ok_box, 422, "cannot be read as NIfTI"),
+            (url, "notes.txt", b"just some text\n", ok_box, 415, "unsupported file type"),
+            (url, "image", good, ok_box, 415, "uploaded file 'image': unsupported file type"),
+            (url, "broken.png", png, {"box": [1, 1, 5, 5]}, 422, "cannot be read as PNG/JPG"),
+            (url, "img.nii.gz", good, {**ok_box, "slice": "abc"}, 422, "tiny: parameter 'slice' must be an integer"),
+            (url, "img.nii.gz", good, {"box": box[:2] + box[3:5], "slice": -3}, 422, "parameter 'slice'"),
+            (url, "img.nii.gz", good, {"foreground": [[10, 10, 1]], "point_margin": "x"}, 422,
+             "parameter 'point_margin' must be a number"),
+            (url, "img.nii.gz", good, {"box": [0, 0, 0, 1e308, 4, 1]}, 422, "within +-3.4e+38"),
+            (url, "img.nii.gz", good, "not json", 422, "'params' must be a JSON object"),
+            (f"{base}/infer/nosuchmodel?output=image", "img.nii.gz", good, ok_box, 404, "unknown model 'nosuchmodel'"),
+            (f"{base}/infer/broken?output=image", "img.nii.gz", good, ok_box, 404, "model 'broken' is not served"),
+        ]
+        for case_url, name, content, params, status, text in cases:
+            got, body = _post_bytes(case_url, name, content, params)
+            assert got == status and text in body.get("detail", ""), (name, params, got, body)
+            assert "prato_upload" not in body["detail"], body  # the client's file name, not the server's temp path
+        assert sorted(os.listdir(server_tmp)) == before, "failed requests left files in the temp folder"
+
+        # params that are not JSON at all (the form field as sent)
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{{box: [1\r\n"
+                f"--{boundary}--\r\n").encode()
+        request = urllib.request.Request(f"{url}&image={image_id}", data=body, method="POST",
+                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=60)
+        assert raised.value.code == 422 and "'params' is not valid JSON" in json.loads(raised.value.read())["detail"]
+
+        # datastore image ids: unknown -> 404, known -> the label
+        for query, status in ((f"image=nosuchimage", 404), (f"image={image_id}", 200)):
+            request = urllib.request.Request(f"{base}/infer/tiny?output=image&{query}",
+                                             data=urllib.parse.urlencode({"params": json.dumps(ok_box)}).encode(),
+                                             method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    got = response.status
+            except urllib.error.HTTPError as error:
+                got, detail = error.code, json.loads(error.read())["detail"]
+                assert "unknown image id 'nosuchimage'" in detail, detail
+            assert got == status
+        deadline = time.monotonic() + 10  # the label of a success is removed after the response is sent
+        while sorted(os.listdir(server_tmp)) != before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(os.listdir(server_tmp)) == before
+
+
+@pytest.mark.slow
+def test_monailabel_server_concurrent_clients(monailabel_python, tiny_bundles, tmp_path):
+    """N concurrent /infer requests all succeed, and /info/ answers while they run (not after them)."""
+    image = str(tmp_path / "volume.nii.gz")  # many slices, so that the requests take a while with the tiny network
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image(rng.normal(size=(64, 64, 160)).astype(np.float32), np.eye(4)), image)
+    box = [8, 8, 0, 56, 56, 160]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    n = 6
+    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path,
+                 ["--conf", "models", "tiny", "--conf", "infer_concurrency", "2"]) as (base, info, _log):
+        assert info["infer_concurrency"] == 2
+        url = f"{base}/infer/tiny?output=image"
+        results: list = []
+
+        def one():
+            start = time.monotonic()
+            status, content = _post(url, image, {"box": box})
+            results.append((status, time.monotonic() - start, content))
+
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        probe = time.monotonic()
+        with urllib.request.urlopen(f"{base}/info/", timeout=60) as response:
+            assert response.status == 200
+        info_latency, info_done = time.monotonic() - probe, time.monotonic() - start
+        for t in threads:
+            t.join(timeout=300)
+        assert [r[0] for r in results] == [200] * n, [(r[0], r[2][:300]) for r in results]
+        labels = []
+        for i, (_status, _seconds, content) in enumerate(results):  # the same request gives the same label
+            (tmp_path / f"label{i}.nii.gz").write_bytes(content)
+            labels.append(np.asarray(nib.load(str(tmp_path / f"label{i}.nii.gz")).dataobj))
+        assert labels[0].shape == (64, 64, 160) and all(np.array_equal(labels[0], label) for label in labels[1:])
+        slowest = max(r[1] for r in results)
+        assert info_done < slowest, (info_latency, sorted(r[1] for r in results))
+        assert info_latency < 2, info_latency

@@ -1,0 +1,218 @@
+"""Load test of the MONAI Label app: N concurrent ``/infer`` requests on 127.0.0.1, an ``/info/`` probe meanwhile.
+
+Starts the server (``.venv-monailabel``), waits for ``/info/``, sends ``--requests`` box-prompted requests at once
+(one thread each), probes ``/info/`` every second while they run, measures the resident memory (RSS) of every
+server process at the end, stops the server and prints one JSON object::
+
+    python tools/monailabel_load.py --bundle unetr_prato --requests 20                       # one process
+    python tools/monailabel_load.py --bundle unetr_prato --requests 20 -- --workers 2       # 2 uvicorn workers
+    python tools/monailabel_load.py --bundle unetr_prato --requests 20 -- --conf infer_concurrency 2
+
+Without ``models/model.pt`` in the bundle, the network is saved with random weights first (same size and cost as a
+trained one; the load test does not look at the labels). The image is a synthetic volume (``--shape``), the box
+covers its middle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, content: bytes, filename: str, params: dict, timeout: float) -> tuple[int, float]:
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except Exception:  # noqa: BLE001 - a refused or timed-out request counts as a failure
+        status = 0
+    return status, time.monotonic() - start
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _prepare(args, work: str) -> tuple[str, dict, bytes]:
+    """The bundles folder (the bundle with weights), the overrides and the image file's bytes."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.bundle import ConfigParser
+
+    source = os.path.join(ROOT, "bundles", args.bundle)
+    bundles = os.path.join(work, "bundles")
+    target = os.path.join(bundles, args.bundle)
+    shutil.copytree(source, target)
+    overrides = json.loads(args.overrides)
+    weights = os.path.join(target, "models", "model.pt")
+    if not os.path.isfile(weights):
+        os.makedirs(os.path.dirname(weights), exist_ok=True)
+        parser = ConfigParser()
+        parser.read_config(os.path.join(target, "configs", "inference.json"))
+        for key, value in overrides.items():
+            parser[key] = value
+        torch.manual_seed(0)
+        torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    shape = [int(s) for s in args.shape.split(",")]
+    rng = np.random.default_rng(0)
+    image = os.path.join(work, "image.nii.gz")
+    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), np.eye(4)), image)
+    with open(image, "rb") as f:
+        return bundles, overrides, f.read()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", default="unetr_prato")
+    parser.add_argument("--overrides", default="{}", help="JSON bundle overrides (also given to the server)")
+    parser.add_argument("--shape", default="128,128,8", help="synthetic NIfTI volume shape")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per request")
+    parser.add_argument("--app", default=os.path.join(ROOT, "monailabel_app"), help="the MONAI Label app folder")
+    parser.add_argument("--python", default=os.path.join(ROOT, ".venv-monailabel", "bin", "python"))
+    parser.add_argument("server_args", nargs="*", help="after --: extra start_server arguments (--workers 2 ...)")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="prato_load_")
+    bundles, overrides, content = _prepare(args, work)
+    studies = os.path.join(work, "studies")
+    os.makedirs(studies)
+    port = _free_port()
+    command = [args.python, "-m", "monailabel.main", "start_server", "--app", args.app, "--studies", studies,
+               "--conf", "bundles", bundles, "--conf", "models", args.bundle,
+               "--conf", "bundle_overrides", json.dumps(overrides), "--conf", "zoo_source", "github",
+               "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port), *args.server_args]
+    log_path = os.path.join(work, "server.log")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env,
+                                  start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    result: dict = {"command": " ".join(command[1:]), "requests": args.requests, "shape": args.shape}
+    try:
+        start = time.monotonic()
+        while True:
+            if server.poll() is not None or time.monotonic() - start > 600:
+                print(open(log_path).read()[-4000:], file=sys.stderr)
+                return 1
+            try:
+                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
+                    response.read()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        result["startup_s"] = round(time.monotonic() - start, 1)
+        w, h, d = (int(s) for s in args.shape.split(","))
+        params = {"box": [w // 4, h // 4, 0, 3 * w // 4, 3 * h // 4, d]}
+        url = f"{base}/infer/{args.bundle}?output=image"
+        outcomes: list[tuple[int, float]] = []
+        threads = [threading.Thread(target=lambda: outcomes.append(_post(url, content, "image.nii.gz", params,
+                                                                         args.timeout)))
+                   for _ in range(args.requests)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        probes = []
+        while any(t.is_alive() for t in threads):
+            time.sleep(1.0)
+            p0 = time.monotonic()
+            try:
+                with urllib.request.urlopen(f"{base}/info/", timeout=args.timeout) as response:
+                    response.read()
+                probes.append(time.monotonic() - p0)
+            except Exception:  # noqa: BLE001
+                probes.append(float("inf"))
+        for t in threads:
+            t.join()
+        result["wall_s"] = round(time.monotonic() - t0, 1)
+        latencies = sorted(s for _, s in outcomes)
+        result["succeeded"] = sum(status == 200 for status, _ in outcomes)
+        result["statuses"] = sorted({status for status, _ in outcomes})
+        result["latency_s"] = {"min": round(latencies[0], 2), "median": round(statistics.median(latencies), 2),
+                               "max": round(latencies[-1], 2)}
+        result["info_probe_s"] = {"count": len(probes), "first": round(probes[0], 3) if probes else None,
+                                  "max": round(max(probes), 3) if probes else None}
+        result["processes"] = [{"pid": p, "rss_mib": round(_rss_mib(p) or 0), "cmd": _cmdline(p)[:120]}
+                               for p in _tree(server.pid)]
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=1))
+    return 0 if result.get("succeeded") == args.requests else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
