@@ -129,7 +129,9 @@ def served_bundles(acdc_dir, tmp_path_factory) -> str:
                 parser[key] = value
             torch.manual_seed(0)
             network = parser.get_parsed_content("network_def")
-            torch.save(network.state_dict(), os.path.join(target, "models", "model.pt"))
+            # a weights file as training writes it: the state dict and the network settings it was built with
+            torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+                       os.path.join(target, "models", "model.pt"))
         else:
             shutil.copy(weights, os.path.join(target, "models", "model.pt"))
     return os.path.join(out, "bundles")
@@ -157,7 +159,7 @@ def test_segmenter_in_process(served_bundles, acdc_dir):
     image, gt, box = _test_case(acdc_dir)
     scores = {}
     for name in ("unetr_prato", "unetr_prato_untrained"):
-        segmenter = BoxPromptSegmenter(os.path.join(served_bundles, name), overrides=TINY)
+        segmenter = BoxPromptSegmenter(os.path.join(served_bundles, name))  # sizes from the checkpoint
         label, affine, used = segmenter(image, boxes_from_request({"box": box}))
         assert label.shape == gt.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
         np.testing.assert_allclose(affine, nib.load(image).affine, atol=1e-4)
@@ -212,6 +214,8 @@ def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, 
     studies = tmp_path / "studies"
     studies.mkdir()
     shutil.copy(image, studies)
+    # no bundle_overrides: the bundles were trained (or saved) at 32 x 32 with a tiny ViT, and their checkpoints
+    # record it, so the server builds those networks instead of the bundles' 224 x 224 ViT-B defaults
     with _server(monailabel_python, served_bundles, str(studies), tmp_path,
                  ["--conf", "models", "unetr_prato,unetr_prato_untrained"]) as (base, info, _log):
         assert {"unetr_prato", "unetr_prato_untrained"} <= set(info["models"])
@@ -243,11 +247,14 @@ def test_monailabel_server_infers_with_a_box(monailabel_python, served_bundles, 
 
 
 @contextlib.contextmanager
-def _server(python: str, bundles: str, studies: str, tmp_path, extra: list[str], tmpdir: str | None = None):
-    """A MONAI Label server on 127.0.0.1 serving ``bundles``; yields (base url, /info/ at start, log path)."""
+def _server(python: str, bundles: str, studies: str, tmp_path, extra: list[str], tmpdir: str | None = None,
+            overrides: dict | None = None):
+    """A MONAI Label server on 127.0.0.1 serving ``bundles`` (with ``bundle_overrides`` when given); yields (base
+    url, /info/ at start, log path)."""
     port = _free_port()
+    conf = ["--conf", "bundle_overrides", json.dumps(overrides)] if overrides else []
     command = [python, "-m", "monailabel.main", "start_server", "--app", os.path.join(ROOT, "monailabel_app"),
-               "--studies", studies, "--conf", "bundles", bundles, "--conf", "bundle_overrides", json.dumps(TINY),
+               "--studies", studies, "--conf", "bundles", bundles, *conf,
                "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1",
                "--port", str(port), *extra]
     log_path = tmp_path / f"server-{port}.log"
@@ -326,7 +333,8 @@ def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_di
     image_id = os.path.basename(image)[: -len(".nii.gz")]
     server_tmp = tmp_path / "server_tmp"
     server_tmp.mkdir()
-    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path, [], tmpdir=str(server_tmp)) as (
+    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path, [], tmpdir=str(server_tmp),
+                 overrides=TINY) as (
             base, info, log):
         # a bundle that cannot load is skipped with its reason; the others are served
         assert set(info["models"]) == {"tiny"}, info["models"].keys()
@@ -404,7 +412,7 @@ def test_monailabel_server_concurrent_clients(monailabel_python, tiny_bundles, t
     studies.mkdir()
     n = 6
     with _server(monailabel_python, tiny_bundles, str(studies), tmp_path,
-                 ["--conf", "models", "tiny", "--conf", "infer_concurrency", "2"]) as (base, info, _log):
+                 ["--conf", "models", "tiny", "--conf", "infer_concurrency", "2"], overrides=TINY) as (base, info, _log):
         assert info["infer_concurrency"] == 2
         url = f"{base}/infer/tiny?output=image"
         results: list = []
