@@ -68,6 +68,7 @@ from monailabel.interfaces.utils.app import app_instance
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 import prato_components
+from prato_components.engine import trained_settings
 from prato_components.interactive import (
     IMAGE_SUFFIXES,
     BoxPromptSegmenter,
@@ -95,18 +96,6 @@ def _value_error(error: BaseException) -> ValueError | None:
 
 def _strtobool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _check_weights(path: str) -> None:
-    """Raise ``ValueError`` naming ``path`` when it is not a readable torch checkpoint (torch's own error for a
-    corrupt file can be as bare as ``IndexError: pop from empty list``)."""
-    import torch
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001
-        raise ValueError(f"weights {path} are not a readable torch checkpoint (corrupt, truncated or another "
-                         f"format?): {type(error).__name__}: {error}") from error
 
 
 class BoxPromptInferTask(InferTask):
@@ -226,7 +215,7 @@ class PratoBundlesApp(MONAILabelApp):
                 self._skip(name, f"no weights at {weights} (train the bundle or download it into {local})")
                 continue
             try:
-                _check_weights(weights)
+                trained_settings(weights)  # a corrupt or truncated file is named here, not deep in the config
                 infers[name] = BoxPromptInferTask(
                     bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
                     restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,

@@ -102,3 +102,12 @@ def test_resuming_with_other_shapes_is_refused(trained, acdc_dir):
         run_bundle("unetr_prato", "train", trained, dataset_dir=acdc_dir, epochs=2, hidden_size=48,
                    **{"train#trainer#epoch_length": 1})
     assert "last.pt was written by a run with hidden_size=32 (this run: 48)" in error_text(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"this is not a torch checkpoint", b""])
+def test_a_corrupt_checkpoint_is_named(tmp_path, content):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    for read in (load_weights, trained_settings):
+        with pytest.raises(ValueError, match=f"weights {path} are not a readable torch checkpoint"):
+            read(str(path))

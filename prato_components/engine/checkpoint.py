@@ -55,10 +55,20 @@ def _weights_file(network: torch.nn.Module, settings: Mapping | None) -> dict:
     return {"model": unwrap(network).state_dict(), "network_settings": dict(settings or {})}
 
 
+def _load(path: str, **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)``; ``ValueError`` naming ``path`` when it is not a readable checkpoint
+    (torch's own error for a corrupt file can be as bare as ``IndexError: pop from empty list``)."""
+    try:
+        return torch.load(path, weights_only=True, **kwargs)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"weights {path} are not a readable torch checkpoint (corrupt, truncated or another "
+                         f"format?): {type(error).__name__}: {error}") from error
+
+
 def load_weights(path: str, map_location: Any = "cpu") -> tuple[dict, dict]:
     """The state dict and the network settings in a checkpoint: a weights file (``{"model": ...}``), a training
     checkpoint (``{"network": ...}``, e.g. ``last.pt``) or a plain state dict (no settings: ``{}``)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = _load(path, map_location=map_location)
     settings = state.get("network_settings", {}) if isinstance(state, dict) else {}
     for key in ("model", "network", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -70,7 +80,7 @@ def trained_settings(path: str) -> dict:
     """The network settings recorded in checkpoint ``path``; ``{}`` when it does not exist or records none."""
     if not os.path.isfile(path):
         return {}
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = _load(path, map_location="cpu", mmap=True)
     return dict(state.get("network_settings", {})) if isinstance(state, dict) else {}
 
 
