@@ -437,3 +437,13 @@ def test_box_mask_carried_through_spatial_transforms_3d():
     # resize: (4, 4, 1, 8, 12, 4); padding at the end keeps it; flipping axis 2 (size 4) maps [1, 4) to [0, 3)
     assert_boxes(out["box"], [[4, 4, 0, 8, 12, 3]], atol=1.0)
     assert out["box_mask"].shape == (1, 20, 16, 4)
+
+
+@pytest.mark.parametrize("boxes", [[[4, 4, 1e308, 20]], np.array([[4.0, 4.0, -1e308, 20.0]]),
+                                   torch.tensor([[4.0, 4.0, 1e308, 20.0]], dtype=torch.float64)])
+def test_a_finite_box_beyond_float32_is_not_called_nan(boxes):
+    from prato_components.prompts.boxes import validate_boxes
+
+    with pytest.raises(ValueError, match=r"beyond the float32 range of box coordinates") as caught:
+        validate_boxes(boxes, (32, 32))
+    assert "NaN" not in str(caught.value)

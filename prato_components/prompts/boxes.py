@@ -73,6 +73,21 @@ def _as_float_tensor(boxes: NdarrayOrTensor | Sequence) -> torch.Tensor:
     return convert_data_type(boxes, torch.Tensor, dtype=torch.float32)[0]
 
 
+def _check_float32_range(boxes: NdarrayOrTensor | Sequence, name: str) -> None:
+    """``ValueError`` for finite values too large for float32 (``1e308`` would silently become ``inf``)."""
+    if isinstance(boxes, torch.Tensor):
+        wide = boxes.detach().cpu().double() if boxes.dtype == torch.float64 else None
+    else:
+        array = np.asarray(boxes) if isinstance(boxes, np.ndarray) else np.asarray(boxes, dtype=object)
+        wide = torch.as_tensor(array.astype(np.float64)) if array.dtype.kind in "fO" and array.size else None
+    if wide is None:
+        return
+    big = torch.isfinite(wide) & (wide.abs() > torch.finfo(torch.float32).max)
+    if big.any():
+        value = float(wide[big][0])
+        raise ValueError(f"{name} holds {value:g}, beyond the float32 range of box coordinates (|v| <= 3.4e+38)")
+
+
 def _like(out: torch.Tensor, ref: NdarrayOrTensor | Sequence | None) -> NdarrayOrTensor:
     """``out`` as numpy when ``ref`` is numpy, else as a plain tensor on ``ref``'s device; float32 values."""
     if isinstance(ref, np.ndarray):
@@ -275,7 +290,7 @@ def validate_boxes(
 
     A box partially outside the image is legal (use :func:`clip_boxes`); the errors are:
 
-    - NaN or inf values;
+    - NaN or inf values, and finite values beyond the float32 range (they would become inf);
     - a wrong number of values for the image dimensionality (``spatial_shape`` given), or other than
       4 / 6 values otherwise;
     - an empty/inverted box (``max < min`` on an axis): a padding row, legal only with ``allow_padding``;
@@ -294,6 +309,7 @@ def validate_boxes(
     Raises:
         ValueError: with a message naming ``name``, the row, its values and the problem.
     """
+    _check_float32_range(boxes, name)
     t = _as_float_tensor(boxes)
     if t.ndim == 1:
         t = t[None]
