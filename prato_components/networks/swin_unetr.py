@@ -66,9 +66,10 @@ from monai.networks.nets.swin_unetr import (
 )
 
 from prato_components.networks.inputs import check_network_boxes
-from prato_components.networks.tokens import FILL_POLICIES, BlockReport, StageReport
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, straight_through
+from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.executor import FILL_POLICIES, BlockReport, StageReport
+from prato_components.tokens.stage import StageInput, TokenSelection, straight_through
 
 __all__ = [
     "SWIN_EXECUTORS",
