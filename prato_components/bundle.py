@@ -27,8 +27,8 @@ from prato_components.data import (
     load_or_create_split,
     slice_datalist,
 )
-from prato_components.networks.tokens import EXECUTOR_MODES, FILL_POLICIES
 from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
+from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
 
 __all__ = [
     "PROMPTS",

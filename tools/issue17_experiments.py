@@ -91,7 +91,7 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     from monai.bundle import ConfigParser
 
     from prato_components.engine import load_weights
-    from prato_components.pruners.base import scatter_to_grid
+    from prato_components.tokens.stage import scatter_to_grid
 
     parser = ConfigParser()
     parser.read_config(os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json"))

@@ -1,6 +1,6 @@
 """Data set layouts (ACDC, ISIC, MSD/decathlon), splits, data transforms and synthetic generators."""
 
-from prato_components.data.datalists import (
+from prato_components.data.readers import (
     ACDC_LABELS,
     DATASETS,
     ISIC_LAYOUTS,
@@ -9,11 +9,10 @@ from prato_components.data.datalists import (
     acdc_slice_datalist,
     decathlon_datalist,
     isic_datalist,
-    load_or_create_split,
     parse_acdc_info,
     slice_datalist,
-    split_datalist,
 )
+from prato_components.data.splits import load_or_create_split, split_datalist
 from prato_components.data.synthetic import (
     ACDC_GROUPS,
     make_acdc_like,

@@ -21,7 +21,7 @@ import numpy as np
 from monai.config import PathLike
 from PIL import Image, ImageDraw
 
-from prato_components.data.datalists import ISIC_LAYOUTS
+from prato_components.data.readers import ISIC_LAYOUTS
 
 __all__ = [
     "ACDC_GROUPS",

@@ -15,8 +15,8 @@ from ignite.engine import Engine, Events
 
 from prato_components.atomic import atomic_write_text
 from prato_components.engine.distributed import unwrap
-from prato_components.networks.tokens import kept_token_work
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.executor import kept_token_work
 
 __all__ = ["PerClassHistory", "PruningWarmup", "TokenSparsityHandler", "keep_ratio_schedule", "summarise_token_reports"]
 
@@ -31,7 +31,7 @@ def summarise_token_reports(stage_reports: list, block_reports: list) -> dict[st
     Returns ``{"kept_fraction/stage<s>": tokens kept / tokens in at pruned stage s, "kept_fraction": the token-block
     work done over the work unpruned, "token_sparsity": 1 - kept_fraction}``, both averaged over images. Token
     sparsity is the fraction of the encoder's token-block work that pruning removed (defined once for every
-    backbone in :func:`~prato_components.networks.tokens.kept_token_work`); an unpruned network reports 0.
+    backbone in :func:`~prato_components.tokens.kept_token_work`); an unpruned network reports 0.
     """
     stage_in: dict[int, float] = {}
     stage_kept: dict[int, float] = {}

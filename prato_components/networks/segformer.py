@@ -46,9 +46,9 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
 
 __all__ = [
     "SegFormer",

@@ -28,11 +28,11 @@ from monai.networks.blocks import Convolution, PatchEmbeddingBlock, TransformerB
 from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets.resnet import ResNetBottleneck
 
-from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.blocks import check_supported_block
+from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
 
 __all__ = ["TransUNet", "TRANSUNET_STAGES", "HybridResNetEncoder", "CascadedUpsampler"]
 

@@ -18,11 +18,11 @@ import torch.nn as nn
 from monai.networks.nets import UNETR
 from monai.utils import ensure_tuple_rep
 
-from prato_components.networks.blocks import check_supported_block
 from prato_components.networks.inputs import check_image, check_network_boxes
-from prato_components.networks.tokens import BlockReport, StageReport, TokenState, check_executor
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.blocks import check_supported_block
+from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
 
 __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 

@@ -3,7 +3,7 @@
 A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s declares its stage boundaries as
 ``{stage: block index}`` (the boundary sits *after* that 0-based block) and hands its pruners by stage to
 :func:`run_pruned_blocks`, which runs the blocks on the live tokens of a
-:class:`~prato_components.networks.tokens.TokenState` and applies each pruner's selection at its boundary.
+:class:`~prato_components.tokens.TokenState` and applies each pruner's selection at its boundary.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from prato_components.networks.blocks import transformer_block_forward
-from prato_components.networks.tokens import TokenState, kept_token_work
 from prato_components.pruners.base import TokenPruner
 from prato_components.pruners.registry import PRUNERS, create_pruner
+from prato_components.tokens.blocks import transformer_block_forward
+from prato_components.tokens.executor import TokenState, kept_token_work
 
 __all__ = ["PrunedNetworkMixin", "build_pruner", "executor_mode", "run_pruned_blocks"]
 
@@ -25,15 +25,15 @@ __all__ = ["PrunedNetworkMixin", "build_pruner", "executor_mode", "run_pruned_bl
 class PrunedNetworkMixin:
     """What every pruned backbone offers: the kept fraction of the last forward pass and loading the state dict of
     its unpruned counterpart. A backbone sets, in each forward pass, :attr:`token_report` (per pruned stage: tokens
-    in and kept, :class:`~prato_components.networks.tokens.StageReport`) and :attr:`block_report` (per transformer
-    block of the encoder, pruned or not: the tokens it ran on, :class:`~prato_components.networks.tokens.BlockReport`)."""
+    in and kept, :class:`~prato_components.tokens.StageReport`) and :attr:`block_report` (per transformer
+    block of the encoder, pruned or not: the tokens it ran on, :class:`~prato_components.tokens.BlockReport`)."""
 
     token_report: list
     block_report: list
 
     def kept_fraction(self) -> float:
         """Kept token-block work of the last forward pass, mean over its images: ``1 - token sparsity`` (the one
-        definition, :func:`~prato_components.networks.tokens.kept_token_work`); 1 before any forward pass."""
+        definition, :func:`~prato_components.tokens.kept_token_work`); 1 before any forward pass."""
         return float(kept_token_work(getattr(self, "block_report", [])).mean())
 
     def load_unpruned_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:

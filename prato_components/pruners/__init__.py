@@ -1,14 +1,6 @@
 """Token pruners behind one interface (:mod:`.base`), available by name (:mod:`.registry`)."""
 
-from prato_components.pruners.base import (
-    StageInput,
-    TokenPruner,
-    TokenSelection,
-    keep_count,
-    select_threshold,
-    select_topk,
-    straight_through,
-)
+from prato_components.pruners.base import TokenPruner, keep_count, select_threshold, select_topk
 from prato_components.pruners.prato import PrATo, entropy_rank_weights, prompt_boxes_or_image
 from prato_components.pruners.registry import PRUNERS, create_pruner, register_pruner
 from prato_components.pruners.roi_align import roi_align
@@ -19,3 +11,6 @@ from prato_components.pruners.stp import STP, MultiLayerTokenAssembly
 from prato_components.pruners.tram import TRAM, attention_graph_centrality
 from prato_components.pruners.dtop import DTOP_BUDGETS, DToP, protected_tokens
 from prato_components.pruners.evovit import EvoViT, attention_received, representative_weights
+
+# the token core's data types, re-exported here (their old import path)
+from prato_components.tokens.stage import StageInput, TokenSelection, straight_through

@@ -30,8 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk
+from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.registry import register_pruner
+from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["DTOP_BUDGETS", "DToP", "protected_tokens"]
 

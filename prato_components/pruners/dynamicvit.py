@@ -20,10 +20,11 @@ import math
 
 import torch
 
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk, straight_through
+from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.predictor import LocalGlobalPredictor
 from prato_components.pruners.registry import register_pruner
 from prato_components.pruners.stp import gumbel_noise
+from prato_components.tokens.stage import StageInput, TokenSelection, straight_through
 
 __all__ = ["DynamicViT"]
 

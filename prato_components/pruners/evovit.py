@@ -30,9 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prato_components.networks.blocks import transformer_block_forward
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk
+from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.registry import register_pruner
+from prato_components.tokens.blocks import transformer_block_forward
+from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["EvoViT", "attention_received", "representative_weights"]
 

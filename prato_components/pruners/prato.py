@@ -34,9 +34,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_threshold, select_topk
+from prato_components.pruners.base import TokenPruner, select_threshold, select_topk
 from prato_components.pruners.registry import register_pruner
 from prato_components.pruners.roi_align import roi_align
+from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["PrATo", "entropy_rank_weights", "prompt_boxes_or_image"]
 

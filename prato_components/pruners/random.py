@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk
+from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.registry import register_pruner
+from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["RandomPruner"]
 

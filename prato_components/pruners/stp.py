@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-from prato_components.networks.blocks import transformer_block_forward
-from prato_components.pruners.base import StageInput, TokenPruner, TokenSelection, select_topk
+from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.predictor import LocalGlobalPredictor
 from prato_components.pruners.registry import register_pruner
+from prato_components.tokens.blocks import transformer_block_forward
+from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["STP", "MultiLayerTokenAssembly", "gumbel_noise"]
 

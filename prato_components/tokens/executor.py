@@ -1,0 +1,374 @@
+"""The executor: applies a :class:`TokenSelection` to the live tokens and restores the full grid.
+
+Modes (``TokenState(mode=...)``):
+
+- ``"gather"``: kept tokens are gathered (``torch.gather``) and later blocks run on ``[B, K, C]``. Needs a
+  selection with the same ``K`` in every image (top-k). This is where the speed comes from.
+- ``"padded"``: variable ``K`` per image (fixed threshold) gathered to the batch maximum; padding rows are
+  excluded from attention by a key mask (:attr:`TokenState.key_mask`).
+- ``"mask"``: the paper's literal ``beta * Y``: tokens are multiplied by the 0/1 keep mask and the full
+  length is kept. A reference; it saves nothing.
+- ``"attention_mask"``: the full length is kept and pruned tokens are masked out of attention as keys, so kept
+  tokens compute exactly what ``gather`` computes for them (the correctness anchor). With a differentiable
+  selection in training the key mask is a straight-through float policy (DynamicViT's training mode).
+
+Restoring the grid (for dense decoders) scatters the live tokens back; pruned positions are filled by
+``fill="zero"`` (the literal ``beta * Y``) or ``fill="carry"`` (the value the token had when pruned).
+
+Token sparsity, one definition for every backbone (:func:`kept_token_work`): every transformer block of the
+encoder reports the tokens it ran on (:class:`BlockReport`), and the sparsity is the fraction of that token-block
+work the pruning removed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
+
+__all__ = [
+    "EXECUTOR_MODES",
+    "FILL_POLICIES",
+    "BlockReport",
+    "StageReport",
+    "TokenState",
+    "check_executor",
+    "kept_token_work",
+]
+
+EXECUTOR_MODES = ("gather", "padded", "mask", "attention_mask")
+FILL_POLICIES = ("zero", "carry")
+
+
+def check_executor(mode: str | None, fill: str, modes: tuple[str, ...] = EXECUTOR_MODES) -> None:
+    """Raise ``ValueError`` for an unknown executor mode (``None`` skips the check) or fill policy."""
+    if mode is not None and mode not in modes:
+        raise ValueError(f"unknown executor mode {mode!r}; choose one of {modes}")
+    if fill not in FILL_POLICIES:
+        raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
+
+
+@dataclass
+class StageReport:
+    """Tokens entering and kept at one stage boundary, per image (``[B]`` float tensors)."""
+
+    stage: int
+    tokens_in: torch.Tensor
+    tokens_kept: torch.Tensor
+
+    @property
+    def kept_fraction(self) -> float:
+        return float(self.tokens_kept.sum() / self.tokens_in.sum().clamp(min=1))
+
+
+@dataclass
+class BlockReport:
+    """The tokens one transformer block of the encoder ran on in a forward pass: ``tokens`` per image (``[B]``
+    float), out of ``grid_tokens``, the tokens of its grid (what it runs on unpruned)."""
+
+    tokens: torch.Tensor
+    grid_tokens: int
+
+
+def kept_token_work(blocks: Sequence[BlockReport]) -> torch.Tensor:
+    """``[B]``: per image, the tokens all transformer blocks of the encoder ran on over the tokens they run on
+    unpruned, ``sum_b tokens_b / sum_b grid_tokens_b``; **token sparsity** is ``1 -`` this (ones when nothing was
+    reported).
+
+    The one definition of token sparsity, the same for every backbone: the fraction of the transformer's
+    token-block work (each block's norms, projections and MLP are computed once per token) that pruning removed.
+    A block before the first pruned boundary counts with all its tokens, so pruning earlier removes more, and the
+    blocks of a hierarchical encoder (SegFormer's MiT stages, Swin's layers) each count on their own grid. The
+    kept fraction of the last pruned stage alone is not comparable across backbones: in a plain ViT keep ratios
+    compound (0.75 at stages 1 and 2 leave 0.5625 of the grid), in SegFormer each stage decides afresh on its own
+    grid (0.75), and neither says how many blocks ran pruned. Counts are the tokens the pruning decisions leave alive
+    (what the ``gather`` executor computes; the full-length reference executors model the same decisions, so they
+    report the same); helper tokens a pruner adds (Evo-ViT's representative token) are not counted. Tokens are not
+    FLOPs: the blocks of different stages differ in width, and attention grows with the square of the tokens;
+    ``tools/benchmark.py`` measures FLOPs.
+    """
+    if not blocks:
+        return torch.ones(1)
+    done = torch.stack([block.tokens.detach().float().cpu() for block in blocks]).sum(0)
+    return done / float(sum(block.grid_tokens for block in blocks))
+
+
+def _flat_rows(index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[B, K]`` row indices into ``[B, num_rows, ...]`` as ``[B * K]`` indices into ``[B * num_rows, ...]``."""
+    offsets = torch.arange(index.shape[0], device=index.device).unsqueeze(1) * num_rows
+    return (index + offsets).reshape(-1)
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` for ``x`` of shape ``[B, n, ...]`` and ``index`` ``[B, K]``.
+
+    Whole rows are copied with ``index_select`` on the flattened batch (several times faster on CPU than ``gather``
+    with an index expanded over the channels, and the same values).
+    """
+    if x.ndim == 2:
+        return x.gather(1, index)
+    batch, num = x.shape[:2]
+    rows = x.reshape(batch * num, *x.shape[2:]).index_select(0, _flat_rows(index, num))
+    return rows.view(batch, index.shape[1], *x.shape[2:])
+
+
+class TokenState:
+    """The live tokens of one forward pass and the executor that prunes them.
+
+    Args:
+        tokens: the full token sequence ``[B, N, C]`` on ``grid_shape``.
+        grid_shape: token grid, ``prod(grid_shape) == N``.
+        mode: one of :data:`EXECUTOR_MODES`.
+        fill: one of :data:`FILL_POLICIES`, used by :meth:`restore`.
+    """
+
+    def __init__(self, tokens: torch.Tensor, grid_shape: tuple[int, ...], mode: str = "gather", fill: str = "carry"):
+        check_executor(mode, fill)
+        if tokens.shape[1] != math.prod(grid_shape):
+            raise ValueError(f"{tokens.shape[1]} tokens do not fill a grid of shape {tuple(grid_shape)}")
+        self.mode, self.fill = mode, fill
+        self.grid_shape = tuple(grid_shape)
+        self.num_tokens = tokens.shape[1]
+        self.tokens = tokens
+        self.token_index: torch.Tensor | None = None  # [B, n] grid positions; None while nothing is pruned
+        self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
+        self.alive: torch.Tensor | None = None  # [B, N] full-length modes: tokens not yet pruned
+        self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
+        self._kept: list[tuple[int, torch.Tensor]] = []  # (stage, alive mask or live grid positions after it)
+        self._flat_index: torch.Tensor | None = None  # [B * n] rows of the flattened grid, gather without padding
+        self._zero_grids: dict[tuple, torch.Tensor] = {}  # inference: zero-filled grids reused between blocks
+        self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
+        self.reports: list[StageReport] = []
+        self.block_reports: list[BlockReport] = []
+        self._live_counts: torch.Tensor | None = None  # [B] live tokens per image, until the next apply
+        self.aux_losses: list[torch.Tensor] = []
+        self.aux_logits: list[torch.Tensor] = []
+        self.memory: dict = {}
+
+    @property
+    def pruned(self) -> bool:
+        return self.token_index is not None or self.alive is not None
+
+    def live_counts(self) -> torch.Tensor:
+        """``[B]`` float: tokens still alive per image (padding rows and pruned tokens excluded)."""
+        if self._live_counts is None:
+            if self.alive is not None:
+                self._live_counts = self.alive.sum(1, dtype=torch.float32)
+            elif self.valid is not None:
+                self._live_counts = self.valid.sum(1, dtype=torch.float32)
+            else:
+                batch, live = self.tokens.shape[:2]
+                self._live_counts = torch.full((batch,), float(live), device=self.tokens.device)
+        return self._live_counts
+
+    def record_block(self) -> None:
+        """Report a transformer block that just ran on the live tokens (:class:`BlockReport`, for the sparsity)."""
+        self.block_reports.append(BlockReport(self.live_counts(), self.num_tokens))
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        """``[B, n]`` key mask for attention (``True``/1 attends): padding rows in ``padded`` mode, pruned
+        tokens in ``attention_mask`` mode (a float policy when it carries a gradient); ``None`` otherwise."""
+        if self.mode == "attention_mask":
+            return self.policy if self.policy is not None else self.alive
+        return self.valid
+
+    def _on_grid(self, live: torch.Tensor) -> torch.Tensor:
+        """``[B, N]`` bool alive grid from a full-length alive mask (returned as is) or the live tokens' grid
+        positions (padding rows, at position ``N``, are dropped)."""
+        if live.dtype == torch.bool:
+            return live
+        return scatter_to_grid(live, torch.ones_like(live, dtype=torch.bool), self.num_tokens)
+
+    def alive_grid(self) -> torch.Tensor:
+        """``[B, N]`` bool: grid positions whose token is still alive."""
+        if self.alive is None and self.token_index is None:
+            return torch.ones(self.tokens.shape[0], self.num_tokens, dtype=torch.bool, device=self.tokens.device)
+        return self._on_grid(self.alive if self.alive is not None else self.token_index)
+
+    @property
+    def kept_grids(self) -> list[tuple[int, torch.Tensor]]:
+        """``(stage, [B, N] bool alive after that stage)`` per pruned stage, built on request (inference never
+        needs them, so the forward pass does not pay for the scatters)."""
+        return [(stage, self._on_grid(live)) for stage, live in self._kept]
+
+    def pruned_at(self) -> torch.Tensor:
+        """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
+        stage_of = torch.zeros(self.tokens.shape[0], self.num_tokens, dtype=torch.long, device=self.tokens.device)
+        previous = None
+        for stage, alive in self.kept_grids:
+            dropped = ~alive if previous is None else previous & ~alive
+            stage_of = stage_of.masked_fill(dropped, stage)
+            previous = alive
+        return stage_of
+
+    # ------------------------------------------------------------------ stage boundary
+    def stage_input(
+        self,
+        stage: int,
+        stride: tuple[float, ...],
+        boxes: torch.Tensor | None,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> StageInput:
+        """Describe the live tokens to a pruner."""
+        tokens, index, valid = self.tokens, self.token_index, self.valid
+        if self.alive is not None:  # full-length modes: show the pruner only the tokens still alive
+            index, valid = self._compact(self.alive)
+            tokens = _gather_rows(self.tokens, index.clamp(max=self.num_tokens - 1))
+        if index is None:
+            index = torch.arange(self.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
+        return StageInput(
+            tokens=tokens,
+            token_index=index,
+            valid=valid,
+            grid_shape=self.grid_shape,
+            stride=tuple(float(s) for s in stride),
+            boxes=boxes,
+            stage=stage,
+            feature_map=lambda: self.feature_map(),
+            attentions=list(attentions or []),
+            memory=self.memory,
+        )
+
+    def apply(self, selection: TokenSelection, stage: int, inputs: StageInput) -> None:
+        """Prune the live tokens according to ``selection`` (made over ``inputs``)."""
+        keep = selection.keep_mask if inputs.valid is None else selection.keep_mask & inputs.valid
+        kept = keep.detach().sum(1, dtype=torch.float32)
+        tokens_in = kept.new_full(kept.shape, keep.shape[1]) if inputs.valid is None else inputs.valid.sum(1, dtype=torch.float32)
+        self.reports.append(StageReport(stage, tokens_in, kept))
+        if selection.aux_loss is not None:
+            self.aux_losses.append(selection.aux_loss)
+        if selection.aux_logits is not None:
+            self.aux_logits.append(selection.aux_logits)
+        weights = None
+        if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
+            weights = straight_through(keep, selection.scores)
+        self.carry = self.restore(fill="carry")  # value of every token now, kept for those pruned here
+        self._live_counts = None
+        if self.mode in ("mask", "attention_mask"):
+            self._apply_mask(keep, weights, inputs)
+        elif self.mode == "gather":
+            if selection.keep_index is None:
+                raise ValueError(
+                    "executor mode 'gather' needs a selection with the same number of tokens in every image "
+                    "(top-k or percentile threshold); a fixed threshold keeps a variable number: use mode 'padded' "
+                    "or 'mask'"
+                )
+            self._apply_gather(selection.keep_index, None, weights, inputs)
+        else:
+            order, valid = self._compact(keep)
+            self._apply_gather(order, valid, weights, inputs)
+        self._kept.append((stage, self.alive if self.alive is not None else self.token_index))
+
+    def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
+        counts = keep.sum(1)
+        k_max = int(counts.max())
+        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
+        valid = _gather_rows(keep, order)
+        if bool(valid.all()):
+            return order, None
+        return order.masked_fill(~valid, keep.shape[1]), valid
+
+    def _apply_gather(self, rows, valid, weights, inputs) -> None:
+        rows_safe = rows if valid is None else rows.clamp(max=self.tokens.shape[1] - 1)
+        tokens = _gather_rows(self.tokens, rows_safe)
+        if weights is not None:
+            tokens = tokens * _gather_rows(weights, rows_safe).unsqueeze(-1)
+        index = _gather_rows(inputs.token_index, rows_safe)
+        if valid is not None:
+            index = index.masked_fill(~valid, self.num_tokens)
+        self.tokens, self.token_index, self.valid = tokens, index, valid
+        self._flat_index = _flat_rows(index, self.num_tokens) if valid is None else None
+        self._zero_grids.clear()  # rows written for the previous live set would no longer be overwritten
+
+    def _apply_mask(self, keep, weights, inputs) -> None:
+        self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
+        factor = None
+        if weights is not None:  # straight-through keep weights on the grid (0 where dead)
+            factor = scatter_to_grid(inputs.token_index, weights * keep, self.num_tokens)
+            if self.policy is not None:
+                factor = factor * self.policy
+        if self.mode == "attention_mask":
+            self.policy = factor
+        else:
+            self.tokens = self.tokens * (self.alive.to(self.tokens.dtype) if factor is None else factor).unsqueeze(-1)
+
+    # ------------------------------------------------------------------ restoring the grid
+    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        """``base`` with ``tokens`` written at the live tokens' grid positions (padding rows dropped); whole rows are
+        copied with ``index_copy_`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index).
+        ``fresh``: ``base`` is a new tensor of ours and is written in place; otherwise it is copied first."""
+        batch, num, channels = base.shape
+        rows = tokens.reshape(-1, channels)
+        if self.valid is None:
+            flat = base.reshape(batch * num, channels)
+            return (flat if fresh else flat.clone()).index_copy_(0, self._flat_index, rows).view(batch, num, channels)
+        # padding rows point at an extra row N, cut off afterwards (the concatenation is a new tensor)
+        base = torch.cat([base, base.new_zeros(batch, 1, channels)], dim=1)
+        flat = base.reshape(batch * (num + 1), channels).index_copy_(0, _flat_rows(self.token_index, num + 1), rows)
+        return flat.view(batch, num + 1, channels)[:, :num]
+
+    def _zero_grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A zero ``[B, N, C]`` grid for scratch restores, made once per width: they write only the live rows, which
+        stay the same until the next :meth:`apply`, so the other rows stay zero."""
+        key = (tokens.shape[0], tokens.shape[2], tokens.dtype, tokens.device)
+        if key not in self._zero_grids:
+            self._zero_grids[key] = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        return self._zero_grids[key]
+
+    def live_rows(self, grid: torch.Tensor) -> torch.Tensor:
+        """The rows of a full grid ``[B, N, C]`` at the live tokens' positions, aligned with :attr:`tokens`; the
+        grid itself while nothing is gathered (unpruned or a full-length mode)."""
+        if self.token_index is None:
+            return grid
+        batch, num, channels = grid.shape
+        if self.valid is None:
+            rows = self._flat_index
+        else:  # padding rows read a real row; their result is unused
+            rows = _flat_rows(self.token_index.clamp(max=num - 1), num)
+        return grid.reshape(batch * num, channels).index_select(0, rows).view(batch, -1, channels)
+
+    def restore(
+        self,
+        tokens: torch.Tensor | None = None,
+        fill: str | None = None,
+        carry_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scratch: bool = False,
+    ) -> torch.Tensor:
+        """The live tokens (or ``tokens`` aligned with them) on the full grid, ``[B, N, C]``.
+
+        Args:
+            tokens: values aligned with the live tokens (e.g. after a final norm); default the live tokens.
+            fill: override of the fill policy.
+            carry_transform: applied to the carried values (e.g. the same final norm), ``carry`` fill only.
+            scratch: the result is consumed before the next restore (e.g. by a convolution), so a ``zero`` fill
+                without autograd may reuse one zero grid per width instead of allocating and zeroing a new one.
+        """
+        tokens = self.tokens if tokens is None else tokens
+        fill = self.fill if fill is None else fill
+        if not self.pruned:
+            return tokens
+        if scratch and fill == "zero" and self.alive is None and self.valid is None and not torch.is_grad_enabled():
+            return self._scatter(self._zero_grid(tokens), tokens, fresh=True)
+        if fill == "carry" and self.carry is not None:
+            base = self.carry if carry_transform is None else carry_transform(self.carry)
+        else:
+            base = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        if self.alive is not None:
+            return torch.where(self.alive.unsqueeze(-1), tokens, base)
+        return self._scatter(base, tokens, fresh=base is not self.carry and not base._is_view())
+
+    def feature_map(self) -> torch.Tensor:
+        """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill; a channels-last view)."""
+        grid = self.restore(fill="carry")
+        return grid.view(grid.shape[0], *self.grid_shape, grid.shape[2]).movedim(-1, 1)
+
+    @property
+    def aux_loss(self) -> torch.Tensor | None:
+        """Sum of the side losses the pruners returned in this forward pass."""
+        return torch.stack(self.aux_losses).sum() if self.aux_losses else None
