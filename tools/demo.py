@@ -1,6 +1,6 @@
 """The main job on an embedded default: synthetic ACDC-like data, a short unetr_prato training, evaluation.
 
-    python tools/demo.py                      # about 12 minutes on 2 CPU cores (measured while other jobs ran)
+    python tools/demo.py                      # about 5 minutes on 2 CPU cores (12 while other jobs ran)
     python tools/demo.py --epochs 30 --workdir /tmp/prato_demo
 
 It runs the bundle exactly as a user would (``python -m monai.bundle run ...`` in a subprocess; the commands
