@@ -29,7 +29,9 @@ from prato_components.bundle import SETTING_RULES  # noqa: E402
 
 BUNDLE_VERSION = "0.2.0"
 CHANGELOG = {
-    "0.2.0": "unknown override keys stop a run with the closest known key; num_workers defaults to min(4, CPUs); "
+    "0.2.0": "checkpoints record the network settings they were trained with, and evaluate.json / inference.json "
+    "build that network without the training overrides; unknown override keys stop a run with the closest known key, "
+    "and settings values are checked at start; num_workers defaults to min(4, CPUs); "
     "token sparsity means the share of the encoder's token-block work removed, for every backbone; the export takes "
     "any number of boxes per image and names inputs it cannot take; share zips carry one set of weights "
     "(prato_components 0.2.0, which declares scipy); "
