@@ -1,15 +1,24 @@
-"""Shared fixtures: tiny synthetic data sets in the real layouts, and a helper to run bundles in-process."""
+"""Shared fixtures and helpers: tiny synthetic data sets in the real layouts, a helper to run bundles in-process, and
+the tiny networks, images and stage inputs the unit tests under ``pruners/``, ``networks/`` and ``tokens/`` share.
+
+Test modules import the plain helpers with ``from conftest import ...``: pytest puts this folder on ``sys.path``
+(rootdir-relative ``prepend`` import mode, no ``__init__.py``), so the same import works from every subfolder."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from prato_components.networks import PrunedUNETR, TokenState  # noqa: E402 - after the repository is on the path
+from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +64,60 @@ def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------- tiny UNETR and inputs
+UNETR_TINY = dict(in_channels=1, out_channels=3, img_size=64, spatial_dims=2, hidden_size=32, mlp_dim=64, num_heads=2, feature_size=8)
+UNETR_GRID = (4, 4)  # the tiny UNETR's token grid: 64 / 16 per axis
+UNETR_TOKENS = 16
+UNETR_BOXES = torch.tensor([[16.0, 16.0, 48.0, 40.0], [0.0, 8.0, 30.0, 64.0]])  # one box per image of a batch of 2
+COMMON_PRUNERS = ("random", "tram", "stp", "dynamicvit")  # the pruners the common-interface tests run on UNETR
+
+
+def tiny_unetr(pruner=None, completion=None, **kwargs) -> PrunedUNETR:
+    """A 64 x 64, 2D, width-32 PrunedUNETR (4 x 4 tokens), pruned at stages 1 and 2 unless told otherwise; seed 0."""
+    torch.manual_seed(0)
+    kwargs.setdefault("prune_stages", (1, 2))
+    return PrunedUNETR(**{**UNETR_TINY, "pruner": pruner, "completion": completion, **kwargs})
+
+
+def tiny_mta(**kwargs) -> MultiLayerTokenAssembly:
+    """STP's multi-layer token assembly at the tiny UNETR's width."""
+    return MultiLayerTokenAssembly(32, num_heads=2, **kwargs)
+
+
+def image(batch: int = 2, size=(64, 64), seed: int = 1) -> torch.Tensor:
+    """A seeded random single-channel image batch ``[batch, 1, *size]``."""
+    return torch.randn(batch, 1, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def stage_input(tokens, *, boxes=None, attentions=(), grid=None, stage: int = 1, stride=(16.0, 16.0)):
+    """A pruner's ``StageInput``: of ``tokens`` ``[B, N, C]`` on a fresh square grid (``grid`` if given), or of a
+    ``TokenState`` as it stands."""
+    if isinstance(tokens, TokenState):
+        state = tokens
+    else:
+        side = math.isqrt(tokens.shape[1])
+        state = TokenState(tokens, grid or (side, side))
+    return state.stage_input(stage, stride, boxes, list(attentions))
+
+
+def random_attention(batch: int, heads: int, num: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random attention probabilities ``[batch, heads, num, num]``."""
+    logits = torch.randn(batch, heads, num, num, generator=torch.Generator().manual_seed(seed))
+    return logits.softmax(dim=-1)
+
+
+def record_selections(net: PrunedUNETR) -> list:
+    """(StageInput, TokenSelection) of every pruner call."""
+    calls = []
+    for pruner in net.pruners.values():
+        pruner.register_forward_hook(lambda module, args, out: calls.append((args[0], out)))
+    return calls
+
+
+def tokens_after_stage1(net: PrunedUNETR) -> list:
+    """Shapes of the tokens block 4 (after the first stage) runs on."""
+    shapes = []
+    net.vit.blocks[4].attn.qkv.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    return shapes

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import image
 from prato_components.efficiency import count_flops
 from prato_components.networks.transunet import TransUNet
 from prato_components.pruners.base import TokenPruner, keep_count, select_topk
@@ -33,10 +34,6 @@ def make(**kwargs) -> TransUNet:
     return TransUNet(**config)
 
 
-def image(batch: int = 2) -> torch.Tensor:
-    return torch.randn(batch, 1, *IMG, generator=torch.Generator().manual_seed(1))
-
-
 class Recorder(TokenPruner):
     """Keeps the top tokens by feature sum and records what it was shown."""
 
@@ -61,15 +58,15 @@ def test_paper_defaults():
 def test_shapes_2d(pruner):
     net = make(pruner=pruner, pruner_kwargs={"proj_dim": 8} if pruner else None).eval()
     with torch.no_grad():
-        assert net(image(), BOXES).shape == (2, 3, *IMG)
-        assert net(image(), BOXES[:, 0]).shape == (2, 3, *IMG)  # [B, 4] is one box per image
-        assert net(image(), None).shape == (2, 3, *IMG)  # no prompt: the whole image is the box
+        assert net(image(size=IMG), BOXES).shape == (2, 3, *IMG)
+        assert net(image(size=IMG), BOXES[:, 0]).shape == (2, 3, *IMG)  # [B, 4] is one box per image
+        assert net(image(size=IMG), None).shape == (2, 3, *IMG)  # no prompt: the whole image is the box
 
 
 def test_kept_counts_match_keep_count():
     net = make(pruner="prato", prune_stages=(1, 2), pruner_kwargs={"keep_ratio": 0.75, "proj_dim": 8}).eval()
     with torch.no_grad():
-        net(image(), BOXES)
+        net(image(size=IMG), BOXES)
     first, second = keep_count(36, 0.75), keep_count(keep_count(36, 0.75), 0.75)
     assert [r.stage for r in net.token_report] == [1, 2]
     assert net.token_report[0].tokens_in.tolist() == [36.0, 36.0]
@@ -84,7 +81,7 @@ def test_boxes_reach_the_vit_at_the_token_stride():
     recorder = Recorder()
     net = make(pruner=recorder, prune_stages=(1, 3)).eval()
     with torch.no_grad():
-        net(image(), BOXES)
+        net(image(size=IMG), BOXES)
     seen = [p.seen[0] for p in net.pruners.values()]
     assert [s[0] for s in seen] == [1, 3]
     assert all(s[1] == (6, 6) and s[2] == (16.0, 16.0) for s in seen)
@@ -93,7 +90,7 @@ def test_boxes_reach_the_vit_at_the_token_stride():
     # naive cropping with a fixed threshold keeps exactly the tokens whose centres lie in the box
     crop = make(pruner=PrATo(32, scoring="naive_crop", threshold="fixed"), prune_stages=(1,), executor="padded").eval()
     with torch.no_grad():
-        crop(image(1), torch.tensor([[16.0, 16.0, 64.0, 48.0]]))
+        crop(image(1, IMG), torch.tensor([[16.0, 16.0, 64.0, 48.0]]))
     assert crop.token_report[0].tokens_kept.tolist() == [3 * 2]  # centres 24, 40, 56 along x; 24, 40 along y
 
 
@@ -102,14 +99,14 @@ def test_keep_all_equals_unpruned():
     pruned = make(pruner="prato", prune_stages=(1, 2, 3), pruner_kwargs={"keep_ratio": 1.0, "proj_dim": 8}).eval()
     pruned.load_unpruned_state_dict(base.state_dict())
     with torch.no_grad():
-        expected = base(image(), BOXES)
-        torch.testing.assert_close(pruned(image(), BOXES), expected, rtol=1e-5, atol=1e-5)
+        expected = base(image(size=IMG), BOXES)
+        torch.testing.assert_close(pruned(image(size=IMG), BOXES), expected, rtol=1e-5, atol=1e-5)
     assert [r.tokens_kept.tolist() for r in pruned.token_report] == [[36.0, 36.0]] * 3
 
 
 def test_vit_matches_monai_transformer_blocks():
     net = make().eval()
-    x = image()
+    x = image(size=IMG)
     with torch.no_grad():
         grid, skips = net.encode(x)
         features, reference_skips = net.cnn(x)
@@ -130,12 +127,12 @@ def test_gather_matches_attention_mask_reference():
     masked = make(pruner="prato", pruner_kwargs={"keep_ratio": 0.6, "proj_dim": 8}, executor="attention_mask").eval()
     masked.load_state_dict(gather.state_dict())
     with torch.no_grad():
-        torch.testing.assert_close(masked(image(), BOXES), gather(image(), BOXES), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(masked(image(size=IMG), BOXES), gather(image(size=IMG), BOXES), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_reach_prato_projections():
     net = make(pruner="prato", pruner_kwargs={"keep_ratio": 0.5, "proj_dim": 8}).train()
-    net(image(), BOXES).square().mean().backward()
+    net(image(size=IMG), BOXES).square().mean().backward()
     for stage in ("1", "2"):
         pruner = net.pruners[stage]
         for proj in (pruner.f1, pruner.f2):
@@ -146,11 +143,11 @@ def test_pruning_lowers_flops():
     base = make().eval()
     pruned = make(pruner="prato", pruner_kwargs={"keep_ratio": 0.5, "proj_dim": 8}).eval()
     pruned.load_unpruned_state_dict(base.state_dict())
-    full, fewer = count_flops(base, image(1)), count_flops(pruned, image(1), BOXES[:1])
+    full, fewer = count_flops(base, image(1, IMG)), count_flops(pruned, image(1, IMG), BOXES[:1])
     assert fewer < full
     # only the ViT blocks after the boundaries get cheaper: the CNN and the decoder cost the same
-    _, per_module = count_flops(pruned, image(1), BOXES[:1], by_module=True)
-    _, per_module_full = count_flops(base, image(1), by_module=True)
+    _, per_module = count_flops(pruned, image(1, IMG), BOXES[:1], by_module=True)
+    _, per_module_full = count_flops(base, image(1, IMG), by_module=True)
     for name in ("TransUNet.cnn", "TransUNet.decoder", "TransUNet.blocks.2.mlp"):  # block 2 runs before stage 1
         assert per_module[name] == per_module_full[name]
     for name in ("TransUNet.blocks.3.mlp", "TransUNet.blocks.7.mlp", "TransUNet.blocks.7.attn.qkv"):
@@ -167,7 +164,7 @@ def test_completion_sees_the_pruned_grid():
 
     net = make(pruner="prato", pruner_kwargs={"proj_dim": 8}, completion=Completion()).eval()
     with torch.no_grad():
-        net(image(), BOXES)
+        net(image(size=IMG), BOXES)
     assert calls == [((2, 36, 32), 4, True)]
 
 
@@ -195,4 +192,4 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="input channel"):
         net(torch.zeros(1, 3, *IMG))
     with pytest.raises(ValueError, match="spatial dims"):
-        net(image(1), torch.zeros(1, 1, 6))
+        net(image(1, IMG), torch.zeros(1, 1, 6))

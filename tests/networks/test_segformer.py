@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from conftest import image
 from prato_components.efficiency import count_flops
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
 from prato_components.networks.tokens import TokenState
@@ -27,10 +28,6 @@ def make(**kwargs) -> SegFormer:
 
 def prato(keep_ratio: float = 0.75, **kwargs) -> dict:
     return dict(pruner="prato", pruner_kwargs={"keep_ratio": keep_ratio, "proj_dim": 8}, **kwargs)
-
-
-def image(batch: int = 2, size=IMG) -> torch.Tensor:
-    return torch.randn(batch, 1, *size, generator=torch.Generator().manual_seed(1))
 
 
 class Recorder(TokenPruner):

@@ -1,0 +1,78 @@
+"""TRAM: attention-graph centrality accumulated over the blocks (prato_components/pruners/tram.py)."""
+
+import pytest
+import torch
+
+from conftest import image, record_selections, stage_input, tiny_unetr
+from prato_components.networks import transformer_block_forward
+from prato_components.pruners import TRAM, attention_graph_centrality, keep_count
+
+
+def kept_grid(inputs, selection) -> torch.Tensor:
+    """``[B, N]`` bool: grid positions kept by ``selection``."""
+    grid = torch.zeros(inputs.token_index.shape[0], 17, dtype=torch.bool)
+    return grid.scatter_(1, inputs.token_index, selection.keep_mask)[:, :16]
+
+
+def test_attention_graph_centrality_matches_the_formula():
+    attention = torch.rand(2, 3, 5, 5).softmax(-1)
+    scores = attention_graph_centrality(attention)
+    for b in range(2):
+        graph = attention[b].max(dim=0).values
+        indegree = [sum(graph[i, j] for i in range(5)) for j in range(5)]
+        expected = [sum(graph[i, j] * indegree[i] for i in range(5)) for j in range(5)]
+        torch.testing.assert_close(scores[b], torch.stack(expected))
+    valid = torch.tensor([[True, True, True, False, False], [True] * 5])
+    masked = attention_graph_centrality(attention, valid)
+    graph = attention[0].max(dim=0).values * valid[0, :, None]
+    torch.testing.assert_close(masked[0], graph.T @ graph.sum(0))
+
+
+def test_tram_accumulates_scores_over_all_blocks_since_the_start():
+    """Reference: run the blocks by hand, sum the per-block centrality on the grid, top-k per stage."""
+    net = tiny_unetr("tram").eval()
+    calls = record_selections(net)
+    x = image()
+    with torch.no_grad():
+        net(x)
+        tokens = net.vit.patch_embedding(x)
+        total = torch.zeros(2, 16)
+        index = torch.arange(16).expand(2, -1)
+        expected = []
+        for block_index, block in enumerate(net.vit.blocks[:7]):
+            tokens, attention = transformer_block_forward(block, tokens, return_attention=True)
+            total = total.scatter_add(1, index, attention_graph_centrality(attention))
+            if block_index in (3, 6):
+                keep = total.gather(1, index).topk(keep_count(index.shape[1], 0.75), dim=1).indices.sort(1).values
+                index = index.gather(1, keep)
+                tokens = tokens.gather(1, keep[..., None].expand(-1, -1, 32))
+                expected.append(torch.zeros(2, 17, dtype=torch.bool).scatter_(1, index, True)[:, :16])
+    assert [len(inputs.attentions) for inputs, _ in calls] == [4, 3]
+    for (inputs, selection), reference in zip(calls, expected):
+        assert torch.equal(kept_grid(inputs, selection), reference)
+
+
+@pytest.mark.parametrize("executor", ["attention_mask", "padded"])
+def test_tram_maps_attention_to_the_grid_in_every_executor_mode(executor):
+    x = image()
+    with torch.no_grad():
+        reference = tiny_unetr("tram").eval()(x)
+        torch.testing.assert_close(tiny_unetr("tram", executor=executor).eval()(x), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_tram_training_path_equals_eval_and_only_tram_gets_attention():
+    net = tiny_unetr("tram")
+    calls = record_selections(net)
+    x = image()
+    with torch.no_grad():
+        net.train()(x)
+        net.eval()(x)
+    assert torch.equal(calls[0][1].keep_mask, calls[2][1].keep_mask)  # parameter-free: no training-only path
+    assert calls[0][1].scores is None
+    other = tiny_unetr("random").eval()
+    other_calls = record_selections(other)
+    with torch.no_grad():
+        other(x)
+    assert all(not inputs.attentions for inputs, _ in other_calls)
+    with pytest.raises(ValueError, match="TRAM needs the attention maps"):
+        TRAM()(stage_input(torch.randn(1, 64, 32)))

@@ -1,0 +1,93 @@
+"""The token executor TokenState (prato_components/tokens/executor.py): modes, restore, variable counts."""
+
+import pytest
+import torch
+from monai.networks.nets import UNETR
+
+from conftest import UNETR_TINY as TINY
+from prato_components.networks import TokenState, transformer_block_forward
+from prato_components.pruners import select_topk
+
+
+def test_gather_equals_attention_mask_on_kept_tokens():
+    """Correctness anchor: gathered tokens compute what full length with pruned keys masked computes."""
+    torch.manual_seed(0)
+    blocks = UNETR(**TINY).vit.blocks.eval()
+    tokens = torch.randn(2, 16, 32)
+    scores = torch.randn(2, 16)
+    results = {}
+    for mode in ("gather", "attention_mask", "padded"):
+        state = TokenState(tokens, (4, 4), mode=mode)
+        inputs = state.stage_input(1, (16, 16), None)
+        state.apply(select_topk(scores, 0.5), 1, inputs)
+        for block in blocks[:3]:
+            state.tokens, _ = transformer_block_forward(block, state.tokens, state.key_mask)
+        results[mode] = state.restore(fill="zero")
+    kept = torch.zeros(2, 16, dtype=torch.bool).scatter_(1, scores.topk(8, 1).indices, True)
+    for mode in ("attention_mask", "padded"):
+        torch.testing.assert_close(results[mode][kept], results["gather"][kept], atol=1e-5, rtol=1e-5)
+    assert torch.all(results["gather"][~kept] == 0)
+
+
+def test_padded_mode_variable_counts_and_restore():
+    tokens = torch.arange(2 * 6 * 1, dtype=torch.float32).view(2, 6, 1)
+    state = TokenState(tokens, (2, 3), mode="padded", fill="carry")
+    keep = torch.tensor([[True, False, True, False, False, False], [True, True, True, True, False, True]])
+    inputs = state.stage_input(1, (1.0, 1.0), None)
+    from prato_components.pruners import TokenSelection
+
+    state.apply(TokenSelection(keep_mask=keep), 1, inputs)
+    assert state.tokens.shape == (2, 5, 1)
+    assert state.key_mask.tolist() == [[True, True, False, False, False], [True] * 5]
+    assert state.token_index.tolist() == [[0, 2, 6, 6, 6], [0, 1, 2, 3, 5]]
+    state.tokens = state.tokens + 100  # later blocks change the live tokens only
+    restored = state.restore()[..., 0]
+    assert restored.tolist() == [[100, 1, 102, 3, 4, 5], [106, 107, 108, 109, 10, 111]]
+    assert state.restore(fill="zero")[..., 0].tolist() == [[100, 0, 102, 0, 0, 0], [106, 107, 108, 109, 0, 111]]
+    assert [r.tokens_kept.tolist() for r in state.reports] == [[2.0, 5.0]]
+    assert state.pruned_at().tolist() == [[0, 1, 0, 1, 1, 1], [0, 0, 0, 0, 1, 0]]
+
+
+def test_gather_mode_restore_live_rows_and_scratch_grids():
+    """Restores write the live rows; live_rows reads them back; scratch zero grids are reused between restores
+    without autograd, stay zero at pruned rows, and are dropped when the next stage prunes."""
+    from prato_components.pruners import select_topk
+
+    tokens = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    state = TokenState(tokens, (2, 3), mode="gather", fill="carry")
+    scores = torch.tensor([[5.0, 0, 4, 3, 0, 2], [0, 1, 2, 3, 4, 5]])
+    state.apply(select_topk(scores, 4 / 6), 1, state.stage_input(1, (1.0, 1.0), None))
+    assert state.token_index.tolist() == [[0, 2, 3, 5], [2, 3, 4, 5]]
+    assert [grid.int().tolist() for _, grid in state.kept_grids] == [[[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1]]]
+    hidden = torch.full((2, 4, 3), 7.0)
+    with torch.no_grad():
+        first = state.restore(hidden, fill="zero", scratch=True)
+        want = torch.zeros(2, 6, 3).index_put_((torch.arange(2)[:, None], state.token_index), hidden)
+        assert torch.equal(first, want)
+        assert torch.equal(state.live_rows(first * 2), hidden * 2)
+        again = state.restore(hidden + 1, fill="zero", scratch=True)
+        assert again.data_ptr() == first.data_ptr()  # the same scratch grid
+        assert torch.equal(again, want + (want != 0).float())
+        # the next stage prunes image 0's cell 0: a fresh scratch grid, zero there
+        state.apply(select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None))
+        third = state.restore(torch.ones(2, 3, 3), fill="zero", scratch=True)
+        assert third[..., 0].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
+    grad_hidden = hidden.clone().requires_grad_(True)
+    restored = state.restore(grad_hidden[:, :3], fill="zero", scratch=True)  # with autograd: a fresh grid
+    assert restored.data_ptr() != third.data_ptr() and restored.requires_grad
+    # carry fill keeps the carried values at pruned rows and never writes into the carry itself
+    carry = state.carry.clone()
+    state.restore(torch.zeros(2, 3, 2))
+    assert torch.equal(state.carry, carry)
+
+
+def test_gather_mode_rejects_variable_counts():
+    state = TokenState(torch.randn(1, 4, 2), (2, 2), mode="gather")
+    from prato_components.pruners import TokenSelection
+
+    with pytest.raises(ValueError, match="use mode 'padded'"):
+        state.apply(TokenSelection(keep_mask=torch.tensor([[True, False, True, True]])), 1, state.stage_input(1, (1, 1), None))
+    with pytest.raises(ValueError, match="unknown executor mode"):
+        TokenState(torch.randn(1, 4, 2), (2, 2), mode="fast")
+    with pytest.raises(ValueError, match="unknown fill policy"):
+        TokenState(torch.randn(1, 4, 2), (2, 2), fill="mean")
