@@ -80,7 +80,10 @@ def trained_settings(path: str) -> dict:
     """The network settings recorded in checkpoint ``path``; ``{}`` when it does not exist or records none."""
     if not os.path.isfile(path):
         return {}
-    state = _load(path, map_location="cpu", mmap=True)
+    try:
+        state = _load(path, map_location="cpu", mmap=True)  # reads only the settings' bytes of a large file
+    except ValueError:
+        state = _load(path, map_location="cpu")  # a legacy (non-zip) file cannot be memory-mapped
     return dict(state.get("network_settings", {})) if isinstance(state, dict) else {}
 
 
