@@ -16,6 +16,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.transforms import Compose, MapTransform
 
 from prato_components.data import (
@@ -27,6 +29,7 @@ from prato_components.data import (
     load_or_create_split,
     slice_datalist,
 )
+from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
 
@@ -46,6 +49,7 @@ __all__ = [
     "check_overrides",
     "SETTING_RULES",
     "check_settings",
+    "trained_bundle_config",
 ]
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
@@ -304,9 +308,6 @@ def check_overrides() -> None:
     workflow's own (``meta_file``, ``logging_file``, ``tracking``, ``run_id``, ...). Raises ``ValueError`` naming
     every unknown key with the closest known one.
     """
-    from monai.bundle import ConfigParser, ConfigWorkflow
-    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
-
     running = _running_workflow_arguments()
     if running is None or running[0] is None:
         return
@@ -358,3 +359,23 @@ def check_settings(settings: Mapping[str, Any]) -> None:
              if key in SETTING_RULES and not SETTING_RULES[key][0](value)]
     if wrong:
         raise ValueError("; ".join(wrong))
+
+
+def trained_bundle_config(bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,
+                          config: str = "inference.json"):
+    """A ``ConfigParser`` of ``bundle_dir/configs/<config>`` (with ``metadata.json``) that builds the network
+    ``checkpoint`` was trained with: ``ckpt_path`` points to it, so each network setting defaults to the one it
+    records, and ``overrides`` that contradict it raise ``ValueError`` naming the keys (as the bundle's own
+    ``initialize`` does). Used where a bundle network is built outside ``monai.bundle run`` (export, MONAI Label)."""
+    parser = ConfigParser()
+    parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
+    parser.read_config(os.path.join(bundle_dir, "configs", config))
+    parser["bundle_root"] = bundle_dir
+    if checkpoint is not None:
+        parser["ckpt_path"] = checkpoint
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    if checkpoint is not None:
+        check_trained_settings(parser.get_parsed_content("trained"), parser.get_parsed_content("network_settings"),
+                               checkpoint)
+    return parser

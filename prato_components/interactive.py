@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from prato_components.engine.checkpoint import check_trained_settings, load_weights
+from prato_components.bundle import trained_bundle_config
+from prato_components.engine.checkpoint import load_weights
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
 __all__ = [
@@ -225,24 +226,15 @@ class BoxPromptSegmenter:
 
     def __init__(self, bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,
                  device: str = "cpu") -> None:
-        from monai.bundle import ConfigParser
         from monai.transforms import Compose, Lambdad, SaveImaged
 
         self.bundle_dir = bundle_dir
         self.checkpoint = checkpoint or os.path.join(bundle_dir, "models", "model.pt")
         if not os.path.isfile(self.checkpoint):
             raise FileNotFoundError(f"checkpoint {self.checkpoint} does not exist (train the bundle or place weights)")
-        parser = ConfigParser()
-        parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
-        parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
-        parser["bundle_root"] = bundle_dir
-        parser["ckpt_path"] = self.checkpoint  # the network is built with the settings recorded in it
-        parser["device"] = f"$torch.device({device!r})"
-        parser["num_workers"] = 0
-        for key, value in (overrides or {}).items():
-            parser[key] = value
-        check_trained_settings(parser.get_parsed_content("trained"), parser.get_parsed_content("network_settings"),
-                               self.checkpoint)
+        # the network is built with the settings the checkpoint records
+        parser = trained_bundle_config(bundle_dir, self.checkpoint, {
+            "device": f"$torch.device({device!r})", "num_workers": 0, **(overrides or {})})
         self.parser = parser
         self.meta = parser.get("_meta_")
         self.name = self.meta.get("name", os.path.basename(os.path.normpath(bundle_dir)))

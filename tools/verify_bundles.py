@@ -228,21 +228,10 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 
 def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     """The bundle's ``network_def`` (eval, CPU) built with the settings ``checkpoint`` records, with its weights."""
-    from monai.bundle import ConfigParser
+    from prato_components.bundle import trained_bundle_config
+    from prato_components.engine import load_weights
 
-    from prato_components.engine import check_trained_settings, load_weights
-
-    parser = ConfigParser()
-    parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
-    parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
-    parser["bundle_root"] = bundle_dir
-    if checkpoint is not None:
-        parser["ckpt_path"] = checkpoint
-    for key, value in overrides.items():
-        parser[key] = value
-    if checkpoint is not None:
-        check_trained_settings(parser.get_parsed_content("trained"), parser.get_parsed_content("network_settings"),
-                               checkpoint)
+    parser = trained_bundle_config(bundle_dir, checkpoint, overrides)
     network = parser.get_parsed_content("network_def")
     if checkpoint is not None:
         network.load_state_dict(load_weights(checkpoint)[0])
