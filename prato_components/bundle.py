@@ -32,6 +32,7 @@ from prato_components.data import (
 from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
+from prato_components.networks.region import DECODE_REGIONS
 
 __all__ = [
     "PROMPTS",
@@ -347,6 +348,9 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
                      and len(set(v)) == len(v), "a list of distinct stage numbers >= 1, e.g. [1, 2]"),
     "executor": (lambda v: v in EXECUTOR_MODES, f"one of {list(EXECUTOR_MODES)}"),
     "fill": (lambda v: v in FILL_POLICIES, f"one of {list(FILL_POLICIES)}"),
+    "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image or only "
+                      "the prompt boxes plus decode_margin)"),
+    "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
 }

@@ -111,3 +111,24 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, content):
     for read in (load_weights, trained_settings):
         with pytest.raises(ValueError, match=f"weights {path} are not a readable torch checkpoint"):
             read(str(path))
+
+
+def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE) -> str:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "evaluate.json"))
+    parser["ckpt_path"] = ckpt_path
+    return parser.get_parsed_content("decode_region")
+
+
+def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whole(trained, tmp_path):
+    path = os.path.join(trained, "models", "model.pt")
+    assert trained_settings(path)["decode_region"] == "box"  # the PrATo bundle's default, recorded
+    assert _decode_region_of(path) == "box"
+    state, settings = load_weights(path)
+    settings.pop("decode_region")
+    torch.save({"model": state, "network_settings": settings}, tmp_path / "legacy.pt")
+    assert _decode_region_of(str(tmp_path / "legacy.pt")) == "full"  # trained before box decoding existed
+    assert _decode_region_of(str(tmp_path / "missing.pt")) == "box"  # no checkpoint: the bundle's default
+    assert _decode_region_of(str(tmp_path / "missing.pt"), os.path.join(ROOT, "bundles", "unetr_baseline")) == "full"

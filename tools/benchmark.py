@@ -88,6 +88,16 @@ def _call(network: nn.Module, image: torch.Tensor, boxes: torch.Tensor, runner: 
     return lambda: runner(image)
 
 
+def work_row(net: nn.Module, fn: Callable[[], object]) -> dict:
+    """Parameters (M), GFLOPs, the pruners' (and completion's) GFLOPs and the kept fraction of one call ``fn``."""
+    flops, per_module = count_flops(lambda: fn(), by_module=True)
+    pruner_flops = sum(v for k, v in per_module.items() if k.count(".") == 2 and ".pruners." in k)
+    pruner_flops += sum(v for k, v in per_module.items() if k.endswith(".completion"))
+    kept = net.kept_fraction() if hasattr(net, "kept_fraction") else 1.0
+    return {"params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9, "pruner_gflops": pruner_flops / 1e9,
+            "kept_fraction": kept}
+
+
 def compare(
     networks: dict[str, nn.Module],
     image_shape: Sequence[int],
@@ -110,12 +120,7 @@ def compare(
     for name, net in networks.items():
         net.eval()
         fn = _call(net, image, boxes)
-        flops, per_module = count_flops(lambda fn=fn: fn(), by_module=True)
-        pruner_flops = sum(v for k, v in per_module.items() if k.count(".") == 2 and ".pruners." in k)
-        pruner_flops += sum(v for k, v in per_module.items() if k.endswith(".completion"))
-        kept = net.kept_fraction() if hasattr(net, "kept_fraction") else 1.0
-        rows.append({"network": name, "params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9,
-                     "pruner_gflops": pruner_flops / 1e9, "kept_fraction": kept})
+        rows.append({"network": name, **work_row(net, fn)})
         if compile:
             fns[name] = _call(net, image, boxes, torch.compile(net))
         else:
@@ -222,6 +227,31 @@ class Benchmark:
             networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
             shape = shape or shape_d
         return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile)
+
+    def matrix(self, image_size: int = 224, box_fraction: float = 0.4) -> str:
+        """The backbone x pruner table of every bundle (``tools/bundles.py`` ``PRUNERS_BY_BACKBONE``) at its
+        defaults: GFLOPs, ratio to the backbone's baseline, kept fraction, the pruner's own GFLOPs (batch 1, a
+        central box). FLOPs only; time a backbone's bundles with ``bundles``."""
+        from tools.bundles import PRUNERS_BY_BACKBONE
+
+        lines = ["| backbone | pruner | decode | GFLOPs | ratio to baseline | kept fraction | pruner GFLOPs |",
+                 "|---|---|---|---|---|---|---|"]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        for backbone, pruners in PRUNERS_BY_BACKBONE.items():
+            reference = None
+            for pruner in pruners:
+                torch.manual_seed(0)
+                net, shape = _bundle_network(os.path.join(root, "bundles", f"{backbone}_{pruner}"),
+                                             {"image_size": image_size})
+                net.eval()
+                image = torch.randn(1, *shape)
+                boxes = central_box(shape[1:], box_fraction)[None]
+                row = work_row(net, _call(net, image, boxes))
+                reference = reference or row["gflops"]
+                lines.append(f"| {backbone} | {pruner} | {getattr(net, 'decode_region', 'full')} | {row['gflops']:.2f} | "
+                             f"{row['gflops'] / reference:.3f} | {row['kept_fraction']:.3f} | "
+                             f"{row['pruner_gflops']:.4f} |")
+        return "\n".join(lines)
 
     @staticmethod
     def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False) -> str:

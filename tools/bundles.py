@@ -1,7 +1,7 @@
 """Generate and check the bundles: every ``bundles/<backbone>_<pruner>`` from one specification.
 
 The bundles are self-contained folders (MONAI bundle layout) committed to the repository; this tool is the
-single place that defines them, so the fourteen folders never drift apart::
+single place that defines them, so the folders never drift apart::
 
     python tools/bundles.py generate            # (re)write bundles/*/configs, docs, LICENSE
     python tools/bundles.py check               # fail if a committed bundle differs from the specification
@@ -27,8 +27,11 @@ sys.path.insert(0, ROOT)
 from prato_components import __version__  # noqa: E402
 from prato_components.bundle import SETTING_RULES  # noqa: E402
 
-BUNDLE_VERSION = "0.2.0"
+BUNDLE_VERSION = "0.3.0"
 CHANGELOG = {
+    "0.3.0": "prompt-restricted decoding: decode_region 'box' (the default in PrATo bundles) runs the decoder and "
+    "every convolutional path feeding it only over the prompt boxes plus decode_margin pixels, background outside; "
+    "checkpoints from 0.2.0 keep decoding the whole image (prato_components 0.3.0)",
     "0.2.0": "checkpoints record the network settings they were trained with, and evaluate.json / inference.json "
     "build that network without the training overrides; unknown override keys stop a run with the closest known key, "
     "and settings values are checked at start; num_workers defaults to min(4, CPUs); "
@@ -66,6 +69,8 @@ BACKBONES: dict[str, dict] = {
             "prune_stages": "@prune_stages",
             "executor": "@executor",
             "fill": "@fill",
+            "decode_region": "@decode_region",
+            "decode_margin": "@decode_margin",
         },
         "dim": "@hidden_size",
         "stages": [1, 2],
@@ -88,6 +93,8 @@ BACKBONES: dict[str, dict] = {
             "prune_stages": "@prune_stages",
             "executor": "@executor",
             "fill": "@fill",
+            "decode_region": "@decode_region",
+            "decode_margin": "@decode_margin",
         },
         "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
         "stages": [1, 2],
@@ -115,9 +122,12 @@ BACKBONES: dict[str, dict] = {
             "prune_stages": "@prune_stages",
             "executor": "@executor",
             "fill": "@fill",
+            "decode_region": "@decode_region",
+            "decode_margin": "@decode_margin",
         },
         "dim": "@hidden_size",
         "stages": [1, 2],
+        "completion_taps": [4],  # the upsampler reads the final grid only (tap 4 in UNETR's numbering)
         "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4, "cnn_layers": [1, 1, 1],
                  "cnn_width": 8, "head_channels": 32, "decoder_channels": [16, 8, 8, 8],
                  "network_def#cnn_norm": ["group", {"num_groups": 4}]},
@@ -134,6 +144,8 @@ BACKBONES: dict[str, dict] = {
             "prune_stages": "@prune_stages",
             "executor": "@executor",
             "fill": "@fill",
+            "decode_region": "@decode_region",
+            "decode_margin": "@decode_margin",
         },
         "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
         "stages": [1, 2],
@@ -161,7 +173,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "protect_boxes": "@protect_boxes",
         },
         "needs_dim": True,
-        "keys": {"protect_boxes": True},
+        "keys": {"protect_boxes": True, "decode_region": "box"},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",
@@ -196,10 +208,14 @@ PRUNER_CONFIGS: dict[str, dict] = {
     },
 }
 
-UNETR_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
-BUNDLES = [f"unetr_{p}" for p in UNETR_PRUNERS] + [
-    f"{backbone}_{pruner}" for backbone in ("swin_unetr", "transunet", "segformer") for pruner in ("baseline", "prato")
-]
+ALL_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
+# the pairings that exist: every pruner on the plain-ViT backbones (UNETR, TransUNet); on the hierarchical ones the
+# pruners that need neither global attention maps nor a ViT-wide token assembly (STP's MTA, Evo-ViT and TRAM are
+# still to be adapted to window and spatial-reduction attention: issue 14)
+HIERARCHICAL_PRUNERS = ["baseline", "prato", "dynamicvit", "dtop", "random"]
+PRUNERS_BY_BACKBONE = {"unetr": ALL_PRUNERS, "transunet": ALL_PRUNERS, "swin_unetr": HIERARCHICAL_PRUNERS,
+                       "segformer": HIERARCHICAL_PRUNERS}
+BUNDLES = [f"{backbone}_{pruner}" for backbone, pruners in PRUNERS_BY_BACKBONE.items() for pruner in pruners]
 
 AUTHORS = "PrATo bundles contributors"
 COPYRIGHT = "Copyright (c) PrATo bundles contributors"
@@ -231,12 +247,19 @@ def network_def(name: str) -> dict:
             pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
         net["pruner"] = pruner_def
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
+    if "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
+        net["completion"]["taps"] = list(spec["completion_taps"])
     return net
 
 
 # ----------------------------------------------------------------------------------------------- configs
 IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
            "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
+
+
+# pixels around the prompt boxes that box decoding adds (docs/design.md §6.1: chosen from the measured Dice / latency
+# trade-off in docs/notes/issue12.md)
+DECODE_MARGIN = 16
 
 
 # first in every "initialize": unknown override keys (``--epoch`` for ``--epochs``) stop the run with a suggestion
@@ -256,6 +279,10 @@ def network_settings(config: dict) -> dict:
     return {key: f"@{key}" for key in config if key in read}
 
 
+# network settings added after checkpoints were first written: the value such a checkpoint was trained with
+LEGACY_SETTINGS = {"decode_region": "full"}
+
+
 def trained_network(config: dict) -> None:
     """Make ``config`` (evaluate / inference) build the network the checkpoint at ``ckpt_path`` was trained with:
     each network setting defaults to the checkpoint's value (the literal default when it records none), and a run
@@ -264,7 +291,9 @@ def trained_network(config: dict) -> None:
     settings = network_settings(config)
     config["trained"] = "$prato_components.engine.trained_settings(@ckpt_path)"
     for key in settings:
-        if key not in ("in_channels", "out_channels"):
+        if key in LEGACY_SETTINGS:  # a checkpoint from before the setting existed was trained the old way
+            config[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
+        elif key not in ("in_channels", "out_channels"):
             config[key] = f"$@trained.get({key!r}, {config[key]!r})"
     config["initialize"].insert(2, "$prato_components.engine.check_trained_settings(@trained, @network_settings, "
                                    "@ckpt_path)")
@@ -292,6 +321,8 @@ def common(name: str) -> dict:
         "prune_stages": BACKBONES[backbone]["stages"],
         "executor": "gather",
         "fill": "carry",
+        "decode_region": "full",
+        "decode_margin": DECODE_MARGIN,
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[_split(name)[1]].get("keys", {}),
         **BACKBONES[backbone]["keys"],
@@ -771,7 +802,9 @@ Multi-GPU (or several CPU processes with gloo):
 `dataset` (`acdc` | `isic` | `decathlon`; sets channels, classes, loading and output format), `dataset_dir`,
 `image_size`, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
 `output_dir`, `ckpt_dir`, `keep_ratio`, `prune_stages`, `executor` (`gather` | `padded` | `mask` |
-`attention_mask`), `fill` (`carry` | `zero`), `resume`; in `evaluate.json` also `prompt` (`tight` |
+`attention_mask`), `fill` (`carry` | `zero`), `decode_region` (`full` | `box`: run the decoder only over the prompt
+boxes plus `decode_margin` pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),
+`decode_margin`, `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
 root and to `.` otherwise. An unknown key stops the run at start and names the closest known one (`--epoch` ->

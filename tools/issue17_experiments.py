@@ -33,13 +33,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SMALL = {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16}
+FULL = {"decode_region": "full"}  # the variants measured before box decoding existed decode the whole image
 VARIANTS = {
     "baseline": ("unetr_baseline", {}),
-    "prato_literal": ("unetr_prato", {"protect_boxes": False}),
-    "prato_protect": ("unetr_prato", {"protect_boxes": True}),
-    "prato_warmup": ("unetr_prato", {"protect_boxes": False, "warmup_epochs": 4, "ramp_epochs": 4}),
+    "prato_literal": ("unetr_prato", {"protect_boxes": False, **FULL}),
+    "prato_protect": ("unetr_prato", {"protect_boxes": True, **FULL}),
+    "prato_warmup": ("unetr_prato", {"protect_boxes": False, "warmup_epochs": 4, "ramp_epochs": 4, **FULL}),
     "random": ("unetr_random", {}),
-    "prato_protect_perclass": ("unetr_prato", {"protect_boxes": True, "prompt_boxes": "per_class"}),
+    "prato_protect_perclass": ("unetr_prato", {"protect_boxes": True, "prompt_boxes": "per_class", **FULL}),
+    # the compared methods at the same budget: do they lose the small structure too?
+    **{p: (f"unetr_{p}", {}) for p in ("stp", "dynamicvit", "evovit", "dtop", "tram")},
+    # issue 12: the bundle default (protect_boxes, decode_region "box") trained at three decode margins
+    **{f"prato_box_m{m}": ("unetr_prato", {"protect_boxes": True, "decode_region": "box", "decode_margin": m})
+       for m in (0, 16, 32)},
 }
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 
@@ -55,6 +61,8 @@ def plan(tiny: bool = False, epochs: int = 20) -> list[dict]:
         ("dark", 224, ("baseline", "prato_literal", "prato_protect", "prato_warmup")),
         ("demo", 96, ("baseline", "prato_literal", "prato_protect")),
         ("demo", 224, ("baseline", "prato_literal", "prato_protect")),
+        ("demo", 96, ("prato_box_m0", "prato_box_m16", "prato_box_m32")),
+        ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
     ]
     for data, size, variants in order:
         for seed in (0, 1):
@@ -180,6 +188,44 @@ def job(spec: str, out: str, data_json: str) -> None:
         json.dump(result, f, indent=1)
 
 
+def margins(out: str, names: str, data_json: str | None = None, settings: str = "full,0,16,32") -> None:
+    """Issue 12: evaluate trained runs (``names``, comma separated, e.g. ``demo_96_s0_prato_box_m16``) on the test
+    split with the tight box at each decode setting (``full`` or a margin in pixels for ``box``); prints a table
+    and writes ``<out>/margins.json``."""
+    names = names.split(",") if isinstance(names, str) else list(names)
+    settings = settings.split(",") if isinstance(settings, str) else [str(s) for s in settings]
+    data = json.loads(data_json) if data_json else {"dark": os.path.join(out, "data_dark"),
+                                                    "demo": os.path.join(out, "data_demo")}
+    results = {}
+    for name in names:
+        spec = json.load(open(os.path.join(out, "jobs", name + ".json")))
+        bundle, extra = VARIANTS[spec["variant"]]
+        root = os.path.join(out, "runs", name)
+        small = SMALL if spec["size"] >= 64 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8}
+        common = {"dataset": "acdc", "dataset_dir": data[spec["data"]], "bundle_root": root,
+                  "image_size": spec["size"], "num_workers": 0, "seed": spec["seed"], **small,
+                  **{k: v for k, v in extra.items() if k not in ("warmup_epochs", "ramp_epochs", "decode_region",
+                                                                 "decode_margin")}}
+        for setting in settings:
+            decode = {"decode_region": "full"} if setting == "full" else {"decode_region": "box",
+                                                                          "decode_margin": int(setting)}
+            output_dir = os.path.join(root, f"eval_decode_{setting}")
+            _bundle_run(bundle, "evaluate", **common, **decode, output_dir=output_dir, latency_repeats=0)
+            with open(os.path.join(output_dir, "metrics.json")) as f:
+                m = json.load(f)
+            results.setdefault(name, {})[setting] = {"dice": m["metrics"]["mean_dice"], "gflops": m.get("gflops")}
+    with open(os.path.join(out, "margins.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    classes = ["right_ventricle", "myocardium", "left_ventricle"]
+    print("| run | decode | class 1 | class 2 | class 3 | mean | GFLOPs |")
+    print("|---|---|---|---|---|---|---|")
+    for name, by in results.items():
+        for setting, r in by.items():
+            label = "full" if setting == "full" else f"box, margin {setting}"
+            print(f"| {name} | {label} | " + " | ".join(f"{r['dice'][c]:.3f}" for c in classes)
+                  + f" | {r['dice']['mean']:.3f} | {r['gflops']:.3f} |")
+
+
 def collect(out: str, dest: str | None = None) -> str:
     results = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(out, "jobs", "*.json")))]
     path = os.path.join(dest or out, "results.json")
@@ -286,4 +332,4 @@ def table(results: str) -> None:
 
 
 if __name__ == "__main__":
-    fire.Fire({"run": run, "job": job, "table": table, "plan": plan, "collect": collect})
+    fire.Fire({"run": run, "job": job, "table": table, "plan": plan, "collect": collect, "margins": margins})

@@ -26,7 +26,7 @@ other weight formats (``*.pt2``, ``*.ts``, ``*.onnx``: exports) are packed with 
 
 Download one back (MONAI's own command; ``file://`` URLs work offline)::
 
-    python -m monai.bundle download --name unetr_prato --url file:///abs/dist/bundles/unetr_prato_v0.2.0.zip \\
+    python -m monai.bundle download --name unetr_prato --url file:///abs/dist/bundles/unetr_prato_v0.3.0.zip \\
         --bundle_dir ./downloaded
 """
 

@@ -239,11 +239,17 @@ def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     return network.eval(), spec["in_channels"], parser.get_parsed_content("image_size")
 
 
+# what an exported program computes: box decoding cuts windows of data-dependent size, which torch.export cannot
+# trace as one graph, so the program decodes the whole image (docs/design.md §10)
+EXPORT_SETTINGS = {"decode_region": "full"}
+
+
 def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
     """``torch.export`` the bundle network with the weights of ``checkpoint`` to ``filepath`` (``.pt2``), with the
     bundle's metadata.json and inference.json inside. ``overrides``: config keys (e.g. ``image_size``)."""
     from prato_components.export import example_inputs, export_network, save_exported
 
+    overrides = {**EXPORT_SETTINGS, **overrides}
     network, channels, size = _network(bundle_dir, checkpoint, overrides)
     image, boxes = example_inputs(channels, (size, size), batch=2)  # 2 boxes per image: one real, one padding
     program, shapes = export_network(network, image, boxes)
@@ -269,7 +275,7 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
     from prato_components.export import example_inputs, load_exported
 
     name = _name(bundle_dir)
-    overrides = _network_overrides(name, image_size)
+    overrides = {**EXPORT_SETTINGS, **_network_overrides(name, image_size)}
     export(bundle_dir, checkpoint, filepath, **overrides)
     exported, files = load_exported(filepath, ("metadata.json", "export.json"))
     if files["metadata.json"].get("name") != name:

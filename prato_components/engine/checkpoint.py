@@ -38,7 +38,7 @@ __all__ = [
     "BestModelSaver",
 ]
 
-RUN_TIME_SETTINGS = ("keep_ratio", "executor", "fill", "protect_boxes")
+RUN_TIME_SETTINGS = ("keep_ratio", "executor", "fill", "protect_boxes", "decode_region", "decode_margin")
 """Network settings that may differ between training and inference (the same weights serve them all); the others
 (sizes, widths, heads, stages, channels) fix the shapes of the weights."""
 

@@ -46,6 +46,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
+from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
@@ -256,7 +257,7 @@ class AllMLPHead(nn.Module):
         return self.pred(self.dropout(self.fuse.adn(fused)))
 
 
-class SegFormer(PrunedNetworkMixin, nn.Module):
+class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
     """SegFormer (MiT encoder + all-MLP head), 2D, with token pruning at chosen stage boundaries.
 
     Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels;
@@ -283,6 +284,10 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
         fill: value of pruned positions in the restored grids (keys/values and stage outputs): ``"carry"`` or
             ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
+        decode_region: ``"full"`` or ``"box"``: run the all-MLP head (and the final upsampling) only over the prompt
+            boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
+            (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
+        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -311,8 +316,11 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        decode_region: str = "full",
+        decode_margin: int = 16,
     ) -> None:
         super().__init__()
+        self._setup_decoding(decode_region, decode_margin)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
         config = dict(SEGFORMER_VARIANTS[variant.lower()])
@@ -418,11 +426,22 @@ class SegFormer(PrunedNetworkMixin, nn.Module):
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
         boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
+        maps = self.encode(image, boxes)
+        size = tuple(image.shape[2:])
+        if any(s % 32 for s in size):  # the stage maps are not exactly 1/4 ... 1/32 of the image: decode it whole
+            self.last_decode_window = None
+            return self._decode(*maps, size=size)
+        window = self._decode_window(boxes, size, 32)
+        return run_decoder(window, self._decode, maps, [4 * 2**index for index in range(len(maps))])
+
+    def _decode(self, *maps: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
+        """The all-MLP head on the stage maps, upsampled to ``size`` (default: 4 x the first map)."""
         # the head's logits are channels-last (like the stage maps); making the small 1/4-resolution map contiguous
         # before upsampling hands MONAI a plain [B, C, H, W] tensor and is faster than upsampling channels-last with
         # few channels and copying the full-resolution result
-        logits = self.head(self.encode(image, boxes)).contiguous()
-        return F.interpolate(logits, size=image.shape[2:], mode="bilinear", align_corners=False)
+        logits = self.head(list(maps)).contiguous()
+        size = tuple(4 * s for s in maps[0].shape[2:]) if size is None else tuple(size)
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     @property
     def num_tokens(self) -> int:

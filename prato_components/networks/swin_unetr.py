@@ -57,6 +57,7 @@ import torch.nn as nn
 from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
+from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked
 from prato_components.networks.swin.windows import WindowLayout, WindowPlan, block_layout, plan_windows, window_layout
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner
@@ -144,7 +145,7 @@ def _build_pruners(
     return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
 
 
-class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
+class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     """MONAI ``SwinUNETR`` that drops tokens at patch-merging outputs and skips windows with no live token;
     called as ``net(image, boxes=None)``. See the module docstring for stages, window skipping and filling.
 
@@ -158,6 +159,10 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
             reference; saves nothing). A pruner's ``train_executor`` is honoured the same way while training.
         fill: pruned positions in restored grids: ``"carry"`` (value when pruned) or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
+        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
+            boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
+            (docs/design.md §6.1); the Swin transformer still sees the whole image.
+        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -176,10 +181,13 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        decode_region: str = "full",
+        decode_margin: int = 16,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
         self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+        self._setup_decoding(decode_region, decode_margin)
 
     def _setup_pruning(self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None) -> None:
         stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
@@ -231,12 +239,19 @@ class PrunedSwinUNETR(PrunedNetworkMixin, SwinUNETR):
         self._check_input_size(tuple(x_in.shape[2:]))
         boxes = check_network_boxes(boxes, x_in.shape[0], tuple(x_in.shape[2:]))
         hidden_states_out = self._encode(x_in, boxes)
+        size = tuple(x_in.shape[2:])
+        strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
+        window = self._decode_window(boxes, size, strides[-1])
+        return run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides])
+
+    def _decode(self, x_in: torch.Tensor, *taps: torch.Tensor) -> torch.Tensor:
+        """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4``."""
         enc0 = self.encoder1(x_in)
-        enc1 = self.encoder2(hidden_states_out[0])
-        enc2 = self.encoder3(hidden_states_out[1])
-        enc3 = self.encoder4(hidden_states_out[2])
-        dec4 = self.encoder10(hidden_states_out[4])
-        dec3 = self.decoder5(dec4, hidden_states_out[3])
+        enc1 = self.encoder2(taps[0])
+        enc2 = self.encoder3(taps[1])
+        enc3 = self.encoder4(taps[2])
+        dec4 = self.encoder10(taps[4])
+        dec3 = self.decoder5(dec4, taps[3])
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)
         dec0 = self.decoder2(dec1, enc1)
@@ -395,10 +410,13 @@ def patch_swin_unetr(
     executor: str = "gather",
     fill: str = "carry",
     pruner_kwargs: Mapping | None = None,
+    decode_region: str = "full",
+    decode_margin: int = 16,
 ) -> PrunedSwinUNETR:
     """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place."""
     if not isinstance(model, SwinUNETR):
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
     model.__class__ = PrunedSwinUNETR
     model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+    model._setup_decoding(decode_region, decode_margin)
     return model

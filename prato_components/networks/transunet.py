@@ -29,6 +29,7 @@ from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets.resnet import ResNetBottleneck
 
 from prato_components.networks.inputs import check_image, check_network_boxes
+from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
@@ -140,7 +141,7 @@ class CascadedUpsampler(nn.Module):
         return x
 
 
-class TransUNet(PrunedNetworkMixin, nn.Module):
+class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
     """TransUNet (R50 hybrid + ViT + cascaded upsampler) whose ViT drops tokens at chosen stage boundaries.
 
     Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels.
@@ -164,6 +165,9 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
         pruner_kwargs: keyword arguments for a pruner given by name.
         completion: optional module ``completion(grid [B, N, C], state, tap) -> grid`` applied to the restored grid
             once tokens were pruned (e.g. STP's MTA); TransUNet has one tap, the final grid, numbered 4 as in UNETR.
+        decode_region: ``"full"`` or ``"box"``: run the cascaded upsampler and head only over the prompt boxes plus
+            ``decode_margin`` pixels (snapped to the 16-pixel token grid), background outside (docs/design.md §6.1).
+        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
     :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
@@ -192,8 +196,11 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
         completion: nn.Module | None = None,
+        decode_region: str = "full",
+        decode_margin: int = 16,
     ) -> None:
         super().__init__()
+        self._setup_decoding(decode_region, decode_margin)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
             raise ValueError(f"TransUNet is 2D: img_size must be two sizes divisible by 16, got {img_size}")
@@ -263,10 +270,14 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
         self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
         return grid, skips
 
-    def decode(self, grid: torch.Tensor, skips: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The cascaded upsampler and head on the token grid ``[B, N, hidden]``."""
+    def decode(
+        self, grid: torch.Tensor, skips: Sequence[torch.Tensor], window: DecodeWindow | None = None
+    ) -> torch.Tensor:
+        """The cascaded upsampler and head on the token grid ``[B, N, hidden]`` and the CNN skips (1/8, 1/4, 1/2),
+        over the whole image or only over ``window`` (background outside; docs/design.md §6.1)."""
         x = grid.transpose(1, 2).reshape(grid.shape[0], self.hidden_size, *self.feat_size)
-        return self.segmentation_head(self.decoder(x, skips))
+        strides = [self.patch_size, *(2 ** (3 - index) for index in range(len(skips)))]
+        return run_decoder(window, lambda x, *skips: self.segmentation_head(self.decoder(x, skips)), [x, *skips], strides)
 
     @property
     def num_tokens(self) -> int:
@@ -276,4 +287,5 @@ class TransUNet(PrunedNetworkMixin, nn.Module):
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, image.shape[0], self.img_size)
-        return self.decode(*self.encode(image, boxes))
+        grid, skips = self.encode(image, boxes)
+        return self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size))

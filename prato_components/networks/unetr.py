@@ -19,6 +19,7 @@ from monai.networks.nets import UNETR
 from monai.utils import ensure_tuple_rep
 
 from prato_components.networks.inputs import check_image, check_network_boxes
+from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
@@ -29,7 +30,7 @@ __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 UNETR_STAGES = (1, 2, 3)
 
 
-class PrunedUNETR(PrunedNetworkMixin, UNETR):
+class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
     """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None)``.
 
     Args:
@@ -43,6 +44,10 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         completion: optional module ``completion(grid [B, N, C], state: TokenState, tap: int) -> grid`` applied to
             every restored grid the decoder taps once tokens were pruned (a learned fill, e.g. STP's MTA);
             ``tap`` is the stage (1-3) or 4 for the final ViT output.
+        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders 1-4 and the decoders only over the
+            prompt boxes plus ``decode_margin`` voxels (snapped to the patch grid), background outside
+            (docs/design.md §6.1).
+        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
             ``spatial_dims``, ``hidden_size`` ...).
 
@@ -61,9 +66,12 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
         completion: nn.Module | None = None,
+        decode_region: str = "full",
+        decode_margin: int = 16,
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
+        self._setup_decoding(decode_region, decode_margin)
         requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
             raise ValueError(f"img_size {requested} must be a multiple of the ViT patch size {tuple(self.patch_size)} "
@@ -102,11 +110,16 @@ class PrunedUNETR(PrunedNetworkMixin, UNETR):
         taps, final, state = self._encode(x_in, boxes)
         self.token_report, self.block_report = state.reports, state.block_reports
         self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
-        enc1 = self.encoder1(x_in)
-        enc2 = self.encoder2(self.proj_feat(taps[1]))
-        enc3 = self.encoder3(self.proj_feat(taps[2]))
-        enc4 = self.encoder4(self.proj_feat(taps[3]))
-        dec3 = self.decoder5(self.proj_feat(final), enc4)
+        window = self._decode_window(boxes, self.img_size, self.patch_size)
+        maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
+        strides = [1, *[self.patch_size] * (len(maps) - 1)]
+        return run_decoder(window, self._decode, maps, strides)
+
+    def _decode(self, x_in: torch.Tensor, tap1: torch.Tensor, tap2: torch.Tensor, tap3: torch.Tensor,
+                final: torch.Tensor) -> torch.Tensor:
+        """UNETR's convolutional encoders 1-4 and decoders on the image and the channel-first restored grids."""
+        enc1, enc2, enc3, enc4 = self.encoder1(x_in), self.encoder2(tap1), self.encoder3(tap2), self.encoder4(tap3)
+        dec3 = self.decoder5(final, enc4)
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)
         return self.out(self.decoder2(dec1, enc1))
@@ -152,6 +165,8 @@ def patch_unetr(
     fill: str = "carry",
     pruner_kwargs: Mapping | None = None,
     completion: nn.Module | None = None,
+    decode_region: str = "full",
+    decode_margin: int = 16,
 ) -> PrunedUNETR:
     """Turn an existing MONAI ``UNETR`` (weights and all) into a :class:`PrunedUNETR` in place."""
     if not isinstance(model, UNETR):
@@ -159,4 +174,5 @@ def patch_unetr(
     model.__class__ = PrunedUNETR
     pruner = build_pruner(pruner, pruner_kwargs, model.hidden_size, model.out.conv.conv.out_channels)
     model._setup_pruning(pruner, prune_stages, executor, fill, completion)
+    model._setup_decoding(decode_region, decode_margin)
     return model
