@@ -1,12 +1,15 @@
 """Random token masking: a uniform random subset of ``keep_count(n, keep_ratio)`` live tokens per image.
 
-The floor every learned pruner must beat at the same token budget. In eval the selection is reproducible: a
+The floor every learned pruner must beat at the same token budget. Draws are made per grid cell and read at the live
+tokens' cells. In eval the selection is reproducible: a
 generator seeded from ``(seed, stage)`` at every call gives the same subset in every forward pass. In training
 every call draws fresh randomness, still reproducible from ``seed`` (the generator is seeded from
 ``(seed, stage, call number)``), or from torch's global generator with ``seed=None``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -47,24 +50,27 @@ class RandomPruner(TokenPruner):
             key = ((self.seed or 0) * 1_000_003 + stage * 7_919) % _MODULUS
         return torch.Generator(device=device).manual_seed(key)
 
-    def _draws(self, tokens: torch.Tensor, stage: int) -> torch.Tensor:
-        shape = tuple(tokens.shape[:2])
+    def _draws(self, inputs: StageInput) -> torch.Tensor:
+        """One uniform draw per grid cell (plus a slot for padding rows), read at the live tokens' cells: the shape
+        drawn is static even where the live count is data-dependent (Swin's alive parents under torch.export)."""
+        tokens = inputs.tokens
+        shape = (int(tokens.shape[0]), math.prod(inputs.grid_shape) + 1)
         if self.training:
-            return torch.rand(shape, generator=self._generator(tokens.device, stage), device=tokens.device)
-        # eval: the same draws for a given (stage, shape) every call; kept, so that torch.export (which cannot
-        # replay a torch.Generator) captures them as constants after one eager call
-        key = (stage, shape, str(tokens.device))
-        if key not in self._eval_draws:
-            if torch.compiler.is_exporting():
-                raise RuntimeError("run the network once eagerly (same input shape) before exporting RandomPruner")
-            self._eval_draws[key] = torch.rand(shape, generator=self._generator(tokens.device, stage),
-                                               device=tokens.device)
-        return self._eval_draws[key]
+            grid = torch.rand(shape, generator=self._generator(tokens.device, inputs.stage), device=tokens.device)
+        else:
+            # eval: the same draws for a given (stage, shape) every call; kept, so that torch.export (which cannot
+            # replay a torch.Generator) captures them as constants after one eager call
+            key = (inputs.stage, shape, str(tokens.device))
+            if key not in self._eval_draws:
+                if torch.compiler.is_exporting():
+                    raise RuntimeError("run the network once eagerly (same input shape) before exporting RandomPruner")
+                self._eval_draws[key] = torch.rand(shape, generator=self._generator(tokens.device, inputs.stage),
+                                                   device=tokens.device)
+            grid = self._eval_draws[key]
+        return grid.gather(1, inputs.token_index)
 
     def forward(self, inputs: StageInput) -> TokenSelection:
-        tokens = inputs.tokens
-        draws = self._draws(tokens, inputs.stage)
-        selection = select_topk(draws, self.keep_ratio, inputs.valid)
+        selection = select_topk(self._draws(inputs), self.keep_ratio, inputs.valid)
         selection.scores = None  # nothing to learn: no straight-through weights
         return selection
 
