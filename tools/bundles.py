@@ -31,7 +31,8 @@ BUNDLE_VERSION = "0.3.0"
 CHANGELOG = {
     "0.3.0": "prompt-restricted decoding: decode_region 'box' (the default in PrATo bundles) runs the decoder and "
     "every convolutional path feeding it only over the prompt boxes plus decode_margin pixels, background outside; "
-    "checkpoints from 0.2.0 keep decoding the whole image (prato_components 0.3.0)",
+    "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet with all seven pruners, swin_unetr "
+    "and segformer with dynamicvit, dtop and random; random masking draws per grid cell (prato_components 0.3.0)",
     "0.2.0": "checkpoints record the network settings they were trained with, and evaluate.json / inference.json "
     "build that network without the training overrides; unknown override keys stop a run with the closest known key, "
     "and settings values are checked at start; num_workers defaults to min(4, CPUs); "
