@@ -47,9 +47,9 @@ from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, pruned_stages
 from prato_components.pruners.base import TokenPruner
-from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
+from prato_components.tokens.executor import TokenState
 
 __all__ = [
     "SegFormer",
@@ -351,22 +351,12 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.head = AllMLPHead(self.embed_dims, config["decoder_dim"], out_channels, head_dropout)
         self.apply(self._init_weights)
 
-        stages_pruned = sorted({int(s) for s in prune_stages}) if pruner is not None else []
-        if any(s not in SEGFORMER_STAGES for s in stages_pruned):
-            raise ValueError(f"SegFormer prune_stages must be a subset of {SEGFORMER_STAGES}, got {list(prune_stages)}")
-        check_executor(executor, fill, _EXECUTORS)
         pruners = {}
-        for stage in stages_pruned:  # boundary s feeds MiT stage s + 1, whose width is embed_dims[s]
-            built = build_pruner(pruner, pruner_kwargs, self.embed_dims[stage])
-            pruners[str(stage)] = copy.deepcopy(built) if isinstance(pruner, TokenPruner) else built
-            self._check_pruner(pruners[str(stage)])
-        self.pruners = nn.ModuleDict(pruners)
-        self.prune_stages = tuple(stages_pruned)
-        self.executor, self.fill = executor, fill
-        self.token_report: list[StageReport] = []
-        self.block_report: list[BlockReport] = []
-        self.aux_loss: torch.Tensor | None = None
-        self.aux_logits: list[torch.Tensor] = []
+        for stage in pruned_stages("SegFormer", pruner, prune_stages, SEGFORMER_STAGES):
+            built = build_pruner(pruner, pruner_kwargs, self.embed_dims[stage])  # boundary s feeds MiT stage s + 1
+            pruners[stage] = copy.deepcopy(built) if isinstance(pruner, TokenPruner) else built
+            self._check_pruner(pruners[stage])
+        self._install_pruners(pruners, executor, fill, _EXECUTORS)
         self.grid_shapes: list[tuple[int, int]] = []
 
     @staticmethod

@@ -53,16 +53,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked
 from prato_components.networks.swin.windows import WindowLayout, WindowPlan, block_layout, plan_windows, window_layout
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner
+from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, pruned_stages
 from prato_components.pruners.base import TokenPruner
-from prato_components.tokens.executor import FILL_POLICIES, BlockReport, StageReport
+from prato_components.tokens.executor import BlockReport, StageReport, check_executor
 from prato_components.tokens.stage import StageInput, TokenSelection, straight_through
 
 __all__ = [
@@ -190,17 +189,9 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         self._setup_decoding(decode_region, decode_margin)
 
     def _setup_pruning(self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None) -> None:
-        stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
-        if any(s not in SWIN_STAGES for s in stages):
-            raise ValueError(
-                f"SwinUNETR prune_stages must be a subset of {SWIN_STAGES} (outputs of the first three patch "
-                f"mergings), got {list(prune_stages)}"
-            )
-        executor = "gather" if executor == "padded" else executor
-        if executor not in SWIN_EXECUTORS:
-            raise ValueError(f"unknown executor {executor!r} for PrunedSwinUNETR; choose one of {SWIN_EXECUTORS}")
-        if fill not in FILL_POLICIES:
-            raise ValueError(f"unknown fill policy {fill!r}; choose one of {FILL_POLICIES}")
+        stages = pruned_stages("SwinUNETR", pruner, prune_stages, SWIN_STAGES)  # the first three merging outputs
+        executor = "gather" if executor == "padded" else executor  # the flat live-token list takes any count
+        check_executor(executor, fill, SWIN_EXECUTORS)
         vit = self.swinViT
         if stages and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
             raise ValueError("pruned SwinUNETR supports MONAI's default Swin blocks (use_v2=False, use_hyena=False)")
@@ -214,16 +205,10 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
                     f"{type(module).__name__} needs global attention maps; Swin's window attention has none, so it "
                     "cannot prune a SwinUNETR"
                 )
-        self.prune_stages = tuple(stages)
-        self.executor, self.fill = executor, fill
-        self.pruners = nn.ModuleDict({str(s): p for s, p in pruners.items()})
+        self._install_pruners(pruners, executor, fill, SWIN_EXECUTORS)
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
-        self.token_report: list[StageReport] = []
-        self.block_report: list[BlockReport] = []
         self.window_report: list[WindowReport] = []
-        self.aux_loss: torch.Tensor | None = None
-        self.aux_logits: list[torch.Tensor] = []
         self.num_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
 

@@ -30,10 +30,16 @@ from monai.networks.nets.resnet import ResNetBottleneck
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
+from prato_components.networks.vit_pruning import (
+    PrunedNetworkMixin,
+    build_pruner,
+    executor_mode,
+    pruned_stages,
+    run_pruned_blocks,
+)
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
-from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
+from prato_components.tokens.executor import TokenState
 
 __all__ = ["TransUNet", "TRANSUNET_STAGES", "HybridResNetEncoder", "CascadedUpsampler"]
 
@@ -234,18 +240,9 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.segmentation_head = Convolution(2, decoder_channels[-1], out_channels, kernel_size=3, conv_only=True)
 
         pruner = build_pruner(pruner, pruner_kwargs, hidden_size)
-        stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
-        if any(s not in TRANSUNET_STAGES for s in stages):
-            raise ValueError(f"TransUNet prune_stages must be a subset of {TRANSUNET_STAGES}, got {list(prune_stages)}")
-        check_executor(executor, fill)
-        self.prune_stages = tuple(stages)
-        self.executor, self.fill = executor, fill
-        self.pruners = nn.ModuleDict({str(s): copy.deepcopy(pruner) for s in stages})
+        stages = pruned_stages("TransUNet", pruner, prune_stages, TRANSUNET_STAGES)
+        self._install_pruners({s: copy.deepcopy(pruner) for s in stages}, executor, fill)
         self.completion = completion
-        self.token_report: list[StageReport] = []
-        self.block_report: list[BlockReport] = []
-        self.aux_loss: torch.Tensor | None = None
-        self.aux_logits: list[torch.Tensor] = []
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.

@@ -20,10 +20,16 @@ from monai.utils import ensure_tuple_rep
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, run_pruned_blocks
+from prato_components.networks.vit_pruning import (
+    PrunedNetworkMixin,
+    build_pruner,
+    executor_mode,
+    pruned_stages,
+    run_pruned_blocks,
+)
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
-from prato_components.tokens.executor import BlockReport, StageReport, TokenState, check_executor
+from prato_components.tokens.executor import TokenState
 
 __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 
@@ -87,22 +93,13 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         fill: str,
         completion: nn.Module | None = None,
     ) -> None:
-        stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
-        if any(s not in UNETR_STAGES for s in stages):
-            raise ValueError(f"UNETR prune_stages must be a subset of {UNETR_STAGES}, got {list(prune_stages)}")
-        check_executor(executor, fill)
+        stages = pruned_stages("UNETR", pruner, prune_stages, UNETR_STAGES)
         for block in self.vit.blocks:
             check_supported_block(block)
-        self.prune_stages = tuple(stages)
-        self.executor, self.fill = executor, fill
-        self.pruners = nn.ModuleDict({str(s): copy.deepcopy(pruner) for s in stages})
+        self._install_pruners({s: copy.deepcopy(pruner) for s in stages}, executor, fill)
         self.completion = completion
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
-        self.token_report: list[StageReport] = []
-        self.block_report: list[BlockReport] = []
-        self.aux_loss: torch.Tensor | None = None
-        self.aux_logits: list[torch.Tensor] = []
 
     def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         check_image(x_in, self.in_channels, self.img_size)

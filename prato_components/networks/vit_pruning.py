@@ -17,9 +17,9 @@ import torch.nn as nn
 from prato_components.pruners.base import TokenPruner
 from prato_components.pruners.registry import PRUNERS, create_pruner
 from prato_components.tokens.blocks import transformer_block_forward
-from prato_components.tokens.executor import TokenState, kept_token_work
+from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_executor, kept_token_work
 
-__all__ = ["PrunedNetworkMixin", "build_pruner", "executor_mode", "run_pruned_blocks"]
+__all__ = ["PrunedNetworkMixin", "pruned_stages", "build_pruner", "executor_mode", "run_pruned_blocks"]
 
 
 class PrunedNetworkMixin:
@@ -30,6 +30,18 @@ class PrunedNetworkMixin:
 
     token_report: list
     block_report: list
+
+    def _install_pruners(
+        self, pruners: Mapping[int, TokenPruner], executor: str, fill: str, executors: tuple[str, ...] = EXECUTOR_MODES
+    ) -> None:
+        """The one pruning set-up of every backbone: check the executor and fill, register ``pruners`` by stage
+        under ``pruners.<stage>``, and reset the per-forward reports (docs/design.md §5, §6)."""
+        check_executor(executor, fill, executors)
+        self.prune_stages = tuple(sorted(pruners))
+        self.executor, self.fill = executor, fill
+        self.pruners = nn.ModuleDict({str(stage): pruners[stage] for stage in self.prune_stages})
+        self.token_report, self.block_report = [], []
+        self.aux_loss, self.aux_logits = None, []
 
     def kept_fraction(self) -> float:
         """Kept token-block work of the last forward pass, mean over its images: ``1 - token sparsity`` (the one
@@ -43,6 +55,14 @@ class PrunedNetworkMixin:
         if missing or result.unexpected_keys:
             name = type(self).__name__.removeprefix("Pruned")
             raise KeyError(f"not a {name} state dict: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+def pruned_stages(network: str, pruner: object | None, prune_stages: Sequence[int], boundaries: Sequence[int]) -> list[int]:
+    """The sorted stages to prune at (none without a pruner); ``ValueError`` unless they are stage boundaries."""
+    stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
+    if any(s not in boundaries for s in stages):
+        raise ValueError(f"{network} prune_stages must be a subset of {tuple(boundaries)}, got {list(prune_stages)}")
+    return stages
 
 
 def build_pruner(
