@@ -232,6 +232,10 @@ def _split(name: str) -> tuple[str, str]:
     raise ValueError(f"bundle {name!r} does not start with a known backbone {sorted(BACKBONES)}")
 
 
+# network keys that only a pruned network reads
+PRUNING_KEYS = ("prune_stages", "executor", "fill")
+
+
 def network_def(name: str) -> dict:
     """The ``network_def`` of bundle ``name``."""
     backbone, pruner = _split(name)
@@ -247,6 +251,9 @@ def network_def(name: str) -> dict:
         if pruner_def is not None and pruner_spec.get("needs_dim"):
             pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
         net["pruner"] = pruner_def
+    if pruner_def is None:  # the baseline: nothing to prune, so no pruning keys
+        for key in PRUNING_KEYS:
+            net.pop(key, None)
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
     if "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
         net["completion"]["taps"] = list(spec["completion_taps"])
@@ -302,7 +309,7 @@ def trained_network(config: dict) -> None:
 
 def common(name: str) -> dict:
     """Keys shared by train, evaluate and inference."""
-    backbone, _ = _split(name)
+    backbone, pruner = _split(name)
     config = {
         "imports": IMPORTS,
         "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
@@ -318,10 +325,12 @@ def common(name: str) -> dict:
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
-        "keep_ratio": 0.75,
-        "prune_stages": BACKBONES[backbone]["stages"],
-        "executor": "gather",
-        "fill": "carry",
+        **({} if pruner == "baseline" else {  # an unpruned network has no budget, stages or executor to set
+            "keep_ratio": 0.75,
+            "prune_stages": BACKBONES[backbone]["stages"],
+            "executor": "gather",
+            "fill": "carry",
+        }),
         "decode_region": "full",
         "decode_margin": DECODE_MARGIN,
         "prompt_boxes": "union",
@@ -401,8 +410,7 @@ def train_config(name: str) -> dict:
         "batch_size": 8,
         "learning_rate": 1e-4,
         "val_interval": 1,
-        "warmup_epochs": 0,
-        "ramp_epochs": 0,
+        **({} if _split(name)[1] == "baseline" else {"warmup_epochs": 0, "ramp_epochs": 0}),
         "cache_rate": 1.0,
         "resume": True,
         "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
@@ -413,6 +421,7 @@ def train_config(name: str) -> dict:
                       "weight_decay": 1e-5},
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
                          "T_max": "@epochs"},
+        "preprocessing": _labelled_preprocessing(),  # loading and normalisation, shared by train and validate
         "train": {
             "augmentation": [
                 {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
@@ -438,8 +447,9 @@ def train_config(name: str) -> dict:
                            "shuffle": True, "num_workers": "@num_workers"},
             "inferer": "@inferer",
             "handlers": [
-                {"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
-                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"},
+                *([] if _split(name)[1] == "baseline" else [
+                    {"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
+                     "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}]),
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},
@@ -462,7 +472,6 @@ def train_config(name: str) -> dict:
                 "train_handlers": "@train#handlers",
             },
         },
-        "preprocessing": _labelled_preprocessing(),
         "validate": {
             "preprocessing": {"_target_": "Compose", "transforms": "$@preprocessing + @validate#prompt"},
             "prompt": _box_from_label(),
@@ -681,7 +690,10 @@ def metadata(name: str) -> dict:
         "task": f"Box-prompted 2D segmentation: {title}",
         "description": f"{title}, called as network(image, boxes). Trains and evaluates on ACDC slices (cardiac MRI), "
                        "ISIC task 1 (dermoscopy) or an MSD task (slices); the box prompt is derived from the label in "
-                       "training and evaluation and given by the user at inference.",
+                       "training and evaluation and given by the user at inference. network_data_format describes the "
+                       "default data set (dataset acdc: 1 channel, 4 classes); dataset isic gives 3 channels and 2 "
+                       "classes, dataset decathlon the channels and classes of its dataset.json. eval_metrics is empty "
+                       "because no weights are shipped: evaluate.json writes the measured metrics to eval/metrics.json.",
         "authors": AUTHORS,
         "copyright": COPYRIGHT,
         "data_source": "ACDC (https://www.creatis.insa-lyon.fr/Challenge/acdc/), ISIC 2017/2018 task 1, MSD",
@@ -769,7 +781,10 @@ def readme(name: str) -> str:
             with open(path) as f:
                 notes.append(f.read().strip())
     notes = "\n\n".join(notes)
-    return BUNDLE_README.format(name=name, title=title, notes=notes).rstrip() + "\n"
+    pruning_keys = "" if pruner == "baseline" else (
+        "`keep_ratio`, `prune_stages`, `executor` (`gather` | `padded` | `mask` |\n`attention_mask`), `fill` "
+        "(`carry` | `zero`), `warmup_epochs`, `ramp_epochs`, ")
+    return BUNDLE_README.format(name=name, title=title, notes=notes, pruning_keys=pruning_keys).rstrip() + "\n"
 
 
 BUNDLE_README = """# {name}: {title}
@@ -802,8 +817,7 @@ Multi-GPU (or several CPU processes with gloo):
 
 `dataset` (`acdc` | `isic` | `decathlon`; sets channels, classes, loading and output format), `dataset_dir`,
 `image_size`, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
-`output_dir`, `ckpt_dir`, `keep_ratio`, `prune_stages`, `executor` (`gather` | `padded` | `mask` |
-`attention_mask`), `fill` (`carry` | `zero`), `decode_region` (`full` | `box`: run the decoder only over the prompt
+`output_dir`, `ckpt_dir`, {pruning_keys}`decode_region` (`full` | `box`: run the decoder only over the prompt
 boxes plus `decode_margin` pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),
 `decode_margin`, `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
