@@ -7,8 +7,6 @@ import glob
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,6 +30,7 @@ from prato_components.interactive import (
     slice_from_request,
 )
 from prato_components.prompts import boxes_from_label
+from tools.monailabel_load import monailabel_server, multipart_post
 from tools.verify_bundles import tiny_overrides
 
 SIZE = 32
@@ -173,29 +172,11 @@ def test_segmenter_in_process(served_bundles, acdc_dir):
 
 
 # ---------------------------------------------------------------------------------------------- the real server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, file_path: str, params: dict) -> tuple[int, bytes]:
-    """multipart/form-data POST of ``file`` and ``params`` (what MONAI Label's /infer takes)."""
-    boundary = uuid.uuid4().hex
+    """POST ``file_path`` and ``params`` to MONAI Label's /infer; the status and the body."""
     with open(file_path, "rb") as f:
-        content = f.read()
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{os.path.basename(file_path)}\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        status, body, _seconds = multipart_post(url, f.read(), os.path.basename(file_path), params, timeout=120)
+    return status, body
 
 
 @pytest.fixture(scope="module")
@@ -251,40 +232,12 @@ def _server(python: str, bundles: str, studies: str, tmp_path, extra: list[str],
             overrides: dict | None = None):
     """A MONAI Label server on 127.0.0.1 serving ``bundles`` (with ``bundle_overrides`` when given); yields (base
     url, /info/ at start, log path)."""
-    port = _free_port()
-    conf = ["--conf", "bundle_overrides", json.dumps(overrides)] if overrides else []
-    command = [python, "-m", "monailabel.main", "start_server", "--app", os.path.join(ROOT, "monailabel_app"),
-               "--studies", studies, "--conf", "bundles", bundles, *conf,
-               "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--host", "127.0.0.1",
-               "--port", str(port), *extra]
-    log_path = tmp_path / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if tmpdir is not None:
-        env["TMPDIR"] = tmpdir
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path), env=env,
-                                  start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        info = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                with urllib.request.urlopen(f"{base}/info/", timeout=5) as response:
-                    info = json.loads(response.read())
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                time.sleep(1)
-        assert info is not None, f"server did not start:\n{log_path.read_text()[-4000:]}"
+    log_path = tmp_path / f"server-{uuid.uuid4().hex[:8]}.log"
+    conf = {"bundle_overrides": json.dumps(overrides)} if overrides else None
+    env = {"TMPDIR": tmpdir} if tmpdir is not None else None
+    with monailabel_server(python, studies, bundles, str(log_path), conf, extra, cwd=str(tmp_path), env=env,
+                           startup_timeout=240) as (base, info, _process):
         yield base, info, log_path
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
 
 
 @pytest.fixture(scope="module")

@@ -405,12 +405,13 @@ def _postprocessing() -> dict:
 
 def train_config(name: str) -> dict:
     config = common(name)
+    pruned = _split(name)[1] != "baseline"
     config.update({
         "epochs": 100,
         "batch_size": 8,
         "learning_rate": 1e-4,
         "val_interval": 1,
-        **({} if _split(name)[1] == "baseline" else {"warmup_epochs": 0, "ramp_epochs": 0}),
+        **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
         "cache_rate": 1.0,
         "resume": True,
         "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
@@ -447,9 +448,8 @@ def train_config(name: str) -> dict:
                            "shuffle": True, "num_workers": "@num_workers"},
             "inferer": "@inferer",
             "handlers": [
-                *([] if _split(name)[1] == "baseline" else [
-                    {"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
-                     "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}]),
+                *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
+                    "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
                 {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
                 {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
                  "interval": "@val_interval"},

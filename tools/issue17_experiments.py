@@ -149,17 +149,26 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     return {s: {k: (v[0] / v[1] if v[1] else None) for k, v in d.items()} for s, d in counts.items()}
 
 
+TRAINING_ONLY = ("warmup_epochs", "ramp_epochs")
+
+
+def _run_overrides(spec: dict, data: dict, root: str, extra: dict, skip: tuple[str, ...] = ()) -> dict:
+    """The overrides shared by a job's training and evaluations: data, run folder, size, seed, the small ViT and
+    the variant's settings (not the training-only ones, nor ``skip``)."""
+    small = SMALL if spec["size"] >= 64 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8}
+    return {"dataset": "acdc", "dataset_dir": data[spec["data"]], "bundle_root": root, "image_size": spec["size"],
+            "num_workers": 0, "seed": spec["seed"], **small,
+            **{k: v for k, v in extra.items() if k not in TRAINING_ONLY + tuple(skip)}}
+
+
 def job(spec: str, out: str, data_json: str) -> None:
     """One training with its evaluations; writes ``<out>/jobs/<name>.json``."""
     spec = json.loads(spec) if isinstance(spec, str) else spec  # fire already parses JSON arguments
     data = json.loads(data_json) if isinstance(data_json, str) else data_json
     bundle, extra = VARIANTS[spec["variant"]]
     root = os.path.join(out, "runs", spec["name"])
-    small = SMALL if spec["size"] >= 64 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8}
-    training_only = {k: v for k, v in extra.items() if k in ("warmup_epochs", "ramp_epochs")}
-    common = {"dataset": "acdc", "dataset_dir": data[spec["data"]], "bundle_root": root, "image_size": spec["size"],
-              "num_workers": 0, "seed": spec["seed"], **small,
-              **{k: v for k, v in extra.items() if k not in training_only}}
+    training_only = {k: v for k, v in extra.items() if k in TRAINING_ONLY}
+    common = _run_overrides(spec, data, root, extra)
     result = {**spec, "bundle": bundle, "overrides": extra}
     start = time.time()
     _bundle_run(bundle, "train", **common, **training_only, epochs=spec["epochs"], batch_size=8, learning_rate=3e-4,
@@ -201,11 +210,7 @@ def margins(out: str, names: str, data_json: str | None = None, settings: str = 
         spec = json.load(open(os.path.join(out, "jobs", name + ".json")))
         bundle, extra = VARIANTS[spec["variant"]]
         root = os.path.join(out, "runs", name)
-        small = SMALL if spec["size"] >= 64 else {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8}
-        common = {"dataset": "acdc", "dataset_dir": data[spec["data"]], "bundle_root": root,
-                  "image_size": spec["size"], "num_workers": 0, "seed": spec["seed"], **small,
-                  **{k: v for k, v in extra.items() if k not in ("warmup_epochs", "ramp_epochs", "decode_region",
-                                                                 "decode_margin")}}
+        common = _run_overrides(spec, data, root, extra, skip=("decode_region", "decode_margin"))
         for setting in settings:
             decode = {"decode_region": "full"} if setting == "full" else {"decode_region": "box",
                                                                           "decode_margin": int(setting)}
