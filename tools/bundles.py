@@ -76,6 +76,7 @@ BACKBONES: dict[str, dict] = {
         "dim": "@hidden_size",
         "stages": [1, 2],
         "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
+        "small": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16},
         "reference": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
     },
     "swin_unetr": {
@@ -100,6 +101,7 @@ BACKBONES: dict[str, dict] = {
         "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
         "stages": [1, 2],
         "tiny": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 3, 3, 3]},
+        "small": {"feature_size": 24, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]},
         "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
                      "in MRI Images, BrainLes 2021",
     },
@@ -132,6 +134,8 @@ BACKBONES: dict[str, dict] = {
         "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4, "cnn_layers": [1, 1, 1],
                  "cnn_width": 8, "head_channels": 32, "decoder_channels": [16, 8, 8, 8],
                  "network_def#cnn_norm": ["group", {"num_groups": 4}]},
+        "small": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "num_layers": 12, "cnn_layers": [1, 2, 2],
+                  "cnn_width": 32, "head_channels": 128, "decoder_channels": [64, 32, 16, 16]},
         "reference": "Chen et al., TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation, 2021",
     },
     "segformer": {
@@ -152,6 +156,7 @@ BACKBONES: dict[str, dict] = {
         "stages": [1, 2],
         "tiny": {"variant": "b0", "network_def#embed_dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
                  "network_def#num_heads": [1, 1, 2, 2], "network_def#decoder_dim": 16},
+        "small": {"variant": "b0"},  # SegFormer-B0 is already small (3.7 M parameters)
         "reference": "Xie et al., SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers, "
                      "NeurIPS 2021",
     },

@@ -23,7 +23,9 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SMALL = {"image_size": 96, "hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16}
+from tools.bundles import BACKBONES  # noqa: E402
+
+SMALL = {"image_size": 96, **BACKBONES["unetr"]["small"]}
 
 
 def _run(args: list[str]) -> None:

@@ -32,7 +32,10 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SMALL = {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16}
+from tools.bundles import BACKBONES  # noqa: E402
+from tools.experiments import bundle_run as _bundle_run  # noqa: E402
+
+SMALL = BACKBONES["unetr"]["small"]
 FULL = {"decode_region": "full"}  # the variants measured before box decoding existed decode the whole image
 VARIANTS = {
     "baseline": ("unetr_baseline", {}),
@@ -83,14 +86,6 @@ def make_data(out: str, tiny: bool = False) -> dict[str, str]:
     return dirs
 
 
-def _bundle_run(bundle: str, config: str, **overrides) -> None:
-    from monai.bundle import run
-
-    configs = os.path.join(ROOT, "bundles", bundle, "configs")
-    run(config_file=os.path.join(configs, f"{config}.json"), meta_file=os.path.join(configs, "metadata.json"),
-        logging_file=os.path.join(configs, "logging.conf"), **overrides)
-
-
 def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     """Per pruned stage: the fraction of grid cells kept among cells containing each class (any voxel), among cells
     overlapping the prompt box, and among cells outside it (test split, tight box)."""
@@ -98,8 +93,7 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     import torch.nn.functional as F
     from monai.bundle import ConfigParser
 
-    from prato_components.engine import load_weights
-    from prato_components.tokens.stage import scatter_to_grid
+    from prato_components.engine import load_weights, record_retention
 
     parser = ConfigParser()
     parser.read_config(os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json"))
@@ -109,28 +103,19 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     net.eval()
     loader = parser.get_parsed_content("test#dataloader")
     device = next(net.parameters()).device
-    grids: dict[int, list] = {}
-    hooks = []
-    for stage, pruner in net.pruners.items():
-        def hook(module, args, output, stage=int(stage)):
-            inputs = args[0]
-            keep = output.keep_mask if inputs.valid is None else output.keep_mask & inputs.valid
-            grids.setdefault(stage, []).append(
-                (scatter_to_grid(inputs.token_index, keep, math.prod(inputs.grid_shape)), None))
-        hooks.append(pruner.register_forward_hook(hook))
     counts: dict = {}
     num_classes = int(parser.get_parsed_content("out_channels"))
-    with torch.no_grad():
+    with torch.no_grad(), record_retention(net) as kept:
         for batch in loader:
             image, label, box = batch["image"].to(device), batch["label"].to(device), batch["box"].to(device)
-            grids.clear()
+            kept.clear()
             net(image, boxes=box)
             grid_shape = tuple(net.feat_size)
             one_hot = F.one_hot(label[:, 0].long(), num_classes).movedim(-1, 1).float()
             present = F.adaptive_max_pool2d(one_hot, grid_shape).flatten(2) > 0  # [B, classes, N]
             stride = [s / g for s, g in zip(image.shape[2:], grid_shape)]
-            for stage in sorted(grids):
-                alive, _ = grids[stage][0]  # [B, N] alive after this stage
+            for stage in sorted(kept):
+                alive = kept[stage][0].flatten(1).to(device)  # [B, N] alive after this stage
                 cells = torch.stack(torch.meshgrid(*(torch.arange(g, device=device) for g in grid_shape),
                                                    indexing="ij"), -1).reshape(-1, 2).float()  # row-major grid
                 st = torch.tensor(stride, device=device)
@@ -144,8 +129,6 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
                     entry = counts.setdefault(f"stage{stage}", {}).setdefault(key, [0, 0])
                     entry[0] += int((alive & mask).sum())
                     entry[1] += int(mask.sum())
-    for h in hooks:
-        h.remove()
     return {s: {k: (v[0] / v[1] if v[1] else None) for k, v in d.items()} for s, d in counts.items()}
 
 

@@ -20,4 +20,5 @@ from prato_components.engine.handlers import (
     summarise_token_reports,
 )
 from prato_components.engine.inferers import PromptedInferer, boxes_for_slices
+from prato_components.engine.inspection import record_retention
 from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid
