@@ -101,6 +101,11 @@ class _Assembler(nn.Module):
 class MultiLayerTokenAssembly(nn.Module):
     """STP's MTA as a ``PrunedUNETR`` completion: ``completion(grid [B, N, C], state, tap) -> grid``.
 
+    ``state`` is the :class:`~prato_components.tokens.TokenState` of the forward pass, or anything that offers its
+    ``grid_shape``, ``pruned_stages`` and ``pruned_at()`` (:class:`~prato_components.tokens.stage.PrunedGrid`: Swin
+    UNETR). The hierarchical backbones build one MTA per tap, at that tap's width (a factory, see
+    :func:`~prato_components.networks.vit_pruning.build_completions`).
+
     The restored ``grid`` holds the live tokens at their positions and, with the default ``fill="carry"``, every
     pruned token frozen at the value it had when it was pruned. MTA adds a learnable token per pruning stage to
     the pruned positions (:meth:`TokenState.pruned_at` tells the stage), adds a fixed sin-cos position embedding and
@@ -122,7 +127,8 @@ class MultiLayerTokenAssembly(nn.Module):
         dim: token width ``C``.
         spatial_dims: 2 or 3 (for the position embedding).
         depth: transformer blocks per tap (the paper uses 1-3).
-        hidden_size: width of the transformer (default ``C // 4``; divisible by ``num_heads`` and by 4 in 2D, 6 in 3D).
+        hidden_size: width of the transformer (divisible by ``num_heads`` and by 4 in 2D, 6 in 3D; default ``C // 4``
+            rounded down to such a multiple, at least one).
         num_heads: attention heads.
         mlp_ratio: MLP width of the blocks relative to ``hidden_size``.
         num_stages: number of pruning stages of the backbone (UNETR: 3), one learnable token each.
@@ -143,10 +149,12 @@ class MultiLayerTokenAssembly(nn.Module):
         dropout_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        hidden_size = dim // 4 if hidden_size is None else hidden_size
         multiple = {2: 4, 3: 6}.get(spatial_dims)
         if multiple is None:
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if hidden_size is None:  # C // 4, rounded down to what the embedding and the heads take (at least that)
+            step = math.lcm(multiple, num_heads)
+            hidden_size = max(step, dim // 4 // step * step)
         if depth < 0 or num_stages < 1:
             raise ValueError(f"depth must be >= 0 and num_stages >= 1, got {depth} and {num_stages}")
         if hidden_size < 1 or hidden_size % multiple or hidden_size % num_heads:
@@ -177,7 +185,7 @@ class MultiLayerTokenAssembly(nn.Module):
 
     def assemble(self, grid: torch.Tensor, state) -> torch.Tensor:
         """``grid`` with the learnable token of the stage each pruned position was pruned at added."""
-        if state.kept_grids and max(stage for stage, _ in state.kept_grids) > self.stage_tokens.shape[0]:
+        if state.pruned_stages and max(state.pruned_stages) > self.stage_tokens.shape[0]:
             raise ValueError(f"MTA has {self.stage_tokens.shape[0]} stage tokens; tokens were pruned at a later stage")
         stage_of = state.pruned_at()  # [B, N], 0 = alive
         pruned = (stage_of > 0).unsqueeze(-1).to(grid.dtype)

@@ -174,15 +174,16 @@ def test_pruning_lowers_flops():
         assert per_pruned[name] == per_full[name]  # on the restored grid
 
 
-def test_attention_map_pruners_are_refused():
-    class NeedsAttention(TokenPruner):
-        needs_attention = True
-
+def test_pruners_that_run_vit_blocks_are_refused():
+    class RunsViTBlocks(TokenPruner):
         def forward(self, inputs):
             return TokenSelection(keep_mask=torch.ones_like(inputs.valid))
 
-    with pytest.raises(ValueError, match="attention maps"):
-        make(pruner=NeedsAttention())
+        def run_block(self, block, state, return_attention=False):  # a ViT-only fast path: nothing MiT can run
+            return super().run_block(block, state, return_attention)
+
+    with pytest.raises(ValueError, match="runs ViT blocks itself"):
+        make(pruner=RunsViTBlocks())
 
 
 @pytest.mark.parametrize(

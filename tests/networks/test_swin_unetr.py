@@ -33,8 +33,9 @@ class CornerPruner(TokenPruner):
         return select_topk(-inputs.token_index.float(), self.keep_ratio, inputs.valid)
 
 
-class NeedsAttention(CornerPruner):
-    needs_attention = True
+class RunsViTBlocks(CornerPruner):
+    def run_block(self, block, state, return_attention=False):  # a ViT-only fast path: nothing Swin can run
+        return super().run_block(block, state, return_attention)
 
 
 def tiny(**kwargs) -> PrunedSwinUNETR:
@@ -219,7 +220,7 @@ def test_pruner_forms_and_patch():
         (dict(pruner="prato", prune_stages=(4,)), "prune_stages must be a subset"),
         (dict(pruner="prato", executor="mask"), "unknown executor"),
         (dict(pruner="prato", fill="nearest"), "unknown fill policy"),
-        (dict(pruner=NeedsAttention(0.5)), "needs global attention maps"),
+        (dict(pruner=RunsViTBlocks(0.5)), "runs ViT blocks itself"),
         (dict(pruner={1: CornerPruner(0.5)}), r"no pruner for stage\(s\) \[2\]"),
     ],
 )
