@@ -100,6 +100,9 @@ BACKBONES: dict[str, dict] = {
         },
         "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
+        # STP's MTA attends within Swin's 7 x 7 windows: global attention over the 56 x 56 tokens of the first pruned
+        # grid would cost more than pruning saves (docs/pruners/stp.md)
+        "completion_window": 7,
         "tiny": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 3, 3, 3]},
         "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
                      "in MRI Images, BrainLes 2021",
@@ -257,6 +260,8 @@ def network_def(name: str) -> dict:
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
     if "completion" in net and spec.get("pruner_by_name"):  # the network builds one per tap, at that tap's width
         completion = {k: v for k, v in net["completion"].items() if k != "dim"}
+        if "completion_window" in spec:
+            completion["window_size"] = spec["completion_window"]
         net["completion"] = {"_target_": completion.pop("_target_"), "_mode_": "callable", **completion}
     elif "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
         net["completion"]["taps"] = list(spec["completion_taps"])

@@ -288,7 +288,7 @@ def mta_factory():
 
     from prato_components.pruners import MultiLayerTokenAssembly
 
-    return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1)
+    return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1, window_size=7)  # as the bundle
 
 
 @pytest.mark.parametrize("name", ["evovit", "tram"])
