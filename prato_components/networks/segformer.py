@@ -27,6 +27,15 @@ its grid does not nest cell-to-cell in the previous one (each cell covers 2x2 ce
 overlaps), and a coverage rule would keep a different count per image (no fixed-``K`` batching). Each pruned
 boundary decides afresh with its own pruner on its own grid; ``keep_ratio`` is per stage and does not compound.
 
+Attention-based pruners (Evo-ViT, TRAM) get the spatial-reduction attention of the blocks since the previous pruned
+boundary (:class:`~prato_components.tokens.attention.ReducedAttention`: live queries to the reduced keys, on the
+finer grids of the stages before); those blocks compute the attention explicitly. Each stage keeps its own
+``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast path
+(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
+the stage it pruned, as one more query on the reduced keys with a position-less Mix-FFN, and moves the carried
+pruned tokens by its residual (they feed the next blocks' keys, the head and the next embedding). A completion (STP's
+MTA, one per pruned boundary at its stage's width) fills the pruned positions of the stage map for the head only.
+
 Default ``prune_stages=(1, 2)``: stages 2 (1/8) and 3 (1/16) run on the kept tokens, as the paper prunes its first
 two of three boundaries; stage 4 (1/32, 49 tokens at 224) stays whole: each of its tokens covers 32x32 pixels and its
 attention (ratio 1) is already over all tokens as keys, so little is saved there. Stage 1 is never pruned (no
@@ -445,13 +454,12 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         mode = executor_mode(first, self.executor, self.training)
         mode = "mask" if mode == "attention_mask" else mode
         maps, reports, blocks, aux_losses, aux_logits, grids = [], [], [], [], [], []
-        memory, attentions = {}, []  # StageInput.memory shared by the stages; attention maps since the last boundary
+        attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
         x = image
         for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
             tokens, grid = stage.patch_embed(x)
             grids.append(grid)
-            state = TokenState(tokens, grid, mode, self.fill)
-            state.memory = memory
+            state = TokenState(tokens, grid, mode, self.fill)  # its own memory: every boundary decides afresh
             weights = None
             if index in self.prune_stages:
                 stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
@@ -460,7 +468,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
                 attentions = []
                 state.apply(pruner(inputs), index, inputs)
                 placeholders = ~state.alive_grid()
-                weights = pruner.placeholder_weights(memory, grid, placeholders, tokens.dtype)
+                weights = pruner.placeholder_weights(state.memory, grid, placeholders, tokens.dtype)
             want = self._wants_attention(index + 1)
             for block in stage.blocks:
                 rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry).unsqueeze(1)

@@ -34,6 +34,19 @@ runs on the restored grid; a parent with no alive child is filled by the same po
 (``carry``: the merging of its carried children; ``zero``: 0). A pruner's ``StageInput.feature_map`` is that
 merged grid before the tap's zeroing.
 
+Attention-based pruners (Evo-ViT, TRAM: ``needs_attention``). The blocks of the layer before such a pruner's stage
+return their window attention (:class:`~prato_components.tokens.attention.WindowAttention`, the maps of the attended
+windows on that layer's grid, one stage finer than the pruner's); a layer with nothing pruned yet then runs on the
+live-token path (every token live, the same output as MONAI's layer). A pruner's fast path
+(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through every block of
+the later layers, as one query over its image's live tokens (:func:`swin_block_run`), and adds its residual to
+every cell that is not live (the carried values the patch merging reads).
+
+Completion (STP's MTA). One module per decoder tap that reads pruned positions (``x_t`` after the first pruned
+stage), at the width of grid ``t - 1``: it completes the restored grid, with where each cell was pruned
+(:class:`~prato_components.tokens.stage.PrunedGrid`; a parent whose children were all pruned counts as pruned when
+its last child was), and that completed grid is merged for the tap only; the next layer merges the carried grid.
+
 Export. ``torch.export`` traces the same path: the number of kept windows (``nonzero`` in :func:`plan_windows`),
 the alive parents and the stage-2 padded width are unbacked symbolic sizes (bounded with ``torch._check``), so the
 exported graph keeps the pruning decisions *and* the window skipping. While exporting, the pruned-key mask is
