@@ -443,7 +443,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         want = self._wants_attention(number)
         alive = self._alive(live, batch, grid)
         weights = self._placeholder_weights(number, alive, grid, run, carry.dtype)
-        image = torch.div(torch.arange(batch * num_cells, device=x.device), num_cells, rounding_mode="floor")
+        if weights is not None:  # the image of every cell, to hand each placeholder its image's residual
+            image = torch.div(torch.arange(batch * num_cells, device=x.device), num_cells, rounding_mode="floor")
         plans: dict = {}
 
         def plan_of(block) -> WindowPlan:  # one plan per partition (shifted or not), shared by the layer's blocks

@@ -40,7 +40,10 @@ class StageInput:
         stage: index of the stage boundary (1-based, backbone specific).
         attentions: attention probabilities ``[B, heads, n_l, n_l]`` of every block since the previous pruned
             stage boundary (over the tokens live in that block), only for pruners whose ``needs_attention`` is
-            ``True``; otherwise empty. The last entry is over the current live tokens.
+            ``True``; otherwise empty. The last entry is over the current live tokens. The hierarchical backbones
+            give their blocks' attention on those blocks' own (finer) grids instead:
+            :class:`~prato_components.tokens.attention.WindowAttention` (Swin UNETR) or
+            :class:`~prato_components.tokens.attention.ReducedAttention` (SegFormer).
         feature_map: callable returning the live tokens restored to the grid, ``[B, C, *grid_shape]``
             (pruned positions hold the value they had when pruned); computed on demand.
         memory: a dict that lives for one forward pass, shared by all stages (for scores accumulated
@@ -55,7 +58,7 @@ class StageInput:
     boxes: torch.Tensor | None
     stage: int
     feature_map: Callable[[], torch.Tensor]
-    attentions: list[torch.Tensor] = field(default_factory=list)
+    attentions: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
 
     @property
