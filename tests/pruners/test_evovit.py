@@ -7,7 +7,7 @@ import torch
 
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
-from conftest import image, random_attention, stage_input, tiny_unetr
+from conftest import image, random_attention, reduced_example, stage_input, tiny_unetr, window_example
 from prato_components.networks import TokenState, transformer_block_forward
 from prato_components.pruners import (
     EvoViT,
@@ -17,7 +17,7 @@ from prato_components.pruners import (
     representative_weights,
     window_attention_received,
 )
-from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells
+from prato_components.tokens.attention import WindowAttention
 
 
 def test_attention_received_sums_heads_and_averages_valid_queries():
@@ -149,25 +149,6 @@ def test_evovit_gradients_reach_the_blocks_through_the_placeholders():
 
 
 # ---------------------------------------------------------------------------------------------- hierarchical attention
-def window_example(heads: int = 2, seed: int = 0):
-    """Two images on a 2 x 3 grid (6 cells), windows of 3 slots: image 0 has a full window (cells 0, 1, 2) and one
-    with a single live token (cell 3; a pruned and a padding slot), image 1 one window (cells 0, 2 live, a pruned
-    slot). Returns the WindowAttention and its block-diagonal dense map ``[B, heads, 6, 6]`` over the grid."""
-    cells = torch.tensor([[0, 1, 2], [3, 12, 12], [6, 12, 8]])  # 12 = B * N: no live token in the slot
-    logits = torch.randn(3, heads, 3, 3, generator=torch.Generator().manual_seed(seed))
-    logits[1, :, :, 1] = float("-inf")  # the pruned slot of window 1 is a masked key (the padding slot stays a key)
-    logits[2, :, :, 1] = float("-inf")
-    attention = WindowAttention(logits.softmax(-1), cells, (2, 3), batch_size=2)
-    dense = torch.zeros(2, heads, 6, 6)
-    for w in range(3):
-        for i in range(3):
-            for j in range(3):
-                if cells[w, i] < 12 and cells[w, j] < 12:
-                    b, ci, cj = int(cells[w, i]) // 6, int(cells[w, i]) % 6, int(cells[w, j]) % 6
-                    dense[b, :, ci, cj] = attention.probs[w, :, i, j]
-    return attention, dense
-
-
 def test_window_attention_received_is_the_received_attention_of_the_block_diagonal_map():
     attention, dense = window_example()
     live = attention.live_grid()
@@ -185,17 +166,6 @@ def test_window_attention_received_does_not_favour_sparse_windows():
     scores = window_attention_received(WindowAttention(probs, cells, (2, 4), batch_size=1))
     torch.testing.assert_close(scores[0, :5], torch.full((5,), 3 / 5))
     assert attention_received(probs[1:, :, :1, :1]).item() == 3.0  # a per-window mean would give the lone token 3
-
-
-def reduced_example(valid: bool = True):
-    """One 4 x 4 grid (two images), sr ratio 2: 4 keys; 5 live query rows (image 1: one padding row)."""
-    keys = reduced_key_cells((4, 4), 2)
-    probs = torch.rand(2, 2, 5, 4, generator=torch.Generator().manual_seed(3)).softmax(-1)
-    cells = torch.tensor([[0, 3, 5, 10, 15], [1, 2, 8, 12, 16]])
-    query_valid = torch.tensor([[True] * 5, [True] * 4 + [False]]) if valid else None
-    attention = ReducedAttention(probs, cells if valid else cells.clamp(max=15), query_valid, keys, (4, 4))
-    token_map = probs[..., keys] / 4.0  # each key spread evenly over its 4 tokens: [B, heads, 5, 16]
-    return attention, token_map
 
 
 def test_reduced_attention_received_maps_each_key_back_to_the_tokens_it_pools():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import image, record_selections, stage_input, tiny_unetr
+from conftest import image, record_selections, reduced_example, stage_input, tiny_unetr, window_example
 from prato_components.networks import transformer_block_forward
 from prato_components.pruners import (
     TRAM,
@@ -12,7 +12,6 @@ from prato_components.pruners import (
     reduced_attention_graph_centrality,
     window_attention_graph_centrality,
 )
-from test_evovit import reduced_example, window_example
 
 
 def kept_grid(inputs, selection) -> torch.Tensor:
