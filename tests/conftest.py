@@ -19,6 +19,7 @@ sys.path.insert(0, ROOT)
 
 from prato_components.networks import PrunedUNETR, TokenState  # noqa: E402 - after the repository is on the path
 from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
+from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -121,3 +122,34 @@ def tokens_after_stage1(net: PrunedUNETR) -> list:
     shapes = []
     net.vit.blocks[4].attn.qkv.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
     return shapes
+
+
+# ---------------------------------------------------------------------------------------------- hierarchical attention
+def window_example(heads: int = 2, seed: int = 0):
+    """Two images on a 2 x 3 grid (6 cells), windows of 3 slots: image 0 has a full window (cells 0, 1, 2) and one
+    with a single live token (cell 3; a pruned and a padding slot), image 1 one window (cells 0, 2 live, a pruned
+    slot). Returns the WindowAttention and its block-diagonal dense map ``[B, heads, 6, 6]`` over the grid."""
+    cells = torch.tensor([[0, 1, 2], [3, 12, 12], [6, 12, 8]])  # 12 = B * N: no live token in the slot
+    logits = torch.randn(3, heads, 3, 3, generator=torch.Generator().manual_seed(seed))
+    logits[1, :, :, 1] = float("-inf")  # the pruned slot of window 1 is a masked key (the padding slot stays a key)
+    logits[2, :, :, 1] = float("-inf")
+    attention = WindowAttention(logits.softmax(-1), cells, (2, 3), batch_size=2)
+    dense = torch.zeros(2, heads, 6, 6)
+    for w in range(3):
+        for i in range(3):
+            for j in range(3):
+                if cells[w, i] < 12 and cells[w, j] < 12:
+                    b, ci, cj = int(cells[w, i]) // 6, int(cells[w, i]) % 6, int(cells[w, j]) % 6
+                    dense[b, :, ci, cj] = attention.probs[w, :, i, j]
+    return attention, dense
+
+
+def reduced_example(valid: bool = True):
+    """One 4 x 4 grid (two images), sr ratio 2: 4 keys; 5 live query rows (image 1: one padding row)."""
+    keys = reduced_key_cells((4, 4), 2)
+    probs = torch.rand(2, 2, 5, 4, generator=torch.Generator().manual_seed(3)).softmax(-1)
+    cells = torch.tensor([[0, 3, 5, 10, 15], [1, 2, 8, 12, 16]])
+    query_valid = torch.tensor([[True] * 5, [True] * 4 + [False]]) if valid else None
+    attention = ReducedAttention(probs, cells if valid else cells.clamp(max=15), query_valid, keys, (4, 4))
+    token_map = probs[..., keys] / 4.0  # each key spread evenly over its 4 tokens: [B, heads, 5, 16]
+    return attention, token_map

@@ -62,8 +62,11 @@ class PrunerTimer:
     def __init__(self, network: nn.Module) -> None:
         self.seconds, self.calls, self._start, self._handles = 0.0, 0, {}, []
         modules = list(getattr(network, "pruners", {}).values())
-        if getattr(network, "completion", None) is not None:
-            modules.append(network.completion)
+        completion = getattr(network, "completion", None)
+        if isinstance(completion, nn.ModuleDict):  # hierarchical backbones: one completion per tap
+            modules.extend(completion.values())
+        elif completion is not None:
+            modules.append(completion)
         for module in modules:
             self._handles.append(module.register_forward_pre_hook(self._enter))
             self._handles.append(module.register_forward_hook(self._leave))
@@ -93,6 +96,7 @@ def work_row(net: nn.Module, fn: Callable[[], object]) -> dict:
     flops, per_module = count_flops(lambda: fn(), by_module=True)
     pruner_flops = sum(v for k, v in per_module.items() if k.count(".") == 2 and ".pruners." in k)
     pruner_flops += sum(v for k, v in per_module.items() if k.endswith(".completion"))
+    pruner_flops += sum(v for k, v in per_module.items() if k.count(".") == 2 and ".completion." in k)  # one per tap
     kept = net.kept_fraction() if hasattr(net, "kept_fraction") else 1.0
     return {"params_M": count_parameters(net) / 1e6, "gflops": flops / 1e9, "pruner_gflops": pruner_flops / 1e9,
             "kept_fraction": kept}

@@ -31,8 +31,9 @@ BUNDLE_VERSION = "0.3.0"
 CHANGELOG = {
     "0.3.0": "prompt-restricted decoding: decode_region 'box' (the default in PrATo bundles) runs the decoder and "
     "every convolutional path feeding it only over the prompt boxes plus decode_margin pixels, background outside; "
-    "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet with all seven pruners, swin_unetr "
-    "and segformer with dynamicvit, dtop and random; random masking draws per grid cell (prato_components 0.3.0)",
+    "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet, swin_unetr and segformer with all "
+    "seven pruners (on swin_unetr and segformer, evovit and tram score window / spatial-reduction attention and stp's "
+    "MTA runs per tap at its width); random masking draws per grid cell (prato_components 0.3.0)",
     "0.2.0": "checkpoints record the network settings they were trained with, and evaluate.json / inference.json "
     "build that network without the training overrides; unknown override keys stop a run with the closest known key, "
     "and settings values are checked at start; num_workers defaults to min(4, CPUs); "
@@ -98,8 +99,11 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
+        "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
+        # STP's MTA attends within Swin's 7 x 7 windows: global attention over the 56 x 56 tokens of the first pruned
+        # grid would cost more than pruning saves (docs/pruners/stp.md)
+        "completion_window": 7,
         "tiny": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 3, 3, 3]},
         "small": {"feature_size": 24, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]},
         "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
@@ -152,7 +156,7 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "pruner_by_name": True,  # one pruner per stage, each built for that stage's width
+        "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
         "tiny": {"variant": "b0", "network_def#embed_dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
                  "network_def#num_heads": [1, 1, 2, 2], "network_def#decoder_dim": 16},
@@ -215,12 +219,11 @@ PRUNER_CONFIGS: dict[str, dict] = {
 }
 
 ALL_PRUNERS = ["baseline", "prato", "stp", "dynamicvit", "evovit", "dtop", "tram", "random"]
-# the pairings that exist: every pruner on the plain-ViT backbones (UNETR, TransUNet); on the hierarchical ones the
-# pruners that need neither global attention maps nor a ViT-wide token assembly (STP's MTA, Evo-ViT and TRAM are
-# still to be adapted to window and spatial-reduction attention: issue 14)
-HIERARCHICAL_PRUNERS = ["baseline", "prato", "dynamicvit", "dtop", "random"]
-PRUNERS_BY_BACKBONE = {"unetr": ALL_PRUNERS, "transunet": ALL_PRUNERS, "swin_unetr": HIERARCHICAL_PRUNERS,
-                       "segformer": HIERARCHICAL_PRUNERS}
+# the pairings that exist: every pruner on every backbone. On the hierarchical ones (Swin UNETR, SegFormer) one pruner
+# is built per stage at its width, the attention-based methods (Evo-ViT, TRAM) read window / spatial-reduction
+# attention, and STP's MTA is one assembly per tap at its width (docs/pruners/, "On Swin UNETR and SegFormer")
+PRUNERS_BY_BACKBONE = {"unetr": ALL_PRUNERS, "transunet": ALL_PRUNERS, "swin_unetr": ALL_PRUNERS,
+                       "segformer": ALL_PRUNERS}
 BUNDLES = [f"{backbone}_{pruner}" for backbone, pruners in PRUNERS_BY_BACKBONE.items() for pruner in pruners]
 
 AUTHORS = "PrATo bundles contributors"
@@ -260,7 +263,12 @@ def network_def(name: str) -> dict:
         for key in PRUNING_KEYS:
             net.pop(key, None)
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
-    if "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
+    if "completion" in net and spec.get("pruner_by_name"):  # the network builds one per tap, at that tap's width
+        completion = {k: v for k, v in net["completion"].items() if k != "dim"}
+        if "completion_window" in spec:
+            completion["window_size"] = spec["completion_window"]
+        net["completion"] = {"_target_": completion.pop("_target_"), "_mode_": "callable", **completion}
+    elif "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
         net["completion"]["taps"] = list(spec["completion_taps"])
     return net
 

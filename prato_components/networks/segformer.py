@@ -27,6 +27,15 @@ its grid does not nest cell-to-cell in the previous one (each cell covers 2x2 ce
 overlaps), and a coverage rule would keep a different count per image (no fixed-``K`` batching). Each pruned
 boundary decides afresh with its own pruner on its own grid; ``keep_ratio`` is per stage and does not compound.
 
+Attention-based pruners (Evo-ViT, TRAM) get the spatial-reduction attention of the blocks since the previous pruned
+boundary (:class:`~prato_components.tokens.attention.ReducedAttention`: live queries to the reduced keys, on the
+finer grids of the stages before); those blocks compute the attention explicitly. Each stage keeps its own
+``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast path
+(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
+the stage it pruned, as one more query on the reduced keys with a position-less Mix-FFN, and moves the carried
+pruned tokens by its residual (they feed the next blocks' keys, the head and the next embedding). A completion (STP's
+MTA, one per pruned boundary at its stage's width) fills the pruned positions of the stage map for the head only.
+
 Default ``prune_stages=(1, 2)``: stages 2 (1/8) and 3 (1/16) run on the kept tokens, as the paper prunes its first
 two of three boundaries; stage 4 (1/32, 49 tokens at 224) stays whole: each of its tokens covers 32x32 pixels and its
 attention (ratio 1) is already over all tokens as keys, so little is saved there. Stage 1 is never pruned (no
@@ -47,8 +56,16 @@ from monai.networks.layers import DropPath
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, executor_mode, pruned_stages
+from prato_components.networks.vit_pruning import (
+    PrunedNetworkMixin,
+    build_completions,
+    build_pruner,
+    check_stage_pruner,
+    executor_mode,
+    pruned_stages,
+)
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.attention import BlockOutput, ReducedAttention, reduced_key_cells
 from prato_components.tokens.executor import TokenState
 
 __all__ = [
@@ -124,6 +141,13 @@ class EfficientSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor, grid_shape: Sequence[int]) -> torch.Tensor:
         """Attention of the queries ``x`` ``[B, n, C]`` (any subset of the grid) to the keys/values computed from
         ``context`` ``[B, N, C]``, the full grid of shape ``grid_shape``; returns ``[B, n, C]``."""
+        return self.attend(x, context, grid_shape)[0]
+
+    def attend(
+        self, x: torch.Tensor, context: torch.Tensor, grid_shape: Sequence[int], return_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` and, with ``return_attention``, the attention probabilities ``[B, heads, n, M]`` over the
+        ``M`` reduced keys (computed explicitly instead of the fused kernel)."""
         batch, num, dim = x.shape
         if self.sr_ratio > 1:
             context = self.norm(_to_tokens(self.sr(_to_map(context, grid_shape))))
@@ -131,8 +155,13 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).view(batch, num, heads, head_dim).transpose(1, 2)
         kv = self.kv(context).view(batch, context.shape[1], 2, heads, head_dim).permute(2, 0, 3, 1, 4)
         dropout = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=dropout)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, num, dim)))
+        probs = None
+        if return_attention:
+            probs = (q @ kv[0].transpose(-2, -1) * head_dim**-0.5).softmax(dim=-1)
+            out = F.dropout(probs, dropout, self.training) @ kv[1]
+        else:
+            out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=dropout)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, num, dim))), probs
 
 
 class MixFFN(nn.Module):
@@ -156,6 +185,13 @@ class MixFFN(nn.Module):
         grid = state.restore(hidden, fill="zero", scratch=True) if pruned else hidden
         grid = _to_tokens(self.dwconv(_to_map(grid, grid_shape)))
         hidden = state.live_rows(grid) if pruned else grid
+        return self.drop(self.fc2(self.drop(self.act(hidden))))
+
+    def forward_positionless(self, x: torch.Tensor) -> torch.Tensor:
+        """The Mix-FFN of tokens without a grid position (Evo-ViT's representative token): the depth-wise conv sees
+        zeros around the token (as at the image border or a pruned neighbour), i.e. only its centre tap."""
+        hidden = self.fc1(x)
+        hidden = hidden * self.dwconv.weight[:, 0, 1, 1] + self.dwconv.bias
         return self.drop(self.fc2(self.drop(self.act(hidden))))
 
 
@@ -188,11 +224,34 @@ class MixTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, grid_shape: Sequence[int], state: TokenState | None = None) -> torch.Tensor:
         """``x``: the live tokens ``[B, n, C]`` (``state.tokens``), or the full grid when ``state`` is ``None``."""
+        return self.run(x, grid_shape, state).tokens
+
+    def run(
+        self,
+        x: torch.Tensor,
+        grid_shape: Sequence[int],
+        state: TokenState | None = None,
+        return_attention: bool = False,
+        representative: torch.Tensor | None = None,
+    ) -> BlockOutput:
+        """:meth:`forward`, also returning, when asked, the attention probabilities ``[B, heads, n, M]`` and the block
+        output of one ``representative`` token per image (``[B, 1, C]``, Evo-ViT's fast path): it attends to the
+        reduced keys as one more query and takes the Mix-FFN without a position (:meth:`MixFFN.forward_positionless`);
+        no stochastic depth, since it stands for the tokens the block does not run."""
         pruned = state is not None and state.pruned
         h = self.norm1(x)
         context = state.restore(h, carry_transform=self.norm1) if pruned else h
-        x = x + self.drop_path(self.attn(h, context, grid_shape))
-        return x + self.drop_path(self.mlp(self.norm2(x), grid_shape, state if pruned else None))
+        queries = h if representative is None else torch.cat([h, self.norm1(representative)], dim=1)
+        out, probs = self.attn.attend(queries, context, grid_shape, return_attention)
+        num = x.shape[1]
+        x = x + self.drop_path(out[:, :num])
+        x = x + self.drop_path(self.mlp(self.norm2(x), grid_shape, state if pruned else None))
+        rep = None
+        if representative is not None:
+            rep = representative + out[:, num:]
+            rep = rep + self.mlp.forward_positionless(self.norm2(rep))
+            probs = None if probs is None else probs[:, :, :num]
+        return BlockOutput(x, probs, rep)
 
 
 class MiTStage(nn.Module):
@@ -275,8 +334,10 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         head_dropout: dropout before the head's prediction (0.1).
         pruner: a registered pruner name (one is built per pruned stage at that stage's width, with ``pruner_kwargs``),
             a :class:`TokenPruner` (copied to every pruned stage, so it must work at each stage's width) or ``None``
-            for the unpruned baseline. Pruners that need attention maps or run blocks themselves are written for
-            ViT blocks and are refused.
+            for the unpruned baseline. A pruner that needs attention maps gets the spatial-reduction attention of
+            the blocks before its boundary (:class:`~prato_components.tokens.attention.ReducedAttention`); one that
+            runs ViT blocks itself is refused unless it also gives :meth:`TokenPruner.placeholder_weights` (Evo-ViT's
+            fast path, run here with the Mix Transformer blocks).
         prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)`` (default ``(1, 2)``).
         executor: ``"gather"`` (fast), ``"padded"`` (variable counts) or ``"mask"`` (full-length reference). A pruner
             that trains with ``"attention_mask"`` trains with ``"mask"`` here: keys come from a conv that mixes
@@ -288,6 +349,11 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
             (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
+        completion: a learned fill of the pruned positions for the head (STP's MTA), one per pruned boundary ``s`` at
+            the width of the stage it feeds: a factory called as ``completion(dim=embed_dims[s], taps=(s,))`` or a
+            mapping ``{s: module}``; each runs as ``module(grid [B, N, C], state, s)`` on the restored map of stage
+            ``s + 1``, which then feeds the head (the next stage's patch embedding still reads the carried map, as
+            the original MTA only feeds the decoder).
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -318,6 +384,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         pruner_kwargs: Mapping | None = None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        completion=None,
     ) -> None:
         super().__init__()
         self._setup_decoding(decode_region, decode_margin)
@@ -355,20 +422,16 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         for stage in pruned_stages("SegFormer", pruner, prune_stages, SEGFORMER_STAGES):
             built = build_pruner(pruner, pruner_kwargs, self.embed_dims[stage])  # boundary s feeds MiT stage s + 1
             pruners[stage] = copy.deepcopy(built) if isinstance(pruner, TokenPruner) else built
-            self._check_pruner(pruners[stage])
+            check_stage_pruner("SegFormer", stage, pruners[stage])
         self._install_pruners(pruners, executor, fill, _EXECUTORS)
+        self.completion = build_completions(completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
 
-    @staticmethod
-    def _check_pruner(pruner: TokenPruner) -> None:
-        name = type(pruner).__name__
-        if pruner.needs_attention:
-            raise ValueError(
-                f"{name} needs token-to-token attention maps; SegFormer's spatial-reduction attention attends to a "
-                "reduced grid and has none"
-            )
-        if type(pruner).run_block is not TokenPruner.run_block:
-            raise ValueError(f"{name} runs ViT blocks itself (run_block); SegFormer's Mix Transformer blocks are not supported")
+    def _wants_attention(self, number: int) -> bool:
+        """Whether the blocks of MiT stage ``number`` (1-4) return their attention: the next pruned boundary
+        (``s >= number``, after that stage) has a pruner that needs attention maps."""
+        upcoming = next((s for s in self.prune_stages if s >= number), None)
+        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -391,20 +454,38 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         mode = executor_mode(first, self.executor, self.training)
         mode = "mask" if mode == "attention_mask" else mode
         maps, reports, blocks, aux_losses, aux_logits, grids = [], [], [], [], [], []
+        attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
         x = image
         for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
             tokens, grid = stage.patch_embed(x)
             grids.append(grid)
-            state = TokenState(tokens, grid, mode, self.fill)
+            state = TokenState(tokens, grid, mode, self.fill)  # its own memory: every boundary decides afresh
+            weights = None
             if index in self.prune_stages:
                 stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
-                inputs = state.stage_input(index, stride, boxes)
-                state.apply(self.pruners[str(index)](inputs), index, inputs)
+                pruner = self.pruners[str(index)]
+                inputs = state.stage_input(index, stride, boxes, attentions)
+                attentions = []
+                state.apply(pruner(inputs), index, inputs)
+                placeholders = ~state.alive_grid()
+                weights = pruner.placeholder_weights(state.memory, grid, placeholders, tokens.dtype)
+            want = self._wants_attention(index + 1)
             for block in stage.blocks:
-                state.tokens = block(state.tokens, grid, state)
+                rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry).unsqueeze(1)
+                out = block.run(state.tokens, grid, state, want, rep)
+                state.tokens = out.tokens
+                if want:
+                    key_of = reduced_key_cells(grid, block.attn.sr_ratio).to(image.device)
+                    attentions.append(ReducedAttention(out.attention.detach(), *state.row_positions(), key_of, grid))
+                if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
+                    state.carry = state.carry + placeholders.unsqueeze(-1).to(rep.dtype) * (out.representative - rep)
                 state.record_block()
-            x = _to_map(state.restore(stage.norm(state.tokens), carry_transform=stage.norm), grid)
-            maps.append(x)
+            restored = state.restore(stage.norm(state.tokens), carry_transform=stage.norm)
+            x = _to_map(restored, grid)
+            if self.completion is not None and str(index) in self.completion and state.pruned:
+                maps.append(_to_map(self.completion[str(index)](restored, state, index), grid))  # for the head only
+            else:
+                maps.append(x)
             reports += state.reports
             blocks += state.block_reports
             aux_losses += state.aux_losses

@@ -34,6 +34,19 @@ runs on the restored grid; a parent with no alive child is filled by the same po
 (``carry``: the merging of its carried children; ``zero``: 0). A pruner's ``StageInput.feature_map`` is that
 merged grid before the tap's zeroing.
 
+Attention-based pruners (Evo-ViT, TRAM: ``needs_attention``). The blocks of the layer before such a pruner's stage
+return their window attention (:class:`~prato_components.tokens.attention.WindowAttention`, the maps of the attended
+windows on that layer's grid, one stage finer than the pruner's); a layer with nothing pruned yet then runs on the
+live-token path (every token live, the same output as MONAI's layer). A pruner's fast path
+(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through every block of
+the later layers, as one query over its image's live tokens (:func:`swin_block_run`), and adds its residual to
+every cell that is not live (the carried values the patch merging reads).
+
+Completion (STP's MTA). One module per decoder tap that reads pruned positions (``x_t`` after the first pruned
+stage), at the width of grid ``t - 1``: it completes the restored grid, with where each cell was pruned
+(:class:`~prato_components.tokens.stage.PrunedGrid`; a parent whose children were all pruned counts as pruned when
+its last child was), and that completed grid is merged for the tap only; the next layer merges the carried grid.
+
 Export. ``torch.export`` traces the same path: the number of kept windows (``nonzero`` in :func:`plan_windows`),
 the alive parents and the stage-2 padded width are unbacked symbolic sizes (bounded with ``torch._check``), so the
 exported graph keeps the pruning decisions *and* the window skipping. While exporting, the pruned-key mask is
@@ -50,19 +63,26 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked
+from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked, swin_block_run
 from prato_components.networks.swin.windows import WindowLayout, WindowPlan, block_layout, plan_windows, window_layout
-from prato_components.networks.vit_pruning import PrunedNetworkMixin, build_pruner, pruned_stages
+from prato_components.networks.vit_pruning import (
+    PrunedNetworkMixin,
+    build_completions,
+    build_pruner,
+    check_stage_pruner,
+    pruned_stages,
+)
 from prato_components.pruners.base import TokenPruner
+from prato_components.tokens.attention import coarse_cells
 from prato_components.tokens.executor import BlockReport, StageReport, check_executor
-from prato_components.tokens.stage import StageInput, TokenSelection, straight_through
+from prato_components.tokens.stage import PrunedGrid, StageInput, TokenSelection, straight_through
 
 __all__ = [
     "SWIN_EXECUTORS",
@@ -76,6 +96,7 @@ __all__ = [
     "plan_windows",
     "swin_block_forward",
     "swin_block_forward_masked",
+    "swin_block_run",
     "window_layout",
 ]
 
@@ -101,6 +122,22 @@ class _Live:
     index: torch.Tensor  # [T] image * N + cell, ascending
 
 
+@dataclass
+class _Pass:
+    """What one forward pass of the pruned encoder carries from layer to layer."""
+
+    mode: str
+    boxes: torch.Tensor | None
+    memory: dict = field(default_factory=dict)  # StageInput.memory, shared by the stages
+    reports: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
+    windows: list = field(default_factory=list)
+    aux_losses: list = field(default_factory=list)
+    aux_logits: list = field(default_factory=list)
+    attentions: list = field(default_factory=list)  # WindowAttention since the last pruned stage, when wanted
+    stage_of: torch.Tensor | None = None  # [B * N] current grid: stage each cell was pruned at (0: alive), for MTA
+
+
 def _unravel(cell: torch.Tensor, grid_shape: Sequence[int]) -> list[torch.Tensor]:
     coords = []
     for size in reversed(grid_shape):
@@ -121,6 +158,19 @@ def _parents(index: torch.Tensor, grid_shape: Sequence[int], batch_size: int) ->
     alive = torch.zeros(batch_size * math.prod(next_shape), dtype=torch.bool, device=index.device)
     alive[image * math.prod(next_shape) + parent] = True
     return alive.nonzero().squeeze(1)
+
+
+def _parent_stages(stage_of: torch.Tensor, grid_shape: Sequence[int], next_index: torch.Tensor, batch_size: int):
+    """The stage at which each cell of the next grid was pruned: a parent dies with its last child (the latest
+    stage among its children), alive parents (``next_index``) hold 0."""
+    next_shape = [math.ceil(g / 2) for g in grid_shape]
+    num_cells, num_next = math.prod(grid_shape), math.prod(next_shape)
+    parent = coarse_cells(grid_shape, next_shape).to(stage_of.device)
+    offsets = torch.arange(batch_size, device=stage_of.device).unsqueeze(1) * num_next
+    parent = (parent.unsqueeze(0) + offsets).reshape(batch_size * num_cells)
+    stages = torch.zeros(batch_size * num_next, dtype=stage_of.dtype, device=stage_of.device)
+    stages = stages.scatter_reduce(0, parent, stage_of, "amax")
+    return stages.index_fill(0, next_index, 0)
 
 
 def _build_pruners(
@@ -162,6 +212,12 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
             (docs/design.md §6.1); the Swin transformer still sees the whole image.
         decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
+        completion: a learned fill of the pruned positions for the decoder (STP's MTA), one per tap that reads pruned
+            positions (``x_t`` for ``t`` after the first pruned stage, merged from grid ``t - 1`` of width
+            ``feature_size * 2^(t-1)``): a factory called as ``completion(dim=width, taps=(t,))`` or a mapping
+            ``{t: module}``; each runs as ``module(grid [B, N, C], PrunedGrid, t)`` on the restored grid before the
+            patch merging that feeds tap ``t`` (the next Swin layer still merges the carried grid, as the original
+            MTA only feeds the decoder).
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -182,13 +238,16 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         pruner_kwargs: Mapping | None = None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        completion=None,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
-        self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+        self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
         self._setup_decoding(decode_region, decode_margin)
 
-    def _setup_pruning(self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None) -> None:
+    def _setup_pruning(
+        self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None, completion=None
+    ) -> None:
         stages = pruned_stages("SwinUNETR", pruner, prune_stages, SWIN_STAGES)  # the first three merging outputs
         executor = "gather" if executor == "padded" else executor  # the flat live-token list takes any count
         check_executor(executor, fill, SWIN_EXECUTORS)
@@ -198,14 +257,11 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}
         pruners = _build_pruners(pruner, pruner_kwargs, stages, dims, self.out.conv.conv.out_channels)
         for stage, module in pruners.items():
-            if not isinstance(module, TokenPruner):
-                raise TypeError(f"pruner for stage {stage} must be a TokenPruner, got {type(module).__name__}")
-            if module.needs_attention:
-                raise ValueError(
-                    f"{type(module).__name__} needs global attention maps; Swin's window attention has none, so it "
-                    "cannot prune a SwinUNETR"
-                )
+            check_stage_pruner("SwinUNETR", stage, module)
         self._install_pruners(pruners, executor, fill, SWIN_EXECUTORS)
+        # tap t is merged from grid t - 1 (width embed_dim * 2^(t-1)); it reads pruned positions after the first stage
+        taps = range(stages[0] + 1, len(SWIN_STAGES) + 2) if stages else ()
+        self.completion = build_completions(completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
         self.window_report: list[WindowReport] = []
@@ -253,30 +309,49 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         """MONAI's ``SwinTransformer.forward`` with pruning: the five decoder taps ``x0 .. x4`` (channel first)."""
         vit = self.swinViT
         batch = x_in.shape[0]
-        mode = self._mode()
-        reports, blocks, windows, aux_losses, aux_logits, memory = [], [], [], [], [], {}
+        run = _Pass(self._mode(), boxes)
         x = vit.pos_drop(vit.patch_embed(x_in))
         outs = [vit.proj_out(x, self.normalize)]
         live: _Live | None = None
         layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
         for number, layer in enumerate(layers, start=1):
-            blocks += self._block_reports(layer, x, live)
+            run.blocks += self._block_reports(layer, x, live)
+            if live is None and self._wants_attention(number):  # run the unpruned layer on the live-token path
+                flat = x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
+                live = _Live(flat, torch.arange(flat.shape[0], device=x.device))
             if live is None:
-                x = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
+                x = tap = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
             else:
-                x, live = self._pruned_layer(number, layer, x, live, mode, windows)
-            tap = x
-            if live is not None and self.fill == "zero":  # parents with no alive child
-                alive = torch.zeros(batch * math.prod(x.shape[2:]), dtype=torch.bool, device=x.device)
-                alive[live.index] = True
-                tap = x * alive.view(batch, 1, *x.shape[2:]).to(x.dtype)
+                x, tap, live = self._pruned_layer(number, layer, x, live, run)
             outs.append(vit.proj_out(tap, self.normalize))
             if number in self.prune_stages:
-                live = self._prune(number, x, live, boxes, memory, reports, aux_losses, aux_logits)
-        self.token_report, self.block_report, self.window_report = reports, blocks, windows
-        self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
-        self.aux_logits = aux_logits
+                live = self._prune(number, x, live, run)
+        self.token_report, self.block_report, self.window_report = run.reports, run.blocks, run.windows
+        self.aux_loss = torch.stack(run.aux_losses).sum() if run.aux_losses else None
+        self.aux_logits = run.aux_logits
         return outs
+
+    def _wants_attention(self, number: int) -> bool:
+        """Whether the blocks of layer ``number`` return their window attention: the next pruned stage (the
+        merging output ``s >= number``) has a pruner that needs attention maps."""
+        upcoming = next((s for s in self.prune_stages if s >= number), None)
+        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
+
+    def _placeholder_weights(self, number: int, alive: torch.Tensor, grid, run: _Pass, dtype):
+        """``[B, N]`` weights of the representative token of layer ``number``'s pruned tokens (``~alive``, ``[B * N]``):
+        the fast path of the pruner of the last pruned stage before the layer
+        (:meth:`TokenPruner.placeholder_weights`), or ``None``."""
+        stage = max((s for s in self.prune_stages if s < number), default=None)
+        if stage is None:
+            return None
+        placeholders = ~alive.view(-1, math.prod(grid))
+        return self.pruners[str(stage)].placeholder_weights(run.memory, grid, placeholders, dtype)
+
+    @staticmethod
+    def _alive(live: _Live, batch: int, grid) -> torch.Tensor:
+        """``[B * N]`` bool: the cells of ``grid`` whose token is live."""
+        alive = torch.zeros(batch * math.prod(grid), dtype=torch.bool, device=live.index.device)
+        return alive.index_fill(0, live.index, True)
 
     @staticmethod
     def _block_reports(layer, x: torch.Tensor, live: _Live | None) -> list[BlockReport]:
@@ -291,7 +366,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             counts = torch.zeros(batch, device=x.device).index_add_(0, image, torch.ones(image.shape, device=x.device))
         return [BlockReport(counts, num_cells) for _ in layer.blocks]
 
-    def _prune(self, stage, x, live, boxes, memory, reports, aux_losses, aux_logits) -> _Live:
+    def _prune(self, stage: int, x: torch.Tensor, live: _Live | None, run: _Pass) -> _Live:
         """Run the stage's pruner over the live tokens of grid ``x`` ``[B, C, *G]``; returns the kept tokens."""
         batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
         num_cells = math.prod(grid)
@@ -332,60 +407,99 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             valid=valid,
             grid_shape=grid,
             stride=tuple(float(self.patch_size * 2**stage) for _ in grid),
-            boxes=boxes,
+            boxes=run.boxes,
             stage=stage,
             feature_map=lambda: x,
-            memory=memory,
+            attentions=run.attentions,
+            memory=run.memory,
         )
+        run.attentions = []
         selection: TokenSelection = self.pruners[str(stage)](inputs)
         self.num_tokens = num_cells
         keep = selection.keep_mask if valid is None else selection.keep_mask & valid
-        reports.append(StageReport(stage, counts.float().detach(), keep.sum(1).float().detach()))
+        run.reports.append(StageReport(stage, counts.float().detach(), keep.sum(1).float().detach()))
         if selection.aux_loss is not None:
-            aux_losses.append(selection.aux_loss)
+            run.aux_losses.append(selection.aux_loss)
         if selection.aux_logits is not None:
-            aux_logits.append(selection.aux_logits)
+            run.aux_logits.append(selection.aux_logits)
         def per_token(value: torch.Tensor) -> torch.Tensor:  # [B, width] -> [T], aligned with ``tokens``
             return value.reshape(-1) if rows is None else value[rows]
 
         if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
             tokens = tokens * per_token(straight_through(keep, selection.scores)).unsqueeze(-1)
         kept = per_token(keep)
+        if self.completion is not None:  # where each cell of this grid was pruned, for the completion
+            stage_of = run.stage_of if run.stage_of is not None else torch.zeros_like(flat[:, 0], dtype=torch.long)
+            run.stage_of = stage_of.index_fill(0, index[~kept], stage)
         return _Live(tokens[kept], index[kept])
 
-    def _pruned_layer(self, number, layer, x, live: _Live, mode: str, windows: list):
-        """One Swin layer (its blocks and patch merging) on a pruned grid ``x`` ``[B, C, *G]``."""
+    def _pruned_layer(self, number: int, layer, x: torch.Tensor, live: _Live, run: _Pass):
+        """One Swin layer (its blocks and patch merging) on a pruned grid ``x`` ``[B, C, *G]``: the merged grid that
+        the next layer reads, the decoder tap (the same, or merged from the completed grid) and the next live
+        tokens (the alive parents)."""
         batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
         num_cells = math.prod(grid)
         carry = x.flatten(2).transpose(1, 2).reshape(batch * num_cells, channels)
-        if mode == "gather":
-            plans: dict = {}
-            tokens = live.tokens
-            for block_number, block in enumerate(layer.blocks):
-                key = (grid, tuple(block.window_size), tuple(block.shift_size), str(x.device))
-                if key not in self._layouts:
-                    self._layouts[key] = block_layout(block, grid, x.device)
-                if key not in plans:  # one plan per partition (shifted or not), shared by the layer's blocks
-                    plans[key] = plan_windows(live.index, grid, batch, self._layouts[key])
-                plan = plans[key]
-                windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
-                tokens = swin_block_forward(block, tokens, live.index, grid, batch, plan)
+        want = self._wants_attention(number)
+        alive = self._alive(live, batch, grid)
+        weights = self._placeholder_weights(number, alive, grid, run, carry.dtype)
+        if weights is not None:  # the image of every cell, to hand each placeholder its image's residual
+            image = torch.div(torch.arange(batch * num_cells, device=x.device), num_cells, rounding_mode="floor")
+        plans: dict = {}
+
+        def plan_of(block) -> WindowPlan:  # one plan per partition (shifted or not), shared by the layer's blocks
+            key = (grid, tuple(block.window_size), tuple(block.shift_size), str(x.device))
+            if key not in self._layouts:
+                self._layouts[key] = block_layout(block, grid, x.device)
+            if key not in plans:
+                plans[key] = plan_windows(live.index, grid, batch, self._layouts[key])
+            return plans[key]
+
+        gather = run.mode == "gather"
+        tokens = live.tokens
+        h = None if gather else carry.index_copy(0, live.index, live.tokens)  # the reference runs on the full grid
+        for block_number, block in enumerate(layer.blocks):
+            values = carry if gather else h  # placeholders: the cells that are not live
+            rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, values.view(batch, num_cells, -1))
+            if gather:
+                plan = plan_of(block)
+                run.windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
+                out = swin_block_run(block, tokens, live.index, grid, batch, plan, want, rep)
+                tokens = out.tokens
+            else:
+                out = None
+                if want or rep is not None:  # attention and representative from the live tokens, as in gather
+                    out = swin_block_run(block, h[live.index], live.index, grid, batch, plan_of(block), want, rep)
+                h = swin_block_forward_masked(block, h.view(batch, *grid, channels), alive.view(batch, *grid))
+                h = h.reshape(batch * num_cells, channels)
+            if want:
+                run.attentions.append(out.attention)
+            if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
+                update = (~alive).unsqueeze(-1).to(values.dtype) * (out.representative - rep)[image]
+                if gather:
+                    carry = carry + update
+                else:
+                    h = h + update
+        if gather:
             base = carry if self.fill == "carry" else torch.zeros_like(carry)
             restored = base.index_copy(0, live.index, tokens)
         else:
-            alive = torch.zeros(batch * num_cells, dtype=torch.bool, device=x.device)
-            alive[live.index] = True
-            grid_alive = alive.view(batch, *grid)
-            h = carry.index_copy(0, live.index, live.tokens).view(batch, *grid, channels)
-            for block in layer.blocks:
-                h = swin_block_forward_masked(block, h, grid_alive)
-            h = h.reshape(batch * num_cells, channels)
             restored = h if self.fill == "carry" else torch.where(alive.unsqueeze(-1), h, torch.zeros_like(h))
         merged = layer.downsample(restored.view(batch, *grid, channels))  # [B, *G', C'] on the restored grid
         merged = merged.movedim(-1, 1)  # a channels-last view, as MONAI's own layers return it (no copy)
         next_index = _parents(live.index, grid, batch)
+        tap = merged
+        if self.completion is not None and str(number) in self.completion and run.stage_of is not None:
+            history = PrunedGrid(grid, run.stage_of.view(batch, num_cells), tuple(r.stage for r in run.reports))
+            completed = self.completion[str(number)](restored.view(batch, num_cells, channels), history, number)
+            tap = layer.downsample(completed.view(batch, *grid, channels)).movedim(-1, 1)
+        elif self.fill == "zero":  # parents with no alive child
+            parents = torch.zeros(merged.shape[0] * math.prod(merged.shape[2:]), dtype=torch.bool, device=x.device)
+            tap = merged * parents.index_fill(0, next_index, True).view(batch, 1, *merged.shape[2:]).to(merged.dtype)
+        if run.stage_of is not None:
+            run.stage_of = _parent_stages(run.stage_of, grid, next_index, batch)
         flat = merged.flatten(2).transpose(1, 2).reshape(-1, merged.shape[1])
-        return merged, _Live(flat[next_index], next_index)
+        return merged, tap, _Live(flat[next_index], next_index)
 
     # ------------------------------------------------------------------ reports and weights
 def patch_swin_unetr(
@@ -397,11 +511,12 @@ def patch_swin_unetr(
     pruner_kwargs: Mapping | None = None,
     decode_region: str = "full",
     decode_margin: int = 16,
+    completion=None,
 ) -> PrunedSwinUNETR:
     """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place."""
     if not isinstance(model, SwinUNETR):
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
     model.__class__ = PrunedSwinUNETR
-    model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs)
+    model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
     model._setup_decoding(decode_region, decode_margin)
     return model

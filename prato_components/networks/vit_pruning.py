@@ -19,7 +19,15 @@ from prato_components.pruners.registry import PRUNERS, create_pruner
 from prato_components.tokens.blocks import transformer_block_forward
 from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_executor, kept_token_work
 
-__all__ = ["PrunedNetworkMixin", "pruned_stages", "build_pruner", "executor_mode", "run_pruned_blocks"]
+__all__ = [
+    "PrunedNetworkMixin",
+    "build_completions",
+    "build_pruner",
+    "check_stage_pruner",
+    "executor_mode",
+    "pruned_stages",
+    "run_pruned_blocks",
+]
 
 
 class PrunedNetworkMixin:
@@ -80,6 +88,41 @@ def build_pruner(
     if num_classes is not None and "num_classes" in parameters:
         kwargs.setdefault("num_classes", num_classes)
     return create_pruner(pruner, **kwargs)
+
+
+def check_stage_pruner(network: str, stage: int, pruner: object) -> None:
+    """Raise unless ``pruner`` can prune a hierarchical backbone (Swin UNETR, SegFormer), whose blocks are not ViT
+    blocks: a :class:`TokenPruner` that does not run ViT blocks itself (:meth:`TokenPruner.run_block`) unless it also
+    says how its pruned tokens evolve in any block (:meth:`TokenPruner.placeholder_weights`, Evo-ViT's fast path)."""
+    if not isinstance(pruner, TokenPruner):
+        raise TypeError(f"pruner for stage {stage} must be a TokenPruner, got {type(pruner).__name__}")
+    cls = type(pruner)
+    if cls.run_block is not TokenPruner.run_block and cls.placeholder_weights is TokenPruner.placeholder_weights:
+        raise ValueError(
+            f"{cls.__name__} runs ViT blocks itself (run_block) and has no placeholder_weights; {network}'s blocks are "
+            "not ViT blocks"
+        )
+
+
+def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | None:
+    """The learned completions of a hierarchical backbone, one per tap at that tap's width (``widths``
+    ``{tap: channels}``, the taps that can read pruned positions): ``completion`` is a mapping ``{tap: module}`` or a
+    factory called as ``completion(dim=width, taps=(tap,))`` (e.g. ``MultiLayerTokenAssembly`` with MONAI's
+    ``"_mode_": "callable"``); ``None`` without a completion or without pruned taps."""
+    if completion is None or not widths:
+        return None
+    if isinstance(completion, Mapping):
+        missing = [t for t in widths if t not in completion and str(t) not in completion]
+        if missing:
+            raise ValueError(f"the completion mapping has no module for tap(s) {missing}")
+        return nn.ModuleDict({str(t): completion[t] if t in completion else completion[str(t)] for t in widths})
+    if isinstance(completion, nn.Module) or not callable(completion):
+        raise TypeError(
+            "a hierarchical backbone needs one completion per tap width: give a factory called as "
+            f"factory(dim=..., taps=(tap,)) or a mapping {{tap: module}} for taps {sorted(widths)}, got "
+            f"{type(completion).__name__}"
+        )
+    return nn.ModuleDict({str(t): completion(dim=int(w), taps=(t,)) for t, w in widths.items()})
 
 
 def executor_mode(first_pruner: TokenPruner | None, executor: str, training: bool) -> str:

@@ -12,10 +12,12 @@ The data types and token helpers live in the neutral core :mod:`prato_components
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 
+from prato_components.tokens.attention import ReducedAttention, WindowAttention, pad_column
 from prato_components.tokens.blocks import transformer_block_forward
 from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
 
@@ -28,6 +30,7 @@ __all__ = [
     "select_threshold",
     "straight_through",
     "scatter_to_grid",
+    "attention_scores_on_grid",
 ]
 
 
@@ -75,6 +78,37 @@ def select_threshold(scores: torch.Tensor, threshold: float, valid: torch.Tensor
     return TokenSelection(keep_mask=keep, keep_index=None, scores=scores)
 
 
+def attention_scores_on_grid(
+    inputs: StageInput,
+    attention,
+    dense: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    windowed: Callable[[WindowAttention], torch.Tensor],
+    reduced: Callable[[ReducedAttention], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """Score the tokens of one entry of ``inputs.attentions`` on the grid that block ran on.
+
+    Args:
+        inputs: the stage input the attention came with.
+        attention: a dense map ``[B, heads, n, n]`` (ViT blocks, over the live tokens or the whole grid), a
+            :class:`~prato_components.tokens.attention.WindowAttention` (Swin) or a
+            :class:`~prato_components.tokens.attention.ReducedAttention` (SegFormer).
+        dense: ``dense(probs, query_valid) -> [B, n]`` per-key scores of a dense map.
+        windowed, reduced: the same score on the grid ``[B, N]`` for the other two kinds.
+
+    Returns:
+        scores ``[B, N + 1]`` and the block's live tokens ``[B, N + 1]`` (bool) on its grid (the last column
+        collects padding rows), and that grid's shape (a hierarchical block's grid can be finer than the pruner's).
+    """
+    if isinstance(attention, WindowAttention):
+        return pad_column(windowed(attention)), pad_column(attention.live_grid()), attention.grid_shape
+    if isinstance(attention, ReducedAttention):
+        return pad_column(reduced(attention)), pad_column(attention.live_grid()), attention.grid_shape
+    index, query_valid = inputs.attention_positions(attention)
+    scores = dense(attention.detach().float(), query_valid)
+    grid = torch.zeros(scores.shape[0], math.prod(inputs.grid_shape) + 1, device=scores.device)
+    return grid.scatter(1, index, scores), pad_column(inputs.live_grid()), inputs.grid_shape
+
+
 class TokenPruner(nn.Module):
     """Base class of all pruners: ``forward(StageInput) -> TokenSelection``.
 
@@ -87,8 +121,10 @@ class TokenPruner(nn.Module):
         train_executor: executor mode to use while training instead of the network's (e.g. DynamicViT trains
             with ``"attention_mask"``); ``None`` keeps the network's.
 
-    Subclasses may override :meth:`run_block` to change how the blocks after their stage are computed
-    (e.g. Evo-ViT updates the pruned tokens through a representative token).
+    Subclasses may override :meth:`run_block` to change how the ViT blocks after their stage are computed (e.g.
+    Evo-ViT updates the pruned tokens through a representative token), and :meth:`placeholder_weights` to have the
+    hierarchical backbones (Swin UNETR, SegFormer), whose blocks are not ViT blocks, do the same with their own
+    blocks.
     """
 
     needs_attention: bool = False
@@ -107,6 +143,15 @@ class TokenPruner(nn.Module):
         after this pruner's stage; returns ``(tokens, attention or None)``. Default: the block on the live
         tokens with the executor's key mask."""
         return transformer_block_forward(block, state.tokens, state.key_mask, return_attention)
+
+    def placeholder_weights(
+        self, memory: dict, grid_shape: tuple[int, ...], placeholders: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor | None:
+        """Weights ``[B, N]`` (summing to 1 over each image's ``placeholders``, the pruned grid positions) of a
+        representative token that runs through every block after this pruner's stage with the kept tokens, its
+        residual added to every pruned token (Evo-ViT's fast path); ``None`` (default): pruned tokens are carried
+        unchanged. ``memory`` is the forward pass's shared ``StageInput.memory``, ``grid_shape`` the blocks' grid."""
+        return None
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.keep_ratio}"

@@ -5,10 +5,20 @@
 - :mod:`.executor`: the executor ``TokenState`` (modes, fill policies) and the token reports (``StageReport``,
   ``BlockReport``, ``kept_token_work``).
 - :mod:`.blocks`: a MONAI ``TransformerBlock`` on any token subset (``transformer_block_forward``).
+- :mod:`.attention`: attention maps of the hierarchical blocks (``WindowAttention``, ``ReducedAttention``) and
+  per-cell scores carried to coarser grids (``coarsen``).
 
 Imports nothing from ``networks/`` or ``pruners/``; both import it.
 """
 
+from prato_components.tokens.attention import (
+    BlockOutput,
+    ReducedAttention,
+    WindowAttention,
+    coarse_cells,
+    coarsen,
+    reduced_key_cells,
+)
 from prato_components.tokens.blocks import check_supported_block, transformer_block_forward
 from prato_components.tokens.executor import (
     EXECUTOR_MODES,
@@ -22,6 +32,12 @@ from prato_components.tokens.executor import (
 from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
 
 __all__ = [
+    "BlockOutput",
+    "ReducedAttention",
+    "WindowAttention",
+    "coarse_cells",
+    "coarsen",
+    "reduced_key_cells",
     "EXECUTOR_MODES",
     "FILL_POLICIES",
     "BlockReport",

@@ -191,6 +191,21 @@ class TokenState:
         return self._on_grid(self.alive if self.alive is not None else self.token_index)
 
     @property
+    def pruned_stages(self) -> tuple[int, ...]:
+        """The stages at which tokens were pruned so far, in order."""
+        return tuple(stage for stage, _ in self._kept)
+
+    def row_positions(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Grid positions ``[B, n]`` of the rows of :attr:`tokens` and which rows are live tokens (``None``: all);
+        padding rows hold ``N``. In the full-length modes the rows are the whole grid and the live ones are alive."""
+        if self.alive is not None:
+            return torch.arange(self.num_tokens, device=self.alive.device).expand(self.alive.shape[0], -1), self.alive
+        if self.token_index is None:
+            batch = self.tokens.shape[0]
+            return torch.arange(self.num_tokens, device=self.tokens.device).expand(batch, -1), None
+        return self.token_index, self.valid
+
+    @property
     def kept_grids(self) -> list[tuple[int, torch.Tensor]]:
         """``(stage, [B, N] bool alive after that stage)`` per pruned stage, built on request (inference never
         needs them, so the forward pass does not pay for the scatters)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["StageInput", "TokenSelection", "scatter_to_grid", "straight_through"]
+__all__ = ["PrunedGrid", "StageInput", "TokenSelection", "scatter_to_grid", "straight_through"]
 
 
 def scatter_to_grid(index: torch.Tensor, values: torch.Tensor, num_grid: int) -> torch.Tensor:
@@ -40,7 +40,10 @@ class StageInput:
         stage: index of the stage boundary (1-based, backbone specific).
         attentions: attention probabilities ``[B, heads, n_l, n_l]`` of every block since the previous pruned
             stage boundary (over the tokens live in that block), only for pruners whose ``needs_attention`` is
-            ``True``; otherwise empty. The last entry is over the current live tokens.
+            ``True``; otherwise empty. The last entry is over the current live tokens. The hierarchical backbones
+            give their blocks' attention on those blocks' own (finer) grids instead:
+            :class:`~prato_components.tokens.attention.WindowAttention` (Swin UNETR) or
+            :class:`~prato_components.tokens.attention.ReducedAttention` (SegFormer).
         feature_map: callable returning the live tokens restored to the grid, ``[B, C, *grid_shape]``
             (pruned positions hold the value they had when pruned); computed on demand.
         memory: a dict that lives for one forward pass, shared by all stages (for scores accumulated
@@ -55,7 +58,7 @@ class StageInput:
     boxes: torch.Tensor | None
     stage: int
     feature_map: Callable[[], torch.Tensor]
-    attentions: list[torch.Tensor] = field(default_factory=list)
+    attentions: list = field(default_factory=list)
     memory: dict = field(default_factory=dict)
 
     @property
@@ -124,3 +127,22 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
     return hard.to(soft.dtype) + soft - soft.detach()
 
+
+@dataclass
+class PrunedGrid:
+    """Where the positions of one restored grid were pruned, for a learned completion (STP's MTA) on a backbone that
+    keeps no :class:`~prato_components.tokens.executor.TokenState` (Swin UNETR); offers what the completion reads of
+    a ``TokenState``.
+
+    Attributes:
+        grid_shape: the grid.
+        stage_of: ``[B, N]`` long, the stage at which each position was pruned (0: alive).
+        pruned_stages: the stages pruned so far.
+    """
+
+    grid_shape: tuple[int, ...]
+    stage_of: torch.Tensor
+    pruned_stages: tuple[int, ...]
+
+    def pruned_at(self) -> torch.Tensor:
+        return self.stage_of

@@ -174,15 +174,16 @@ def test_pruning_lowers_flops():
         assert per_pruned[name] == per_full[name]  # on the restored grid
 
 
-def test_attention_map_pruners_are_refused():
-    class NeedsAttention(TokenPruner):
-        needs_attention = True
-
+def test_pruners_that_run_vit_blocks_are_refused():
+    class RunsViTBlocks(TokenPruner):
         def forward(self, inputs):
             return TokenSelection(keep_mask=torch.ones_like(inputs.valid))
 
-    with pytest.raises(ValueError, match="attention maps"):
-        make(pruner=NeedsAttention())
+        def run_block(self, block, state, return_attention=False):  # a ViT-only fast path: nothing MiT can run
+            return super().run_block(block, state, return_attention)
+
+    with pytest.raises(ValueError, match="runs ViT blocks itself"):
+        make(pruner=RunsViTBlocks())
 
 
 @pytest.mark.parametrize(
@@ -335,3 +336,95 @@ def test_head_needs_every_stage():
     head, _ = head_pair()
     with pytest.raises(ValueError, match="expects 4 stage maps, got 3"):
         head(head_maps(1, HEAD_GRIDS["64x64"], channels_last=True)[:3])
+
+
+# ---------------------------------------------------------------------------------------------- STP, Evo-ViT, TRAM
+def record_inputs(net) -> list:
+    seen = []
+    for pruner in net.pruners.values():
+        pruner.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    return seen
+
+
+def mta_factory():
+    from functools import partial
+
+    from prato_components.pruners import MultiLayerTokenAssembly
+
+    return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1)
+
+
+@pytest.mark.parametrize("name", ["evovit", "tram"])
+def test_attention_pruners_get_reduced_attention_and_keep_the_budget(name):
+    net = make(pruner=name, pruner_kwargs={"keep_ratio": 0.5}).eval()
+    seen = record_inputs(net)
+    with torch.no_grad():
+        assert net(image(), BOXES).shape == (2, 3, *IMG)
+    first, second = seen
+    # boundary 1: the stage-1 block on 16 x 16 tokens, attending to 2 x 2 keys (ratio 8), one head
+    assert [type(a).__name__ for a in first.attentions] == ["ReducedAttention"]
+    assert first.attentions[0].probs.shape == (2, 1, 256, 4) and first.attentions[0].grid_shape == (16, 16)
+    # boundary 2: the two stage-2 blocks on the 32 kept of 8 x 8 tokens, 2 x 2 keys (ratio 4), two heads
+    assert [a.probs.shape for a in second.attentions] == [(2, 2, 32, 4)] * 2
+    assert all(a.grid_shape == (8, 8) and a.query_cells.shape == (2, 32) for a in second.attentions)
+    assert [r.tokens_kept.tolist() for r in net.token_report] == [[32.0] * 2, [8.0] * 2]
+
+
+@pytest.mark.parametrize("name", ["evovit", "tram", "stp"])
+@pytest.mark.parametrize("executor", ["padded", "mask"])
+def test_new_pairings_executors_agree_with_gather(name, executor):
+    extra = {"completion": mta_factory()} if name == "stp" else {}
+    gather = make(pruner=name, pruner_kwargs={"keep_ratio": 0.6}, **extra).eval()
+    other = make(pruner=name, pruner_kwargs={"keep_ratio": 0.6}, executor=executor, **extra).eval()
+    other.load_state_dict(gather.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(other(image(), BOXES), gather(image(), BOXES), rtol=1e-5, atol=1e-5)
+
+
+def test_representative_attends_to_the_reduced_keys_without_a_position():
+    torch.manual_seed(0)
+    grid, dim = (8, 8), 16
+    block = MixTransformerBlock(dim, num_heads=2, sr_ratio=4).eval()
+    state = TokenState(torch.randn(2, 64, dim), grid)
+    inputs = state.stage_input(1, (8.0, 8.0), None)
+    state.apply(select_topk(torch.randn(2, 64), 0.5), 1, inputs)
+    rep = torch.randn(2, 1, dim)
+    with torch.no_grad():
+        out = block.run(state.tokens, grid, state, representative=rep)
+        torch.testing.assert_close(out.tokens, block(state.tokens, grid, state))
+        context = state.restore(block.norm1(state.tokens), carry_transform=block.norm1)
+        expected = rep + block.attn(block.norm1(rep), context, grid)  # one more query on the same keys
+        expected = expected + block.mlp(block.norm2(expected), (1, 1))  # the Mix-FFN on a lone 1 x 1 map
+    torch.testing.assert_close(out.representative, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evovit_placeholders_evolve_and_reach_the_keys_and_the_head():
+    fast = make(pruner="evovit", pruner_kwargs={"keep_ratio": 0.5}).eval()
+    frozen = make(pruner="evovit", pruner_kwargs={"keep_ratio": 0.5, "representative": False}).eval()
+    with torch.no_grad():
+        maps_fast, maps_frozen = fast.encode(image(), BOXES), frozen.encode(image(), BOXES)
+    torch.testing.assert_close(maps_fast[0], maps_frozen[0])  # stage 1 is never pruned
+    changed = (maps_fast[1] - maps_frozen[1]).abs().amax(dim=1) > 1e-6  # [B, 8, 8]
+    assert changed.sum().item() == 2 * 64  # the placeholders moved, and so did the kept tokens that attend to them
+    assert [r.tokens_kept.tolist() for r in fast.token_report] == [r.tokens_kept.tolist() for r in frozen.token_report]
+
+
+def test_stp_mta_per_pruned_stage_feeds_only_the_head_and_learns():
+    net = make(pruner="stp", pruner_kwargs={"keep_ratio": 0.5}, completion=mta_factory()).train()
+    assert sorted(net.completion) == ["1", "2"] and [net.completion[s].dim for s in ("1", "2")] == [16, 24]
+    for mta in net.completion.values():
+        torch.nn.init.normal_(mta.assemblers[next(iter(mta.assemblers))].proj_out.weight, std=0.02)
+    net(image(), BOXES).square().mean().backward()
+    for stage in ("1", "2"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.pruners[stage].parameters())
+    for stage, mta in net.completion.items():  # each grid holds only the tokens its own boundary pruned
+        used = int(stage) - 1
+        assert mta.stage_tokens.grad[used].abs().sum() > 0 and mta.stage_tokens.grad.abs().sum(1).count_nonzero() == 1
+    plain = make(pruner="stp", pruner_kwargs={"keep_ratio": 0.5}).eval()
+    net.eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("completion.")})
+    inputs, plain_inputs = record_inputs(net), record_inputs(plain)
+    with torch.no_grad():
+        completed, carried = net.encode(image(), BOXES), plain.encode(image(), BOXES)
+    torch.testing.assert_close(inputs[1].tokens, plain_inputs[1].tokens)  # the next stage embeds the carried map
+    assert not torch.allclose(completed[1], carried[1]) and torch.equal(completed[3], carried[3])

@@ -17,6 +17,7 @@ from prato_components.networks.swin_unetr import (
     plan_windows,
     swin_block_forward,
     swin_block_forward_masked,
+    swin_block_run,
 )
 from prato_components.pruners import TokenPruner, keep_count, select_topk
 
@@ -33,8 +34,9 @@ class CornerPruner(TokenPruner):
         return select_topk(-inputs.token_index.float(), self.keep_ratio, inputs.valid)
 
 
-class NeedsAttention(CornerPruner):
-    needs_attention = True
+class RunsViTBlocks(CornerPruner):
+    def run_block(self, block, state, return_attention=False):  # a ViT-only fast path: nothing Swin can run
+        return super().run_block(block, state, return_attention)
 
 
 def tiny(**kwargs) -> PrunedSwinUNETR:
@@ -219,7 +221,7 @@ def test_pruner_forms_and_patch():
         (dict(pruner="prato", prune_stages=(4,)), "prune_stages must be a subset"),
         (dict(pruner="prato", executor="mask"), "unknown executor"),
         (dict(pruner="prato", fill="nearest"), "unknown fill policy"),
-        (dict(pruner=NeedsAttention(0.5)), "needs global attention maps"),
+        (dict(pruner=RunsViTBlocks(0.5)), "runs ViT blocks itself"),
         (dict(pruner={1: CornerPruner(0.5)}), r"no pruner for stage\(s\) \[2\]"),
     ],
 )
@@ -258,3 +260,136 @@ def test_torch_export_keeps_window_skipping_and_matches_eager():
     for images, boxes in ((torch.randn(1, 1, 64, 64), BOXES[:1]), (torch.randn(3, 1, 64, 64), BOXES[[0, 1, 0]])):
         with torch.no_grad():
             torch.testing.assert_close(exported(images, boxes), net(images, boxes), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- STP, Evo-ViT, TRAM
+def record_inputs(net) -> list:
+    """The StageInput of every pruner call."""
+    seen = []
+    for pruner in net.pruners.values():
+        pruner.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    return seen
+
+
+class Recorder(torch.nn.Module):
+    """A completion that records what it is given and shifts the grid (so that its effect shows)."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, grid, state, tap):
+        self.seen.append((tap, tuple(grid.shape), state.grid_shape, state.pruned_at().clone()))
+        return grid + 1.0
+
+
+def mta_factory():
+    from functools import partial
+
+    from prato_components.pruners import MultiLayerTokenAssembly
+
+    return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1, window_size=7)  # as the bundle
+
+
+@pytest.mark.parametrize("name", ["evovit", "tram"])
+def test_attention_pruners_get_window_attention_and_keep_the_budget(name):
+    net = tiny(pruner=name, pruner_kwargs={"keep_ratio": 0.5})
+    seen = record_inputs(net)
+    with torch.no_grad():
+        assert net(torch.randn(2, 1, 64, 64), BOXES).shape == (2, 3, 64, 64)
+    first, second = seen
+    # stage 1: the two blocks of layer 1 on the 32 x 32 grid, 5 x 5 windows of 7 x 7 per image (MONAI pads to 35)
+    assert [type(a).__name__ for a in first.attentions] == ["WindowAttention"] * 2
+    assert all(a.grid_shape == (32, 32) and a.probs.shape == (50, 3, 49, 49) for a in first.attentions)
+    assert all(int(a.live.sum()) == 2 * 1024 for a in first.attentions)
+    # stage 2: layer 2 on the 16 x 16 grid, only the windows that hold a kept token (of 2 x 3 x 3)
+    assert len(second.attentions) == 2
+    assert all(a.grid_shape == (16, 16) and a.probs.shape[1:] == (3, 49, 49) for a in second.attentions)
+    assert all(0 < a.probs.shape[0] <= 18 and int(a.live.sum()) == 2 * 128 for a in second.attentions)
+    one, two = net.token_report
+    assert one.tokens_kept.tolist() == [128.0, 128.0]
+    assert two.tokens_kept.tolist() == [float(keep_count(int(two.tokens_in.min()), 0.5))] * 2
+
+
+@pytest.mark.parametrize("name", ["evovit", "tram", "stp"])
+def test_new_pairings_gather_equals_attention_mask(name):
+    extra = {"completion": mta_factory()} if name == "stp" else {}
+    x = torch.randn(2, 1, 64, 64)
+    gather = tiny(pruner=name, pruner_kwargs={"keep_ratio": 0.5}, **extra)
+    randomise_pruners(gather)
+    reference = tiny(pruner=name, pruner_kwargs={"keep_ratio": 0.5}, executor="attention_mask", **extra)
+    reference.load_state_dict(gather.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(gather(x, BOXES), reference(x, BOXES), atol=1e-5, rtol=1e-5)
+    assert [r.tokens_kept.tolist() for r in gather.token_report] == [r.tokens_kept.tolist() for r in reference.token_report]
+
+
+def test_representative_attends_to_its_images_live_tokens_and_itself():
+    torch.manual_seed(0)
+    block = SwinUNETR(**TINY).swinViT.layers2[0].blocks[1].eval()
+    grid, batch, channels = (16, 16), 2, 24
+    index = torch.tensor([3, 40, 41, 200, 256 + 7, 256 + 100])  # 4 live tokens in image 0, 2 in image 1
+    tokens, rep = torch.randn(6, channels), torch.randn(batch, channels)
+    with torch.no_grad():
+        out = swin_block_run(block, tokens, index, grid, batch, representative=rep)
+        torch.testing.assert_close(out.tokens, swin_block_forward(block, tokens, index, grid, batch))
+        attn, heads = block.attn, block.attn.num_heads
+        for b, rows in ((0, [0, 1, 2, 3]), (1, [4, 5])):
+            qkv = attn.qkv(block.norm1(torch.cat([tokens[rows], rep[b : b + 1]])))  # its tokens, then itself
+            q, k, v = qkv.view(-1, 3, heads, channels // heads).unbind(1)
+            probs = ((q[-1:].transpose(0, 1) * attn.scale) @ k.permute(1, 2, 0)).softmax(-1)  # [heads, 1, n + 1]
+            mixed = (probs @ v.transpose(0, 1)).transpose(0, 1).reshape(1, channels)
+            expected = rep[b : b + 1] + attn.proj(mixed)
+            expected = expected + block.mlp(block.norm2(expected))
+            torch.testing.assert_close(out.representative[b : b + 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_evovit_placeholders_evolve_through_the_representative():
+    x = torch.randn(2, 1, 64, 64)
+    fast = tiny(pruner="evovit", pruner_kwargs={"keep_ratio": 0.5})
+    frozen = tiny(pruner="evovit", pruner_kwargs={"keep_ratio": 0.5, "representative": False})
+    merged = []
+    for net in (fast, frozen):  # what the patch merging of layer 2 reads: kept tokens and placeholders
+        net.swinViT.layers2[0].downsample.register_forward_hook(lambda module, args, out: merged.append(args[0]))
+    with torch.no_grad():
+        fast_out, frozen_out = fast(x, BOXES), frozen(x, BOXES)
+    kept = [r.tokens_kept.tolist() for r in fast.token_report]
+    assert kept == [r.tokens_kept.tolist() for r in frozen.token_report]  # the fast path does not change the ranking
+    moved = (merged[0] - merged[1]).abs().sum(-1) > 1e-6  # [B, 16, 16]: where the grids differ
+    assert moved.sum(dim=(1, 2)).tolist() == [256.0 - 128.0] * 2  # every placeholder, and no kept token
+    assert not torch.allclose(fast_out, frozen_out)
+
+
+def test_gradients_reach_stp_and_its_mta_in_training():
+    net = tiny(pruner="stp", pruner_kwargs={"keep_ratio": 0.5}, completion=mta_factory()).train()
+    assert sorted(net.completion) == ["2", "3", "4"]
+    assert [net.completion[t].dim for t in ("2", "3", "4")] == [24, 48, 96]  # grids 1, 2, 3 feed taps 2, 3, 4
+    for mta in net.completion.values():
+        torch.nn.init.normal_(mta.assemblers[next(iter(mta.assemblers))].proj_out.weight, std=0.02)
+    net(torch.randn(2, 1, 64, 64), BOXES).mean().backward()
+    for stage in ("1", "2"):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.pruners[stage].parameters())
+    for tap, mta in net.completion.items():
+        assert mta.stage_tokens.grad[:2].abs().sum() > 0 and mta.stage_tokens.grad[2].abs().sum() == 0, tap
+    assert [r.tokens_kept.tolist() for r in net.token_report][0] == [128.0, 128.0]
+
+
+def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
+    seen = []
+    x = torch.randn(1, 1, 64, 64)
+    net = tiny(pruner=CornerPruner(keep_ratio=0.25), completion={t: Recorder(seen) for t in (2, 3, 4)})
+    plain = tiny(pruner=CornerPruner(keep_ratio=0.25))
+    inputs, plain_inputs = record_inputs(net), record_inputs(plain)
+    with torch.no_grad():
+        completed, carried = net(x), plain(x)
+    assert [(tap, shape, grid) for tap, shape, grid, _ in seen] == [
+        (2, (1, 256, 24), (16, 16)), (3, (1, 64, 48), (8, 8)), (4, (1, 16, 96), (4, 4))]
+    g1, g2, g3 = (stage_of.view(grid) for _, _, grid, stage_of in seen)
+    assert g1[:4].eq(0).all() and g1[4:].eq(1).all()  # stage 1 keeps the first 64 of 16 x 16 cells
+    assert g2[0, :4].eq(0).all() and g2[:2].flatten()[4:].eq(2).all() and g2[2:].eq(1).all()  # 4 of 16 kept
+    assert g3.tolist() == [[0, 0, 2, 2], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]]  # a parent dies with its last child
+    assert [r.tokens_kept.tolist() for r in net.token_report] == [r.tokens_kept.tolist() for r in plain.token_report]
+    torch.testing.assert_close(inputs[1].tokens, plain_inputs[1].tokens)  # the encoder still merges the carried grid
+    assert not torch.allclose(completed, carried)
+    with pytest.raises(TypeError, match="one completion per tap width"):
+        tiny(pruner="stp", completion=mta_factory()(dim=24))

@@ -7,9 +7,17 @@ import torch
 
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
-from conftest import image, random_attention, stage_input, tiny_unetr
+from conftest import image, random_attention, reduced_example, stage_input, tiny_unetr, window_example
 from prato_components.networks import TokenState, transformer_block_forward
-from prato_components.pruners import EvoViT, attention_received, keep_count, representative_weights
+from prato_components.pruners import (
+    EvoViT,
+    attention_received,
+    keep_count,
+    reduced_attention_received,
+    representative_weights,
+    window_attention_received,
+)
+from prato_components.tokens.attention import WindowAttention
 
 
 def test_attention_received_sums_heads_and_averages_valid_queries():
@@ -138,3 +146,42 @@ def test_evovit_gradients_reach_the_blocks_through_the_placeholders():
     # a loss on placeholder positions only reaches the last block through the representative token
     assert net.vit.blocks[11].mlp.linear2.weight.grad.abs().sum() > 0
     assert net.vit.blocks[11].attn.qkv.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- hierarchical attention
+def test_window_attention_received_is_the_received_attention_of_the_block_diagonal_map():
+    attention, dense = window_example()
+    live = attention.live_grid()
+    expected = dense.sum(1).sum(1) / live.sum(1, keepdim=True)  # explicit column sums over the image's live queries
+    torch.testing.assert_close(window_attention_received(attention), expected)
+    torch.testing.assert_close(window_attention_received(attention), attention_received(dense, live))
+
+
+def test_window_attention_received_does_not_favour_sparse_windows():
+    # uniform attention over the live keys: every token scores heads / N_live, whatever its window's population
+    cells = torch.tensor([[0, 1, 2, 3], [4, 8, 8, 8]])  # one image of 8 cells: a full window and a lone token
+    probs = torch.zeros(2, 3, 4, 4)
+    probs[0] = 0.25
+    probs[1, :, :, 0] = 1.0
+    scores = window_attention_received(WindowAttention(probs, cells, (2, 4), batch_size=1))
+    torch.testing.assert_close(scores[0, :5], torch.full((5,), 3 / 5))
+    assert attention_received(probs[1:, :, :1, :1]).item() == 3.0  # a per-window mean would give the lone token 3
+
+
+def test_reduced_attention_received_maps_each_key_back_to_the_tokens_it_pools():
+    attention, token_map = reduced_example()
+    expected = attention_received(token_map, attention.query_valid)
+    torch.testing.assert_close(reduced_attention_received(attention), expected)
+    key_received = attention_received(attention.probs, attention.query_valid)  # [B, 4]
+    torch.testing.assert_close(reduced_attention_received(attention)[:, 0], key_received[:, 0] / 4)  # cell 0: key 0
+    torch.testing.assert_close(reduced_attention_received(attention).sum(1), torch.full((2,), 2.0))  # heads
+
+
+def test_evovit_on_a_finer_grid_sums_its_scores_onto_the_pruners_grid():
+    attention, dense = window_example()
+    inputs = stage_input(torch.randn(2, 2, 8), grid=(1, 2), attentions=[attention])  # grid (2, 3) halves to (1, 2)
+    scores = EvoViT(keep_ratio=0.5).update_scores(inputs)
+    fine = window_attention_received(attention)
+    expected = torch.stack([fine[:, [0, 1, 3, 4]].sum(1), fine[:, [2, 5]].sum(1)], dim=1)
+    torch.testing.assert_close(scores[:, :2], expected)
+    assert inputs.memory["evovit.scores.grid"] == (2, 3)  # the smoothed scores stay on the blocks' grid

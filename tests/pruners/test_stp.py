@@ -100,3 +100,17 @@ def test_mta_is_cheap():
     extra = count_flops(with_mta, x) - count_flops(net, x)
     block = count_flops(lambda t: transformer_block_forward(net.vit.blocks[0], t), torch.randn(1, 16, 32))
     assert 0 < extra < block
+
+
+def test_mta_window_attention_stays_within_its_windows():
+    torch.manual_seed(0)
+    mta = MultiLayerTokenAssembly(32, depth=1, window_size=2, taps=(4,))
+    torch.nn.init.normal_(mta.assemblers["4"].proj_out.weight, std=0.1)
+    state = TokenState(torch.randn(1, 16, 32), (4, 4))
+    grid = torch.randn(1, 16, 32)
+    moved = grid.clone()
+    moved[0, 0] += torch.randn(32)  # cell (0, 0): window (0, 0) holds cells 0, 1, 4, 5
+    with torch.no_grad():
+        changed = (mta(moved, state, 4) - mta(grid, state, 4)).abs().sum(-1)[0] > 1e-6
+    assert changed.nonzero().flatten().tolist() == [0, 1, 4, 5]
+    assert "window_size=2" in repr(mta)

@@ -3,9 +3,15 @@
 import pytest
 import torch
 
-from conftest import image, record_selections, stage_input, tiny_unetr
+from conftest import image, record_selections, reduced_example, stage_input, tiny_unetr, window_example
 from prato_components.networks import transformer_block_forward
-from prato_components.pruners import TRAM, attention_graph_centrality, keep_count
+from prato_components.pruners import (
+    TRAM,
+    attention_graph_centrality,
+    keep_count,
+    reduced_attention_graph_centrality,
+    window_attention_graph_centrality,
+)
 
 
 def kept_grid(inputs, selection) -> torch.Tensor:
@@ -76,3 +82,44 @@ def test_tram_training_path_equals_eval_and_only_tram_gets_attention():
     assert all(not inputs.attentions for inputs, _ in other_calls)
     with pytest.raises(ValueError, match="TRAM needs the attention maps"):
         TRAM()(stage_input(torch.randn(1, 64, 32)))
+
+
+# ---------------------------------------------------------------------------------------------- hierarchical attention
+def test_window_centrality_is_the_centrality_of_the_block_diagonal_map():
+    attention, dense = window_example(heads=3)
+    expected = attention_graph_centrality(dense, attention.live_grid())
+    torch.testing.assert_close(window_attention_graph_centrality(attention), expected)
+    # by hand in image 1's window (cells 0 and 2 live): s_j = sum_i A_ij d_i with d_j = sum_i A_ij
+    graph = attention.probs[2].amax(0)[[0, 2]][:, [0, 2]]
+    indegree = graph.sum(0)
+    torch.testing.assert_close(window_attention_graph_centrality(attention)[1, [0, 2]], graph.T @ indegree)
+
+
+def test_reduced_centrality_equals_the_centrality_of_the_token_map():
+    attention, token_map = reduced_example()
+    # the square token-to-token map: row i of the grid holds the query row at cell i (zero elsewhere)
+    square = torch.zeros(2, 2, 16, 16)
+    live = torch.zeros(2, 16, dtype=torch.bool)
+    for b in range(2):
+        for row in range(5):
+            if attention.query_valid[b, row]:
+                cell = int(attention.query_cells[b, row])
+                square[b, :, cell], live[b, cell] = token_map[b, :, row], True
+    expected = attention_graph_centrality(square, live)
+    torch.testing.assert_close(reduced_attention_graph_centrality(attention), expected)
+
+
+def test_tram_averages_finer_grids_onto_coarser_ones():
+    attention, _ = window_example()
+    inputs = stage_input(torch.randn(2, 2, 8), grid=(1, 2), attentions=[attention])
+    TRAM(keep_ratio=0.5)(inputs)
+    fine = window_attention_graph_centrality(attention)
+    total = inputs.memory["tram.scores"]
+    torch.testing.assert_close(total[:, :6], fine)  # kept on the blocks' grid
+    assert inputs.memory["tram.scores.grid"] == (2, 3)
+    later = stage_input(torch.randn(2, 2, 8), grid=(1, 2), attentions=[torch.full((2, 1, 2, 2), 0.5)], stage=2)
+    later.memory = inputs.memory
+    TRAM(keep_ratio=0.5)(later)  # a uniform map on the (1, 2) grid (s_j = 1): the sum is averaged onto it first
+    coarse = torch.stack([fine[:, [0, 1, 3, 4]].mean(1), fine[:, [2, 5]].mean(1)], dim=1)
+    torch.testing.assert_close(later.memory["tram.scores"][:, :2], coarse + 1.0)
+    assert later.memory["tram.scores.grid"] == (1, 2)

@@ -1,7 +1,12 @@
 """MONAI ``SwinTransformerBlock`` forwards on a pruned grid: :func:`swin_block_forward` on the live tokens only,
 skipping windows without a live token (executor ``"gather"``), and :func:`swin_block_forward_masked`, the full-grid
 reference with pruned keys masked (executor ``"attention_mask"``). See :mod:`prato_components.networks.swin_unetr`
-for why pruned tokens are masked keys."""
+for why pruned tokens are masked keys.
+
+:func:`swin_block_run` is :func:`swin_block_forward` that can also return the block's window attention (for
+pruners that score tokens by attention) and run one representative token per image through the block (Evo-ViT's
+fast path): the representative has no position, so it attends, as one query, to all live tokens of its image and
+itself (no relative position bias); the live tokens' windows do not hold it."""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ from monai.networks.nets.swin_unetr import (
 )
 
 from prato_components.networks.swin.windows import WindowPlan, block_layout, plan_windows
+from prato_components.tokens.attention import BlockOutput, WindowAttention
 
-__all__ = ["swin_block_forward", "swin_block_forward_masked"]
+__all__ = ["swin_block_forward", "swin_block_forward_masked", "swin_block_run"]
 
 
 def _relative_position_bias(attn: WindowAttention, n: int) -> torch.Tensor:
@@ -63,14 +69,32 @@ def swin_block_forward(
     Returns:
         ``[T, C]``: the block output of every live token, equal to :func:`swin_block_forward_masked` there.
     """
+    return swin_block_run(block, tokens, flat_index, grid_shape, batch_size, plan).tokens
+
+
+def swin_block_run(
+    block: SwinTransformerBlock,
+    tokens: torch.Tensor,
+    flat_index: torch.Tensor,
+    grid_shape: Sequence[int],
+    batch_size: int,
+    plan: WindowPlan | None = None,
+    return_attention: bool = False,
+    representative: torch.Tensor | None = None,
+) -> BlockOutput:
+    """:func:`swin_block_forward` (same arguments), also returning, when asked, the block's attention as a
+    :class:`~prato_components.tokens.attention.WindowAttention` (``return_attention``) and the block output of one
+    ``representative`` token per image (``[B, C]``, see the module docstring)."""
     if plan is None:
         plan = plan_windows(flat_index, grid_shape, batch_size, block_layout(block, grid_shape, tokens.device))
     attn = block.attn
-    channels = tokens.shape[-1]
+    num, channels = tokens.shape
     heads, n, kept = attn.num_heads, plan.window_volume, plan.num_kept
     image = torch.div(flat_index, math.prod(grid_shape), rounding_mode="floor")
 
-    qkv = attn.qkv(block.norm1(tokens))  # [T, 3C]: only live tokens are projected
+    rows = tokens if representative is None else torch.cat([tokens, representative.to(tokens.dtype)])
+    qkv_rows = attn.qkv(block.norm1(rows))  # [T (+ B), 3C]: only live tokens (and representatives) are projected
+    qkv = qkv_rows[:num]
     if attn.qkv.bias is not None:  # padding slots hold MONAI's qkv(0) = bias; pruned slots are masked keys
         windows = attn.qkv.bias.to(qkv.dtype).expand(kept, n, 3 * channels).clone(memory_format=torch.contiguous_format)
     else:
@@ -80,7 +104,8 @@ def swin_block_forward(
     bias = _relative_position_bias(attn, n).to(q.dtype).unsqueeze(0)
     if plan.mask is not None:
         bias = bias + plan.mask.to(q.dtype)
-    if torch.is_grad_enabled():  # explicit path, as MONAI trains: gradients reach the relative position bias
+    probs = None
+    if torch.is_grad_enabled() or return_attention:  # explicit path, as MONAI trains: gradients reach the bias
         probs = ((q * attn.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)
         out = attn.attn_drop(probs) @ v
     else:
@@ -88,7 +113,36 @@ def swin_block_forward(
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=attn.scale)
     out = out.transpose(1, 2).reshape(kept * n, channels).index_select(0, plan.position)  # back to the live tokens
     x = tokens + _drop_path(block.drop_path, attn.proj_drop(attn.proj(out)), image, batch_size)
-    return x + _drop_path(block.drop_path, block.mlp(block.norm2(x)), image, batch_size)
+    x = x + _drop_path(block.drop_path, block.mlp(block.norm2(x)), image, batch_size)
+    attention = None
+    if return_attention:
+        cells = flat_index.new_full((kept * n,), batch_size * math.prod(grid_shape)).index_copy(0, plan.position, flat_index)
+        attention = WindowAttention(probs.detach(), cells.view(kept, n), tuple(grid_shape), batch_size)
+    rep = None
+    if representative is not None:
+        rep = _representative_forward(block, representative, qkv_rows[num:], qkv, image)
+    return BlockOutput(x, attention, rep)
+
+
+def _representative_forward(
+    block: SwinTransformerBlock, rep: torch.Tensor, rep_qkv: torch.Tensor, qkv: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
+    """The block on one representative token per image ``rep`` ``[B, C]``: one query attending to the live tokens of
+    its image (``qkv`` ``[T, 3C]``, ``image`` ``[T]``) and to itself (``rep_qkv`` ``[B, 3C]``), then the MLP
+    (the softmax over each image's keys is taken with scatter reductions, so no padding is needed)."""
+    attn = block.attn
+    batch, channels = rep.shape
+    heads = attn.num_heads
+    q_r, k_r, v_r = rep_qkv.view(batch, 3, heads, channels // heads).unbind(1)
+    _, k, v = qkv.view(-1, 3, heads, channels // heads).unbind(1)
+    logits = (k * q_r[image]).sum(-1) * attn.scale  # [T, heads]
+    own = (k_r * q_r).sum(-1) * attn.scale  # [B, heads]
+    peak = own.scatter_reduce(0, image.unsqueeze(1).expand(-1, heads), logits, "amax").detach()
+    weights, own_weight = (logits - peak[image]).exp(), (own - peak).exp()
+    total = own_weight.index_add(0, image, weights)
+    out = (own_weight.unsqueeze(-1) * v_r).index_add(0, image, weights.unsqueeze(-1) * v) / total.unsqueeze(-1)
+    rep = rep + attn.proj_drop(attn.proj(out.reshape(batch, channels)))
+    return rep + block.mlp(block.norm2(rep))  # no stochastic depth: it stands for tokens the block does not run
 
 
 def swin_block_forward_masked(block: SwinTransformerBlock, x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
