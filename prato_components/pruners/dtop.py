@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from prato_components.pruners.base import TokenPruner, select_topk
 from prato_components.pruners.registry import register_pruner
+from prato_components.tokens.attention import coarsen, load_grid_scores, store_grid_scores
 from prato_components.tokens.stage import StageInput, TokenSelection
 
 __all__ = ["DTOP_BUDGETS", "DToP", "protected_tokens"]
@@ -100,15 +101,24 @@ class DToP(TokenPruner):
         self.head = nn.Linear(dim, num_classes)
 
     def canvas(self, logits: torch.Tensor, inputs: StageInput) -> torch.Tensor:
-        """This stage's logits on the full grid ``[B, classes, *grid]``; positions not live keep earlier logits."""
+        """This stage's logits on the full grid ``[B, classes, *grid]``; positions not live keep earlier logits.
+
+        The canvas lives in ``inputs.memory`` with its grid. When a hierarchical encoder moves to a coarser grid
+        (Swin UNETR), the earlier canvas is first averaged onto the new grid (:func:`coarsen`), so a position that
+        is not live holds the mean logits of the finer cells it covers, never those of an unrelated cell.
+        """
         batch, _, classes = logits.shape
         num_grid = math.prod(inputs.grid_shape)
-        previous = inputs.memory.get(MEMORY_KEY)  # [B, N + 1, classes]; the last row collects padding rows
-        if previous is None:
+        grid, previous = load_grid_scores(inputs.memory, MEMORY_KEY)  # [B, N + 1, classes]; the last row collects
+        if previous is None:  # padding rows
             previous = logits.new_zeros(batch, num_grid + 1, classes)
+        elif grid != tuple(inputs.grid_shape):
+            per_class = previous[:, :-1].transpose(1, 2).reshape(batch * classes, -1)
+            pooled = coarsen(per_class, grid, inputs.grid_shape, "mean").reshape(batch, classes, num_grid)
+            previous = F.pad(pooled.transpose(1, 2), (0, 0, 0, 1))
         index = inputs.token_index.unsqueeze(-1).expand(-1, -1, classes)
         canvas = previous.to(logits.dtype).scatter(1, index, logits)
-        inputs.memory[MEMORY_KEY] = canvas
+        store_grid_scores(inputs.memory, MEMORY_KEY, inputs.grid_shape, canvas)
         return canvas[:, :num_grid].transpose(1, 2).reshape(batch, classes, *inputs.grid_shape)
 
     def forward(self, inputs: StageInput) -> TokenSelection:

@@ -10,7 +10,7 @@ from conftest import UNETR_TOKENS as N
 from conftest import image, stage_input, tiny_unetr
 from prato_components.engine import PrunedSegLoss
 from prato_components.networks import TokenState
-from prato_components.pruners import DToP, protected_tokens
+from prato_components.pruners import DToP, StageInput, protected_tokens
 
 
 def test_protected_tokens_per_class():
@@ -137,3 +137,22 @@ def test_dtop_threshold_padded_handles_different_counts_per_image():
         assert kept.tolist() == (confidence <= threshold).sum(1).float().tolist()
         assert kept[0] != kept[1]
         torch.testing.assert_close(out, reference(x), atol=1e-5, rtol=1e-4)
+
+
+def test_dtop_canvas_moves_to_a_coarser_grid_by_averaging():
+    """On a hierarchical encoder (Swin UNETR) stage 2 runs on a grid half as fine: a position not live there holds
+    the mean of the stage-1 logits of the four cells it covers, not the logits of an unrelated finer cell."""
+    pruner = DToP(dim=4, num_classes=3)
+    memory: dict = {}
+    fine = torch.randn(1, 16, 3, generator=torch.Generator().manual_seed(0))  # stage 1: a 4 x 4 grid, all live
+    first = stage_input(torch.zeros(1, 16, 4), grid=(4, 4))
+    first.memory = memory
+    pruner.canvas(fine, first)
+    coarse = torch.randn(1, 1, 3)  # stage 2: a 2 x 2 grid, only cell 0 live
+    second = StageInput(tokens=torch.zeros(1, 1, 4), token_index=torch.tensor([[0]]), valid=None, grid_shape=(2, 2),
+                        stride=(32.0, 32.0), boxes=None, stage=2, feature_map=lambda: None, memory=memory)
+    canvas = pruner.canvas(coarse, second)  # [1, 3, 2, 2]
+    blocks = fine[0].reshape(2, 2, 2, 2, 3).permute(0, 2, 1, 3, 4).reshape(2, 2, 4, 3).mean(2)  # [2, 2, classes]
+    torch.testing.assert_close(canvas[0, :, 0, 0], coarse[0, 0])
+    for row, col in ((0, 1), (1, 0), (1, 1)):
+        torch.testing.assert_close(canvas[0, :, row, col], blocks[row, col])
