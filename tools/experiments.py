@@ -261,20 +261,23 @@ def bundle_run(bundle: str, config: str, **overrides) -> None:
 
 
 def save_samples(run: Run, common: dict, path: str) -> None:
-    """The first ``run.samples`` test images (tight box): image, label, box, prediction and, per pruned stage, the
-    grid cells kept (``samples.pt``, written atomically); the report draws Figs. 6 and 7 from it."""
+    """``run.samples`` test images spread evenly over the test split (tight box): image, label, box, prediction and,
+    per pruned stage, the grid cells kept (``samples.pt``, written atomically); the report draws Figs. 6 and 7."""
     import torch
     from monai.bundle import ConfigParser
+    from monai.data import list_data_collate
 
     from prato_components.engine import atomic_save, load_weights, record_retention
 
     parser = ConfigParser()
     parser.read_config(os.path.join(ROOT, "bundles", run.bundle, "configs", "evaluate.json"))
-    parser.update({**common, "batch_size": run.samples})
+    parser.update(common)
     network = parser.get_parsed_content("network")
     network.load_state_dict(load_weights(os.path.join(run.folder, "models", "model.pt"))[0])
     network.eval()
-    batch = next(iter(parser.get_parsed_content("test#dataloader")))
+    dataset = parser.get_parsed_content("test#dataset")
+    picks = sorted({round(i * (len(dataset) - 1) / max(1, run.samples - 1)) for i in range(run.samples)})
+    batch = list_data_collate([dataset[i] for i in picks])  # spread over the test split, not neighbouring slices
     device = next(network.parameters()).device
     with torch.no_grad(), record_retention(network) as kept:
         logits = network(batch["image"].to(device), boxes=batch["box"].to(device))

@@ -56,6 +56,12 @@ def _cell(values: Sequence, digits: int, spread: bool = True) -> str:
     return f"{mean:.{digits}f} ± {sd:.{digits}f}" if spread and n > 1 else f"{mean:.{digits}f}"
 
 
+def _median_cell(values: Sequence, digits: int) -> str:
+    """The median (latency: one slow, disturbed measurement must not move the cell)."""
+    vals = _finite(values)
+    return f"{statistics.median(vals):.{digits}f}" if vals else "missing"
+
+
 def collect(sections: Sequence[Section], cells: dict) -> list[dict]:
     """One record per (section, row, data set, seed) with that run's evaluation numbers (``None`` if missing)."""
     records = []
@@ -118,7 +124,8 @@ def table_markdown(section: Section, records: Sequence[dict], datasets: Sequence
         cells = [row.label]
         for d in datasets:
             group = _group(records, section, index, d)
-            cells += [_cell([g.get(c) for g in group], digits[c], spread=c == "dice") for c in section.columns]
+            cells += [_median_cell([g.get(c) for g in group], digits[c]) if c == "latency_ms"
+                      else _cell([g.get(c) for g in group], digits[c], spread=c == "dice") for c in section.columns]
             classes = _classes(records, section, d)
             cells.append(" / ".join(_cell([g["dice_per_class"].get(c) for g in group], 3, spread=False)
                                     for c in classes) or "missing")
@@ -152,7 +159,7 @@ def write_report(out: str, plan: str | None = None) -> str:
     lines = [f"# Report: {os.path.basename(plan)}", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} from `{out}`: size `{size}`, data sets "
              f"{', '.join(datasets)}, seeds {', '.join(map(str, seeds))}. Our numbers are mean ± standard deviation "
-             "over seeds (DSC; other columns are means); `—` marks a cell the paper's table is not recorded for in "
+             "over seeds (DSC; latency `ms` is the median, other columns are means); `—` marks a cell the paper's table is not recorded for in "
              "the plan. Every run and evaluation is in `results.csv`.", ""]
     if missing:
         lines += [f"**{len(missing)} cells are missing** (a run failed or has not run yet): "
@@ -271,7 +278,7 @@ def draw_overlays(section: Section, records: Sequence[dict], path: str) -> bool:
     first = next(s for s in samples if s is not None)
     count = first["image"].shape[0]
     cols = 2 + len(section.rows)
-    fig, axes = plt.subplots(count, cols, figsize=(1.6 * cols, 1.6 * count), dpi=80, squeeze=False)
+    fig, axes = plt.subplots(count, cols, figsize=(1.6 * cols, 1.6 * count), dpi=64, squeeze=False)
     for i in range(count):
         image, box = first["image"][i].numpy(), first["box"][i].numpy()
         _show(axes[i, 0], image, box)
@@ -299,7 +306,7 @@ def draw_retention(section: Section, records: Sequence[dict], path: str) -> bool
         return False
     stages = sorted(samples["kept"])
     count = samples["image"].shape[0]
-    fig, axes = plt.subplots(count, 1 + len(stages), figsize=(1.6 * (1 + len(stages)), 1.6 * count), dpi=80,
+    fig, axes = plt.subplots(count, 1 + len(stages), figsize=(1.6 * (1 + len(stages)), 1.6 * count), dpi=64,
                              squeeze=False)
     size = samples["image"].shape[2:]
     for i in range(count):
