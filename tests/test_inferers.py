@@ -141,3 +141,26 @@ def test_bad_arguments():
         PromptedSlidingWindowInferer(16, margin=-1)
     with pytest.raises(ValueError, match=r"boxes must be \[B=1, M, 6\]"):
         PromptedSlidingWindowInferer(16)(torch.zeros(1, 1, 16, 16, 16), Recorder(), boxes=torch.zeros(1, 1, 4))
+
+
+def test_token_reports_of_every_window_reach_the_sparsity_handler():
+    from types import SimpleNamespace
+
+    from prato_components.engine import TokenSparsityHandler
+
+    torch.manual_seed(0)
+    net = PrunedUNETR(in_channels=1, out_channels=3, img_size=32, spatial_dims=3, hidden_size=32, mlp_dim=64,
+                      num_heads=2, feature_size=8, pruner="prato").eval()
+    inferer = PromptedSlidingWindowInferer(roi_size=32, sw_batch_size=1, overlap=0.0, margin=0)
+    handler = TokenSparsityHandler(net, inferer=inferer)
+    engine = SimpleNamespace(state=SimpleNamespace(metrics={}))
+    handler._reset(engine)
+    with torch.no_grad():  # 3 x 1 x 1 windows; the box reaches the first two
+        inferer(torch.randn(1, 1, 96, 32, 32), net, boxes=torch.tensor([[[4.0, 4.0, 4.0, 40.0, 30.0, 30.0]]]))
+    handler._collect(engine)
+    handler._publish(engine)
+    assert len(inferer.network_reports) == 2
+    metrics = engine.state.metrics
+    assert (metrics["windows_computed"], metrics["windows_total"]) == (2.0, 3.0)
+    assert metrics["windows_computed_fraction"] == pytest.approx(2 / 3)
+    assert metrics["kept_fraction/stage1"] == pytest.approx(0.75)  # 8 tokens per window, keep 6

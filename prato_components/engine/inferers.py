@@ -15,6 +15,7 @@ from monai.data.utils import compute_importance_map, dense_patch_slices, get_val
 from monai.inferers import Inferer
 from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_tuple, look_up_option
 
+from prato_components.engine.distributed import unwrap
 from prato_components.networks.region import background_logits
 from prato_components.prompts.boxes import box_is_padding, clip_boxes, padding_boxes
 
@@ -160,7 +161,9 @@ class PromptedSlidingWindowInferer(Inferer):
       entirely outside it counts as padding.
 
     Computed windows are batched ``sw_batch_size`` at a time, across the images of the batch. After each call
-    :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped.
+    :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped, and
+    :attr:`network_reports` holds the network's ``(token_report, block_report)`` of every window batch (a pruned
+    network overwrites them on each call; ``TokenSparsityHandler(inferer=...)`` reads them all).
 
     Args:
         roi_size: window size (non-positive components: the image size on that axis, as in MONAI).
@@ -198,6 +201,7 @@ class PromptedSlidingWindowInferer(Inferer):
         self.padding_mode, self.cval = look_up_option(padding_mode, PytorchPadMode), cval
         self.margin, self.sw_device, self.device = int(margin), sw_device, device
         self.last_report: WindowReport | None = None
+        self.network_reports: list[tuple[list, list]] = []
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
                  boxes: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
@@ -226,6 +230,7 @@ class PromptedSlidingWindowInferer(Inferer):
                   for b in range(batch)]
         jobs = [(b, w) for b in range(batch) for w in chosen[b].nonzero()[:, 0].tolist()]
         self.last_report = WindowReport(len(slices), tuple(int(c.sum()) for c in chosen))
+        self.network_reports = []
 
         importance = compute_importance_map(get_valid_patch_size(padded, roi), mode=self.mode,
                                             sigma_scale=self.sigma_scale, device=sw_device, dtype=inputs.dtype)
@@ -237,6 +242,7 @@ class PromptedSlidingWindowInferer(Inferer):
             window_boxes = None if boxes is None else torch.stack(
                 [boxes_in_window(boxes[b], starts[w], roi) for b, w in part]).to(sw_device)
             logits = network(window, *args, boxes=window_boxes, **kwargs)
+            self._keep_network_reports(network)
             if isinstance(logits, MetaTensor):
                 logits = logits.as_tensor()
             if tuple(logits.shape[2:]) != roi:
@@ -260,6 +266,13 @@ class PromptedSlidingWindowInferer(Inferer):
         meta = MetaTensor(result)
         meta.copy_meta_from(source)
         return meta
+
+    def _keep_network_reports(self, network: Callable[..., torch.Tensor]) -> None:
+        """Keep the token reports of the window batch just computed (networks without them: nothing)."""
+        module = unwrap(network) if isinstance(network, nn.Module) else network
+        if hasattr(module, "token_report") or hasattr(module, "block_report"):
+            self.network_reports.append((list(getattr(module, "token_report", None) or []),
+                                         list(getattr(module, "block_report", None) or [])))
 
     @staticmethod
     def _image_boxes(boxes: torch.Tensor | None, batch: int, dims: int, image_size: Sequence[int],
