@@ -215,7 +215,8 @@ def load_transforms_3d(
     if box_key:
         transforms += [ValidateBoxd(box_key=box_key, image_key="image"),
                        BoxToMaskd(box_key=box_key, image_key="image", mask_key="box_mask")]
-    transforms += [Orientationd(keys=spatial, axcodes="RAS", labels=None), Spacingd(keys=spatial, pixdim=list(pixdim), mode=modes)]
+    transforms += [Orientationd(keys=spatial, axcodes="RAS", labels=None),
+                   Spacingd(keys=spatial, pixdim=list(pixdim), mode=modes)]
     crop = [CropForegroundd(keys=spatial, source_key="image", allow_smaller=True)] if crop_foreground else []
     intensity = intensity_transforms_3d(modality, ct_range)
     transforms += intensity + crop if str(modality).upper() == "CT" else crop + intensity

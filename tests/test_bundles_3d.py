@@ -70,3 +70,12 @@ def test_train_evaluate_infer_3d(bundle, btcv_dir, tmp_path):
     assert seg.shape == original.shape and label.shape == original.shape
     np.testing.assert_allclose(seg.affine, original.affine, atol=1e-4)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+
+
+def test_a_2d_bundle_trains_on_btcv_slices(btcv_dir, tmp_path):
+    root = str(tmp_path / "bundle")
+    run_bundle("unetr_prato", "train", root, dataset="btcv", dataset_dir=btcv_dir, epochs=1,
+               **{"train#trainer#epoch_length": 1})
+    splits = read_json(os.path.join(root, "models", "datalist_btcv.json"))
+    assert [len(splits[k]) for k in ("training", "validation", "test")] == [2, 1, 1]  # volumes; served as slices
+    assert os.path.isfile(os.path.join(root, "models", "model.pt"))

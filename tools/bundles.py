@@ -978,7 +978,8 @@ def train_config_3d(name: str) -> dict:
         {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
          "spatial_size": WINDOW, "pos": 1, "neg": 1, "num_samples": "@num_samples", "image_key": "image",
          "image_threshold": 0},
-        *[{"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.1, "spatial_axis": axis} for axis in range(3)],
+        *[{"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.1, "spatial_axis": axis}
+          for axis in range(3)],
         {"_target_": "RandRotate90d", "keys": ["image", "label"], "prob": 0.1, "max_k": 3},
         {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
     ]
@@ -1076,7 +1077,8 @@ resumed from; the best as `models/model.pt`):
 Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, windows computed, GFLOPs and CPU latency of
 one window to `eval/metrics.json`):
 
-    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json --dataset btcv --dataset_dir /data/BTCV
+    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json \\
+        --dataset btcv --dataset_dir /data/BTCV
 
 Segment new volumes with box prompts; writes `<image>_seg.nii.gz` on the grid of the file to `eval/`:
 

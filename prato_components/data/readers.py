@@ -407,7 +407,9 @@ def _btcv_pairs(dataset_dir: str) -> list[dict[str, str]]:
     return items
 
 
-def btcv_datalist(dataset_dir: PathLike, section: str = "training", datalist: str = BTCV_DATALIST) -> list[dict[str, Any]]:
+def btcv_datalist(
+    dataset_dir: PathLike, section: str = "training", datalist: str = BTCV_DATALIST
+) -> list[dict[str, Any]]:
     """Datalist of BTCV as MONAI's tutorials lay it out: ``imagesTr/img0001.nii.gz``, ``labelsTr/label0001.nii.gz``
     and ``dataset_0.json`` with ``"training"`` and ``"validation"`` lists (read by ``load_decathlon_datalist``).
 

@@ -220,7 +220,8 @@ class PromptedSlidingWindowInferer(Inferer):
         padded = tuple(max(s, r) for s, r in zip(image_size, roi))
         before = [(p - s) // 2 for p, s in zip(padded, image_size)]
         if padded != image_size:
-            pads = [v for axis in reversed(range(dims)) for v in (before[axis], padded[axis] - image_size[axis] - before[axis])]
+            after = [p - s - b for p, s, b in zip(padded, image_size, before)]
+            pads = [v for axis in reversed(range(dims)) for v in (before[axis], after[axis])]
             inputs = F.pad(inputs, pads, mode=self.padding_mode, value=self.cval)
         boxes = self._image_boxes(boxes, batch, dims, image_size, before)
 
