@@ -1,7 +1,9 @@
 """What the bundle configs call: data set specs, loading transforms, prompt settings, inference datalists.
 
-Everything that depends on the ``dataset`` key of a bundle (``acdc`` | ``isic`` | ``decathlon``) lives here, so
-that changing ``--dataset`` on the command line adjusts channels, classes, loading and output format together.
+Everything that depends on the ``dataset`` key of a bundle (``acdc`` | ``isic`` | ``decathlon`` | ``btcv``) lives
+here, so that changing ``--dataset`` on the command line adjusts channels, classes, loading and output format
+together. The 2D bundles serve volumes as slices (:func:`load_transforms`); the 3D bundles load whole volumes the way
+MONAI's 3D bundles do (:func:`load_transforms_3d`, docs/design.md §12).
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from typing import Any
 
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
-from monai.transforms import Compose, MapTransform
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
 
 from prato_components.data import (
     DATASETS,
@@ -30,7 +40,8 @@ from prato_components.data import (
     slice_datalist,
 )
 from prato_components.engine.checkpoint import check_trained_settings
-from prato_components.prompts import ClipBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd
+from prato_components.data.readers import BTCV_DATALIST
+from prato_components.prompts import BoxToMaskd, ClipBoxd, MaskToBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd, ValidateBoxd
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
 from prato_components.networks.region import DECODE_REGIONS
 
@@ -39,7 +50,11 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "dataset_spec",
     "bundle_splits",
+    "bundle_splits_3d",
     "load_transforms",
+    "load_transforms_3d",
+    "intensity_transforms_3d",
+    "CT_INTENSITY_RANGE",
     "prompt_transforms",
     "per_class_prompt",
     "inference_datalist",
@@ -67,39 +82,51 @@ IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
 
 
+def _volume_spec(info_path: str, default_labels: dict[str, str]) -> dict[str, Any]:
+    """The spec of a volumetric data set described by an MSD-style JSON (``labels``, ``modality``)."""
+    require_file(info_path, "dataset description")
+    with open(info_path) as f:
+        info = json.load(f)
+    labels = {int(k): str(v) for k, v in info.get("labels", default_labels).items()}
+    modalities = [str(v).upper() for v in info.get("modality", {"0": "image"}).values()]
+    return {"in_channels": len(modalities), "out_channels": len(labels),
+            "class_names": [labels[k].replace(" ", "_") for k in sorted(labels) if k > 0],
+            "label_values": sorted(labels), "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1,
+            "modality": "CT" if all(m == "CT" for m in modalities) else "MR"}
+
+
 def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]:
     """Channels, classes and file conventions of a data set.
 
     Returns a dict with ``in_channels``, ``out_channels`` (classes incl. background), ``class_names``
-    (foreground, label order), ``label_values``, ``volumetric`` (images are volumes served as 2D slices),
-    ``output_ext`` and ``output_scale`` (label value multiplier when saving: ISIC masks are 0/255).
-    For ``decathlon`` the channels and classes are read from ``dataset_dir/dataset.json``.
+    (foreground, label order), ``label_values``, ``volumetric`` (images are volumes: served as 2D slices by the 2D
+    bundles), ``output_ext``, ``output_scale`` (label value multiplier when saving: ISIC masks are 0/255) and
+    ``modality`` (``"CT"``, ``"MR"`` or ``"RGB"``: the 3D intensity normalisation, :func:`intensity_transforms_3d`).
+    For ``decathlon`` and ``btcv`` the channels and classes are read from ``dataset_dir/dataset.json`` /
+    ``dataset_dir/dataset_0.json``.
     """
     name = str(dataset).lower()
     if name == "acdc":
         return {"in_channels": 1, "out_channels": 4, "class_names": ["right_ventricle", "myocardium", "left_ventricle"],
-                "label_values": [0, 1, 2, 3], "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1}
+                "label_values": [0, 1, 2, 3], "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1,
+                "modality": "MR"}
     if name == "isic":
         return {"in_channels": 3, "out_channels": 2, "class_names": ["lesion"], "label_values": [0, 1],
-                "volumetric": False, "output_ext": ".png", "output_scale": 255}
-    if name == "decathlon":
+                "volumetric": False, "output_ext": ".png", "output_scale": 255, "modality": "RGB"}
+    if name in ("decathlon", "btcv"):
         if dataset_dir is None:
-            raise ValueError("the decathlon spec is read from dataset_dir/dataset.json: give dataset_dir")
-        info_path = os.path.join(dataset_dir, "dataset.json")
-        require_file(info_path, "MSD dataset.json")
-        with open(info_path) as f:
-            info = json.load(f)
-        labels = {int(k): str(v) for k, v in info.get("labels", {"0": "background", "1": "foreground"}).items()}
-        return {"in_channels": len(info.get("modality", {"0": "image"})), "out_channels": len(labels),
-                "class_names": [labels[k].replace(" ", "_") for k in sorted(labels) if k > 0],
-                "label_values": sorted(labels), "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1}
+            raise ValueError(f"the {name} spec is read from its dataset description in dataset_dir: give dataset_dir")
+        if name == "decathlon":
+            return _volume_spec(os.path.join(dataset_dir, "dataset.json"), {"0": "background", "1": "foreground"})
+        return _volume_spec(os.path.join(dataset_dir, BTCV_DATALIST), {"0": "background", "1": "foreground"})
     raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
 
 
 def bundle_splits(dataset: str, dataset_dir: str, datalist_path: str | None, seed: int = 0) -> dict[str, list[dict]]:
-    """Training/validation/test items for the 2D bundles: ACDC and decathlon volumes as slices."""
+    """Training/validation/test items for the 2D bundles: ACDC, decathlon and BTCV volumes as slices (the 3D
+    bundles: :func:`bundle_splits_3d`)."""
     splits = load_or_create_split(dataset, dataset_dir, datalist_path, seed=seed)
-    if str(dataset).lower() == "decathlon":
+    if str(dataset).lower() in ("decathlon", "btcv"):
         splits = {k: slice_datalist(v) for k, v in splits.items()}
     empty = [k for k, v in splits.items() if not v]
     if empty:
@@ -115,7 +142,7 @@ def load_transforms(dataset: str, keys: Sequence[str] = ("image", "label"), slic
         keys: ``("image", "label")`` for training/evaluation, ``("image",)`` for inference.
         slices: take the ``"slice"`` of volumes (training/evaluation items are slices; inference reads volumes).
     """
-    spec = dataset_spec(dataset) if str(dataset).lower() != "decathlon" else {"volumetric": True}
+    spec = dataset_spec(dataset) if str(dataset).lower() not in ("decathlon", "btcv") else {"volumetric": True}
     keys = list(keys)
     transforms: list[MapTransform] = [SafeLoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
     if spec["volumetric"] and slices:
@@ -125,6 +152,76 @@ def load_transforms(dataset: str, keys: Sequence[str] = ("image", "label"), slic
             transforms.append(BinarizeMaskd(keys="label"))
         elif str(dataset).lower() == "acdc":
             transforms.append(CheckLabelValuesd(keys="label", allowed=spec["label_values"]))
+    return Compose(transforms)
+
+
+def bundle_splits_3d(dataset: str, dataset_dir: str, datalist_path: str | None, seed: int = 0) -> dict[str, list[dict]]:
+    """Training/validation/test items for the 3D bundles: whole volumes (ACDC, decathlon, BTCV)."""
+    if str(dataset).lower() == "isic":
+        raise ValueError("dataset isic holds 2D images; the 3D bundles need volumes (acdc, decathlon, btcv)")
+    splits = load_or_create_split(dataset, dataset_dir, datalist_path, seed=seed, slice_level=False)
+    empty = [k for k, v in splits.items() if not v]
+    if empty:
+        raise ValueError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
+    return splits
+
+
+CT_INTENSITY_RANGE = (-175.0, 250.0)
+"""CT window (HU) mapped to [0, 1] by the 3D bundles, as in MONAI's BTCV (UNETR / Swin UNETR) tutorials."""
+
+
+def intensity_transforms_3d(modality: str, ct_range: Sequence[float] = CT_INTENSITY_RANGE) -> list[MapTransform]:
+    """The intensity normalisation of MONAI's 3D bundles: CT ``ScaleIntensityRanged`` of ``ct_range`` to [0, 1]
+    (clipped); MR (any other modality) ``NormalizeIntensityd(nonzero=True, channel_wise=True)``."""
+    if str(modality).upper() == "CT":
+        return [ScaleIntensityRanged(keys="image", a_min=float(ct_range[0]), a_max=float(ct_range[1]), b_min=0.0,
+                                     b_max=1.0, clip=True)]
+    return [NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)]
+
+
+def load_transforms_3d(
+    dataset: str,
+    dataset_dir: str | None = None,
+    keys: Sequence[str] = ("image", "label"),
+    pixdim: Sequence[float] = (1.5, 1.5, 2.0),
+    box_key: str | None = None,
+    crop_foreground: bool = True,
+    ct_range: Sequence[float] = CT_INTENSITY_RANGE,
+) -> Compose:
+    """Load volumes as MONAI's 3D bundles (spleen_ct_segmentation, the BTCV tutorials) do: ``LoadImaged`` with
+    channel first (errors name the file), ``Orientationd("RAS")``, ``Spacingd(pixdim)`` (bilinear image, nearest
+    label), the modality's intensity normalisation (:func:`intensity_transforms_3d`) and ``CropForegroundd`` on the
+    image (CT: after the window, so air is cropped; MR: before the normalisation, on the nonzero voxels).
+
+    With ``box_key``, the user's boxes ``[M, 6]`` in voxels of the file as loaded (``[x0, y0, z0, x1, y1, z1]``,
+    docs/design.md §3) are validated, drawn as a box mask that shares the image's affine (``BoxToMaskd``), moved by
+    the same orientation, resampling (nearest) and crop, and read back (``MaskToBoxd``): they arrive in voxels of the
+    network input, on the same anatomy (docs/design.md §12.1).
+
+    Args:
+        dataset: data set name (:func:`dataset_spec`); it sets the modality.
+        dataset_dir: the data set folder (decathlon and btcv read their description from it).
+        keys: ``("image", "label")`` for training/evaluation, ``("image",)`` for inference.
+        pixdim: target voxel spacing in mm.
+        box_key: the key of user boxes to carry through (inference), or ``None``.
+        crop_foreground: crop to the image's foreground.
+        ct_range: the CT window (HU) scaled to [0, 1].
+    """
+    keys = list(keys)
+    modality = dataset_spec(dataset, dataset_dir)["modality"]
+    spatial = keys + (["box_mask"] if box_key else [])
+    modes = ["bilinear" if key == "image" else "nearest" for key in spatial]
+    transforms: list[MapTransform] = [SafeLoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
+    if box_key:
+        transforms += [ValidateBoxd(box_key=box_key, image_key="image"),
+                       BoxToMaskd(box_key=box_key, image_key="image", mask_key="box_mask")]
+    transforms += [Orientationd(keys=spatial, axcodes="RAS", labels=None),
+                   Spacingd(keys=spatial, pixdim=list(pixdim), mode=modes)]
+    crop = [CropForegroundd(keys=spatial, source_key="image", allow_smaller=True)] if crop_foreground else []
+    intensity = intensity_transforms_3d(modality, ct_range)
+    transforms += intensity + crop if str(modality).upper() == "CT" else crop + intensity
+    if box_key:
+        transforms.append(MaskToBoxd(mask_key="box_mask", box_key=box_key))
     return Compose(transforms)
 
 

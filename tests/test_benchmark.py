@@ -51,3 +51,18 @@ def test_compare_compiled_networks_counts_eager_flops(tmp_path):
         assert (c["network"], c["gflops"], c["kept_fraction"]) == (e["network"], e["gflops"], e["kept_fraction"])
         assert c["latency_ms"] > 0 and math.isnan(c["pruner_ms"])
     assert compiled[1]["kept_fraction"] == pytest.approx((256 + 32 + 8 + 4) / 340) and compiled[1]["flops_ratio"] < 1.0
+
+
+def test_volume_counts_windows_flops_and_latency_of_the_prompted_sliding_window(tmp_path):
+    tiny = {"hidden_size": 48, "mlp_dim": 96, "num_heads": 2, "feature_size": 8}
+    dirs = ",".join(os.path.join(ROOT, "bundles", b) for b in ("unetr3d_baseline", "unetr3d_prato"))
+    table = Benchmark().volume(dirs, volume_shape=[96, 64, 32], image_size=32, organ="gallbladder", overlap=0.0,
+                               margin=0, overrides=tiny, json_out=str(tmp_path / "rows.json"))
+    assert table.splitlines()[0].startswith("volume [1, 1, 96, 64, 32], windows 32^3")
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [row["run"] for row in rows] == ["unetr3d_baseline (every window)", "unetr3d_baseline (box)",
+                                            "unetr3d_prato (box)"]
+    # 3 x 2 x 1 windows; the gallbladder (centre 0.05, -0.45 of the half sizes, radii 0.08) sits in one of them
+    assert [row["windows"] for row in rows] == ["6/6", "1/6", "1/6"]
+    assert rows[1]["flops_ratio"] == pytest.approx(1 / 6, rel=0.01)  # one window of six, same network
+    assert all(row["latency_s"] > 0 for row in rows)

@@ -77,7 +77,7 @@ def test_default_num_workers_never_exceeds_the_cpus():
     ("fill", "mean", "fill must be one of ['zero', 'carry']"),
     ("decode_region", "crop", "decode_region must be one of ['full', 'box']"),
     ("decode_margin", -8, "decode_margin must be an integer >= 0"),
-    ("dataset", "brats", "dataset must be one of ['acdc', 'isic', 'decathlon']"),
+    ("dataset", "brats", "dataset must be one of ['acdc', 'isic', 'decathlon', 'btcv']"),
     ("dataset_dir", "", "dataset_dir must be a folder path"),
 ])
 def test_bad_setting_values_are_named(key, value, expected):

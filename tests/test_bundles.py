@@ -189,7 +189,7 @@ def test_bad_training_data_gives_named_errors(case, acdc_dir, isic_dir, tmp_path
         os.makedirs(data)
         expected = "does not look like an ACDC|does not exist"
     elif case == "unknown_dataset":
-        dataset, data, expected = "kvasir", acdc_dir, r"dataset must be one of \['acdc', 'isic', 'decathlon'\], got 'kvasir'"
+        dataset, data, expected = "kvasir", acdc_dir, r"dataset must be one of \['acdc', 'isic', 'decathlon', 'btcv'\], got 'kvasir'"
     elif case == "corrupt_nifti":
         victim = _corrupt_copy(acdc_dir, data, "training/patient001/patient001_frame01.nii.gz", b"not a nifti")
         expected = os.path.basename(victim)

@@ -339,7 +339,7 @@ def test_load_or_create_split(acdc_root, tmp_path):
         load_or_create_split("brats", acdc_root, path)
     with pytest.raises(ValueError, match="made for 'acdc'"):
         load_or_create_split("isic", isic_dir, path)
-    assert DATASETS == ("acdc", "isic", "decathlon")
+    assert DATASETS == ("acdc", "isic", "decathlon", "btcv")
 
 
 def test_load_or_create_split_missing_files(msd_root, tmp_path):

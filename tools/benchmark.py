@@ -13,6 +13,11 @@ forward hooks on ``network.pruners`` (and a ``completion`` module) during the sa
 times ``torch.compile``d networks instead (no per-operation Python overhead; the pruners' time is not measured)::
 
     python tools/benchmark.py bundles bundles/segformer_baseline,bundles/segformer_prato --compile
+
+``volume`` times whole-volume inference of 3D bundles with the prompt-aware sliding window (a box around one
+organ), against the first bundle computing every window (MONAI's plain sliding window)::
+
+    python tools/benchmark.py volume bundles/unetr3d_baseline,bundles/unetr3d_prato --volume_shape "[256,256,128]"
 """
 
 from __future__ import annotations
@@ -194,6 +199,77 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def organ_box(volume_shape: Sequence[int], organ: str = "spleen") -> torch.Tensor:
+    """The box ``[1, 6]`` (voxels) around ``organ`` of the synthetic 3D cases (``ORGANS_3D``, mean position and size)
+    in a volume of ``volume_shape``."""
+    from prato_components.data import ORGANS_3D
+
+    found = {name: (centre, radii) for name, _, centre, radii in ORGANS_3D}
+    if organ not in found:
+        raise ValueError(f"unknown organ {organ!r}; choose from {sorted(found)}")
+    centre, radii = found[organ]
+    half = [s / 2 for s in volume_shape]
+    lo = [max(0.0, (1 + c - r) * h) for c, r, h in zip(centre, radii, half)]
+    hi = [min(float(s), (1 + c + r) * h) for c, r, h, s in zip(centre, radii, half, volume_shape)]
+    return torch.tensor([lo + hi], dtype=torch.float32)
+
+
+def compare_volume(
+    networks: dict[str, nn.Module],
+    volume_shape: Sequence[int],
+    in_channels: int,
+    roi_size: int,
+    box: torch.Tensor,
+    overlap: float = 0.25,
+    sw_batch_size: int = 1,
+    margin: int = 16,
+    threads: int = 2,
+    warmup: int = 0,
+    repeats: int = 1,
+    flops: bool = True,
+) -> list[dict]:
+    """Whole-volume inference of every network with :class:`PromptedSlidingWindowInferer` and the box ``[1, 6]``;
+    the first network is also run without a box (every window computed), which is the reference row."""
+    from prato_components.engine import PromptedSlidingWindowInferer
+
+    torch.manual_seed(0)
+    image = torch.randn(1, in_channels, *volume_shape)
+    inferer = PromptedSlidingWindowInferer(roi_size, sw_batch_size=sw_batch_size, overlap=overlap, margin=margin)
+    first = next(iter(networks))
+    runs = {f"{first} (every window)": (networks[first], None)}
+    runs.update({f"{name} (box)": (net, box[None]) for name, net in networks.items()})
+    rows, fns = [], {}
+    for label, (net, boxes) in runs.items():
+        net.eval()
+        fns[label] = lambda net=net, boxes=boxes: inferer(image, net, boxes=boxes)
+        with torch.inference_mode():
+            gflops = count_flops(fns[label]) / 1e9 if flops else float("nan")
+            if not flops:
+                fns[label]()
+        report = inferer.last_report
+        rows.append({"run": label, "windows": f"{report.num_computed}/{report.total}", "gflops": gflops})
+    if warmup > 0:
+        interleaved_latency(fns, warmup=0, repeats=warmup, threads=threads)
+    latency = interleaved_latency(fns, warmup=0, repeats=repeats, threads=threads)
+    reference = rows[0]
+    for row in rows:
+        row["latency_s"] = latency[row["run"]]
+        row["flops_ratio"] = row["gflops"] / reference["gflops"] if flops else float("nan")
+        row["throughput_ratio"] = latency[reference["run"]] / latency[row["run"]]
+    return rows
+
+
+def format_volume_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`compare_volume` rows."""
+    columns = [("run", "{}"), ("windows", "{}"), ("gflops", "{:.1f}"), ("flops_ratio", "{:.3f}"),
+               ("latency_s", "{:.2f}"), ("throughput_ratio", "{:.2f}")]
+    cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 class Benchmark:
     """Benchmark CLI (fire)."""
 
@@ -256,6 +332,38 @@ class Benchmark:
                              f"{row['gflops'] / reference:.3f} | {row['kept_fraction']:.3f} | "
                              f"{row['pruner_gflops']:.4f} |")
         return "\n".join(lines)
+
+    def volume(self, dirs: str | Sequence[str] = "bundles/unetr3d_baseline,bundles/unetr3d_prato",
+               volume_shape: Sequence[int] = (256, 256, 128), image_size: int | None = None, organ: str = "spleen",
+               overlap: float = 0.25, sw_batch_size: int = 1, margin: int = 16, in_channels: int = 1,
+               out_channels: int = 14, threads: int = 2, warmup: int = 0, repeats: int = 1, flops: bool = True,
+               json_out: str | None = None, overrides: dict | None = None) -> str:
+        """Whole-volume inference of 3D bundles (the first is the reference, also run on every window) with the
+        prompt-aware sliding window and a box around ``organ`` (its mean position in the synthetic 3D data): windows
+        computed, GFLOPs, latency and the throughput ratio to the reference's every-window run. Random weights and
+        a random volume (the work does not depend on them); ``in_channels`` / ``out_channels`` default to BTCV's."""
+        dirs = dirs.split(",") if isinstance(dirs, str) else list(dirs)
+        overrides = {"in_channels": in_channels, "out_channels": out_channels, **dict(overrides or {})}
+        if image_size:
+            overrides["image_size"] = image_size
+        networks, roi = {}, None
+        for entry in dirs:
+            path, *settings = entry.split("@")
+            torch.manual_seed(0)
+            net, shape = _bundle_network(path, {**overrides, **dict(_setting(s) for s in settings)})
+            networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
+            roi = roi or shape[1]
+        box = organ_box(volume_shape, organ)
+        rows = compare_volume(networks, list(volume_shape), in_channels, roi, box, overlap, sw_batch_size, margin,
+                              threads, warmup, repeats, flops)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(rows, f, indent=2)
+        header = (f"volume [1, {in_channels}, {', '.join(map(str, volume_shape))}], windows {roi}^3, "
+                  f"overlap {overlap}, "
+                  f"box around the {organ} {[round(v, 1) for v in box[0].tolist()]} + {margin} voxels, "
+                  f"threads={threads}, repeats={repeats}, torch {torch.__version__}")
+        return header + "\n" + format_volume_table(rows)
 
     @staticmethod
     def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False) -> str:

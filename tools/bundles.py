@@ -8,6 +8,8 @@ single place that defines them, so the folders never drift apart::
     python tools/bundles.py list
 
 Edit a bundle by editing this file (``BACKBONES``, ``PRUNER_CONFIGS``, the config templates) and regenerating.
+The 3D bundles (``BACKBONES_3D``, ``PRUNERS_BY_BACKBONE_3D``, ``BUNDLES_3D``) are built from the same templates with
+the changes of the "3D bundles" section (docs/design.md §12).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ sys.path.insert(0, ROOT)
 from prato_components import __version__  # noqa: E402
 from prato_components.bundle import SETTING_RULES  # noqa: E402
 
-BUNDLE_VERSION = "0.3.0"
+BUNDLE_VERSION = "0.4.0"
 CHANGELOG = {
+    "0.4.0": "new bundles: swin_unetr and segformer with stp, evovit and tram (evovit and tram score the attention a "
+    "token receives within its Swin windows or through SegFormer's spatial-reduction keys; stp's MTA runs per tap at "
+    "its width); 3D bundles unetr3d_baseline, unetr3d_prato, unetr3d_stp, swin_unetr3d_baseline, swin_unetr3d_prato "
+    "with MONAI's 3D preprocessing, boxes mapped through it and a prompt-aware sliding window; DToP on swin_unetr "
+    "averages its logits canvas onto the coarser stage grid (prato_components 0.4.0)",
     "0.3.0": "prompt-restricted decoding: decode_region 'box' (the default in PrATo bundles) runs the decoder and "
     "every convolutional path feeding it only over the prompt boxes plus decode_margin pixels, background outside; "
-    "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet, swin_unetr and segformer with all "
-    "seven pruners (on swin_unetr and segformer, evovit and tram score window / spatial-reduction attention and stp's "
-    "MTA runs per tap at its width); random masking draws per grid cell (prato_components 0.3.0)",
+    "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet with all seven pruners, swin_unetr "
+    "and segformer with dynamicvit, dtop and random; random masking draws per grid cell (prato_components 0.3.0)",
     "0.2.0": "checkpoints record the network settings they were trained with, and evaluate.json / inference.json "
     "build that network without the training overrides; unknown override keys stop a run with the closest known key, "
     "and settings values are checked at start; num_workers defaults to min(4, CPUs); "
@@ -234,10 +240,16 @@ NUMPY_VERSION = "2.4.6"
 
 
 def _split(name: str) -> tuple[str, str]:
-    for backbone in sorted(BACKBONES, key=len, reverse=True):
+    known = {**BACKBONES, **BACKBONES_3D}
+    for backbone in sorted(known, key=len, reverse=True):
         if name.startswith(backbone + "_"):
             return backbone, name[len(backbone) + 1 :]
-    raise ValueError(f"bundle {name!r} does not start with a known backbone {sorted(BACKBONES)}")
+    raise ValueError(f"bundle {name!r} does not start with a known backbone {sorted(known)}")
+
+
+def backbone_spec(backbone: str) -> dict:
+    """The specification of a 2D (``BACKBONES``) or 3D (``BACKBONES_3D``) backbone."""
+    return BACKBONES[backbone] if backbone in BACKBONES else BACKBONES_3D[backbone]
 
 
 # network keys that only a pruned network reads
@@ -249,7 +261,7 @@ def network_def(name: str) -> dict:
     backbone, pruner = _split(name)
     if pruner not in PRUNER_CONFIGS:
         raise ValueError(f"unknown pruner {pruner!r} in bundle {name!r}; choose from {sorted(PRUNER_CONFIGS)}")
-    spec, pruner_spec = BACKBONES[backbone], PRUNER_CONFIGS[pruner]
+    spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
     net = copy.deepcopy(spec["network_def"])
     pruner_def = copy.deepcopy(pruner_spec["pruner"])
     if pruner_def is not None and spec.get("pruner_by_name"):  # the network builds each stage's pruner
@@ -263,6 +275,8 @@ def network_def(name: str) -> dict:
         for key in PRUNING_KEYS:
             net.pop(key, None)
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
+    if "completion" in net:  # a learned fill's position embedding has the network's dimensionality
+        net["completion"]["spatial_dims"] = spec["network_def"].get("spatial_dims", 2)
     if "completion" in net and spec.get("pruner_by_name"):  # the network builds one per tap, at that tap's width
         completion = {k: v for k, v in net["completion"].items() if k != "dim"}
         if "completion_window" in spec:
@@ -340,7 +354,7 @@ def common(name: str) -> dict:
         "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
         **({} if pruner == "baseline" else {  # an unpruned network has no budget, stages or executor to set
             "keep_ratio": 0.75,
-            "prune_stages": BACKBONES[backbone]["stages"],
+            "prune_stages": backbone_spec(backbone)["stages"],
             "executor": "gather",
             "fill": "carry",
         }),
@@ -348,7 +362,7 @@ def common(name: str) -> dict:
         "decode_margin": DECODE_MARGIN,
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[_split(name)[1]].get("keys", {}),
-        **BACKBONES[backbone]["keys"],
+        **backbone_spec(backbone)["keys"],
         "network_def": network_def(name),
         "network": "$@network_def.to(@device)",
         "prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}},
@@ -356,7 +370,7 @@ def common(name: str) -> dict:
     }
     # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
     config["network_settings"] = network_settings(config)
-    return config
+    return _common_3d(config) if backbone in BACKBONES_3D else config
 
 
 def _intensity_and_size(keys: list[str], modes: list[str]) -> list[dict]:
@@ -688,7 +702,7 @@ def multi_gpu_config(name: str) -> dict:
 
 def metadata(name: str) -> dict:
     backbone, pruner = _split(name)
-    title = f"{BACKBONES[backbone]['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": BUNDLE_VERSION,
@@ -718,7 +732,7 @@ def metadata(name: str) -> dict:
         "intended_use": "Research on token-pruned ViT segmentation; not for clinical use.",
         "references": [
             "Prompt-based Dynamic Token Pruning for Efficient Segmentation of Medical Images (PrATo)",
-            BACKBONES[backbone]["reference"],
+            backbone_spec(backbone)["reference"],
         ],
         "network_data_format": {
             "inputs": {
@@ -883,26 +897,260 @@ def bundle_files(name: str) -> dict[str, str]:
     def dump(obj) -> str:
         return json.dumps(obj, indent=4) + "\n"
 
+    three_d = name in BUNDLES_3D
     return {
-        "configs/metadata.json": dump(metadata(name)),
-        "configs/train.json": dump(train_config(name)),
-        "configs/evaluate.json": dump(evaluate_config(name)),
-        "configs/inference.json": dump(inference_config(name)),
+        "configs/metadata.json": dump(metadata_3d(name) if three_d else metadata(name)),
+        "configs/train.json": dump(train_config_3d(name) if three_d else train_config(name)),
+        "configs/evaluate.json": dump(evaluate_config_3d(name) if three_d else evaluate_config(name)),
+        "configs/inference.json": dump(inference_config_3d(name) if three_d else inference_config(name)),
         "configs/multi_gpu_train.json": dump(multi_gpu_config(name)),
         "configs/logging.conf": LOGGING_CONF,
-        "docs/README.md": readme(name),
+        "docs/README.md": readme_3d(name) if three_d else readme(name),
         "LICENSE": LICENSE,
     }
+
+
+# ----------------------------------------------------------------------------------------------- 3D bundles
+# Issue 15: volumetric bundles with the same files and keys as the 2D ones. ``common`` adds the 3D keys
+# (``_common_3d``); the ``*_3d`` functions below change what differs from the 2D templates: MONAI's 3D preprocessing
+# (``bundle.load_transforms_3d``), training on label-balanced crops of the window size, and the prompt-aware sliding
+# window (``engine.PromptedSlidingWindowInferer``) for validation, evaluation and inference.
+BACKBONES_3D: dict[str, dict] = {
+    "unetr3d": {
+        **BACKBONES["unetr"],
+        "title": "UNETR-3D (ViT-B/16)",
+        "network_def": {**BACKBONES["unetr"]["network_def"], "spatial_dims": 3},
+        "tiny": {"hidden_size": 48, "mlp_dim": 96, "num_heads": 2, "feature_size": 8},  # STP's MTA: width 12 in 3D
+        "docs": "unetr",
+    },
+    "swin_unetr3d": {
+        **BACKBONES["swin_unetr"],
+        "title": "Swin UNETR-3D",
+        "network_def": {**BACKBONES["swin_unetr"]["network_def"], "spatial_dims": 3},
+        # 64^3: the bottleneck (1/32) keeps 2^3 voxels, which instance norm needs in training
+        "tiny": {**BACKBONES["swin_unetr"]["tiny"], "image_size": 64},
+        "docs": "swin_unetr",
+    },
+}
+PRUNERS_BY_BACKBONE_3D = {"unetr3d": ["baseline", "prato", "stp"], "swin_unetr3d": ["baseline", "prato"]}
+BUNDLES_3D = [f"{backbone}_{pruner}" for backbone, pruners in PRUNERS_BY_BACKBONE_3D.items() for pruner in pruners]
+ALL_BUNDLES = BUNDLES + BUNDLES_3D
+
+BTCV_LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
+               "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
+               "10": "portal and splenic veins", "11": "pancreas", "12": "right adrenal gland",
+               "13": "left adrenal gland"}
+WINDOW = "$[@image_size] * 3"  # the cubic network input: training crops and sliding windows
+
+
+def _with_keys_after(config: dict, after: str, keys: dict) -> dict:
+    """``config`` with ``keys`` inserted right after ``after`` (the generated JSON keeps a readable order)."""
+    out = {}
+    for key, value in config.items():
+        out[key] = value
+        if key == after:
+            out.update(keys)
+    return out
+
+
+def _common_3d(config: dict) -> dict:
+    """The 3D keys of ``common``: BTCV by default, a 96^3 window, the target spacing, and the sliding window."""
+    config.update({"dataset": "btcv", "dataset_dir": "/data/BTCV", "image_size": 96})
+    config = _with_keys_after(config, "image_size", {"pixdim": [1.5, 1.5, 2.0], "sw_batch_size": 4,
+                                                     "sw_overlap": 0.25, "sw_mode": "constant"})
+    config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 3}
+    return _with_keys_after(config, "inferer", {"sw_inferer": {
+        "_target_": "prato_components.engine.PromptedSlidingWindowInferer", "roi_size": WINDOW,
+        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": "@decode_margin"}})
+
+
+SPLITS_3D = "$prato_components.bundle.bundle_splits_3d(@dataset, @dataset_dir, @datalist_path, @seed)"
+
+
+def _labelled_preprocessing_3d() -> list:
+    """Load a labelled volume, orient, resample, normalise and crop to the foreground (validation, evaluation)."""
+    return ["$prato_components.bundle.load_transforms_3d(@dataset, @dataset_dir, pixdim=@pixdim)"]
+
+
+def _sliding_window_handlers(handlers: list) -> None:
+    """Token metrics over every computed window, windows computed / skipped, GFLOPs of one window."""
+    for handler in handlers:
+        if handler["_target_"] == "prato_components.engine.TokenSparsityHandler":
+            handler["inferer"] = "@sw_inferer"
+        if handler["_target_"] == "prato_components.engine.EvaluationReport":
+            handler["input_shape"] = "$[@in_channels] + [@image_size] * 3"
+
+
+def train_config_3d(name: str) -> dict:
+    """``train.json`` of a 3D bundle: ``batch_size`` volumes, ``num_samples`` label-balanced crops of the window size
+    from each (``RandCropByPosNegLabeld``), the prompt box recomputed from every crop's label; validation on whole
+    volumes with the prompt-aware sliding window."""
+    config = train_config(name)
+    config["batch_size"] = 2
+    config = _with_keys_after(config, "batch_size", {"num_samples": 2})
+    config["splits"] = SPLITS_3D
+    config["preprocessing"] = _labelled_preprocessing_3d()
+    config["train"]["augmentation"] = [
+        {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": WINDOW},
+        {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
+         "spatial_size": WINDOW, "pos": 1, "neg": 1, "num_samples": "@num_samples", "image_key": "image",
+         "image_threshold": 0},
+        *[{"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.1, "spatial_axis": axis}
+          for axis in range(3)],
+        {"_target_": "RandRotate90d", "keys": ["image", "label"], "prob": 0.1, "max_k": 3},
+        {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.5},
+    ]
+    config["validate"]["dataloader"]["batch_size"] = 1  # whole volumes differ in size
+    config["validate"]["inferer"] = "@sw_inferer"
+    _sliding_window_handlers(config["validate"]["handlers"])
+    return config
+
+
+def evaluate_config_3d(name: str) -> dict:
+    """``evaluate.json`` of a 3D bundle: whole test volumes, the prompt-aware sliding window."""
+    config = evaluate_config(name)
+    config["batch_size"] = 1
+    config["splits"] = SPLITS_3D
+    config["labelled"] = _labelled_preprocessing_3d()
+    config["evaluator"]["inferer"] = "@sw_inferer"
+    _sliding_window_handlers(config["handlers"])
+    return config
+
+
+def inference_config_3d(name: str) -> dict:
+    """``inference.json`` of a 3D bundle: the user's boxes (voxels of the file as loaded) carried through MONAI's 3D
+    preprocessing as a box mask, the prompt-aware sliding window, the prediction inverted to the file's grid."""
+    config = inference_config(name)
+    del config["spatial_size"]
+    config["preprocessing"]["transforms"] = [
+        "$prato_components.bundle.load_transforms_3d(@dataset, @dataset_dir, ['image'], @pixdim, box_key='box')",
+        {"_target_": "EnsureTyped", "keys": "image"},
+        {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
+    ]
+    config["evaluator"]["inferer"] = "@sw_inferer"
+    return config
+
+
+def metadata_3d(name: str) -> dict:
+    """``metadata.json`` of a 3D bundle (the default data set: BTCV, 1 CT channel, 14 classes)."""
+    meta = metadata(name)
+    backbone, pruner = _split(name)
+    title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    meta.update({
+        "task": f"Box-prompted 3D segmentation: {title}",
+        "description": f"{title}, called as network(image, boxes) on 96^3 windows. Trains on label-balanced crops "
+                       "and evaluates and infers on whole volumes with a prompt-aware sliding window that computes "
+                       "only the windows the box prompt (plus decode_margin) touches. The box is derived from the "
+                       "label in training and evaluation and given by the user at inference, in voxels of the file "
+                       "as loaded. network_data_format describes the default data set (dataset btcv: 1 CT channel, "
+                       "14 classes); dataset decathlon reads channels and classes from its dataset.json. "
+                       "eval_metrics is empty because no weights are shipped: evaluate.json writes the measured "
+                       "metrics to eval/metrics.json.",
+        "data_source": "BTCV (https://www.synapse.org/#!Synapse:syn3193805) as MONAI's tutorials lay it out; MSD",
+        "data_type": "nibabel",
+        "image_classes": "1 channel CT, window [-175, 250] HU scaled to [0, 1], RAS, 1.5 x 1.5 x 2.0 mm; MR "
+                         "(decathlon): z-scored per channel over the nonzero voxels",
+        "label_classes": "BTCV: " + ", ".join(f"{k} {v}" for k, v in BTCV_LABELS.items()),
+    })
+    io = meta["network_data_format"]
+    io["inputs"]["image"].update({"format": "hounsfield", "modality": "CT", "spatial_shape": [96, 96, 96]})
+    io["inputs"]["boxes"].update({
+        "format": "StandardMode xyzxyz, voxel coordinates of the network input (the window); [B, M, 6], "
+                  "max < min = padding", "num_channels": 6, "value_range": [0, 96],
+        "channel_def": {str(i): c for i, c in enumerate(["x1", "y1", "z1", "x2", "y2", "z2"])}})
+    io["outputs"]["pred"].update({"num_channels": 14, "spatial_shape": [96, 96, 96], "channel_def": BTCV_LABELS})
+    return meta
+
+
+def readme_3d(name: str) -> str:
+    backbone, pruner = _split(name)
+    title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    notes = []
+    for path in (os.path.join(ROOT, "docs", "backbones", f"{backbone_spec(backbone)['docs']}.md"),
+                 os.path.join(ROOT, "docs", "pruners", f"{pruner}.md")):
+        if os.path.exists(path):
+            with open(path) as f:
+                notes.append(f.read().strip())
+    pruning_keys = "" if pruner == "baseline" else (
+        "`keep_ratio`, `prune_stages`, `executor`, `fill`, `warmup_epochs`, `ramp_epochs`, ")
+    return BUNDLE_README_3D.format(name=name, title=title, notes="\n\n".join(notes),
+                                   pruning_keys=pruning_keys).rstrip() + "\n"
+
+
+BUNDLE_README_3D = """# {name}: {title}
+
+A MONAI bundle of the PrATo bundles collection: 3D segmentation with a box prompt, called as
+`network(image, boxes)` on 96^3 windows. It needs the `prato_components` package (`pip install -e .` in the
+repository). The 2D notes of the backbone and pruner are at the end; what is 3D is described here.
+
+## Commands (from the repository root)
+
+Train (label-balanced crops, validation on whole volumes with the sliding window; `models/last.pt` every epoch,
+resumed from; the best as `models/model.pt`):
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/train.json \\
+        --dataset btcv --dataset_dir /data/BTCV --epochs 100
+
+Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, windows computed, GFLOPs and CPU latency of
+one window to `eval/metrics.json`):
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json \\
+        --dataset btcv --dataset_dir /data/BTCV
+
+Segment new volumes with box prompts; writes `<image>_seg.nii.gz` on the grid of the file to `eval/`:
+
+    python -m monai.bundle run --config_file bundles/{name}/configs/inference.json --dataset btcv \\
+        --dataset_dir /data/BTCV --input_dir /my/volumes
+
+Multi-GPU: as the 2D bundles, with `configs/multi_gpu_train.json` as an overlay.
+
+## Keys to override
+
+`dataset` (`btcv` | `decathlon` | `acdc`; sets channels, classes and the CT / MR normalisation), `dataset_dir`,
+`image_size` (the side of the cubic window, default 96), `pixdim` (target spacing, mm), `sw_batch_size`,
+`sw_overlap`, `sw_mode` (`constant` | `gaussian`), `num_samples` (crops per volume), `epochs`, `batch_size` (volumes
+per step), `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`, `output_dir`, `ckpt_dir`,
+{pruning_keys}`decode_region`, `decode_margin` (voxels around the boxes that the decoder runs on, and that decide
+which windows are computed), `resume`; in `evaluate.json` also `prompt`, `prompt_factor`, `split`; in
+`inference.json` `input_dir`, `boxes_file`, `allow_missing_boxes`, `ckpt_path`. An unknown key stops the run at
+start and names the closest known one.
+
+## Data and preprocessing
+
+BTCV as MONAI's tutorials lay it out (`imagesTr/img0001.nii.gz`, `labelsTr/label0001.nii.gz`, `dataset_0.json`
+with `training` and `validation` lists: the validation list is kept, the training list is split 8:1 into training
+and test, saved as `models/datalist_btcv.json`); an MSD task (`dataset.json`, channel-last 4D images for
+multi-channel tasks). Every volume goes through `prato_components.bundle.load_transforms_3d`: `LoadImaged`,
+`EnsureChannelFirstd`, `Orientationd("RAS")`, `Spacingd(pixdim)`, `ScaleIntensityRanged(-175, 250 HU)` (CT) or
+`NormalizeIntensityd(nonzero, channel_wise)` (MR), `CropForegroundd`. Training pads to the window and draws
+`num_samples` crops per volume with `RandCropByPosNegLabeld` (1:1 foreground/background centres), then flips,
+90-degree rotations and an intensity shift.
+
+## Box prompts and the sliding window
+
+Training derives the box from each crop's own label (one box around all structures, or one per structure with
+`prompt_boxes per_class`) and jitters it; evaluation uses the tight box of the whole volume (or a perturbed one,
+`prompt`). At inference each volume needs a box `[x1, y1, z1, x2, y2, z2]` in **voxel coordinates of the file as
+loaded by MONAI** (array axes before any reorientation; min corner then max corner, voxel v covering [v, v+1)), in
+a sidecar `<stem>.box.json` / `.box.csv` or in `--boxes_file`. The box is drawn as a mask, moved by the same
+orientation, resampling and crop as the image, and read back, so it lands on the same anatomy.
+
+The volume is segmented with `prato_components.engine.PromptedSlidingWindowInferer`: MONAI's windows and blending,
+but a window that does not touch a box (plus `decode_margin` voxels) is not computed and says background, and each
+computed window gets the boxes in its own coordinates, clipped to it. Without a box every window is computed.
+
+{notes}
+"""
 
 
 class Bundles:
     """Generate / check the bundles (fire CLI)."""
 
     def list(self) -> list[str]:
-        return list(BUNDLES)
+        return list(ALL_BUNDLES)
 
     def generate(self, out: str = os.path.join(ROOT, "bundles"), names: str | None = None) -> str:
-        chosen = BUNDLES if names is None else names.split(",")
+        chosen = ALL_BUNDLES if names is None else names.split(",")
         for name in chosen:
             for rel, content in bundle_files(name).items():
                 path = os.path.join(out, name, rel)
@@ -913,14 +1161,14 @@ class Bundles:
 
     def check(self, out: str = os.path.join(ROOT, "bundles")) -> str:
         stale = []
-        for name in BUNDLES:
+        for name in ALL_BUNDLES:
             for rel, content in bundle_files(name).items():
                 path = os.path.join(out, name, rel)
                 if not os.path.exists(path) or open(path).read() != content:
                     stale.append(os.path.join(name, rel))
         if stale:
             raise SystemExit(f"bundles differ from tools/bundles.py (run `python tools/bundles.py generate`): {stale}")
-        return f"{len(BUNDLES)} bundles match the specification"
+        return f"{len(ALL_BUNDLES)} bundles match the specification"
 
 
 if __name__ == "__main__":

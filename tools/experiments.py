@@ -1,4 +1,4 @@
-"""The paper's tables and figures as one command: experiment plans, a resumable runner, a report (docs/design.md §12).
+"""The paper's tables and figures as one command: experiment plans, a resumable runner, a report (docs/design.md §13).
 
 A plan (``plans/*.yaml``) lists rows; each row is a bundle plus overrides (pruner options, ``keep_ratio``, the
 prompt perturbation used at evaluation). The runner expands a plan over data sets and seeds into runs, trains and

@@ -1,4 +1,4 @@
-"""Write synthetic data sets in the real ACDC, ISIC and MSD/decathlon layouts.
+"""Write synthetic data sets in the real ACDC, ISIC, MSD/decathlon and BTCV layouts.
 
 Examples::
 
@@ -6,6 +6,9 @@ Examples::
     python tools/make_data.py acdc --root /tmp/acdc --num_patients 10 --num_testing 5
     python tools/make_data.py isic --root /tmp/isic --num_images 20 --year 2018
     python tools/make_data.py decathlon --root /tmp/msd --num_cases 6
+    python tools/make_data.py decathlon --root /tmp/msd3d --organs 4 --orientation LPS --spacing "[0.8,0.8,2.5]"
+    python tools/make_data.py decathlon --root /tmp/task01 --organs 3 --channels 4      # BrainTumour-like 4D MR
+    python tools/make_data.py btcv --root /tmp/btcv --num_training 6 --num_validation 2
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ try:
     from prato_components.data import (
         make_acdc_like,
         make_acdc_like_splits,
+        make_btcv_like,
         make_decathlon_like,
         make_isic_like,
     )
@@ -27,6 +31,7 @@ except ImportError:  # run from a checkout without installing the package
     from prato_components.data import (
         make_acdc_like,
         make_acdc_like_splits,
+        make_btcv_like,
         make_decathlon_like,
         make_isic_like,
     )
@@ -111,6 +116,10 @@ def decathlon(
     num_cases: int = 6,
     num_test: int = 2,
     size: tuple[int, int, int] = (48, 48, 32),
+    spacing: tuple[float, float, float] = (1.5, 1.5, 2.0),
+    organs: int = 1,
+    channels: int = 1,
+    orientation: str = "RAS",
     seed: int = 0,
     verbose: bool = False,
 ) -> None:
@@ -121,13 +130,50 @@ def decathlon(
         num_cases: labelled training cases.
         num_test: unlabelled test images.
         size: volume shape (X, Y, Z).
+        spacing: voxel spacing (x, y, z) in mm.
+        organs: 1 (one blob) or up to 4 ellipsoid organs of different sizes.
+        channels: image channels; > 1 writes MR-like channel-last 4D images (Task01 BrainTumour layout).
+        orientation: "RAS" or e.g. "LPS" (first two axes flipped against NIfTI's world).
         seed: random seed.
         verbose: list every file.
     """
-    _report(
-        root, make_decathlon_like(root, num_cases=num_cases, size=tuple(size), seed=seed, num_test=num_test), verbose
-    )
+    written = make_decathlon_like(root, num_cases=num_cases, size=tuple(size), seed=seed, num_test=num_test,
+                                  spacing=tuple(spacing), organs=organs, channels=channels, orientation=orientation)
+    _report(root, written, verbose)
+
+
+def btcv(
+    root: str,
+    num_training: int = 6,
+    num_validation: int = 2,
+    num_test: int = 1,
+    size: tuple[int, int, int] = (64, 64, 24),
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+    organs: int = 4,
+    orientation: str = "LPS",
+    seed: int = 0,
+    verbose: bool = False,
+) -> None:
+    """BTCV-like abdomen CT as MONAI's tutorials lay it out: ``imagesTr/img0001.nii.gz``,
+    ``labelsTr/label0001.nii.gz``, ``imagesTs/``, ``dataset_0.json`` (training / validation / test lists).
+
+    Args:
+        root: output folder.
+        num_training: cases in the "training" list.
+        num_validation: labelled cases in the "validation" list.
+        num_test: unlabelled test images.
+        size: volume shape (X, Y, Z).
+        spacing: voxel spacing (x, y, z) in mm.
+        organs: 1 to 4 organs (liver, spleen, kidney, gallbladder).
+        orientation: "LPS" (default, DICOM-like) or "RAS".
+        seed: random seed.
+        verbose: list every file.
+    """
+    written = make_btcv_like(root, num_training=num_training, num_validation=num_validation, num_test=num_test,
+                             size=tuple(size), spacing=tuple(spacing), organs=organs, orientation=orientation,
+                             seed=seed)
+    _report(root, written, verbose)
 
 
 if __name__ == "__main__":
-    fire.Fire({"acdc": acdc, "isic": isic, "decathlon": decathlon})
+    fire.Fire({"acdc": acdc, "isic": isic, "decathlon": decathlon, "btcv": btcv})

@@ -1,5 +1,5 @@
 """The report of an experiment folder: ``report.md`` (tables laid out like the paper's, mean and spread over seeds,
-the paper's numbers beside ours), ``results.csv`` (every run and evaluation) and PNG figures (docs/design.md §12).
+the paper's numbers beside ours), ``results.csv`` (every run and evaluation) and PNG figures (docs/design.md §13).
 
 Figures need matplotlib (``pip install -e ".[report]"``); without it the tables are still written and the report
 says which figures it skipped. Called by ``tools/experiments.py run`` at the end, or on its own::

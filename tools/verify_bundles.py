@@ -38,7 +38,7 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.bundles import BACKBONES, BUNDLES, _split  # noqa: E402
+from tools.bundles import BUNDLES, _split, backbone_spec  # noqa: E402
 
 __all__ = [
     "REQUIRED_FILES",
@@ -85,7 +85,7 @@ def tiny_overrides(name: str, image_size: int = TINY_SIZE, config: str = "train"
     and (not for ``inference``, which reads one image at a time) a small batch."""
     backbone, _ = _split(name)
     batch = {} if config == "inference" else {"batch_size": 4}
-    return {"image_size": image_size, "num_workers": 0, **batch, **BACKBONES[backbone]["tiny"]}
+    return {"image_size": image_size, "num_workers": 0, **batch, **backbone_spec(backbone)["tiny"]}
 
 
 def _network_overrides(name: str, image_size: int = TINY_SIZE) -> dict:

@@ -1,4 +1,4 @@
-"""Data set layouts (ACDC, ISIC, MSD/decathlon), splits, data transforms and synthetic generators."""
+"""Data set layouts (ACDC, ISIC, MSD/decathlon, BTCV), splits, data transforms and synthetic generators."""
 
 from prato_components.data.readers import (
     ACDC_LABELS,
@@ -7,6 +7,7 @@ from prato_components.data.readers import (
     SPLITS,
     acdc_datalist,
     acdc_slice_datalist,
+    btcv_datalist,
     decathlon_datalist,
     isic_datalist,
     parse_acdc_info,
@@ -15,8 +16,10 @@ from prato_components.data.readers import (
 from prato_components.data.splits import load_or_create_split, split_datalist
 from prato_components.data.synthetic import (
     ACDC_GROUPS,
+    ORGANS_3D,
     make_acdc_like,
     make_acdc_like_splits,
+    make_btcv_like,
     make_decathlon_like,
     make_isic_like,
 )
@@ -34,6 +37,7 @@ __all__ = [
     "ACDC_LABELS",
     "DATASETS",
     "ISIC_LAYOUTS",
+    "ORGANS_3D",
     "SPLITS",
     "BinarizeMaskd",
     "CheckLabelValuesd",
@@ -42,12 +46,14 @@ __all__ = [
     "SafeLoadImaged",
     "acdc_datalist",
     "acdc_slice_datalist",
+    "btcv_datalist",
     "decathlon_datalist",
     "describe_source",
     "isic_datalist",
     "load_or_create_split",
     "make_acdc_like",
     "make_acdc_like_splits",
+    "make_btcv_like",
     "make_decathlon_like",
     "make_isic_like",
     "parse_acdc_info",

@@ -1,4 +1,4 @@
-"""Datalists for the real data set layouts (ACDC, ISIC 2017/2018 task 1, MSD/decathlon).
+"""Datalists for the real data set layouts (ACDC, ISIC 2017/2018 task 1, MSD/decathlon, BTCV).
 
 Every function reads the layout as it is shipped; there is no conversion step. Items are MONAI-style
 dicts of absolute paths (plus a few metadata keys), ready for ``LoadImaged``:
@@ -7,7 +7,10 @@ dicts of absolute paths (plus a few metadata keys), ready for ``LoadImaged``:
 - ACDC slices (:func:`slice_datalist`): the volume keys plus ``"slice"`` (index along the last axis) and
   ``"num_slices"``; serve with ``LoadImaged`` + :class:`~prato_components.data.ExtractSliced`.
 - ISIC (:func:`isic_datalist`): ``{"image", "label"}`` (``.jpg`` and ``_segmentation.png``).
-- MSD/decathlon (:func:`decathlon_datalist`): ``{"image", "label"}`` (``{"image"}`` for ``"test"``).
+- MSD/decathlon (:func:`decathlon_datalist`): ``{"image", "label"}`` (``{"image"}`` for ``"test"``). Multi-channel
+  tasks (Task01 BrainTumour) ship channel-last 4D NIfTI ``[X, Y, Z, C]``, which ``LoadImaged(ensure_channel_first=
+  True)`` turns into ``[C, X, Y, Z]``.
+- BTCV (:func:`btcv_datalist`): ``{"image", "label"}`` from ``dataset_0.json`` as MONAI's tutorials lay it out.
 
 The saved training/validation/test split of these datalists is in :mod:`prato_components.data.splits`.
 """
@@ -33,13 +36,14 @@ __all__ = [
     "SPLITS",
     "acdc_datalist",
     "acdc_slice_datalist",
+    "btcv_datalist",
     "decathlon_datalist",
     "isic_datalist",
     "parse_acdc_info",
     "slice_datalist",
 ]
 
-DATASETS = ("acdc", "isic", "decathlon")
+DATASETS = ("acdc", "isic", "decathlon", "btcv")
 """Names accepted by :func:`load_or_create_split`."""
 
 SPLITS = ("training", "validation", "test")
@@ -364,6 +368,75 @@ def decathlon_datalist(dataset_dir: PathLike, section: str = "training") -> list
     path = os.path.join(dataset_dir, "dataset.json")
     if not os.path.isfile(path):
         raise ValueError(f"{dataset_dir} does not look like an MSD/decathlon dataset: expected dataset.json.")
+    with open(path) as f:
+        try:
+            sections = [k for k, v in json.load(f).items() if isinstance(v, list)]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"could not parse {path}: {err}") from err
+    if section not in sections:
+        raise ValueError(f"{path} has no {section!r} list; it has {sections}.")
+    items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=dataset_dir)
+    missing = _missing_files(items)
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------
+# BTCV (MONAI tutorial layout)
+# ---------------------------------------------------------------------------------------------------
+
+BTCV_DATALIST = "dataset_0.json"
+"""The datalist file of BTCV as MONAI's UNETR / Swin UNETR tutorials ship it."""
+
+_BTCV_IMAGE = re.compile(r"^img(\d+)(\.nii(?:\.gz)?)$")
+
+
+def _btcv_pairs(dataset_dir: str) -> list[dict[str, str]]:
+    """``imagesTr/imgNNNN.nii.gz`` paired with ``labelsTr/labelNNNN.nii.gz`` (when there is no datalist file)."""
+    folder = os.path.join(dataset_dir, "imagesTr")
+    items = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        m = _BTCV_IMAGE.match(name)
+        if not m:
+            continue
+        label = os.path.join(dataset_dir, "labelsTr", f"label{m.group(1)}{m.group(2)}")
+        if not os.path.isfile(label):
+            raise FileNotFoundError(f"BTCV image {os.path.join(folder, name)} has no label: {label} is missing.")
+        items.append({"image": os.path.join(folder, name), "label": label})
+    return items
+
+
+def btcv_datalist(
+    dataset_dir: PathLike, section: str = "training", datalist: str = BTCV_DATALIST
+) -> list[dict[str, Any]]:
+    """Datalist of BTCV as MONAI's tutorials lay it out: ``imagesTr/img0001.nii.gz``, ``labelsTr/label0001.nii.gz``
+    and ``dataset_0.json`` with ``"training"`` and ``"validation"`` lists (read by ``load_decathlon_datalist``).
+
+    Without the datalist file, ``section="training"`` pairs every ``imagesTr/imgNNNN`` with its
+    ``labelsTr/labelNNNN`` (the other sections are then empty, and asking for one is an error).
+
+    Args:
+        dataset_dir: the folder holding ``imagesTr``, ``labelsTr`` and the datalist.
+        section: ``"training"``, ``"validation"`` or ``"test"`` (image-only items).
+        datalist: the datalist file name inside ``dataset_dir``.
+
+    Returns:
+        items with absolute ``"image"`` (and ``"label"``) paths.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` is missing, the datalist lists missing files, or an image has no label.
+        ValueError: no such section, or no BTCV images found.
+    """
+    dataset_dir = os.path.abspath(dataset_dir)
+    _require_dir(dataset_dir, "BTCV dataset")
+    path = os.path.join(dataset_dir, datalist)
+    if not os.path.isfile(path):
+        items = _btcv_pairs(dataset_dir) if section == "training" else []
+        if not items:
+            raise ValueError(f"{dataset_dir} does not look like a BTCV dataset: expected {datalist} or "
+                             "imagesTr/imgNNNN.nii.gz with labelsTr/labelNNNN.nii.gz.")
+        return items
     with open(path) as f:
         try:
             sections = [k for k, v in json.load(f).items() if isinstance(v, list)]

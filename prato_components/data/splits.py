@@ -22,6 +22,7 @@ from prato_components.data.readers import (
     SPLITS,
     _missing_files,
     acdc_datalist,
+    btcv_datalist,
     decathlon_datalist,
     isic_datalist,
     slice_datalist,
@@ -95,6 +96,21 @@ def _build_items(
     return decathlon_datalist(dataset_dir, "training"), None
 
 
+def _btcv_splits(dataset_dir: PathLike, fractions: Sequence[float], seed: int) -> dict[str, list[dict]]:
+    """BTCV keeps the ``"validation"`` list of its datalist as the validation split and splits its ``"training"``
+    list into training and test by ``fractions[0] : fractions[2]``; without a validation list, the ``"training"``
+    list is split by ``fractions`` like the other data sets."""
+    training = btcv_datalist(dataset_dir, "training")
+    try:
+        validation = btcv_datalist(dataset_dir, "validation")
+    except ValueError:  # no datalist file, or no validation list in it
+        validation = []
+    if not validation:
+        return split_datalist(training, fractions, seed)
+    parts = split_datalist(training, (fractions[0], 0.0, fractions[2]), seed)
+    return {"training": parts["training"], "validation": validation, "test": parts["test"]}
+
+
 def _relative(items: list[dict], base: str) -> list[dict]:
     """Copies of items with ``image``/``label`` paths relative to ``base`` (portable JSON)."""
     return [{k: os.path.relpath(v, base) if k in ("image", "label") else v for k, v in item.items()} for item in items]
@@ -161,10 +177,11 @@ def load_or_create_split(
 
     Item keys: ACDC ``{"image", "label", "patient", "frame", "phase", "slice", "num_slices"}`` (slice
     level, for the 2D models; without ``"slice"``/``"num_slices"`` when ``slice_level=False``), split by
-    patient; ISIC and decathlon ``{"image", "label"}`` (decathlon: its ``"training"`` list).
+    patient; ISIC and decathlon ``{"image", "label"}`` (decathlon: its ``"training"`` list); BTCV ``{"image",
+    "label"}``, its datalist's ``"validation"`` list as the validation split (:func:`_btcv_splits`).
 
     Args:
-        dataset: ``"acdc"``, ``"isic"`` or ``"decathlon"``.
+        dataset: ``"acdc"``, ``"isic"``, ``"decathlon"`` or ``"btcv"``.
         dataset_dir: the data set root, as shipped.
         datalist_path: where the split JSON is kept; None builds without saving.
         seed: split seed.
@@ -180,8 +197,11 @@ def load_or_create_split(
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}.")
     if datalist_path is not None and os.path.isfile(datalist_path):
         return _read_split(datalist_path, name, dataset_dir, seed)
-    items, group_key = _build_items(name, dataset_dir, slice_level, skip_empty_slices)
-    splits = split_datalist(items, fractions, seed, group_key)
+    if name == "btcv":
+        splits, group_key = _btcv_splits(dataset_dir, fractions, seed), None
+    else:
+        items, group_key = _build_items(name, dataset_dir, slice_level, skip_empty_slices)
+        splits = split_datalist(items, fractions, seed, group_key)
     if datalist_path is not None:
         saved = {"dataset": name, "seed": seed, "fractions": list(map(float, fractions)), "group_key": group_key}
         saved.update({k: _relative(v, dataset_dir) for k, v in splits.items()})

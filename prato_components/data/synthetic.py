@@ -1,4 +1,4 @@
-"""Deterministic synthetic data sets written in the real on-disk layouts (ACDC, ISIC, MSD/decathlon).
+"""Deterministic synthetic data sets written in the real on-disk layouts (ACDC, ISIC, MSD/decathlon, BTCV).
 
 No data set can be downloaded in CI, so these generators write files that look like the real ones to
 every loader: the same folder and file names, the same formats (NIfTI through nibabel, JPG/PNG through
@@ -25,6 +25,8 @@ from prato_components.data.readers import ISIC_LAYOUTS
 
 __all__ = [
     "ACDC_GROUPS",
+    "ORGANS_3D",
+    "make_btcv_like",
     "make_acdc_like",
     "make_acdc_like_splits",
     "make_decathlon_like",
@@ -72,9 +74,17 @@ def _rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nd
     return np.sqrt(real**2 + imag**2)
 
 
-def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: str, origin: Sequence[float] | None = None) -> None:
-    """Write ``array`` as NIfTI-1 with a diagonal affine carrying ``spacing[:3]`` (mm) and ``origin``."""
-    affine = np.diag([*(float(s) for s in spacing[:3]), 1.0])
+def _save_nifti(
+    array: np.ndarray,
+    spacing: Sequence[float],
+    path: str,
+    origin: Sequence[float] | None = None,
+    orientation: str = "RAS",
+) -> None:
+    """Write ``array`` as NIfTI-1 with an axis-aligned affine carrying ``spacing[:3]`` (mm) and ``origin``; the
+    array axes point along ``orientation`` (``"RAS"``: identity directions, ``"LPS"``: the first two axes point
+    to -x and -y of NIfTI's RAS world, as in DICOM-derived scans)."""
+    affine = np.diag([*(float(s) for s in spacing[:3]), 1.0]) @ np.diag([*_axis_signs(orientation), 1.0])
     if origin is not None:
         affine[: len(origin), 3] = origin
     img = nib.Nifti1Image(array, affine)
@@ -84,6 +94,14 @@ def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: str, origin: 
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     nib.save(img, path)
+
+
+def _axis_signs(orientation: str) -> tuple[float, float, float]:
+    """Direction signs of the array axes in NIfTI's RAS world for axis-aligned codes (``RAS``, ``LPS``, ``LAS``...)."""
+    code = str(orientation).upper()
+    if len(code) != 3 or any(c not in pair for c, pair in zip(code, ("RL", "AP", "SI"))):
+        raise ValueError(f"orientation must be an axis-aligned code such as 'RAS' or 'LPS', got {orientation!r}")
+    return tuple(1.0 if c in "RAS" else -1.0 for c in code)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -450,6 +468,54 @@ def _decathlon_case(rng: np.random.Generator, size: tuple[int, int, int]) -> tup
     return img.astype(np.float32), organ.astype(np.uint8)
 
 
+ORGANS_3D: tuple[tuple[str, float, tuple[float, float, float], tuple[float, float, float]], ...] = (
+    ("liver", 90.0, (-0.35, 0.0, 0.0), (0.32, 0.3, 0.42)),
+    ("spleen", 130.0, (0.45, 0.15, 0.05), (0.16, 0.16, 0.25)),
+    ("kidney", 180.0, (0.25, 0.5, -0.1), (0.11, 0.1, 0.2)),
+    ("gallbladder", 45.0, (0.05, -0.45, -0.1), (0.08, 0.08, 0.12)),
+)
+"""The organs of the multi-organ 3D cases, label ``i + 1`` each: name, CT value (HU), centre and radii as fractions
+of the half field of view per axis. Four sizes, from about a third of the field of view (liver) down to a few
+voxels (gallbladder), so their boxes differ."""
+
+_MR_CONTRASTS = ((60.0, 30.0, 90.0, 120.0, 150.0), (150.0, 120.0, 60.0, 90.0, 30.0), (90.0, 150.0, 30.0, 60.0, 120.0),
+                 (30.0, 60.0, 150.0, 120.0, 90.0))
+"""MR-like channel contrasts (multi-channel cases): per channel, the values of body, organ 1, 2, 3, 4."""
+
+
+def _organs_case(
+    rng: np.random.Generator, size: tuple[int, int, int], organs: int, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A volume with ``organs`` ellipsoids of :data:`ORGANS_3D` (label ``i + 1``) in a body ellipse.
+
+    ``channels == 1``: CT-like float32 HU, air -1000, each organ its own value. ``channels > 1``: MR-like
+    ``[X, Y, Z, C]`` (MSD Task01's channel-last 4D layout), 0 outside the body, each channel its own contrast.
+    """
+    if not 1 <= organs <= len(ORGANS_3D):
+        raise ValueError(f"organs must be in 1..{len(ORGANS_3D)}, got {organs}")
+    if not 1 <= channels <= len(_MR_CONTRASTS):
+        raise ValueError(f"channels must be in 1..{len(_MR_CONTRASTS)}, got {channels}")
+    grids = np.meshgrid(*(np.linspace(-1, 1, s) for s in size), indexing="ij")
+    body = grids[0] ** 2 / 0.9**2 + grids[1] ** 2 / 0.8**2 < 1
+    label = np.zeros(size, np.uint8)
+    for index, (_, _, centre, radii) in enumerate(ORGANS_3D[:organs]):
+        c = np.asarray(centre) + rng.uniform(-0.05, 0.05, 3)
+        r = np.asarray(radii) * rng.uniform(0.85, 1.15, 3)
+        label[sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grids, c, r)) < 1.0] = index + 1
+    label[~body] = 0
+    texture = _smooth_noise(rng, size, 1.5)
+    if channels == 1:
+        values = np.array([20.0] + [o[1] for o in ORGANS_3D[:organs]])
+        img = np.where(body, values[label] + 6.0 * texture, -1000.0) + 10.0 * rng.standard_normal(size)
+        return img.astype(np.float32), label
+    out = []
+    for contrast in _MR_CONTRASTS[:channels]:
+        values = np.asarray(contrast[: organs + 1])
+        signal = np.where(body, values[label] * (1.0 + 0.05 * texture), 0.0)
+        out.append(np.where(body, _rician(rng, signal, 6.0), 0.0))
+    return np.stack(out, axis=-1).astype(np.float32), label
+
+
 def make_decathlon_like(
     root: PathLike,
     num_cases: int = 6,
@@ -458,14 +524,18 @@ def make_decathlon_like(
     num_test: int = 2,
     spacing: tuple[float, float, float] = (1.5, 1.5, 2.0),
     name: str = "organ",
+    organs: int = 1,
+    channels: int = 1,
+    orientation: str = "RAS",
 ) -> list[str]:
     """Write an MSD/decathlon-like task: ``root/dataset.json``, ``imagesTr/``, ``labelsTr/``, ``imagesTs/``.
 
     ``dataset.json`` has the MSD keys (``name``, ``description``, ``tensorImageSize``, ``modality``,
     ``labels``, ``numTraining``, ``numTest``, ``training`` as ``[{"image": "./imagesTr/x.nii.gz",
     "label": "./labelsTr/x.nii.gz"}]`` and ``test`` as a list of paths), readable by
-    ``monai.data.load_decathlon_datalist``. Volumes are CT-like float32 in HU; labels uint8 with one
-    blob-shaped organ (1).
+    ``monai.data.load_decathlon_datalist``. With the defaults the volumes are CT-like float32 in HU with one
+    blob-shaped organ (label 1). ``organs > 1`` draws the ellipsoid organs of :data:`ORGANS_3D` (labels 1..organs);
+    ``channels > 1`` writes MR-like channel-last 4D images ``[X, Y, Z, C]`` as MSD Task01 (BrainTumour) does.
 
     Args:
         root: the task folder.
@@ -475,6 +545,9 @@ def make_decathlon_like(
         num_test: number of unlabelled test images.
         spacing: voxel spacing in mm.
         name: case name prefix (``organ_001.nii.gz``).
+        organs: 1 (one blob) or up to 4 ellipsoid organs of different sizes.
+        channels: image channels (``> 1``: MR-like, 4D channel-last files).
+        orientation: where the array axes point (``"RAS"``, or ``"LPS"`` for a flipped, DICOM-like affine).
 
     Returns:
         the paths written, sorted.
@@ -482,34 +555,113 @@ def make_decathlon_like(
     size = tuple(int(s) for s in size)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
+    image_spacing = (*spacing, 1.0) if channels > 1 else spacing
     training, test, written = [], [], []
     for i in range(1, num_cases + num_test + 1):
-        image, label = _decathlon_case(_rng(seed, i), size)
+        rng = _rng(seed, i)
+        image, label = _decathlon_case(rng, size) if organs == 1 and channels == 1 else \
+            _organs_case(rng, size, organs, channels)
         fname = f"{name}_{i:03d}.nii.gz"
         if i <= num_cases:
-            _save_nifti(image, spacing, os.path.join(root, "imagesTr", fname))
-            _save_nifti(label, spacing, os.path.join(root, "labelsTr", fname))
+            _save_nifti(image, image_spacing, os.path.join(root, "imagesTr", fname), orientation=orientation)
+            _save_nifti(label, spacing, os.path.join(root, "labelsTr", fname), orientation=orientation)
             training.append({"image": f"./imagesTr/{fname}", "label": f"./labelsTr/{fname}"})
             written += [os.path.join(root, "imagesTr", fname), os.path.join(root, "labelsTr", fname)]
         else:
-            _save_nifti(image, spacing, os.path.join(root, "imagesTs", fname))
+            _save_nifti(image, image_spacing, os.path.join(root, "imagesTs", fname), orientation=orientation)
             test.append(f"./imagesTs/{fname}")
             written.append(os.path.join(root, "imagesTs", fname))
+    labels = {"0": "background", "1": name} if organs == 1 else \
+        {"0": "background", **{str(k + 1): ORGANS_3D[k][0] for k in range(organs)}}
+    modality = {"0": "CT"} if channels == 1 else {str(c): f"MR{c}" for c in range(channels)}
     meta = {
-        "name": "SyntheticOrgan",
-        "description": "Synthetic CT-like volumes with one blob-shaped organ (prato_components)",
+        "name": "SyntheticOrgan" if organs == 1 else "SyntheticOrgans",
+        "description": f"Synthetic {'CT' if channels == 1 else 'MR'}-like volumes with "
+                       f"{'one blob-shaped organ' if organs == 1 else f'{organs} ellipsoid organs'} (prato_components)",
         "reference": "prato_components.data.synthetic",
         "licence": "CC0",
         "release": "1.0",
-        "tensorImageSize": "3D",
-        "modality": {"0": "CT"},
-        "labels": {"0": "background", "1": name},
+        "tensorImageSize": "3D" if channels == 1 else "4D",
+        "modality": modality,
+        "labels": labels,
         "numTraining": num_cases,
         "numTest": num_test,
         "training": training,
         "test": test,
     }
     path = os.path.join(root, "dataset.json")
+    with open(path, "w") as f:
+        json.dump(meta, f, indent=4)
+    written.append(path)
+    return sorted(written)
+
+
+def make_btcv_like(
+    root: PathLike,
+    num_training: int = 6,
+    num_validation: int = 2,
+    num_test: int = 1,
+    size: tuple[int, int, int] = (64, 64, 24),
+    spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
+    organs: int = 4,
+    orientation: str = "LPS",
+    seed: int = 0,
+) -> list[str]:
+    """Write a BTCV-like abdomen CT set as MONAI's tutorials lay it out: ``imagesTr/img0001.nii.gz``,
+    ``labelsTr/label0001.nii.gz``, ``imagesTs/img00NN.nii.gz`` and ``dataset_0.json`` with ``"training"``,
+    ``"validation"`` (labelled, paths relative to ``root``) and ``"test"`` lists, ``labels`` and ``modality``.
+
+    Cases are CT-like with the ellipsoid organs of :data:`ORGANS_3D` (labels 1..organs), an anisotropic spacing and,
+    by default, an LPS-oriented affine (the first two axes flipped against NIfTI's RAS world), as DICOM-derived
+    scans have.
+
+    Args:
+        root: the data set folder.
+        num_training: cases in the ``"training"`` list.
+        num_validation: labelled cases in the ``"validation"`` list (numbered after the training ones).
+        num_test: unlabelled images in ``imagesTs`` (``"test"``).
+        size: volume shape ``(X, Y, Z)``.
+        spacing: voxel spacing in mm.
+        organs: 1 to 4 organs.
+        orientation: where the array axes point (``"LPS"`` or ``"RAS"``).
+        seed: seed; case ``N`` is drawn from ``(seed, N)`` alone.
+
+    Returns:
+        the paths written, sorted.
+    """
+    size = tuple(int(s) for s in size)
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    lists: dict[str, list] = {"training": [], "validation": [], "test": []}
+    written = []
+    labelled = num_training + num_validation
+    for i in range(1, labelled + num_test + 1):
+        image, label = _organs_case(_rng(seed, i), size, organs)
+        if i <= labelled:
+            item = {"image": f"imagesTr/img{i:04d}.nii.gz", "label": f"labelsTr/label{i:04d}.nii.gz"}
+            _save_nifti(image, spacing, os.path.join(root, item["image"]), orientation=orientation)
+            _save_nifti(label, spacing, os.path.join(root, item["label"]), orientation=orientation)
+            lists["training" if i <= num_training else "validation"].append(item)
+            written += [os.path.join(root, item["image"]), os.path.join(root, item["label"])]
+        else:
+            path = f"imagesTs/img{i:04d}.nii.gz"
+            _save_nifti(image, spacing, os.path.join(root, path), orientation=orientation)
+            lists["test"].append(path)
+            written.append(os.path.join(root, path))
+    meta = {
+        "description": "Synthetic BTCV-like abdomen CT (prato_components)",
+        "labels": {"0": "background", **{str(k + 1): ORGANS_3D[k][0] for k in range(organs)}},
+        "licence": "CC0",
+        "modality": {"0": "CT"},
+        "name": "btcv",
+        "numTest": num_test,
+        "numTraining": labelled,
+        "reference": "prato_components.data.synthetic",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        **lists,
+    }
+    path = os.path.join(root, "dataset_0.json")
     with open(path, "w") as f:
         json.dump(meta, f, indent=4)
     written.append(path)

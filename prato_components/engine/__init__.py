@@ -19,6 +19,13 @@ from prato_components.engine.handlers import (
     keep_ratio_schedule,
     summarise_token_reports,
 )
-from prato_components.engine.inferers import PromptedInferer, boxes_for_slices
+from prato_components.engine.inferers import (
+    PromptedInferer,
+    PromptedSlidingWindowInferer,
+    WindowReport,
+    boxes_for_slices,
+    boxes_in_window,
+    windows_touching_boxes,
+)
 from prato_components.engine.inspection import record_retention
 from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid

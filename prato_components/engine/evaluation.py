@@ -117,6 +117,9 @@ class EvaluationReport:
             "metrics": per_class,
             "tokens": {k: float(v) for k, v in engine.state.metrics.items() if "kept_fraction" in k or "sparsity" in k},
         }
+        windows = {k: float(v) for k, v in engine.state.metrics.items() if k.startswith("windows_")}
+        if windows:  # sliding-window evaluation (3D bundles): windows computed / skipped over the test images
+            summary["windows"] = windows
         summary.update(self.efficiency())
         self.summary = summary
         atomic_write_text(json.dumps(summary, indent=2, default=float), os.path.join(self.output_dir, "metrics.json"))
@@ -140,7 +143,7 @@ class EvaluationReport:
         if summary.get("num_present"):
             counts = [summary["num_present"].get(c, 0) for c in self.class_names] + [summary["num_images"]]
             lines.append(f"{'present':<10}" + "".join(f"{n:>{width + 2}d}" for n in counts))
-        for key, value in summary["tokens"].items():
+        for key, value in {**summary["tokens"], **summary.get("windows", {})}.items():
             lines.append(f"{key}: {value:.4f}")
         for key in ("gflops", "latency_ms"):
             if key in summary:

@@ -51,17 +51,26 @@ class TokenSparsityHandler:
     each epoch, writes the token sparsity and kept fractions (:func:`summarise_token_reports`) into
     ``engine.state.metrics`` (so MONAI's ``StatsHandler``/checkpoint handlers see them) and logs them.
 
+    With a sliding-window ``inferer`` (:class:`~prato_components.engine.PromptedSlidingWindowInferer`), the network
+    runs once per window batch: the reports of every window batch are collected (``inferer.network_reports``), so the
+    token metrics are means over the computed windows, and ``windows_computed`` / ``windows_total`` /
+    ``windows_computed_fraction`` (summed over the epoch's images) are written too.
+
     Args:
         network: the pruned network (DDP-wrapped is fine); it must expose ``token_report`` and ``block_report``.
         prefix: metric name prefix.
+        inferer: the engine's inferer, when it runs the network several times per iteration.
     """
 
-    def __init__(self, network: nn.Module, prefix: str = "", logger_name: str | None = None) -> None:
+    def __init__(self, network: nn.Module, prefix: str = "", logger_name: str | None = None,
+                 inferer: object | None = None) -> None:
         self._network = [network]
         self.prefix = prefix
         self.logger = logging.getLogger(logger_name or __name__)
+        self.inferer = inferer
         self._reports: list = []
         self._blocks: list = []
+        self._windows = [0, 0]  # computed, total
 
     @property
     def network(self) -> nn.Module:
@@ -73,14 +82,24 @@ class TokenSparsityHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
 
     def _reset(self, engine: Engine) -> None:
-        self._reports, self._blocks = [], []
+        self._reports, self._blocks, self._windows = [], [], [0, 0]
 
     def _collect(self, engine: Engine) -> None:
+        window_report = getattr(self.inferer, "last_report", None)
+        if window_report is not None:
+            self._windows = [self._windows[0] + window_report.num_computed, self._windows[1] + window_report.total]
+            for tokens, blocks in getattr(self.inferer, "network_reports", []):
+                self._reports.append(tokens)
+                self._blocks.append(blocks)
+            return
         self._reports.append(list(getattr(self.network, "token_report", [])))
         self._blocks.append(list(getattr(self.network, "block_report", [])))
 
     def _publish(self, engine: Engine) -> None:
         summary = summarise_token_reports(self._reports, self._blocks)
+        if self._windows[1]:
+            summary.update({"windows_computed": float(self._windows[0]), "windows_total": float(self._windows[1]),
+                            "windows_computed_fraction": self._windows[0] / self._windows[1]})
         for key, value in summary.items():
             engine.state.metrics[self.prefix + key] = value
         self.logger.info("token sparsity: %s", ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))

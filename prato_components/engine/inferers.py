@@ -1,15 +1,28 @@
-"""An inferer that passes box prompts to the network, for images or for the slices of a volume."""
+"""Inferers that pass box prompts to the network: whole images, the slices of a volume (:class:`PromptedInferer`)
+and sliding windows that skip the windows no box touches (:class:`PromptedSlidingWindowInferer`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.data import MetaTensor
+from monai.data.utils import compute_importance_map, dense_patch_slices, get_valid_patch_size
 from monai.inferers import Inferer
+from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_tuple, look_up_option
 
-from prato_components.prompts.boxes import padding_boxes
+from prato_components.engine.distributed import unwrap
+from prato_components.networks.region import background_logits
+from prato_components.prompts.boxes import box_is_padding, clip_boxes, padding_boxes
 
-__all__ = ["PromptedInferer", "boxes_for_slices"]
+__all__ = [
+    "PromptedInferer", "PromptedSlidingWindowInferer", "WindowReport", "boxes_for_slices", "boxes_in_window",
+    "scan_interval", "windows_touching_boxes",
+]
 
 
 def boxes_for_slices(boxes: torch.Tensor | None, num_slices: int) -> torch.Tensor | None:
@@ -74,3 +87,205 @@ class PromptedInferer(Inferer):
         result = MetaTensor(out)
         result.copy_meta_from(source)
         return result
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    """What the last call of :class:`PromptedSlidingWindowInferer` computed: ``windows`` per image (the sliding
+    window grid) and, per image of the batch, how many of them ran the network (``computed``)."""
+
+    windows: int
+    computed: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        """Windows of the whole batch."""
+        return self.windows * len(self.computed)
+
+    @property
+    def num_computed(self) -> int:
+        """Windows that ran the network, over the batch."""
+        return sum(self.computed)
+
+    @property
+    def skipped(self) -> int:
+        """Windows left as background, over the batch."""
+        return self.total - self.num_computed
+
+
+def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: Sequence[float]) -> tuple[int, ...]:
+    """Window step per axis, MONAI's rule (``sliding_window_inference``): ``int(roi * (1 - overlap))``, at least 1,
+    and the whole axis when the window spans it."""
+    return tuple(r if r == s else max(int(r * (1 - o)), 1) for s, r, o in zip(image_size, roi_size, overlap))
+
+
+def windows_touching_boxes(
+    starts: torch.Tensor, roi_size: Sequence[int], boxes: torch.Tensor | None, margin: float
+) -> torch.Tensor:
+    """Which windows (first voxels ``starts [W, D]``, size ``roi_size``) overlap a real box of ``boxes [M, 2D]``
+    widened by ``margin`` voxels per side: bool ``[W]``. No box, or only padding rows: every window."""
+    if boxes is None or not bool((~box_is_padding(boxes)).any()):
+        return torch.ones(starts.shape[0], dtype=torch.bool)
+    dims = starts.shape[1]
+    real = boxes[~box_is_padding(boxes)]
+    lo, hi = real[:, :dims] - margin, real[:, dims:] + margin  # [R, D]
+    ends = starts + torch.as_tensor(roi_size, dtype=starts.dtype)
+    overlaps = (starts[:, None] < hi[None]) & (ends[:, None] > lo[None])  # [W, R, D]
+    return overlaps.all(-1).any(-1)
+
+
+def boxes_in_window(boxes: torch.Tensor, start: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
+    """Boxes ``[M, 2D]`` in the coordinates of the window whose first voxel is ``start [D]``, clipped to it; boxes
+    that miss the window (and padding rows) are padding rows (``max < min``)."""
+    pad = box_is_padding(boxes)
+    shifted = torch.where(pad[:, None], boxes, boxes - torch.cat([start, start]).to(boxes))
+    return clip_boxes(shifted, roi_size, empty_to_padding=True)
+
+
+class PromptedSlidingWindowInferer(Inferer):
+    """Sliding-window inference that computes only the windows a box prompt touches.
+
+    The windows, their step (``overlap``), the padding of inputs smaller than ``roi_size`` and the blending
+    (``mode`` ``"constant"`` or ``"gaussian"``, ``sigma_scale``) are MONAI's ``sliding_window_inference``'s
+    (``dense_patch_slices``, ``compute_importance_map``). MONAI's inferer has no way to leave windows out or to give
+    each window its own prompt, hence this class:
+
+    - A window that does not overlap any real box of its image, widened by ``margin`` voxels per side, is not
+      computed; the voxels that no computed window covers say background (``region.background_logits``: background
+      logit 0, the other classes ``-BACKGROUND_LOGIT_GAP``).
+    - Every computed window gets ``network(window, boxes=...)`` with the boxes ``[M, 2D]`` shifted to the window's
+      coordinates and clipped to it; a box that misses the window becomes a padding row (docs/design.md §3), so a
+      window reached only through the margin runs with no prompt (PrATo: the whole window).
+    - Without boxes (``boxes=None``), or for an image whose rows are all padding, every window is computed (no
+      prompt says nothing about where the target is). Boxes are clipped to the image first, so a box lying
+      entirely outside it counts as padding.
+
+    Computed windows are batched ``sw_batch_size`` at a time, across the images of the batch. After each call
+    :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped, and
+    :attr:`network_reports` holds the network's ``(token_report, block_report)`` of every window batch (a pruned
+    network overwrites them on each call; ``TokenSparsityHandler(inferer=...)`` reads them all).
+
+    Args:
+        roi_size: window size (non-positive components: the image size on that axis, as in MONAI).
+        sw_batch_size: windows per network call.
+        overlap: overlap of neighbouring windows per axis, in ``[0, 1)``.
+        mode: blending of overlapping windows, ``"constant"`` or ``"gaussian"``.
+        sigma_scale: Gaussian sigma as a fraction of the window size (``mode="gaussian"``).
+        padding_mode: ``torch.nn.functional.pad`` mode for inputs smaller than ``roi_size``.
+        cval: padding value for ``padding_mode="constant"``.
+        margin: voxels around the boxes whose windows are computed too (context for the box border).
+        sw_device: device the windows run on (default: the input's).
+        device: device of the blended output (default: the input's).
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int] | int,
+        sw_batch_size: int = 1,
+        overlap: Sequence[float] | float = 0.25,
+        mode: BlendMode | str = BlendMode.CONSTANT,
+        sigma_scale: Sequence[float] | float = 0.125,
+        padding_mode: PytorchPadMode | str = PytorchPadMode.CONSTANT,
+        cval: float = 0.0,
+        margin: int = 16,
+        sw_device: torch.device | str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}")
+        if int(margin) < 0:
+            raise ValueError(f"margin must be >= 0 voxels, got {margin}")
+        self.roi_size, self.sw_batch_size, self.overlap = roi_size, int(sw_batch_size), overlap
+        self.mode, self.sigma_scale = look_up_option(mode, BlendMode), sigma_scale
+        self.padding_mode, self.cval = look_up_option(padding_mode, PytorchPadMode), cval
+        self.margin, self.sw_device, self.device = int(margin), sw_device, device
+        self.last_report: WindowReport | None = None
+        self.network_reports: list[tuple[list, list]] = []
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
+                 boxes: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Blended logits ``[B, C, *spatial]`` of ``network`` over ``inputs [B, C_in, *spatial]`` with box prompts
+        ``boxes [B, M, 2D]`` or ``[B, 2D]`` (voxels of ``inputs``) or ``None``."""
+        source = inputs if isinstance(inputs, MetaTensor) else None
+        inputs = inputs.as_tensor() if source is not None else inputs
+        batch, dims, image_size = inputs.shape[0], inputs.ndim - 2, tuple(inputs.shape[2:])
+        roi = tuple(int(r) for r in fall_back_tuple(self.roi_size, image_size))
+        overlap = ensure_tuple_rep(self.overlap, dims)
+        if len(roi) != dims or any(not 0 <= o < 1 for o in overlap):
+            raise ValueError(f"roi_size {self.roi_size} / overlap {self.overlap} do not fit an input of shape "
+                             f"{tuple(inputs.shape)} (overlap must be in [0, 1))")
+        device, sw_device = self.device or inputs.device, self.sw_device or inputs.device
+        # pad inputs smaller than the window, as MONAI does (half before, the rest after)
+        padded = tuple(max(s, r) for s, r in zip(image_size, roi))
+        before = [(p - s) // 2 for p, s in zip(padded, image_size)]
+        if padded != image_size:
+            after = [p - s - b for p, s, b in zip(padded, image_size, before)]
+            pads = [v for axis in reversed(range(dims)) for v in (before[axis], after[axis])]
+            inputs = F.pad(inputs, pads, mode=self.padding_mode, value=self.cval)
+        boxes = self._image_boxes(boxes, batch, dims, image_size, before)
+
+        slices = dense_patch_slices(padded, roi, scan_interval(padded, roi, overlap))
+        starts = torch.tensor([[s.start for s in window] for window in slices], dtype=torch.float32)
+        chosen = [windows_touching_boxes(starts, roi, None if boxes is None else boxes[b], self.margin)
+                  for b in range(batch)]
+        jobs = [(b, w) for b in range(batch) for w in chosen[b].nonzero()[:, 0].tolist()]
+        self.last_report = WindowReport(len(slices), tuple(int(c.sum()) for c in chosen))
+        self.network_reports = []
+
+        importance = compute_importance_map(get_valid_patch_size(padded, roi), mode=self.mode,
+                                            sigma_scale=self.sigma_scale, device=sw_device, dtype=inputs.dtype)
+        importance = importance[None, None]
+        out = count = None
+        for first in range(0, len(jobs), self.sw_batch_size):
+            part = jobs[first : first + self.sw_batch_size]
+            window = torch.cat([inputs[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part]).to(sw_device)
+            window_boxes = None if boxes is None else torch.stack(
+                [boxes_in_window(boxes[b], starts[w], roi) for b, w in part]).to(sw_device)
+            logits = network(window, *args, boxes=window_boxes, **kwargs)
+            self._keep_network_reports(network)
+            if isinstance(logits, MetaTensor):
+                logits = logits.as_tensor()
+            if tuple(logits.shape[2:]) != roi:
+                raise ValueError(f"the network returned windows of shape {tuple(logits.shape)}; the prompted sliding "
+                                 f"window needs outputs of the window's spatial size {roi}")
+            if out is None:
+                out = torch.zeros(batch, logits.shape[1], *padded, dtype=inputs.dtype, device=device)
+                count = torch.zeros(batch, 1, *padded, dtype=inputs.dtype, device=device)
+            weighted = (logits * importance).to(device)
+            for row, (b, w) in enumerate(part):
+                index = (slice(b, b + 1), slice(None), *slices[w])
+                out[index] += weighted[row : row + 1]
+                count[index] += importance.to(device)
+        covered = count > 0
+        result = torch.where(covered, out / torch.where(covered, count, torch.ones_like(count)),
+                             background_logits(batch, out.shape[1], padded, out))
+        if padded != image_size:
+            result = result[(slice(None), slice(None), *(slice(b, b + s) for b, s in zip(before, image_size)))]
+        if source is None:
+            return result
+        meta = MetaTensor(result)
+        meta.copy_meta_from(source)
+        return meta
+
+    def _keep_network_reports(self, network: Callable[..., torch.Tensor]) -> None:
+        """Keep the token reports of the window batch just computed (networks without them: nothing)."""
+        module = unwrap(network) if isinstance(network, nn.Module) else network
+        if hasattr(module, "token_report") or hasattr(module, "block_report"):
+            self.network_reports.append((list(getattr(module, "token_report", None) or []),
+                                         list(getattr(module, "block_report", None) or [])))
+
+    @staticmethod
+    def _image_boxes(boxes: torch.Tensor | None, batch: int, dims: int, image_size: Sequence[int],
+                     before: Sequence[int]) -> torch.Tensor | None:
+        """Boxes ``[B, M, 2D]`` (float32, CPU) clipped to the image and moved by the padding; ``None`` stays."""
+        if boxes is None:
+            return None
+        boxes = torch.as_tensor(boxes.as_tensor() if isinstance(boxes, MetaTensor) else boxes).detach().float().cpu()
+        if boxes.ndim == 2:
+            boxes = boxes[:, None]
+        if boxes.ndim != 3 or boxes.shape[0] != batch or boxes.shape[-1] != 2 * dims:
+            raise ValueError(f"boxes must be [B={batch}, M, {2 * dims}] or [B, {2 * dims}], got {tuple(boxes.shape)}")
+        boxes = clip_boxes(boxes, image_size, empty_to_padding=True)
+        offset = torch.tensor([*before, *before], dtype=torch.float32)
+        return torch.where(box_is_padding(boxes)[..., None], boxes, boxes + offset)

@@ -1,4 +1,4 @@
-"""Looking inside a pruned network: which grid cells each pruned stage kept (docs/design.md §12).
+"""Looking inside a pruned network: which grid cells each pruned stage kept (docs/design.md §13).
 
 :func:`record_retention` hooks the network's pruners for the duration of a ``with`` block and collects, for every
 forward pass, the map of tokens alive after each pruned stage on that stage's full grid. Used by the experiment
