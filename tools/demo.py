@@ -52,7 +52,8 @@ def main(workdir: str = "/tmp/prato_demo", epochs: int = 20, patients: int = 12,
     configs = os.path.join("bundles", bundle, "configs")
     common = {"dataset": "acdc", "dataset_dir": data_dir, "bundle_root": bundle_root, "num_workers": 0}
     _run(["--config_file", os.path.join(configs, "train.json"),
-          *_overrides({**common, **SMALL, "epochs": epochs, "batch_size": 8, "learning_rate": 3e-4, "val_interval": 5})])
+          *_overrides({**common, **SMALL, "epochs": epochs, "batch_size": 8, "learning_rate": 3e-4,
+                        "val_interval": min(5, epochs)})])
     # evaluation needs no network settings: the checkpoint records those it was trained with
     summaries = {}
     for name, extra in (("trained", {}), ("untrained", {"handlers#0#_disabled_": True})):

@@ -349,6 +349,23 @@ def _missing_files(items: Sequence[dict[str, Any]], keys: Sequence[str] = ("imag
     return [p for p in paths if not os.path.exists(p)]
 
 
+def _datalist_section(path: str, section: str, dataset_dir: PathLike) -> list[dict[str, Any]]:
+    """The ``section`` list of a decathlon-style datalist JSON (MSD ``dataset.json``, BTCV ``dataset_0.json``), paths
+    made absolute under ``dataset_dir``; errors name an unparsable file, a missing section or missing files."""
+    with open(path) as f:
+        try:
+            sections = [k for k, v in json.load(f).items() if isinstance(v, list)]
+        except json.JSONDecodeError as err:
+            raise ValueError(f"could not parse {path}: {err}") from err
+    if section not in sections:
+        raise ValueError(f"{path} has no {section!r} list; it has {sections}.")
+    items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=dataset_dir)
+    missing = _missing_files(items)
+    if missing:
+        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
+    return items
+
+
 def decathlon_datalist(dataset_dir: PathLike, section: str = "training") -> list[dict[str, Any]]:
     """Datalist of an MSD/decathlon task folder, through ``monai.data.load_decathlon_datalist``.
 
@@ -368,18 +385,7 @@ def decathlon_datalist(dataset_dir: PathLike, section: str = "training") -> list
     path = os.path.join(dataset_dir, "dataset.json")
     if not os.path.isfile(path):
         raise ValueError(f"{dataset_dir} does not look like an MSD/decathlon dataset: expected dataset.json.")
-    with open(path) as f:
-        try:
-            sections = [k for k, v in json.load(f).items() if isinstance(v, list)]
-        except json.JSONDecodeError as err:
-            raise ValueError(f"could not parse {path}: {err}") from err
-    if section not in sections:
-        raise ValueError(f"{path} has no {section!r} list; it has {sections}.")
-    items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=dataset_dir)
-    missing = _missing_files(items)
-    if missing:
-        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
-    return items
+    return _datalist_section(path, section, dataset_dir)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -437,15 +443,4 @@ def btcv_datalist(
             raise ValueError(f"{dataset_dir} does not look like a BTCV dataset: expected {datalist} or "
                              "imagesTr/imgNNNN.nii.gz with labelsTr/labelNNNN.nii.gz.")
         return items
-    with open(path) as f:
-        try:
-            sections = [k for k, v in json.load(f).items() if isinstance(v, list)]
-        except json.JSONDecodeError as err:
-            raise ValueError(f"could not parse {path}: {err}") from err
-    if section not in sections:
-        raise ValueError(f"{path} has no {section!r} list; it has {sections}.")
-    items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=dataset_dir)
-    missing = _missing_files(items)
-    if missing:
-        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
-    return items
+    return _datalist_section(path, section, dataset_dir)
