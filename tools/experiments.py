@@ -209,7 +209,7 @@ def expand(sections: Sequence[Section], datasets: Sequence[str], seeds: Sequence
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)}")
     profile = SIZES[size]
-    runs: dict[tuple, Run] = {}
+    runs: dict[str, Run] = {}
     cells: dict = {}
     for section in sections:
         needs_samples = section.kind == "figure" and section.figure in ("overlays", "retention")
@@ -218,8 +218,8 @@ def expand(sections: Sequence[Section], datasets: Sequence[str], seeds: Sequence
                 for seed in seeds:
                     run = Run(row.bundle, dataset, int(seed), size, non_default(row.bundle, row.overrides),
                               non_default(row.bundle, row.train_overrides))
-                    run = runs.setdefault((dataset, int(seed), run.key), run)
                     run.folder = os.path.join(out, "runs", size, dataset, f"s{seed}", run.key)
+                    run = runs.setdefault(run.folder, run)  # rows with the same training share one run
                     tag = evaluation_tag(row)
                     run.evaluations[tag] = {"prompt": row.prompt, **row.evaluate_overrides}
                     if needs_samples:

@@ -236,6 +236,7 @@ class PromptedSlidingWindowInferer(Inferer):
         importance = compute_importance_map(get_valid_patch_size(padded, roi), mode=self.mode,
                                             sigma_scale=self.sigma_scale, device=sw_device, dtype=inputs.dtype)
         importance = importance[None, None]
+        importance_out = importance.to(device)  # what each computed window adds to the count, on the output device
         out = count = None
         for first in range(0, len(jobs), self.sw_batch_size):
             part = jobs[first : first + self.sw_batch_size]
@@ -256,7 +257,7 @@ class PromptedSlidingWindowInferer(Inferer):
             for row, (b, w) in enumerate(part):
                 index = (slice(b, b + 1), slice(None), *slices[w])
                 out[index] += weighted[row : row + 1]
-                count[index] += importance.to(device)
+                count[index] += importance_out
         covered = count > 0
         result = torch.where(covered, out / torch.where(covered, count, torch.ones_like(count)),
                              background_logits(batch, out.shape[1], padded, out))
