@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 
 import fire
 
@@ -53,8 +54,9 @@ VARIANTS = {
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 
 
-def plan(tiny: bool = False, epochs: int = 20) -> list[dict]:
-    """The jobs, most important first (a deadline drops the tail)."""
+def plan(tiny: bool = False, epochs: int = 20, seeds: str | Sequence[int] = (0, 1)) -> list[dict]:
+    """The jobs, most important first (a deadline drops the tail); ``seeds``: e.g. ``"2,3"`` for more seeds."""
+    seeds = [int(s) for s in (seeds.split(",") if isinstance(seeds, str) else seeds)]
     jobs = []
     if tiny:
         return [{"name": f"dark_32_s0_{v}", "data": "dark", "size": 32, "seed": 0, "variant": v, "epochs": 1}
@@ -68,7 +70,7 @@ def plan(tiny: bool = False, epochs: int = 20) -> list[dict]:
         ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
     ]
     for data, size, variants in order:
-        for seed in (0, 1):
+        for seed in seeds:
             for v in variants:
                 jobs.append({"name": f"{data}_{size}_s{seed}_{v}", "data": data, "size": size, "seed": seed,
                              "variant": v, "epochs": epochs})
@@ -223,18 +225,19 @@ def collect(out: str, dest: str | None = None) -> str:
 
 
 def run(out: str, parallel: int = 8, deadline: float = 420.0, tiny: bool = False, epochs: int = 20,
-        dest: str | None = None, only: str | None = None) -> None:
+        dest: str | None = None, only: str | None = None, seeds: str | Sequence[int] = (0, 1)) -> None:
     """Run the plan with ``parallel`` jobs at a time; no job starts after ``deadline`` seconds and running ones are
     stopped at ``deadline + 60``; results (and logs) are collected to ``dest`` (default ``out``)."""
     t0 = time.time()
     os.makedirs(out, exist_ok=True)
     data = make_data(out, tiny)
     print(f"data ready in {time.time() - t0:.0f} s", flush=True)
-    jobs = plan(tiny, epochs)
+    jobs = plan(tiny, epochs, seeds)
     if only:
         keys = only.split(",") if isinstance(only, str) else [str(k) for k in only]  # fire makes "a,b" a tuple
         jobs = [j for j in jobs if any(k in j["name"] for k in keys)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    threads = os.environ.get("OMP_NUM_THREADS", "2")  # set it to 1 when other jobs share the cores
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     running: list = []
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)

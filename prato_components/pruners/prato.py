@@ -122,9 +122,10 @@ class PrATo(TokenPruner):
         self.f1 = nn.Linear(dim, proj_dim)
         self.f2 = nn.Linear(dim, proj_dim)
 
-    def relevance(self, inputs: StageInput) -> torch.Tensor:
-        """Token relevance ``r`` ``[B, n]`` (steps 1-8)."""
-        boxes, box_valid = prompt_boxes_or_image(inputs)
+    def relevance(self, inputs: StageInput, prompts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Token relevance ``r`` ``[B, n]`` (steps 1-8); ``prompts``: :func:`prompt_boxes_or_image` of ``inputs`` when
+        the caller already has it."""
+        boxes, box_valid = prompt_boxes_or_image(inputs) if prompts is None else prompts
         if self.scoring == "naive_crop":
             return self._distance_relevance(inputs, boxes, box_valid)
         dims = inputs.spatial_dims
@@ -170,25 +171,33 @@ class PrATo(TokenPruner):
         return -distance.min(dim=-1).values
 
     @staticmethod
-    def inside_boxes(inputs: StageInput) -> torch.Tensor:
-        """``[B, n]`` bool: the live token's grid cell overlaps a valid prompt box (every token without a prompt)."""
-        boxes, box_valid = prompt_boxes_or_image(inputs)
-        dims = inputs.spatial_dims
-        half = torch.tensor(inputs.stride, dtype=boxes.dtype, device=boxes.device) / 2
-        centres = inputs.token_centres().to(boxes.dtype)[:, :, None]  # [B, n, 1, D]
-        lo, hi = boxes[..., :dims][:, None], boxes[..., dims:][:, None]  # [B, 1, M, D]
-        overlap = ((centres - half) < hi) & ((centres + half) > lo)
-        return (overlap.all(dim=-1) & box_valid[:, None]).any(dim=-1)
+    def inside_boxes(inputs: StageInput, prompts: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[B, n]`` bool: the live token's grid cell overlaps a valid prompt box (every token without a prompt).
+
+        Per axis, cell ``v`` (covering ``[v p, (v + 1) p)``) overlaps ``[lo, hi]`` when ``v p < hi`` and
+        ``(v + 1) p > lo``; a cell overlaps a box when it does along every axis (an outer product of the per-axis
+        masks, a handful of small operations whatever the grid size). ``prompts`` as in :meth:`relevance`.
+        """
+        boxes, box_valid = prompt_boxes_or_image(inputs) if prompts is None else prompts
+        dims, grid_shape = inputs.spatial_dims, inputs.grid_shape
+        inside = box_valid[:, :, None]  # [B, M, 1] -> [B, M, N] over the flattened grid
+        for axis, (size, stride) in enumerate(zip(grid_shape, inputs.stride)):
+            cells = torch.arange(size + 1, dtype=boxes.dtype, device=boxes.device) * stride  # cell edges
+            overlap = (cells[:-1] < boxes[..., dims + axis, None]) & (cells[1:] > boxes[..., axis, None])  # [B, M, G_a]
+            inside = (inside[..., :, None] & overlap[..., None, :]).flatten(-2)
+        on_grid = inside.any(dim=1)  # [B, N]
+        return on_grid.gather(1, inputs.token_index.clamp(max=on_grid.shape[1] - 1))
 
     def forward(self, inputs: StageInput) -> TokenSelection:
-        relevance = self.relevance(inputs)
+        prompts = prompt_boxes_or_image(inputs)
+        relevance = self.relevance(inputs, prompts)
         if self.scoring == "naive_crop":
             if self.threshold == "fixed":  # keep exactly the tokens whose centres fall in a box
                 return select_threshold(relevance, -1e-6, inputs.valid)
             return select_topk(relevance, self.keep_ratio, inputs.valid)
         scores = torch.sigmoid(relevance)
         if self.protect_boxes:  # in (1, 2) inside a box, (0, 1) outside; the same gradient as sigmoid(r)
-            scores = scores + self.inside_boxes(inputs).to(scores.dtype)
+            scores = scores + self.inside_boxes(inputs, prompts).to(scores.dtype)
         if self.threshold == "fixed":
             return select_threshold(scores, self.tau, inputs.valid)
         return select_topk(scores, self.keep_ratio, inputs.valid)
