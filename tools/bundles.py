@@ -1037,8 +1037,9 @@ def bundle_files(name: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- 3D bundles
 # Issue 15: volumetric bundles with the same files and keys as the 2D ones. ``common`` adds the 3D keys
 # (``_common_3d``); the ``*_3d`` functions below change what differs from the 2D templates: MONAI's 3D preprocessing
-# written out as transforms (``_labelled_preprocessing_3d``), training on label-balanced crops of the window size, and the prompt-aware sliding
-# window (``engine.PromptedSlidingWindowInferer``) for validation, evaluation and inference.
+# written out as transforms (``_labelled_preprocessing_3d``), training on label-balanced crops of the window size,
+# and the prompt-aware sliding window (``engine.PromptedSlidingWindowInferer``) for validation, evaluation and
+# inference.
 BACKBONES_3D: dict[str, dict] = {
     "unetr3d": {
         **BACKBONES["unetr"],

@@ -176,8 +176,8 @@ def _parent_stages(stage_of: torch.Tensor, grid_shape: Sequence[int], next_index
 def _build_pruners(
     pruner, pruner_kwargs: Mapping | None, stages: Sequence[int], dims: Mapping[int, int], num_classes: int
 ) -> dict:
-    """One pruner per stage: a name or a factory is built with that stage's width ``dim`` (and ``num_classes`` where the pruner
-    takes it), an instance is deep-copied, a mapping gives each stage its own."""
+    """One pruner per stage: a name or a factory is built with that stage's width ``dim`` (and ``num_classes`` where
+    the pruner takes it), an instance is deep-copied, a mapping gives each stage its own."""
     if pruner is None:
         return {}
     if isinstance(pruner, Mapping):
@@ -189,7 +189,8 @@ def _build_pruners(
         return {s: copy.deepcopy(pruner) for s in stages}
     if not isinstance(pruner, str) and not callable(pruner):
         raise TypeError(
-            f"pruner must be a TokenPruner, a registered name, a factory, a mapping or None, got {type(pruner).__name__}"
+            "pruner must be a TokenPruner, a registered name, a factory, a mapping or None, "
+            f"got {type(pruner).__name__}"
         )
     return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
 
