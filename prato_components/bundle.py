@@ -1,9 +1,11 @@
 """What the bundle configs call: data set specs, loading transforms, prompt settings, inference datalists.
 
-Everything that depends on the ``dataset`` key of a bundle (``acdc`` | ``isic`` | ``decathlon`` | ``btcv``) lives
-here, so that changing ``--dataset`` on the command line adjusts channels, classes, loading and output format
-together. The 2D bundles serve volumes as slices (:func:`load_transforms`); the 3D bundles load whole volumes the way
-MONAI's 3D bundles do (:func:`load_transforms_3d`, docs/design.md §12).
+What depends on the ``dataset`` key of a bundle (``acdc`` | ``isic`` | ``decathlon`` | ``btcv``) is read from
+here (:func:`dataset_spec`), so that changing ``--dataset`` on the command line adjusts channels, classes, loading
+and output format together. The bundle configs write their loading out as transforms (``loading_by_dataset``; 3D:
+``loading`` and ``intensity_by_modality``); :func:`load_transforms` (2D, volumes as slices) and
+:func:`load_transforms_3d` (whole volumes, as MONAI's 3D bundles load them, docs/design.md §12) build the same
+chains for code, and tests/test_bundle_configs.py keeps the two equal.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE) -> str:
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(bundle, "configs", "evaluate.json"))
+    parser.read_config([os.path.join(bundle, "configs", "train.json"), os.path.join(bundle, "configs", "evaluate.json")])
     parser["ckpt_path"] = ckpt_path
     return parser.get_parsed_content("decode_region")
 

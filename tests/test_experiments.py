@@ -64,9 +64,9 @@ def test_runs_are_shared_between_tables(tmp_path):
 
 
 def test_non_default_drops_the_bundles_own_values():
-    assert non_default("unetr_prato", {"keep_ratio": 0.75, "network_def#pruner#roi_size": 5}) == {}
-    assert non_default("unetr_prato", {"keep_ratio": 0.5, "network_def#pruner#tau": 0.1}) == {
-        "keep_ratio": 0.5, "network_def#pruner#tau": 0.1}
+    assert non_default("unetr_prato", {"keep_ratio": 0.75, "pruner_def#roi_size": 5}) == {}
+    assert non_default("unetr_prato", {"keep_ratio": 0.5, "pruner_def#tau": 0.1}) == {
+        "keep_ratio": 0.5, "pruner_def#tau": 0.1}
     assert non_default("unetr_baseline", {"no_such_key": 1}) == {"no_such_key": 1}
 
 

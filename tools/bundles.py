@@ -19,7 +19,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import fire
 
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from prato_components import __version__  # noqa: E402
-from prato_components.bundle import SETTING_RULES  # noqa: E402
+from prato_components.bundle import CT_INTENSITY_RANGE, SETTING_RULES  # noqa: E402
 
 BUNDLE_VERSION = "0.4.0"
 CHANGELOG = {
@@ -35,7 +35,11 @@ CHANGELOG = {
     "token receives within its Swin windows or through SegFormer's spatial-reduction keys; stp's MTA runs per tap at "
     "its width); 3D bundles unetr3d_baseline, unetr3d_prato, unetr3d_stp, swin_unetr3d_baseline, swin_unetr3d_prato "
     "with MONAI's 3D preprocessing, boxes mapped through it and a prompt-aware sliding window; DToP on swin_unetr "
-    "averages its logits canvas onto the coarser stage grid (prato_components 0.4.0)",
+    "averages its logits canvas onto the coarser stage grid (prato_components 0.4.0); configs read top to bottom "
+    "(every key defined before it is used; the data loading written out as MONAI transforms per data set; the pruner "
+    "in one pruner_def block above network_def), evaluate.json is an overlay on train.json "
+    "(--config_file \"['configs/train.json','configs/evaluate.json']\"), metadata.json gives network_data_format "
+    "per data set and names the evaluation metrics",
     "0.3.0": "prompt-restricted decoding: decode_region 'box' (the default in PrATo bundles) runs the decoder and "
     "every convolutional path feeding it only over the prompt boxes plus decode_margin pixels, background outside; "
     "checkpoints from 0.2.0 keep decoding the whole image; new bundles: transunet with all seven pruners, swin_unetr "
@@ -256,24 +260,34 @@ def backbone_spec(backbone: str) -> dict:
 PRUNING_KEYS = ("prune_stages", "executor", "fill")
 
 
-def network_def(name: str) -> dict:
-    """The ``network_def`` of bundle ``name``."""
+def pruner_def(name: str) -> dict | None:
+    """The ``pruner_def`` block of bundle ``name``: the pruner ``network_def`` builds (``None`` for the baseline),
+    the only block that differs between a backbone's bundles. A ViT backbone takes the pruner itself; a hierarchical
+    one (Swin UNETR, SegFormer) takes the pruner class as a factory (``_mode_: callable``) and builds one per pruned
+    stage at that stage's width."""
     backbone, pruner = _split(name)
     if pruner not in PRUNER_CONFIGS:
         raise ValueError(f"unknown pruner {pruner!r} in bundle {name!r}; choose from {sorted(PRUNER_CONFIGS)}")
     spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
+    block = copy.deepcopy(pruner_spec["pruner"])
+    if block is None:
+        return None
+    target = block.pop("_target_")
+    if spec.get("pruner_by_name"):
+        return {"_target_": target, "_mode_": "callable", **block}
+    dim = {"dim": spec["dim"]} if pruner_spec.get("needs_dim") else {}
+    return {"_target_": target, **dim, **block}
+
+
+def network_def(name: str) -> dict:
+    """The ``network_def`` of bundle ``name``: the backbone, its pruner from ``@pruner_def``."""
+    backbone, pruner = _split(name)
+    spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
     net = copy.deepcopy(spec["network_def"])
-    pruner_def = copy.deepcopy(pruner_spec["pruner"])
-    if pruner_def is not None and spec.get("pruner_by_name"):  # the network builds each stage's pruner
-        pruner_def.pop("_target_")
-        net["pruner"], net["pruner_kwargs"] = pruner, pruner_def
-    else:
-        if pruner_def is not None and pruner_spec.get("needs_dim"):
-            pruner_def = {"_target_": pruner_def.pop("_target_"), "dim": spec["dim"], **pruner_def}
-        net["pruner"] = pruner_def
-    if pruner_def is None:  # the baseline: nothing to prune, so no pruning keys
+    if pruner_spec["pruner"] is None:  # the baseline: nothing to prune, so no pruning keys
         for key in PRUNING_KEYS:
             net.pop(key, None)
+    net["pruner"] = "@pruner_def"
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
     if "completion" in net:  # a learned fill's position embedding has the network's dimensionality
         net["completion"]["spatial_dims"] = spec["network_def"].get("spatial_dims", 2)
@@ -288,6 +302,10 @@ def network_def(name: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- configs
+# Every config reads top to bottom: a key is defined before any ``@key`` that uses it (``forward_references``, run by
+# ``check``). train.json: settings, data set, network (``pruner_def`` then ``network_def``), data loading written out
+# as transforms, loss and optimiser, validation, training, initialize / run. evaluate.json: an overlay on train.json
+# with what evaluation changes. inference.json: standalone, as in the MONAI Model Zoo.
 IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
            "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
 
@@ -309,49 +327,53 @@ def check_settings(config: dict) -> str:
 
 
 def network_settings(config: dict) -> dict:
-    """``{key: "@key"}`` for the top-level keys ``network_def`` reads: what every checkpoint records."""
-    read = set(re.findall(r"@(\w+)", json.dumps(config["network_def"])))
-    return {key: f"@{key}" for key in config if key in read}
+    """``{key: "@key"}`` for the top-level keys ``network_def`` and its ``pruner_def`` read: what every checkpoint
+    records."""
+    read = set(re.findall(r"@(\w+)", json.dumps([config["network_def"], config.get("pruner_def")])))
+    return {key: f"@{key}" for key in config if key in read and key != "pruner_def"}
 
 
 # network settings added after checkpoints were first written: the value such a checkpoint was trained with
 LEGACY_SETTINGS = {"decode_region": "full"}
+CKPT_PATH = "$os.path.join(@ckpt_dir, 'model.pt')"
+TRAINED = "$prato_components.engine.trained_settings(@ckpt_path)"
+CHECK_TRAINED = "$prato_components.engine.check_trained_settings(@trained, @network_settings, @ckpt_path)"
 
 
-def trained_network(config: dict) -> None:
-    """Make ``config`` (evaluate / inference) build the network the checkpoint at ``ckpt_path`` was trained with:
-    each network setting defaults to the checkpoint's value (the literal default when it records none), and a run
-    whose overrides contradict the checkpoint stops at start naming the keys (channels and classes follow the
-    data set and are checked the same way)."""
-    settings = network_settings(config)
-    config["trained"] = "$prato_components.engine.trained_settings(@ckpt_path)"
-    for key in settings:
+def trained_settings(config: dict) -> dict:
+    """Each network setting of ``config`` as the checkpoint at ``ckpt_path`` records it (the literal default when it
+    records none), for evaluate / inference: they build the network the checkpoint was trained with, and a run whose
+    overrides contradict it stops at start naming the keys (``CHECK_TRAINED``; channels and classes follow the data
+    set and are checked the same way)."""
+    out = {}
+    for key in network_settings(config):
         if key in LEGACY_SETTINGS:  # a checkpoint from before the setting existed was trained the old way
-            config[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
+            out[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
         elif key not in ("in_channels", "out_channels"):
-            config[key] = f"$@trained.get({key!r}, {config[key]!r})"
-    config["initialize"].insert(2, "$prato_components.engine.check_trained_settings(@trained, @network_settings, "
-                                   "@ckpt_path)")
+            out[key] = f"$@trained.get({key!r}, {config[key]!r})"
+    return out
 
 
-def common(name: str) -> dict:
-    """Keys shared by train, evaluate and inference."""
+def common(name: str, trained: bool = False) -> dict:
+    """Keys shared by train and inference, in dependency order; ``trained``: the network settings follow the
+    checkpoint at ``ckpt_path`` (inference)."""
     backbone, pruner = _split(name)
     config = {
         "imports": IMPORTS,
         "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
+        "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        **({"ckpt_path": CKPT_PATH, "trained": TRAINED} if trained else {}),
         "dataset": "acdc",
         "dataset_dir": "/data/ACDC",
+        "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
         "spec": "$prato_components.bundle.dataset_spec(@dataset, @dataset_dir)",
         "in_channels": "$@spec['in_channels']",
         "out_channels": "$@spec['out_channels']",
         "image_size": 224,
         "seed": 0,
         "num_workers": "$prato_components.bundle.default_num_workers()",
-        "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
-        "output_dir": "$os.path.join(@bundle_root, 'eval')",
-        "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
         **({} if pruner == "baseline" else {  # an unpruned network has no budget, stages or executor to set
             "keep_ratio": 0.75,
             "prune_stages": backbone_spec(backbone)["stages"],
@@ -361,46 +383,75 @@ def common(name: str) -> dict:
         "decode_region": "full",
         "decode_margin": DECODE_MARGIN,
         "prompt_boxes": "union",
-        **PRUNER_CONFIGS[_split(name)[1]].get("keys", {}),
+        **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],
+        "pruner_def": pruner_def(name),
         "network_def": network_def(name),
         "network": "$@network_def.to(@device)",
-        "prepare_batch": {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}},
-        "inferer": {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2},
     }
     # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
     config["network_settings"] = network_settings(config)
-    return _common_3d(config) if backbone in BACKBONES_3D else config
+    config["prepare_batch"] = {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}}
+    config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2}
+    if backbone in BACKBONES_3D:
+        config = _common_3d(config)
+    if trained:
+        config.update(trained_settings(config))
+    return config
 
 
-def _intensity_and_size(keys: list[str], modes: list[str]) -> list[dict]:
+def _load(keys: list[str]) -> dict:
+    """MONAI's ``LoadImaged`` (channel first) whose read errors name the file."""
+    return {"_target_": "prato_components.data.SafeLoadImaged", "keys": keys, "ensure_channel_first": True,
+            "image_only": True}
+
+
+def _loading_by_dataset() -> dict:
+    """Per data set, how a labelled 2D item is read: ACDC and MSD / BTCV volumes served as slices (the item's
+    ``slice``), ACDC labels checked against its four values, ISIC masks (0/255) binarised."""
+    keys = ["image", "label"]
+    load, slice_ = _load(keys), {"_target_": "prato_components.data.ExtractSliced", "keys": keys, "slice_key": "slice"}
+    return {
+        "acdc": [load, slice_, {"_target_": "prato_components.data.CheckLabelValuesd", "keys": "label",
+                                "allowed": [0, 1, 2, 3]}],
+        "isic": [load, {"_target_": "prato_components.data.BinarizeMaskd", "keys": "label"}],
+        "decathlon": [load, slice_],
+        "btcv": [load, slice_],
+    }
+
+
+def _intensity_and_size(keys: list[str], modes: list[str], spatial_size: object) -> list[dict]:
+    """Scale to [0, 1] (0.5-99.5 percentiles per channel) and resize to the network input."""
     return [
         {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
          "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True},
-        {"_target_": "Resized", "keys": keys, "spatial_size": ["@image_size", "@image_size"], "mode": modes},
+        {"_target_": "Resized", "keys": keys, "spatial_size": spatial_size, "mode": modes},
     ]
 
 
-def _labelled_preprocessing() -> list:
-    """Load a labelled slice/image, normalise, resize (shared by validation and evaluation)."""
-    return [
-        "$prato_components.bundle.load_transforms(@dataset)",
-        *_intensity_and_size(["image", "label"], ["bilinear", "nearest"]),
-    ]
+def _labelled_preprocessing() -> dict:
+    """``loading_by_dataset`` and ``preprocessing``: read a labelled slice / image the way its data set needs, scale
+    and resize (shared by training, validation and evaluation)."""
+    return {
+        "loading_by_dataset": _loading_by_dataset(),
+        "preprocessing": [
+            {"_target_": "Compose", "transforms": "$@loading_by_dataset[@dataset.lower()]"},
+            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], ["@image_size", "@image_size"]),
+        ],
+    }
 
 
-def _box_from_label(extra: Iterable = ()) -> list:
+def _box_from_label() -> dict:
     # prompt_boxes "union": one box around all structures (the paper); "per_class": one row per foreground class,
     # absent classes as padding rows, so every image has out_channels - 1 rows and batches stack
-    return [
-        {"_target_": "prato_components.prompts.BoxFromLabeld", "keys": "label", "box_key": "box",
-         "per_class": "$prato_components.bundle.per_class_prompt(@prompt_boxes)",
-         "classes": "$list(range(1, @out_channels)) if prato_components.bundle.per_class_prompt(@prompt_boxes) "
-                    "else None",
-         "on_empty": "full"},
-        *extra,
-        {"_target_": "EnsureTyped", "keys": ["image", "label", "box"], "track_meta": False},
-    ]
+    return {"_target_": "prato_components.prompts.BoxFromLabeld", "keys": "label", "box_key": "box",
+            "per_class": "$prato_components.bundle.per_class_prompt(@prompt_boxes)",
+            "classes": "$list(range(1, @out_channels)) if prato_components.bundle.per_class_prompt(@prompt_boxes) "
+                       "else None",
+            "on_empty": "full"}
+
+
+TO_TENSOR = {"_target_": "EnsureTyped", "keys": ["image", "label", "box"], "track_meta": False}
 
 
 def _metric_handlers(prefix: str, details: bool) -> dict:
@@ -430,7 +481,102 @@ def _postprocessing() -> dict:
     }
 
 
+def _validate() -> dict:
+    """The ``validate`` block: the tight box from the label, the validation split, the best model by mean Dice."""
+    return {
+        "prompt": [_box_from_label()],
+        "to_tensor": [TO_TENSOR],
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing + @validate#prompt + @validate#to_tensor"},
+        "dataset": {"_target_": "CacheDataset", "data": "$@splits['validation']",
+                    "transform": "@validate#preprocessing", "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": "@batch_size",
+                       "shuffle": False, "num_workers": "@num_workers"},
+        "inferer": "@inferer",
+        "postprocessing": _postprocessing(),
+        "key_metric": _metric_handlers("val", details=False),
+        "handlers": [
+            {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network", "prefix": "val_"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "prato_components.engine.PerClassHistory",
+             "path": "$os.path.join(@ckpt_dir, 'val_per_class.json')", "class_names": "$@spec['class_names']",
+             "metric_name": "val_mean_dice"},
+            {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
+             "network": "@network", "metric_name": "val_mean_dice", "settings": "@network_settings"},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "network": "@network",
+            "inferer": "@validate#inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+        },
+    }
+
+
+def _train(pruned: bool) -> dict:
+    """The ``train`` block: augmentation, a jittered box from the augmented label, the trainer and its handlers."""
+    return {
+        "augmentation": [
+            {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
+            {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
+            {"_target_": "RandAffined", "keys": ["image", "label"], "prob": 0.5, "rotate_range": 0.26,
+             "scale_range": 0.1, "mode": ["bilinear", "nearest"], "padding_mode": "zeros"},
+            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
+            {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.3},
+            {"_target_": "RandGaussianNoised", "keys": "image", "prob": 0.15, "std": 0.03},
+        ],
+        "prompt": [
+            _box_from_label(),
+            {"_target_": "prato_components.prompts.RandJitterBoxd", "box_key": "box", "prob": 0.8,
+             "max_shift_fraction": 0.1, "max_scale_fraction": 0.1},
+            {"_target_": "prato_components.prompts.ClipBoxd", "box_key": "box", "image_key": "image"},
+            TO_TENSOR,
+        ],
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing + @train#augmentation + @train#prompt"},
+        "dataset": {"_target_": "CacheDataset", "data": "$@splits['training']", "transform": "@train#preprocessing",
+                    "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
+                       "shuffle": True, "num_workers": "@num_workers"},
+        "inferer": "@inferer",
+        "handlers": [
+            *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
+                "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
+            {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
+            {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+             "interval": "@val_interval"},
+            {"_target_": "StatsHandler", "tag_name": "train_loss",
+             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
+             "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+             "resume": "@resume", "settings": "@network_settings"},
+        ],
+        "trainer": {
+            "_target_": "SupervisedTrainer",
+            "max_epochs": "@epochs",
+            "device": "@device",
+            "train_data_loader": "@train#dataloader",
+            "network": "@network",
+            "optimizer": "@optimizer",
+            "loss_function": "@loss",
+            "inferer": "@train#inferer",
+            "prepare_batch": "@prepare_batch",
+            "train_handlers": "@train#handlers",
+        },
+    }
+
+
+SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
+
+
 def train_config(name: str) -> dict:
+    """``train.json``: the settings and network (``common``), the training settings, data loading, loss and optimiser,
+    ``validate`` (used by training's ``ValidationHandler``), then ``train``."""
     config = common(name)
     pruned = _split(name)[1] != "baseline"
     config.update({
@@ -441,7 +587,8 @@ def train_config(name: str) -> dict:
         **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
         "cache_rate": 1.0,
         "resume": True,
-        "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
+        "splits": SPLITS,
+        **_labelled_preprocessing(),  # loading and normalisation, shared by train, validate and evaluate.json
         "loss": {"_target_": "prato_components.engine.PrunedSegLoss",
                  "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
                  "network": "@network"},
@@ -449,90 +596,10 @@ def train_config(name: str) -> dict:
                       "weight_decay": 1e-5},
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
                          "T_max": "@epochs"},
-        "preprocessing": _labelled_preprocessing(),  # loading and normalisation, shared by train and validate
-        "train": {
-            "augmentation": [
-                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
-                {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
-                {"_target_": "RandAffined", "keys": ["image", "label"], "prob": 0.5, "rotate_range": 0.26,
-                 "scale_range": 0.1, "mode": ["bilinear", "nearest"], "padding_mode": "zeros"},
-                {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
-                {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.3},
-                {"_target_": "RandGaussianNoised", "keys": "image", "prob": 0.15, "std": 0.03},
-            ],
-            "preprocessing": {
-                "_target_": "Compose",
-                "transforms": "$@preprocessing + @train#augmentation + @train#prompt",
-            },
-            "prompt": _box_from_label([
-                {"_target_": "prato_components.prompts.RandJitterBoxd", "box_key": "box", "prob": 0.8,
-                 "max_shift_fraction": 0.1, "max_scale_fraction": 0.1},
-                {"_target_": "prato_components.prompts.ClipBoxd", "box_key": "box", "image_key": "image"},
-            ]),
-            "dataset": {"_target_": "CacheDataset", "data": "$@splits['training']", "transform": "@train#preprocessing",
-                        "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
-                           "shuffle": True, "num_workers": "@num_workers"},
-            "inferer": "@inferer",
-            "handlers": [
-                *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
-                    "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
-                {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
-                {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
-                 "interval": "@val_interval"},
-                {"_target_": "StatsHandler", "tag_name": "train_loss",
-                 "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
-                {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
-                 "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
-                 "resume": "@resume", "settings": "@network_settings"},
-            ],
-            "trainer": {
-                "_target_": "SupervisedTrainer",
-                "max_epochs": "@epochs",
-                "device": "@device",
-                "train_data_loader": "@train#dataloader",
-                "network": "@network",
-                "optimizer": "@optimizer",
-                "loss_function": "@loss",
-                "inferer": "@train#inferer",
-                "prepare_batch": "@prepare_batch",
-                "train_handlers": "@train#handlers",
-            },
-        },
-        "validate": {
-            "preprocessing": {"_target_": "Compose", "transforms": "$@preprocessing + @validate#prompt"},
-            "prompt": _box_from_label(),
-            "dataset": {"_target_": "CacheDataset", "data": "$@splits['validation']",
-                        "transform": "@validate#preprocessing", "cache_rate": "@cache_rate",
-                        "num_workers": "@num_workers"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": "@batch_size",
-                           "shuffle": False, "num_workers": "@num_workers"},
-            "inferer": "@inferer",
-            "postprocessing": _postprocessing(),
-            "handlers": [
-                {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network",
-                 "prefix": "val_"},
-                {"_target_": "StatsHandler", "iteration_log": False},
-                {"_target_": "prato_components.engine.PerClassHistory",
-                 "path": "$os.path.join(@ckpt_dir, 'val_per_class.json')", "class_names": "$@spec['class_names']",
-                 "metric_name": "val_mean_dice"},
-                {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
-                 "network": "@network", "metric_name": "val_mean_dice", "settings": "@network_settings"},
-            ],
-            "key_metric": _metric_handlers("val", details=False),
-            "evaluator": {
-                "_target_": "SupervisedEvaluator",
-                "device": "@device",
-                "val_data_loader": "@validate#dataloader",
-                "network": "@network",
-                "inferer": "@validate#inferer",
-                "prepare_batch": "@prepare_batch",
-                "postprocessing": "@validate#postprocessing",
-                "key_val_metric": "@validate#key_metric",
-                "val_handlers": "@validate#handlers",
-            },
-        },
-        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)", "$os.makedirs(@ckpt_dir, exist_ok=True)"],
+        "validate": _validate(),
+        "train": _train(pruned),
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)",
+                       "$os.makedirs(@ckpt_dir, exist_ok=True)"],
         "run": ["$@train#trainer.run()"],
     })
     config["initialize"].insert(1, check_settings(config))
@@ -540,31 +607,30 @@ def train_config(name: str) -> dict:
 
 
 def evaluate_config(name: str) -> dict:
-    config = common(name)
-    config.update({
-        "batch_size": 8,
+    """``evaluate.json``, an overlay on ``train.json`` (``--config_file "['train.json','evaluate.json']"``): the
+    network the checkpoint was trained with, the test split with the chosen box prompt, Dice / IoU / HD95 and the
+    evaluation report."""
+    train = train_config(name)
+    config = {
+        "ckpt_path": CKPT_PATH,
+        "trained": TRAINED,
+        **trained_settings(train),
         "prompt": "tight",
         "prompt_factor": None,
-        "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
         "split": "test",
         "latency_repeats": 5,
-        "splits": "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)",
-        "preprocessing": {
-            "_target_": "Compose",
-            "transforms": "$" + "@labelled + @box_from_label + prato_components.bundle.prompt_transforms(@prompt, "
-                          "@prompt_factor) + @to_tensor",
-        },
-        "labelled": _labelled_preprocessing(),
-        "box_from_label": _box_from_label()[:1],
-        "to_tensor": _box_from_label()[1:],
         "test": {
-            "dataset": {"_target_": "Dataset", "data": "$@splits[@split]", "transform": "@preprocessing"},
+            "prompt": "$@validate#prompt + prato_components.bundle.prompt_transforms(@prompt, @prompt_factor)",
+            "preprocessing": {"_target_": "Compose",
+                              "transforms": "$@preprocessing + @test#prompt + @validate#to_tensor"},
+            "dataset": {"_target_": "Dataset", "data": "$@splits[@split]", "transform": "@test#preprocessing"},
             "dataloader": {"_target_": "DataLoader", "dataset": "@test#dataset", "batch_size": "@batch_size",
                            "shuffle": False, "num_workers": "@num_workers"},
         },
-        "postprocessing": _postprocessing(),
+        "metrics": {k.removeprefix("eval_"): v for k, v in _metric_handlers("eval", details=True).items()},
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+            {"_target_": "CheckpointLoader",
+             "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
              "load_dict": {"model": "@network"}, "map_location": "@device"},
             {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network"},
             {"_target_": "StatsHandler", "iteration_log": False},
@@ -573,7 +639,6 @@ def evaluate_config(name: str) -> dict:
              "network": "@network", "input_shape": "$[@in_channels, @image_size, @image_size]",
              "latency_repeats": "@latency_repeats"},
         ],
-        "metrics": {k.removeprefix("eval_"): v for k, v in _metric_handlers("eval", details=True).items()},
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
@@ -581,38 +646,36 @@ def evaluate_config(name: str) -> dict:
             "network": "@network",
             "inferer": "@inferer",
             "prepare_batch": "@prepare_batch",
-            "postprocessing": "@postprocessing",
+            "postprocessing": "@validate#postprocessing",
             "key_val_metric": "$@metrics",
             "val_handlers": "@handlers",
         },
         "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
-    })
-    config["initialize"].insert(1, check_settings(config))
-    trained_network(config)
+    }
+    config["initialize"][1:1] = [check_settings({**train, **config}), CHECK_TRAINED]
     return config
 
 
 def inference_config(name: str) -> dict:
-    config = common(name)
+    """``inference.json`` (standalone): images and their user boxes, the box carried through the resize as a mask,
+    the prediction inverted to the image's grid and saved."""
+    config = common(name, trained=True)
+    config["imports"] = IMPORTS + ["$import numpy"]
     config.update({
         "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
         "boxes_file": None,
         "allow_missing_boxes": False,
-        "ckpt_path": "$os.path.join(@ckpt_dir, 'model.pt')",
         "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [
-                "$prato_components.bundle.load_transforms(@dataset, ['image'], slices=False)",
+                _load(["image"]),
                 {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
                 {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
                  "mask_key": "box_mask"},
-                {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
-                 "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True},
-                {"_target_": "Resized", "keys": ["image", "box_mask"], "spatial_size": "@spatial_size",
-                 "mode": ["bilinear", "nearest"]},
+                *_intensity_and_size(["image", "box_mask"], ["bilinear", "nearest"], "@spatial_size"),
                 {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
                 {"_target_": "EnsureTyped", "keys": "image"},
                 {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
@@ -637,7 +700,8 @@ def inference_config(name: str) -> dict:
             ],
         },
         "handlers": [
-            {"_target_": "CheckpointLoader", "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+            {"_target_": "CheckpointLoader",
+             "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
              "load_dict": {"model": "@network"}, "map_location": "@device"},
             {"_target_": "StatsHandler", "iteration_log": False},
         ],
@@ -654,10 +718,46 @@ def inference_config(name: str) -> dict:
         "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
         "run": ["$@evaluator.run()"],
     })
-    config["imports"] = IMPORTS + ["$import numpy"]
-    config["initialize"].insert(1, check_settings(config))
-    trained_network(config)
+    config["initialize"][1:1] = [check_settings(config), CHECK_TRAINED]
     return config
+
+
+# ----------------------------------------------------------------------------------------------- reading order
+REFERENCE = re.compile(r"@(\w+(?:#\w+)*)")
+
+
+def _reading_events(node: object, node_id: str, events: list[tuple[str, str, str | None]]) -> None:
+    """What a reader meets in ``node`` (id ``node_id``) in file order: ``("use", id, ref)`` for each ``@ref`` in a
+    value or ``$`` expression, and ``("define", id, None)`` once the node and everything under it has been read."""
+    if isinstance(node, str):
+        events.extend(("use", node_id, ref) for ref in REFERENCE.findall(node))
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in children:
+        _reading_events(value, f"{node_id}#{key}", events)
+    events.append(("define", node_id, None))
+
+
+def forward_references(configs: Sequence[dict], names: Sequence[str] | None = None) -> list[str]:
+    """One message per ``@`` reference of ``configs`` that a reader meets before the key it names is defined.
+
+    ``configs`` are read in order, as MONAI merges an overlay chain (``['train.json', 'evaluate.json']``), so a key of
+    an earlier config counts as defined. A key counts as defined once it has been read to its end (a reference from
+    inside the node it names is a cycle); ``@a#b`` is defined once ``a#b`` or ``a`` is."""
+    names = list(names) if names is not None else [f"config {i}" for i in range(len(configs))]
+    defined: set[str] = set()
+    problems = []
+    for name, config in zip(names, configs):
+        events: list[tuple[str, str, str | None]] = []
+        for key, value in config.items():
+            _reading_events(value, key, events)
+        for kind, node_id, ref in events:
+            if kind == "define":
+                defined.add(node_id)
+                continue
+            parts = ref.split("#")
+            if not any("#".join(parts[:n]) in defined for n in range(1, len(parts) + 1)):
+                problems.append(f"{name}: {node_id} uses @{ref} before it is defined")
+    return problems
 
 
 def multi_gpu_config(name: str) -> dict:
@@ -700,9 +800,56 @@ def multi_gpu_config(name: str) -> dict:
     }
 
 
+# what evaluate.json measures (eval/metrics.json). No weights are shipped, so no value has been measured for a release:
+# each entry says what the metric is and where a run writes it, rather than a number
+EVAL_METRICS = {
+    "mean_dice": "Dice over the foreground classes (mean and per class, include_background false) on the test split "
+                 "with the tight box prompt (--prompt for others); not measured for this release (no weights are "
+                 "shipped): evaluate.json writes it to eval/metrics.json (metrics.mean_dice)",
+    "mean_iou": "IoU over the foreground classes (mean and per class), as mean_dice (metrics.mean_iou)",
+    "hd95": "95th-percentile Hausdorff distance in voxels of the network input (mean and per class), as mean_dice "
+            "(metrics.hd95)",
+    "token_sparsity": "share of the encoder's token-block work removed by pruning over the test split, 0 for a "
+                      "baseline (tokens.token_sparsity, with tokens.kept_fraction/stageN)",
+    "gflops": "GFLOPs of one network input with a central box (gflops; latency_ms on the evaluating machine)",
+}
+
+
+def _tensor(kind: str, fmt: str, channel_def: dict, shape: list, value_range: list, **extra) -> dict:
+    """One ``network_data_format`` entry (the MONAI bundle tensor description)."""
+    return {"type": kind, "format": fmt, **extra, "num_channels": len(channel_def), "spatial_shape": shape,
+            "dtype": "float32", "value_range": value_range, "is_patch_data": False, "channel_def": channel_def}
+
+
+ACDC_LABELS = {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle"}
+ISIC_LABELS = {"0": "skin", "1": "lesion"}
+
+
+def _data_formats_2d(size: int) -> dict:
+    """``network_data_format`` per data set of a 2D bundle (``dataset_spec``: ACDC 1 MR channel and 4 classes, ISIC 3
+    RGB channels and 2 classes); MSD tasks read theirs from their dataset.json."""
+    def io(image: dict, labels: dict) -> dict:
+        return {"inputs": {"image": image, "boxes": _boxes_2d(size)},
+                "outputs": {"pred": _tensor("image", "segmentation", labels, [size, size], [])}}
+
+    return {
+        "acdc": io(_tensor("image", "magnitude", {"0": "image"}, [size, size], [0, 1], modality="MR"), ACDC_LABELS),
+        "isic": io(_tensor("image", "RGB", {"0": "R", "1": "G", "2": "B"}, [size, size], [0, 1], modality="dermoscopy"),
+                   ISIC_LABELS),
+        "decathlon": "the channels (dataset.json modality) and classes (dataset.json labels) of the MSD task in "
+                     "dataset_dir, served as 2D slices scaled to [0, 1]",
+    }
+
+
+def _boxes_2d(size: int) -> dict:
+    return _tensor("boxes", "StandardMode xyxy, voxel coordinates of the network input; [B, M, 4], max < min = padding",
+                   {"0": "x1", "1": "y1", "2": "x2", "3": "y2"}, ["*"], [0, size])
+
+
 def metadata(name: str) -> dict:
     backbone, pruner = _split(name)
     title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    formats = _data_formats_2d(224)
     return {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
         "version": BUNDLE_VERSION,
@@ -718,9 +865,9 @@ def metadata(name: str) -> dict:
         "description": f"{title}, called as network(image, boxes). Trains and evaluates on ACDC slices (cardiac MRI), "
                        "ISIC task 1 (dermoscopy) or an MSD task (slices); the box prompt is derived from the label in "
                        "training and evaluation and given by the user at inference. network_data_format describes the "
-                       "default data set (dataset acdc: 1 channel, 4 classes); dataset isic gives 3 channels and 2 "
-                       "classes, dataset decathlon the channels and classes of its dataset.json. eval_metrics is empty "
-                       "because no weights are shipped: evaluate.json writes the measured metrics to eval/metrics.json.",
+                       "default data set (dataset acdc: 1 channel, 4 classes); network_data_format_by_dataset gives "
+                       "each data set's (isic: 3 channels, 2 classes; decathlon: those of its dataset.json). "
+                       "eval_metrics names what evaluate.json measures; no weights are shipped, so no value is given.",
         "authors": AUTHORS,
         "copyright": COPYRIGHT,
         "data_source": "ACDC (https://www.creatis.insa-lyon.fr/Challenge/acdc/), ISIC 2017/2018 task 1, MSD",
@@ -728,50 +875,14 @@ def metadata(name: str) -> dict:
         "image_classes": "ACDC: 1 channel MRI slice; ISIC: 3 channel RGB, both scaled to [0, 1]",
         "label_classes": "ACDC: 0 background, 1 right ventricle, 2 myocardium, 3 left ventricle; ISIC: 0 skin, 1 lesion",
         "pred_classes": "as label_classes (argmax of the logits)",
-        "eval_metrics": {},
+        "eval_metrics": EVAL_METRICS,
         "intended_use": "Research on token-pruned ViT segmentation; not for clinical use.",
         "references": [
             "Prompt-based Dynamic Token Pruning for Efficient Segmentation of Medical Images (PrATo)",
             backbone_spec(backbone)["reference"],
         ],
-        "network_data_format": {
-            "inputs": {
-                "image": {
-                    "type": "image",
-                    "format": "magnitude",
-                    "modality": "MR",
-                    "num_channels": 1,
-                    "spatial_shape": [224, 224],
-                    "dtype": "float32",
-                    "value_range": [0, 1],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "image"},
-                },
-                "boxes": {
-                    "type": "boxes",
-                    "format": "StandardMode xyxy, voxel coordinates of the network input; [B, M, 4], max < min = padding",
-                    "num_channels": 4,
-                    "spatial_shape": ["*"],
-                    "dtype": "float32",
-                    "value_range": [0, 224],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "x1", "1": "y1", "2": "x2", "3": "y2"},
-                },
-            },
-            "outputs": {
-                "pred": {
-                    "type": "image",
-                    "format": "segmentation",
-                    "num_channels": 4,
-                    "spatial_shape": [224, 224],
-                    "dtype": "float32",
-                    "value_range": [],
-                    "is_patch_data": False,
-                    "channel_def": {"0": "background", "1": "right ventricle", "2": "myocardium",
-                                    "3": "left ventricle"},
-                }
-            },
-        },
+        "network_data_format": formats["acdc"],
+        "network_data_format_by_dataset": formats,
     }
 
 
@@ -827,9 +938,12 @@ Train (writes `models/last.pt` every epoch, resumes from it, keeps the best as `
         --dataset acdc --dataset_dir /data/ACDC --epochs 100
 
 Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, GFLOPs, CPU latency to
-`eval/metrics.json` and `eval/metrics.csv`):
+`eval/metrics.json` and `eval/metrics.csv`); `evaluate.json` is an overlay on `train.json`, as in the MONAI Model
+Zoo, so both are given, in that order:
 
-    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json --dataset acdc --dataset_dir /data/ACDC
+    python -m monai.bundle run \\
+        --config_file "['bundles/{name}/configs/train.json','bundles/{name}/configs/evaluate.json']" \\
+        --dataset acdc --dataset_dir /data/ACDC
 
 Segment new images with box prompts (see "Box prompts" below); writes `<image>_seg.nii.gz` / `.png` to `eval/`:
 
@@ -853,6 +967,16 @@ root and to `.` otherwise. An unknown key stops the run at start and names the c
 `epochs`). The defaults are the paper's network at 224 x 224 (a GPU job); on a CPU train a smaller one (the
 repository README's `SMALL`). Checkpoints record the network settings, so `evaluate.json` and `inference.json` build
 the trained network without repeating them (a contradicting override stops the run and names the keys).
+
+## Configs
+
+`configs/train.json` reads top to bottom, every key defined before it is used: the settings, the data set
+(`spec`: channels, classes), the network widths, `pruner_def` (the pruner, the only block that differs between
+this backbone's bundles; `null` in a baseline) and `network_def`, the training settings, the data loading written
+out as MONAI transforms (`loading_by_dataset`: how each data set is read; `preprocessing`: that, scaled and
+resized), loss and optimiser, `validate`, `train`, `initialize` and `run`. `configs/evaluate.json` holds only what
+evaluation changes (the checkpoint's network settings, the test split and box prompt, the metrics and report);
+`configs/inference.json` stands alone. Pruner options are overridden as `--pruner_def#<option> <value>`.
 
 ## Data
 
@@ -913,8 +1037,9 @@ def bundle_files(name: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- 3D bundles
 # Issue 15: volumetric bundles with the same files and keys as the 2D ones. ``common`` adds the 3D keys
 # (``_common_3d``); the ``*_3d`` functions below change what differs from the 2D templates: MONAI's 3D preprocessing
-# (``bundle.load_transforms_3d``), training on label-balanced crops of the window size, and the prompt-aware sliding
-# window (``engine.PromptedSlidingWindowInferer``) for validation, evaluation and inference.
+# written out as transforms (``_labelled_preprocessing_3d``), training on label-balanced crops of the window size,
+# and the prompt-aware sliding window (``engine.PromptedSlidingWindowInferer``) for validation, evaluation and
+# inference.
 BACKBONES_3D: dict[str, dict] = {
     "unetr3d": {
         **BACKBONES["unetr"],
@@ -965,11 +1090,49 @@ def _common_3d(config: dict) -> dict:
 
 
 SPLITS_3D = "$prato_components.bundle.bundle_splits_3d(@dataset, @dataset_dir, @datalist_path, @seed)"
+# the intensity normalisation of the data set's modality (prato_components.bundle.intensity_transforms_3d)
+MODALITY = "'CT' if @spec['modality'] == 'CT' else 'MR'"
 
 
-def _labelled_preprocessing_3d() -> list:
-    """Load a labelled volume, orient, resample, normalise and crop to the foreground (validation, evaluation)."""
-    return ["$prato_components.bundle.load_transforms_3d(@dataset, @dataset_dir, pixdim=@pixdim)"]
+def _replace_key(config: dict, key: str, keys: dict) -> dict:
+    """``config`` with ``key`` replaced, in place in the order, by ``keys``."""
+    out = {}
+    for name, value in config.items():
+        out.update(keys if name == key else {name: value})
+    return out
+
+
+def _orient_and_resample(keys: list[str]) -> list[dict]:
+    """RAS orientation and the ``pixdim`` spacing (bilinear image, nearest label / box mask)."""
+    return [
+        {"_target_": "Orientationd", "keys": keys, "axcodes": "RAS", "labels": None},
+        {"_target_": "Spacingd", "keys": keys, "pixdim": "@pixdim",
+         "mode": ["bilinear" if key == "image" else "nearest" for key in keys]},
+    ]
+
+
+def _intensity_by_modality(keys: list[str]) -> dict:
+    """The intensity normalisation and foreground crop of MONAI's 3D bundles: CT windowed to [0, 1] then cropped (so
+    air is cropped), MR cropped to its nonzero voxels then z-scored per channel."""
+    crop = {"_target_": "CropForegroundd", "keys": keys, "source_key": "image", "allow_smaller": True}
+    low, high = (float(v) for v in CT_INTENSITY_RANGE)
+    return {
+        "CT": [{"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": low, "a_max": high, "b_min": 0.0,
+                "b_max": 1.0, "clip": True}, crop],
+        "MR": [crop, {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": True, "channel_wise": True}],
+    }
+
+
+def _labelled_preprocessing_3d() -> dict:
+    """``loading``, ``intensity_by_modality`` and ``preprocessing`` of a labelled volume: load, orient, resample,
+    normalise and crop to the foreground (training, validation, evaluation)."""
+    keys = ["image", "label"]
+    return {
+        "loading": [_load(keys), *_orient_and_resample(keys)],
+        "intensity_by_modality": _intensity_by_modality(keys),
+        "preprocessing": [{"_target_": "Compose",
+                           "transforms": f"$@loading + @intensity_by_modality[{MODALITY}]"}],
+    }
 
 
 def _sliding_window_handlers(handlers: list) -> None:
@@ -989,7 +1152,8 @@ def train_config_3d(name: str) -> dict:
     config["batch_size"] = 2
     config = _with_keys_after(config, "batch_size", {"num_samples": 2})
     config["splits"] = SPLITS_3D
-    config["preprocessing"] = _labelled_preprocessing_3d()
+    del config["preprocessing"]
+    config = _replace_key(config, "loading_by_dataset", _labelled_preprocessing_3d())
     config["train"]["augmentation"] = [
         {"_target_": "SpatialPadd", "keys": ["image", "label"], "spatial_size": WINDOW},
         {"_target_": "RandCropByPosNegLabeld", "keys": ["image", "label"], "label_key": "label",
@@ -1007,11 +1171,9 @@ def train_config_3d(name: str) -> dict:
 
 
 def evaluate_config_3d(name: str) -> dict:
-    """``evaluate.json`` of a 3D bundle: whole test volumes, the prompt-aware sliding window."""
-    config = evaluate_config(name)
-    config["batch_size"] = 1
-    config["splits"] = SPLITS_3D
-    config["labelled"] = _labelled_preprocessing_3d()
+    """``evaluate.json`` of a 3D bundle (an overlay on its ``train.json``): whole test volumes, one at a time, the
+    prompt-aware sliding window."""
+    config = _with_keys_after(evaluate_config(name), "latency_repeats", {"batch_size": 1})
     config["evaluator"]["inferer"] = "@sw_inferer"
     _sliding_window_handlers(config["handlers"])
     return config
@@ -1022,8 +1184,16 @@ def inference_config_3d(name: str) -> dict:
     preprocessing as a box mask, the prompt-aware sliding window, the prediction inverted to the file's grid."""
     config = inference_config(name)
     del config["spatial_size"]
+    keys = ["image", "box_mask"]
+    config = _with_keys_after(config, "datalist", {"intensity_by_modality": _intensity_by_modality(keys)})
     config["preprocessing"]["transforms"] = [
-        "$prato_components.bundle.load_transforms_3d(@dataset, @dataset_dir, ['image'], @pixdim, box_key='box')",
+        _load(["image"]),
+        {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
+        {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
+         "mask_key": "box_mask"},
+        *_orient_and_resample(keys),
+        {"_target_": "Compose", "transforms": f"$@intensity_by_modality[{MODALITY}]"},
+        {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
         {"_target_": "EnsureTyped", "keys": "image"},
         {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
     ]
@@ -1031,11 +1201,33 @@ def inference_config_3d(name: str) -> dict:
     return config
 
 
+def _data_formats_3d(size: int) -> dict:
+    """``network_data_format`` per data set of a 3D bundle, on ``size``^3 windows: BTCV (1 CT channel, 14 classes, as
+    MONAI's BTCV lays it out; its dataset_0.json labels decide), ACDC volumes (1 MR channel, 4 classes); MSD tasks read
+    theirs from their dataset.json."""
+    shape = [size] * 3
+    boxes = _tensor("boxes", "StandardMode xyzxyz, voxel coordinates of the network input (the window); [B, M, 6], "
+                    "max < min = padding", {str(i): c for i, c in enumerate(["x1", "y1", "z1", "x2", "y2", "z2"])},
+                    ["*"], [0, size])
+
+    def io(image: dict, labels: dict) -> dict:
+        return {"inputs": {"image": image, "boxes": boxes},
+                "outputs": {"pred": _tensor("image", "segmentation", labels, shape, [])}}
+
+    return {
+        "btcv": io(_tensor("image", "hounsfield", {"0": "image"}, shape, [0, 1], modality="CT"), BTCV_LABELS),
+        "acdc": io(_tensor("image", "magnitude", {"0": "image"}, shape, [], modality="MR"), ACDC_LABELS),
+        "decathlon": "the channels (dataset.json modality) and classes (dataset.json labels) of the MSD task in "
+                     "dataset_dir; CT windowed to [0, 1], MR z-scored per channel",
+    }
+
+
 def metadata_3d(name: str) -> dict:
     """``metadata.json`` of a 3D bundle (the default data set: BTCV, 1 CT channel, 14 classes)."""
     meta = metadata(name)
     backbone, pruner = _split(name)
     title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
+    formats = _data_formats_3d(96)
     meta.update({
         "task": f"Box-prompted 3D segmentation: {title}",
         "description": f"{title}, called as network(image, boxes) on 96^3 windows. Trains on label-balanced crops "
@@ -1043,22 +1235,19 @@ def metadata_3d(name: str) -> dict:
                        "only the windows the box prompt (plus decode_margin) touches. The box is derived from the "
                        "label in training and evaluation and given by the user at inference, in voxels of the file "
                        "as loaded. network_data_format describes the default data set (dataset btcv: 1 CT channel, "
-                       "14 classes); dataset decathlon reads channels and classes from its dataset.json. "
-                       "eval_metrics is empty because no weights are shipped: evaluate.json writes the measured "
-                       "metrics to eval/metrics.json.",
+                       "14 classes); network_data_format_by_dataset gives each data set's (acdc: 1 MR channel, 4 "
+                       "classes; decathlon: those of its dataset.json). eval_metrics names what evaluate.json "
+                       "measures; no weights are shipped, so no value is given.",
         "data_source": "BTCV (https://www.synapse.org/#!Synapse:syn3193805) as MONAI's tutorials lay it out; MSD",
         "data_type": "nibabel",
         "image_classes": "1 channel CT, window [-175, 250] HU scaled to [0, 1], RAS, 1.5 x 1.5 x 2.0 mm; MR "
-                         "(decathlon): z-scored per channel over the nonzero voxels",
+                         "(decathlon, acdc): z-scored per channel over the nonzero voxels",
         "label_classes": "BTCV: " + ", ".join(f"{k} {v}" for k, v in BTCV_LABELS.items()),
+        "eval_metrics": {**EVAL_METRICS, "gflops": "GFLOPs of one 96^3 window with a central box (gflops; "
+                         "latency_ms on the evaluating machine); windows.* counts the windows computed and skipped"},
+        "network_data_format": formats["btcv"],
+        "network_data_format_by_dataset": formats,
     })
-    io = meta["network_data_format"]
-    io["inputs"]["image"].update({"format": "hounsfield", "modality": "CT", "spatial_shape": [96, 96, 96]})
-    io["inputs"]["boxes"].update({
-        "format": "StandardMode xyzxyz, voxel coordinates of the network input (the window); [B, M, 6], "
-                  "max < min = padding", "num_channels": 6, "value_range": [0, 96],
-        "channel_def": {str(i): c for i, c in enumerate(["x1", "y1", "z1", "x2", "y2", "z2"])}})
-    io["outputs"]["pred"].update({"num_channels": 14, "spatial_shape": [96, 96, 96], "channel_def": BTCV_LABELS})
     return meta
 
 
@@ -1092,9 +1281,10 @@ resumed from; the best as `models/model.pt`):
         --dataset btcv --dataset_dir /data/BTCV --epochs 100
 
 Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, windows computed, GFLOPs and CPU latency of
-one window to `eval/metrics.json`):
+one window to `eval/metrics.json`); `evaluate.json` is an overlay on `train.json`:
 
-    python -m monai.bundle run --config_file bundles/{name}/configs/evaluate.json \\
+    python -m monai.bundle run \\
+        --config_file "['bundles/{name}/configs/train.json','bundles/{name}/configs/evaluate.json']" \\
         --dataset btcv --dataset_dir /data/BTCV
 
 Segment new volumes with box prompts; writes `<image>_seg.nii.gz` on the grid of the file to `eval/`:
@@ -1102,7 +1292,9 @@ Segment new volumes with box prompts; writes `<image>_seg.nii.gz` on the grid of
     python -m monai.bundle run --config_file bundles/{name}/configs/inference.json --dataset btcv \\
         --dataset_dir /data/BTCV --input_dir /my/volumes
 
-Multi-GPU: as the 2D bundles, with `configs/multi_gpu_train.json` as an overlay.
+Multi-GPU: as the 2D bundles, with `configs/multi_gpu_train.json` as an overlay. The configs read top to bottom
+as the 2D bundles' do; the 3D loading is `loading` (`LoadImaged`, `Orientationd`, `Spacingd`) followed by the
+modality's entry of `intensity_by_modality`.
 
 ## Keys to override
 
@@ -1120,7 +1312,7 @@ start and names the closest known one.
 BTCV as MONAI's tutorials lay it out (`imagesTr/img0001.nii.gz`, `labelsTr/label0001.nii.gz`, `dataset_0.json`
 with `training` and `validation` lists: the validation list is kept, the training list is split 8:1 into training
 and test, saved as `models/datalist_btcv.json`); an MSD task (`dataset.json`, channel-last 4D images for
-multi-channel tasks). Every volume goes through `prato_components.bundle.load_transforms_3d`: `LoadImaged`,
+multi-channel tasks). Every volume goes through the config's `preprocessing`: `LoadImaged`,
 `EnsureChannelFirstd`, `Orientationd("RAS")`, `Spacingd(pixdim)`, `ScaleIntensityRanged(-175, 250 HU)` (CT) or
 `NormalizeIntensityd(nonzero, channel_wise)` (MR), `CropForegroundd`. Training pads to the window and draws
 `num_samples` crops per volume with `RandCropByPosNegLabeld` (1:1 foreground/background centres), then flips,
@@ -1143,6 +1335,34 @@ computed window gets the boxes in its own coordinates, clipped to it. Without a 
 """
 
 
+# each config file of a bundle and the files MONAI reads for it, in order (evaluate.json and multi_gpu_train.json are
+# overlays on train.json)
+CONFIG_CHAINS = {
+    "train.json": ("train.json",),
+    "evaluate.json": ("train.json", "evaluate.json"),
+    "inference.json": ("inference.json",),
+    "multi_gpu_train.json": ("train.json", "multi_gpu_train.json"),
+}
+
+
+def config_chain(config: str) -> list[str]:
+    """The configs (names without ``.json``) MONAI reads, in order, to run ``config``: ``"evaluate"`` is the overlay
+    chain ``["train", "evaluate"]``; ``"a+b"`` names a chain itself (``"train+multi_gpu_train"``)."""
+    if "+" in config:
+        return config.split("+")
+    return [file.removesuffix(".json") for file in CONFIG_CHAINS.get(f"{config}.json", (f"{config}.json",))]
+
+
+def reading_order_problems(name: str) -> list[str]:
+    """:func:`forward_references` of every config chain of bundle ``name`` (as generated)."""
+    files = bundle_files(name)
+    problems = []
+    for chain in CONFIG_CHAINS.values():
+        configs = [json.loads(files[f"configs/{file}"]) for file in chain]
+        problems += forward_references(configs, [f"{name}/configs/{file}" for file in chain])
+    return sorted(set(problems))
+
+
 class Bundles:
     """Generate / check the bundles (fire CLI)."""
 
@@ -1160,6 +1380,10 @@ class Bundles:
         return f"wrote {len(chosen)} bundles to {out}"
 
     def check(self, out: str = os.path.join(ROOT, "bundles")) -> str:
+        unordered = [problem for name in ALL_BUNDLES for problem in reading_order_problems(name)]
+        if unordered:
+            raise SystemExit("configs that use a key before defining it (reorder the templates in tools/bundles.py): "
+                             + "; ".join(unordered))
         stale = []
         for name in ALL_BUNDLES:
             for rel, content in bundle_files(name).items():

@@ -59,7 +59,7 @@ def main(workdir: str = "/tmp/prato_demo", epochs: int = 20, patients: int = 12,
     for name, extra in (("trained", {}), ("untrained", {"handlers#0#_disabled_": True})):
         out = os.path.join(bundle_root, f"eval_{name}")
         print(f"\n== evaluation of the {name} network (test split) ==", flush=True)
-        _run(["--config_file", os.path.join(configs, "evaluate.json"),
+        _run(["--config_file", str([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")]),
               *_overrides({**common, "output_dir": out, **extra})])
         with open(os.path.join(out, "metrics.json")) as f:
             summaries[name] = json.load(f)

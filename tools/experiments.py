@@ -34,7 +34,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.bundles import BACKBONES, BUNDLES, _split  # noqa: E402
+from tools.bundles import BACKBONES, BUNDLES, _split, config_chain  # noqa: E402
 
 SIZES: dict[str, dict] = {
     # CI: every run of the whole plan in seconds (64 x 64, Swin UNETR's least; the backbones' tiny widths, one epoch)
@@ -252,12 +252,19 @@ def make_data(dataset: str, out: str, size: str) -> str:
 
 # -------------------------------------------------------------------------------------------- one run (child)
 def bundle_run(bundle: str, config: str, **overrides) -> None:
-    """``python -m monai.bundle run`` in this process for ``bundles/<bundle>/configs/<config>.json``."""
+    """``python -m monai.bundle run`` in this process for ``bundles/<bundle>/configs/<config>.json`` (``evaluate``: the
+    overlay chain ``train.json`` + ``evaluate.json``)."""
     from monai.bundle import run
 
     configs = os.path.join(ROOT, "bundles", bundle, "configs")
-    run(config_file=os.path.join(configs, f"{config}.json"), meta_file=os.path.join(configs, "metadata.json"),
+    run(config_file=evaluation_configs(bundle) if config == "evaluate" else os.path.join(configs, f"{config}.json"),
+        meta_file=os.path.join(configs, "metadata.json"),
         logging_file=os.path.join(configs, "logging.conf"), **overrides)
+
+
+def evaluation_configs(bundle: str) -> list[str]:
+    """The files of ``bundle``'s evaluation: ``evaluate.json`` is an overlay on ``train.json``."""
+    return [os.path.join(ROOT, "bundles", bundle, "configs", f"{c}.json") for c in config_chain("evaluate")]
 
 
 def save_samples(run: Run, common: dict, path: str) -> None:
@@ -270,7 +277,7 @@ def save_samples(run: Run, common: dict, path: str) -> None:
     from prato_components.engine import atomic_save, load_weights, record_retention
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(ROOT, "bundles", run.bundle, "configs", "evaluate.json"))
+    parser.read_config(evaluation_configs(run.bundle))
     parser.update(common)
     network = parser.get_parsed_content("network")
     network.load_state_dict(load_weights(os.path.join(run.folder, "models", "model.pt"))[0])

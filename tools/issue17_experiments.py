@@ -35,6 +35,7 @@ sys.path.insert(0, ROOT)
 
 from tools.bundles import BACKBONES  # noqa: E402
 from tools.experiments import bundle_run as _bundle_run  # noqa: E402
+from tools.experiments import evaluation_configs  # noqa: E402
 
 SMALL = BACKBONES["unetr"]["small"]
 FULL = {"decode_region": "full"}  # the variants measured before box decoding existed decode the whole image
@@ -98,7 +99,7 @@ def kept_by_class(bundle: str, overrides: dict, ckpt: str) -> dict:
     from prato_components.engine import load_weights, record_retention
 
     parser = ConfigParser()
-    parser.read_config(os.path.join(ROOT, "bundles", bundle, "configs", "evaluate.json"))
+    parser.read_config(evaluation_configs(bundle))
     parser.update(overrides)
     net = parser.get_parsed_content("network")
     net.load_state_dict(load_weights(ckpt)[0])

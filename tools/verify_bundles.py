@@ -38,7 +38,7 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.bundles import BUNDLES, _split, backbone_spec  # noqa: E402
+from tools.bundles import BUNDLES, _split, backbone_spec, config_chain  # noqa: E402
 
 __all__ = [
     "REQUIRED_FILES",
@@ -153,12 +153,13 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
 
 
 def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
-    """``python -m monai.bundle run`` in-process for ``configs/<config>.json`` of ``bundle_dir`` (``"a+b"`` merges
-    ``a.json`` and ``b.json``, e.g. ``"train+multi_gpu_train"``)."""
+    """``python -m monai.bundle run`` in-process for ``configs/<config>.json`` of ``bundle_dir``: ``"evaluate"`` runs
+    the overlay chain ``train.json`` + ``evaluate.json``, ``"a+b"`` merges ``a.json`` and ``b.json`` (e.g.
+    ``"train+multi_gpu_train"``; :func:`tools.bundles.config_chain`)."""
     from monai.bundle import run
 
     configs = os.path.join(bundle_dir, "configs")
-    files = [os.path.join(configs, f"{c}.json") for c in config.split("+")]
+    files = [os.path.join(configs, f"{c}.json") for c in config_chain(config)]
     return run(
         config_file=files if len(files) > 1 else files[0],
         meta_file=os.path.join(configs, "metadata.json"),

@@ -332,7 +332,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         qkv_bias: bias of the query/key/value projections.
         drop_rate, attn_drop_rate: dropout; ``drop_path_rate``: stochastic depth, linear over all blocks (0.1).
         head_dropout: dropout before the head's prediction (0.1).
-        pruner: a registered pruner name (one is built per pruned stage at that stage's width, with ``pruner_kwargs``),
+        pruner: a registered pruner name or a factory such as a bundle's ``_mode_: callable`` pruner class (one is
+            built per pruned stage at that stage's width, with ``pruner_kwargs``),
             a :class:`TokenPruner` (copied to every pruned stage, so it must work at each stage's width) or ``None``
             for the unpruned baseline. A pruner that needs attention maps gets the spatial-reduction attention of
             the blocks before its boundary (:class:`~prato_components.tokens.attention.ReducedAttention`); one that

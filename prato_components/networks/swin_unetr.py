@@ -176,8 +176,8 @@ def _parent_stages(stage_of: torch.Tensor, grid_shape: Sequence[int], next_index
 def _build_pruners(
     pruner, pruner_kwargs: Mapping | None, stages: Sequence[int], dims: Mapping[int, int], num_classes: int
 ) -> dict:
-    """One pruner per stage: a name is built with that stage's width ``dim`` (and ``num_classes`` where the pruner
-    takes it), an instance is deep-copied, a mapping gives each stage its own."""
+    """One pruner per stage: a name or a factory is built with that stage's width ``dim`` (and ``num_classes`` where
+    the pruner takes it), an instance is deep-copied, a mapping gives each stage its own."""
     if pruner is None:
         return {}
     if isinstance(pruner, Mapping):
@@ -187,9 +187,10 @@ def _build_pruners(
         return {s: pruner[s] if s in pruner else pruner[str(s)] for s in stages}
     if isinstance(pruner, TokenPruner):
         return {s: copy.deepcopy(pruner) for s in stages}
-    if not isinstance(pruner, str):
+    if not isinstance(pruner, str) and not callable(pruner):
         raise TypeError(
-            f"pruner must be a TokenPruner, a registered name, a mapping or None, got {type(pruner).__name__}"
+            "pruner must be a TokenPruner, a registered name, a factory, a mapping or None, "
+            f"got {type(pruner).__name__}"
         )
     return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
 
@@ -200,8 +201,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
 
     Args:
         pruner: a :class:`TokenPruner` (deep-copied to every pruned stage: it must accept every stage's width), a
-            registered pruner name (built per stage with ``pruner_kwargs`` and that stage's ``dim = feature_size *
-            2^s``), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned baseline.
+            registered pruner name or a factory (built per stage with ``pruner_kwargs`` and that stage's ``dim =
+            feature_size * 2^s``), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned baseline.
         prune_stages: patch-merging outputs to prune at, a subset of ``(1, 2, 3)``; default ``(1, 2)``.
         executor: ``"gather"`` (live tokens only, window skipping; ``"padded"`` is accepted as an alias since the flat
             token list handles any count per image) or ``"attention_mask"`` (full grid, pruned keys masked: the

@@ -8,6 +8,7 @@ A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s decl
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 
@@ -74,20 +75,29 @@ def pruned_stages(network: str, pruner: object | None, prune_stages: Sequence[in
 
 
 def build_pruner(
-    pruner: TokenPruner | str | None, pruner_kwargs: Mapping | None, dim: int, num_classes: int | None = None
+    pruner: TokenPruner | str | Callable[..., TokenPruner] | None,
+    pruner_kwargs: Mapping | None,
+    dim: int,
+    num_classes: int | None = None,
 ) -> TokenPruner | None:
-    """``pruner`` itself, or the pruner registered under that name built with ``pruner_kwargs`` (``dim`` and, when
-    given, ``num_classes``, e.g. for DToP's auxiliary heads, are filled in when the pruner takes them)."""
+    """``pruner`` itself, or a pruner built with ``pruner_kwargs`` from a registered name or a factory (a callable
+    such as a bundle's ``_mode_: callable`` pruner class): ``dim`` and, when given, ``num_classes`` (e.g. for
+    DToP's auxiliary heads) are filled in when the pruner takes them and the factory has not bound them."""
     if pruner is None or isinstance(pruner, TokenPruner):
         return pruner
     kwargs = dict(pruner_kwargs or {})
-    key = pruner.lower()
-    parameters = inspect.signature(PRUNERS[key]).parameters if key in PRUNERS else {}
-    if "dim" in parameters:
+    if callable(pruner):
+        factory, parameters = pruner, inspect.signature(pruner).parameters
+        bound = dict(getattr(pruner, "keywords", None) or {})  # a functools.partial's arguments
+    else:
+        key = pruner.lower()
+        factory = functools.partial(create_pruner, pruner)
+        parameters, bound = (inspect.signature(PRUNERS[key]).parameters if key in PRUNERS else {}), {}
+    if "dim" in parameters and "dim" not in bound:
         kwargs.setdefault("dim", dim)
-    if num_classes is not None and "num_classes" in parameters:
+    if num_classes is not None and "num_classes" in parameters and "num_classes" not in bound:
         kwargs.setdefault("num_classes", num_classes)
-    return create_pruner(pruner, **kwargs)
+    return factory(**kwargs)
 
 
 def check_stage_pruner(network: str, stage: int, pruner: object) -> None:

@@ -1,0 +1,177 @@
+"""How the bundle configs read: no key used before it is defined, the data loading written out as transforms (and
+equal to ``prato_components.bundle``'s), one ``pruner_def`` block, ``evaluate.json`` an overlay, truthful metadata."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from conftest import ROOT, read_json
+from monai.bundle import ConfigParser
+from monai.transforms import Compose
+
+from prato_components.bundle import dataset_spec, load_transforms, load_transforms_3d
+from prato_components.data import make_btcv_like
+from prato_components.data.splits import load_or_create_split
+from tools.bundles import (
+    ALL_BUNDLES,
+    BUNDLES_3D,
+    PRUNING_KEYS,
+    _split,
+    config_chain,
+    forward_references,
+    reading_order_problems,
+    train_config,
+)
+
+
+def _configs(bundle: str) -> str:
+    return os.path.join(ROOT, "bundles", bundle, "configs")
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_every_config_reads_top_to_bottom(bundle):
+    assert reading_order_problems(bundle) == []
+
+
+def test_a_forward_reference_is_named():
+    assert forward_references([{"a": "@b", "b": 1}]) == ["config 0: a uses @b before it is defined"]
+    assert forward_references([{"b": 1, "a": "$@b + 1"}]) == []
+    nested = {"t": {"pre": "$@t#aug + @t#prompt", "aug": [], "prompt": []}}
+    assert forward_references([nested]) == ["config 0: t#pre uses @t#aug before it is defined",
+                                             "config 0: t#pre uses @t#prompt before it is defined"]
+    assert forward_references([{"t": {"x": "@t"}}]) == ["config 0: t#x uses @t before it is defined"]  # a cycle
+    # an overlay may use what the config before it defines, not what comes later in itself
+    assert forward_references([{"b": 1}, {"a": "@b#c", "c": "@d", "d": 2}], ["train", "evaluate"]) == [
+        "evaluate: c uses @d before it is defined"]
+
+
+def test_moving_validate_after_train_is_a_forward_reference():
+    config = train_config("unetr_prato")
+    validate = config.pop("validate")
+    config = {**config, "validate": validate}  # train's ValidationHandler now uses @validate#evaluator first
+    assert forward_references([json.loads(json.dumps(config))]) == [
+        "config 0: train#handlers#2#validator uses @validate#evaluator before it is defined"]
+
+
+def test_evaluate_runs_as_an_overlay_on_train():
+    assert config_chain("evaluate") == ["train", "evaluate"]
+    assert config_chain("inference") == ["inference"]
+    assert config_chain("train+multi_gpu_train") == ["train", "multi_gpu_train"]
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_evaluate_holds_only_what_differs_from_train(bundle):
+    train, evaluate = (read_json(os.path.join(_configs(bundle), f)) for f in ("train.json", "evaluate.json"))
+    same = [key for key, value in evaluate.items() if train.get(key, KeyError) == value]
+    assert same == []
+    assert not {"imports", "network_def", "pruner_def", "splits", "preprocessing", "dataset"} & set(evaluate)
+    parser = ConfigParser()
+    parser.read_config([os.path.join(_configs(bundle), f) for f in ("train.json", "evaluate.json")])
+    assert parser["run"] == ["$@evaluator.run()"]
+    assert parser["evaluator"]["postprocessing"] == "@validate#postprocessing"
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_one_pruner_block_above_the_network(bundle):
+    _, pruner = _split(bundle)
+    for file in ("train.json", "inference.json"):
+        config = read_json(os.path.join(_configs(bundle), file))
+        keys = list(config)
+        assert keys.index("pruner_def") < keys.index("network_def")
+        assert config["network_def"]["pruner"] == "@pruner_def"
+        assert "pruner_kwargs" not in config["network_def"]
+        if pruner == "baseline":  # nothing to prune: no pruner, budget, stages or schedule
+            assert config["pruner_def"] is None
+            unused = {"keep_ratio", "warmup_epochs", "ramp_epochs", *PRUNING_KEYS} & (set(config) |
+                                                                                        set(config["network_def"]))
+            assert unused == set()
+            assert "keep_ratio" not in json.dumps(config)
+        else:
+            assert config["pruner_def"]["_target_"].lower().endswith("." + pruner.replace("random", "randompruner"))
+            assert config["pruner_def"]["keep_ratio"] == "@keep_ratio"
+
+
+def test_a_backbones_pruned_bundles_differ_in_pruner_def():
+    base = read_json(os.path.join(_configs("transunet_random"), "train.json"))
+    for pruner in ("tram", "evovit", "dynamicvit"):  # no pruner-specific keys or network extras
+        other = read_json(os.path.join(_configs(f"transunet_{pruner}"), "train.json"))
+        differing = sorted(k for k in base if base[k] != other.get(k)) + sorted(set(other) - set(base))
+        assert differing == ["bundle_root", "pruner_def"], (pruner, differing)
+
+
+@pytest.mark.parametrize("bundle", ["swin_unetr_dtop", "segformer_prato"])
+def test_hierarchical_backbones_build_one_pruner_per_stage_from_pruner_def(bundle):
+    parser = ConfigParser()
+    parser.read_config(os.path.join(_configs(bundle), "train.json"))
+    parser.update({"image_size": 64, **({"feature_size": 12, "num_heads": [3, 3, 3, 3]} if "swin" in bundle else
+                                        {"network_def#embed_dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
+                                         "network_def#num_heads": [1, 1, 2, 2], "network_def#decoder_dim": 16})})
+    net = parser.get_parsed_content("network_def")
+    pruners = dict(net.pruners.items())
+    assert sorted(pruners) == ["1", "2"] and pruners["1"] is not pruners["2"]
+    assert {type(p).__name__.lower() for p in pruners.values()} == {bundle.split("_")[-1]}
+    assert all(p.keep_ratio == 0.75 for p in pruners.values())
+
+
+def _parsed(bundle: str, key: str, **overrides):
+    parser = ConfigParser()
+    parser.read_config(os.path.join(_configs(bundle), "train.json"))
+    parser.update(overrides)
+    return parser.get_parsed_content(key)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            torch.testing.assert_close(torch.as_tensor(a[key]), torch.as_tensor(b[key]), rtol=0, atol=0)
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize("dataset", ["acdc", "isic"])
+def test_written_out_loading_equals_the_package_loading(dataset, acdc_dir, isic_dir, tmp_path):
+    root = {"acdc": acdc_dir, "isic": isic_dir}[dataset]
+    splits = load_or_create_split(dataset, root, str(tmp_path / "split.json"), seed=0)
+    item = splits["training"][0]
+    preprocessing = _parsed("unetr_prato", "preprocessing", dataset=dataset, dataset_dir=root, image_size=32)
+    configured = Compose(preprocessing)(copy.deepcopy(item))
+    reference = Compose([load_transforms(dataset), *preprocessing[1:]])(copy.deepcopy(item))
+    _same({k: configured[k] for k in ("image", "label")}, {k: reference[k] for k in ("image", "label")})
+    assert configured["image"].shape[0] == dataset_spec(dataset)["in_channels"]
+
+
+def test_written_out_3d_loading_equals_the_package_loading(tmp_path):
+    root = str(tmp_path / "btcv")
+    make_btcv_like(root, num_training=2, num_validation=1, num_test=1, size=(24, 24, 8), organs=2)
+    item = load_or_create_split("btcv", root, str(tmp_path / "split.json"), seed=0, slice_level=False)["training"][0]
+    preprocessing = _parsed("unetr3d_prato", "preprocessing", dataset_dir=root, pixdim=[2.0, 2.0, 2.0])
+    configured = Compose(preprocessing)(copy.deepcopy(item))
+    reference = load_transforms_3d("btcv", root, pixdim=(2.0, 2.0, 2.0))(copy.deepcopy(item))
+    _same({k: configured[k] for k in ("image", "label")}, {k: reference[k] for k in ("image", "label")})
+    # the modality picks the normalisation: CT windowed to [0, 1]
+    assert float(configured["image"].min()) >= 0.0 and float(configured["image"].max()) <= 1.0
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_metadata_tells_each_data_sets_channels_and_classes(bundle):
+    meta = read_json(os.path.join(_configs(bundle), "metadata.json"))
+    by_dataset = meta["network_data_format_by_dataset"]
+    default = read_json(os.path.join(_configs(bundle), "train.json"))["dataset"]
+    assert meta["network_data_format"] == by_dataset[default]
+    for dataset in ("acdc", "isic"):
+        if dataset not in by_dataset:
+            continue
+        spec, io = dataset_spec(dataset), by_dataset[dataset]
+        assert io["inputs"]["image"]["num_channels"] == spec["in_channels"]
+        assert io["outputs"]["pred"]["num_channels"] == spec["out_channels"]
+        assert len(io["outputs"]["pred"]["channel_def"]) == spec["out_channels"]
+    assert "decathlon" in by_dataset
+    assert ("isic" in by_dataset) == (bundle not in BUNDLES_3D)
+    evaluate = read_json(os.path.join(_configs(bundle), "evaluate.json"))
+    assert set(evaluate["metrics"]) <= set(meta["eval_metrics"])
+    assert "token_sparsity" in meta["eval_metrics"]
