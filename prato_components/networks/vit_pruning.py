@@ -138,7 +138,8 @@ def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | 
 
 
 def executor_mode(first_pruner: TokenPruner | None, executor: str, training: bool) -> str:
-    """The executor mode of a forward pass: the first pruner's ``train_executor`` while training, if it has one."""
+    """The rule of :meth:`PrunedNetworkMixin.executor_mode` (which every backbone calls): the first pruner's
+    ``train_executor`` while training, if it has one, else ``executor``."""
     if first_pruner is not None and training and first_pruner.train_executor:
         return first_pruner.train_executor
     return executor
