@@ -61,7 +61,6 @@ from prato_components.networks.vit_pruning import (
     build_completions,
     build_pruner,
     check_stage_pruner,
-    executor_mode,
     pruned_stages,
 )
 from prato_components.pruners.base import TokenPruner
@@ -362,6 +361,9 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
     intermediate logits, and :attr:`grid_shapes` the token grid of every stage.
     """
 
+    # keys come from a convolution that mixes tokens, so a per-key mask has no meaning here (docs/design.md §5)
+    executor_aliases = {"attention_mask": "mask"}
+
     def __init__(
         self,
         variant: str = "b0",
@@ -451,9 +453,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
 
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
-        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
-        mode = executor_mode(first, self.executor, self.training)
-        mode = "mask" if mode == "attention_mask" else mode
+        mode = self.executor_mode()
         maps, reports, blocks, aux_losses, aux_logits, grids = [], [], [], [], [], []
         attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
         x = image

@@ -14,9 +14,13 @@ merging outputs ``x1``, ``x2``, i.e. the first two tap boundaries inside the tra
 
 Later grids. A token of stage ``s + 1`` (a patch-merging parent) is **alive if any of its ``2^D`` children was
 kept** (kept sets shrink monotonically, like the UNETR executor; a pruner at ``s + 1`` prunes among the alive
-parents only). Alive counts then differ per image, so the live tokens are kept as one flat list over the
-batch (``[T, C]`` with their flat grid positions ``b * N + cell``), which norms, linears, MLPs and window
-attention consume without padding; pruners see a padded ``[B, n, C]`` view with ``StageInput.valid``.
+parents only). The executor is the shared one: one :class:`~prato_components.tokens.TokenState` per grid, the
+next grid's continued from the last (:meth:`TokenState.next_grid`, starting with the alive parents live), builds
+the pruners' ``StageInput``, applies their selections, reports and restores (docs/design.md §5). Alive counts differ
+per image, so it holds the live tokens padded to the batch maximum (mode ``padded``, with ``StageInput.valid``),
+and the Swin blocks read them as one flat list over the batch (``[T, C]`` with their flat grid positions
+``b * N + cell``, :func:`~prato_components.networks.swin.live.live_tokens`), which norms, linears, MLPs and window
+attention consume without padding.
 
 Saving work (SparseViT's window skipping). In every Swin block, ``norm1``, ``qkv``, ``proj``, ``norm2`` and the
 MLP run on the live tokens only. The live tokens' ``q, k, v`` are scattered into the windows that hold at least
@@ -44,8 +48,8 @@ every cell that is not live (the carried values the patch merging reads).
 
 Completion (STP's MTA). One module per decoder tap that reads pruned positions (``x_t`` after the first pruned
 stage), at the width of grid ``t - 1``: it completes the restored grid, with where each cell was pruned
-(:class:`~prato_components.tokens.stage.PrunedGrid`; a parent whose children were all pruned counts as pruned when
-its last child was), and that completed grid is merged for the tap only; the next layer merges the carried grid.
+(the grid's :meth:`TokenState.pruned_at`; a parent whose children were all pruned counts as pruned when its last
+child was), and that completed grid is merged for the tap only; the next layer merges the carried grid.
 
 Export. ``torch.export`` traces the same path: the number of kept windows (``nonzero`` in :func:`plan_windows`),
 the alive parents and the stage-2 padded width are unbacked symbolic sizes (bounded with ``torch._check``), so the
@@ -61,9 +65,8 @@ prompt-driven one). A scattered selection still saves every linear layer and MLP
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import SwinUNETR
@@ -71,7 +74,15 @@ from monai.networks.nets import SwinUNETR
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked, swin_block_run
-from prato_components.networks.swin.windows import WindowLayout, WindowPlan, block_layout, plan_windows, window_layout
+from prato_components.networks.swin.live import live_tokens, parent_stages, parents, set_live_tokens
+from prato_components.networks.swin.windows import (
+    LayerWindows,
+    WindowLayout,
+    WindowPlan,
+    block_layout,
+    plan_windows,
+    window_layout,
+)
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_completions,
@@ -80,9 +91,7 @@ from prato_components.networks.vit_pruning import (
     pruned_stages,
 )
 from prato_components.pruners.base import TokenPruner
-from prato_components.tokens.attention import coarse_cells
-from prato_components.tokens.executor import BlockReport, StageReport, check_executor
-from prato_components.tokens.stage import PrunedGrid, StageInput, TokenSelection, straight_through
+from prato_components.tokens.executor import TokenState, check_executor
 
 __all__ = [
     "SWIN_EXECUTORS",
@@ -114,63 +123,9 @@ class WindowReport:
     windows_total: int
 
 
-@dataclass
-class _Live:
-    """The live tokens of one grid, flat over the batch."""
-
-    tokens: torch.Tensor  # [T, C]
-    index: torch.Tensor  # [T] image * N + cell, ascending
-
-
-@dataclass
-class _Pass:
-    """What one forward pass of the pruned encoder carries from layer to layer."""
-
-    mode: str
-    boxes: torch.Tensor | None
-    memory: dict = field(default_factory=dict)  # StageInput.memory, shared by the stages
-    reports: list = field(default_factory=list)
-    blocks: list = field(default_factory=list)
-    windows: list = field(default_factory=list)
-    aux_losses: list = field(default_factory=list)
-    aux_logits: list = field(default_factory=list)
-    attentions: list = field(default_factory=list)  # WindowAttention since the last pruned stage, when wanted
-    stage_of: torch.Tensor | None = None  # [B * N] current grid: stage each cell was pruned at (0: alive), for MTA
-
-
-def _unravel(cell: torch.Tensor, grid_shape: Sequence[int]) -> list[torch.Tensor]:
-    coords = []
-    for size in reversed(grid_shape):
-        coords.append(cell % size)
-        cell = torch.div(cell, size, rounding_mode="floor")
-    return coords[::-1]
-
-
-def _parents(index: torch.Tensor, grid_shape: Sequence[int], batch_size: int) -> torch.Tensor:
-    """Flat indices (ascending) of the patch-merging parents of the live cells ``index`` on the next grid."""
-    num_cells = math.prod(grid_shape)
-    image = torch.div(index, num_cells, rounding_mode="floor")
-    coords = _unravel(index - image * num_cells, grid_shape)
-    next_shape = [math.ceil(g / 2) for g in grid_shape]
-    parent = torch.zeros_like(index)
-    for c, size in zip(coords, next_shape):
-        parent = parent * size + torch.div(c, 2, rounding_mode="floor")
-    alive = torch.zeros(batch_size * math.prod(next_shape), dtype=torch.bool, device=index.device)
-    alive[image * math.prod(next_shape) + parent] = True
-    return alive.nonzero().squeeze(1)
-
-
-def _parent_stages(stage_of: torch.Tensor, grid_shape: Sequence[int], next_index: torch.Tensor, batch_size: int):
-    """The stage at which each cell of the next grid was pruned: a parent dies with its last child (the latest
-    stage among its children), alive parents (``next_index``) hold 0."""
-    next_shape = [math.ceil(g / 2) for g in grid_shape]
-    num_cells, num_next = math.prod(grid_shape), math.prod(next_shape)
-    parent = coarse_cells(grid_shape, next_shape).to(stage_of.device)
-    offsets = torch.arange(batch_size, device=stage_of.device).unsqueeze(1) * num_next
-    parent = (parent.unsqueeze(0) + offsets).reshape(batch_size * num_cells)
-    stages = torch.zeros(batch_size * num_next, dtype=stage_of.dtype, device=stage_of.device)
-    stages = stages.scatter_reduce(0, parent, stage_of, "amax")
-    return stages.index_fill(0, next_index, 0)
+def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *G]`` -> ``[B, N, C]`` (a view of MONAI's channels-last maps)."""
+    return x.flatten(2).transpose(1, 2)
 
 
 def _build_pruners(
@@ -205,8 +160,10 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             feature_size * 2^s``), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned baseline.
         prune_stages: patch-merging outputs to prune at, a subset of ``(1, 2, 3)``; default ``(1, 2)``.
         executor: ``"gather"`` (live tokens only, window skipping; ``"padded"`` is accepted as an alias since the flat
-            token list handles any count per image) or ``"attention_mask"`` (full grid, pruned keys masked: the
-            reference; saves nothing). A pruner's ``train_executor`` is honoured the same way while training.
+            token list handles any count per image; both run the ``TokenState`` mode ``padded``) or
+            ``"attention_mask"`` (full grid, pruned keys masked: the reference; saves nothing). A pruner's
+            ``train_executor`` is honoured the same way while training (:attr:`executor_aliases`: ``mask`` runs as
+            ``attention_mask``).
         fill: pruned positions in restored grids: ``"carry"`` (value when pruned) or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
         decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
@@ -216,7 +173,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         completion: a learned fill of the pruned positions for the decoder (STP's MTA), one per tap that reads pruned
             positions (``x_t`` for ``t`` after the first pruned stage, merged from grid ``t - 1`` of width
             ``feature_size * 2^(t-1)``): a factory called as ``completion(dim=width, taps=(t,))`` or a mapping
-            ``{t: module}``; each runs as ``module(grid [B, N, C], PrunedGrid, t)`` on the restored grid before the
+            ``{t: module}``; each runs as ``module(grid [B, N, C], TokenState, t)`` on the restored grid before the
             patch merging that feeds tap ``t`` (the next Swin layer still merges the carried grid, as the original
             MTA only feeds the decoder).
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
@@ -228,6 +185,10 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the
     last pruned stage.
     """
+
+    # the live tokens run as a flat list (``TokenState`` mode ``padded``: any count per image; at equal counts the same
+    # as ``gather``); the full-grid reference masks pruned keys in every mode that keeps the full length
+    executor_aliases = {"gather": "padded", "mask": "attention_mask"}
 
     def __init__(
         self,
@@ -299,37 +260,42 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         dec0 = self.decoder2(dec1, enc1)
         return self.out(self.decoder1(dec0, enc0))
 
-    def _mode(self) -> str:
-        if self.training and self.prune_stages:
-            mode = self.pruners[str(self.prune_stages[0])].train_executor
-            if mode is not None:
-                return "attention_mask" if mode in ("attention_mask", "mask") else "gather"
-        return self.executor
-
     def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None) -> list[torch.Tensor]:
-        """MONAI's ``SwinTransformer.forward`` with pruning: the five decoder taps ``x0 .. x4`` (channel first)."""
+        """MONAI's ``SwinTransformer.forward`` with pruning: the five decoder taps ``x0 .. x4`` (channel first).
+
+        One :class:`~prato_components.tokens.TokenState` per grid, continued from grid to grid
+        (:meth:`TokenState.next_grid`), does what every backbone's executor does: the pruners' stage input, applying
+        their selections, the stage and block reports, the side terms and restoring the grid (docs/design.md §5)."""
         vit = self.swinViT
-        batch = x_in.shape[0]
-        run = _Pass(self._mode(), boxes)
         x = vit.pos_drop(vit.patch_embed(x_in))
         outs = [vit.proj_out(x, self.normalize)]
-        live: _Live | None = None
+        state = TokenState(_grid_tokens(x), tuple(x.shape[2:]), self.executor_mode(), self.fill)
+        self.window_report = []
+        attentions: list = []  # WindowAttention since the last pruned stage, when wanted
         layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
         for number, layer in enumerate(layers, start=1):
-            run.blocks += self._block_reports(layer, x, live)
-            if live is None and self._wants_attention(number):  # run the unpruned layer on the live-token path
-                flat = x.flatten(2).transpose(1, 2).reshape(-1, x.shape[1])
-                live = _Live(flat, torch.arange(flat.shape[0], device=x.device))
-            if live is None:
+            if not state.pruned and not self._wants_attention(number):
                 x = tap = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
+                for _ in layer.blocks:
+                    state.record_block()
+                alive = None
             else:
-                x, tap, live = self._pruned_layer(number, layer, x, live, run)
+                x, tap, alive = self._pruned_layer(number, layer, state, attentions)
             outs.append(vit.proj_out(tap, self.normalize))
+            if number == len(layers):
+                break
+            pruned_before = None  # where the dead cells of the next grid were pruned, for a completion
+            if alive is not None and self.completion is not None:
+                pruned_before = parent_stages(state.pruned_at(), state.grid_shape, alive)
+            state = state.next_grid(_grid_tokens(x), tuple(x.shape[2:]), alive, pruned_before)
             if number in self.prune_stages:
-                live = self._prune(number, x, live, run)
-        self.token_report, self.block_report, self.window_report = run.reports, run.blocks, run.windows
-        self.aux_loss = torch.stack(run.aux_losses).sum() if run.aux_losses else None
-        self.aux_logits = run.aux_logits
+                stride = tuple(float(self.patch_size * 2**number) for _ in state.grid_shape)
+                inputs = state.stage_input(number, stride, boxes, attentions)
+                attentions.clear()
+                state.apply(self.pruners[str(number)](inputs), number, inputs)
+                self.num_tokens = state.num_tokens
+        self.token_report, self.block_report = state.reports, state.block_reports
+        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
         return outs
 
     def _wants_attention(self, number: int) -> bool:
@@ -338,169 +304,66 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         upcoming = next((s for s in self.prune_stages if s >= number), None)
         return upcoming is not None and self.pruners[str(upcoming)].needs_attention
 
-    def _placeholder_weights(self, number: int, alive: torch.Tensor, grid, run: _Pass, dtype):
-        """``[B, N]`` weights of the representative token of layer ``number``'s pruned tokens (``~alive``, ``[B * N]``):
-        the fast path of the pruner of the last pruned stage before the layer
-        (:meth:`TokenPruner.placeholder_weights`), or ``None``."""
+    def _placeholder_weights(self, number: int, state: TokenState, alive: torch.Tensor) -> torch.Tensor | None:
+        """``[B, N]`` weights of the representative token of layer ``number``'s pruned tokens (``~alive``): the fast
+        path of the pruner of the last pruned stage before the layer (:meth:`TokenPruner.placeholder_weights`), or
+        ``None``."""
         stage = max((s for s in self.prune_stages if s < number), default=None)
         if stage is None:
             return None
-        placeholders = ~alive.view(-1, math.prod(grid))
-        return self.pruners[str(stage)].placeholder_weights(run.memory, grid, placeholders, dtype)
+        pruner = self.pruners[str(stage)]
+        return pruner.placeholder_weights(state.memory, state.grid_shape, ~alive, state.tokens.dtype)
 
-    @staticmethod
-    def _alive(live: _Live, batch: int, grid) -> torch.Tensor:
-        """``[B * N]`` bool: the cells of ``grid`` whose token is live."""
-        alive = torch.zeros(batch * math.prod(grid), dtype=torch.bool, device=live.index.device)
-        return alive.index_fill(0, live.index, True)
-
-    @staticmethod
-    def _block_reports(layer, x: torch.Tensor, live: _Live | None) -> list[BlockReport]:
-        """What the blocks of ``layer`` run on for grid ``x`` ``[B, C, *G]``: every cell, or the live tokens (their
-        norms, ``qkv``, projection and MLP; window attention also holds the masked pruned slots of kept windows,
-        counted in :attr:`window_report`)."""
-        batch, num_cells = x.shape[0], math.prod(x.shape[2:])
-        if live is None:
-            counts = torch.full((batch,), float(num_cells), device=x.device)
-        else:
-            image = torch.div(live.index, num_cells, rounding_mode="floor")
-            counts = torch.zeros(batch, device=x.device).index_add_(0, image, torch.ones(image.shape, device=x.device))
-        return [BlockReport(counts, num_cells) for _ in layer.blocks]
-
-    def _prune(self, stage: int, x: torch.Tensor, live: _Live | None, run: _Pass) -> _Live:
-        """Run the stage's pruner over the live tokens of grid ``x`` ``[B, C, *G]``; returns the kept tokens."""
-        batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
-        num_cells = math.prod(grid)
-        flat = x.flatten(2).transpose(1, 2).reshape(batch * num_cells, channels)
-        if live is None:
-            index, tokens = torch.arange(batch * num_cells, device=x.device), flat
-            counts = torch.full((batch,), num_cells, device=x.device)
-        else:
-            index = live.index
-            tokens = flat[index]
-            image = torch.div(index, num_cells, rounding_mode="floor")  # (not bincount: its length is data-dependent)
-            counts = torch.zeros(batch, dtype=torch.long, device=x.device).index_add_(0, image, torch.ones_like(index))
-        exporting = torch.compiler.is_exporting()
-        if live is None:
-            width = num_cells
-        elif exporting:  # a data-dependent size: torch.export traces it as an unbacked symbol
-            width = counts.max().item()
-            torch._check(width >= 0)
-            torch._check(width <= num_cells)
-        else:
-            width = int(counts.max())
-        if live is None or (not exporting and bool((counts == width).all())):  # same count everywhere: a reshape
-            padded, valid = tokens.view(batch, width, channels), None
-            token_index = (index % num_cells).view(batch, width)
-            rows = None
-        else:  # variable counts: pad every image to the batch maximum
-            image = torch.div(index, num_cells, rounding_mode="floor")
-            rank = torch.arange(index.numel(), device=x.device) - (counts.cumsum(0) - counts)[image]
-            rows = (image, rank)
-            padded = tokens.new_zeros(batch, width, channels).index_put(rows, tokens)
-            token_index = torch.full((batch, width), num_cells, dtype=torch.long, device=x.device)
-            token_index = token_index.index_put(rows, index - image * num_cells)
-            valid = torch.zeros(batch, width, dtype=torch.bool, device=x.device)
-            valid = valid.index_put(rows, torch.tensor(True, device=x.device))
-        inputs = StageInput(
-            tokens=padded,
-            token_index=token_index,
-            valid=valid,
-            grid_shape=grid,
-            stride=tuple(float(self.patch_size * 2**stage) for _ in grid),
-            boxes=run.boxes,
-            stage=stage,
-            feature_map=lambda: x,
-            attentions=run.attentions,
-            memory=run.memory,
-        )
-        run.attentions = []
-        selection: TokenSelection = self.pruners[str(stage)](inputs)
-        self.num_tokens = num_cells
-        keep = selection.keep_mask if valid is None else selection.keep_mask & valid
-        run.reports.append(StageReport(stage, counts.float().detach(), keep.sum(1).float().detach()))
-        if selection.aux_loss is not None:
-            run.aux_losses.append(selection.aux_loss)
-        if selection.aux_logits is not None:
-            run.aux_logits.append(selection.aux_logits)
-        def per_token(value: torch.Tensor) -> torch.Tensor:  # [B, width] -> [T], aligned with ``tokens``
-            return value.reshape(-1) if rows is None else value[rows]
-
-        if selection.scores is not None and selection.scores.requires_grad and torch.is_grad_enabled():
-            tokens = tokens * per_token(straight_through(keep, selection.scores)).unsqueeze(-1)
-        kept = per_token(keep)
-        if self.completion is not None:  # where each cell of this grid was pruned, for the completion
-            stage_of = run.stage_of if run.stage_of is not None else torch.zeros_like(flat[:, 0], dtype=torch.long)
-            run.stage_of = stage_of.index_fill(0, index[~kept], stage)
-        return _Live(tokens[kept], index[kept])
-
-    def _pruned_layer(self, number: int, layer, x: torch.Tensor, live: _Live, run: _Pass):
-        """One Swin layer (its blocks and patch merging) on a pruned grid ``x`` ``[B, C, *G]``: the merged grid that
-        the next layer reads, the decoder tap (the same, or merged from the completed grid) and the next live
-        tokens (the alive parents)."""
-        batch, channels, grid = x.shape[0], x.shape[1], tuple(x.shape[2:])
-        num_cells = math.prod(grid)
-        carry = x.flatten(2).transpose(1, 2).reshape(batch * num_cells, channels)
+    def _pruned_layer(self, number: int, layer, state: TokenState, attentions: list):
+        """One Swin layer (its blocks and patch merging) on the live tokens of ``state`` (updated in place): the
+        merged grid that the next layer reads, the decoder tap (the same, or merged from the completed grid) and the
+        alive cells of the merged grid (``[B, N']`` bool: the parents of live cells; ``None`` while nothing is
+        pruned)."""
+        tokens, index = live_tokens(state)
+        grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.num_tokens, tokens.shape[1]
         want = self._wants_attention(number)
-        alive = self._alive(live, batch, grid)
-        weights = self._placeholder_weights(number, alive, grid, run, carry.dtype)
-        if weights is not None:  # the image of every cell, to hand each placeholder its image's residual
-            image = torch.div(torch.arange(batch * num_cells, device=x.device), num_cells, rounding_mode="floor")
-        plans: dict = {}
-
-        def plan_of(block) -> WindowPlan:  # one plan per partition (shifted or not), shared by the layer's blocks
-            key = (grid, tuple(block.window_size), tuple(block.shift_size), str(x.device))
-            if key not in self._layouts:
-                self._layouts[key] = block_layout(block, grid, x.device)
-            if key not in plans:
-                plans[key] = plan_windows(live.index, grid, batch, self._layouts[key])
-            return plans[key]
-
-        gather = run.mode == "gather"
-        tokens = live.tokens
-        h = None if gather else carry.index_copy(0, live.index, live.tokens)  # the reference runs on the full grid
+        alive = state.alive_grid()  # [B, N]
+        weights = self._placeholder_weights(number, state, alive)
+        windows = LayerWindows(index, grid, batch, self._layouts)
+        full = state.mode == "attention_mask"  # the reference: the full grid, pruned keys masked
+        if full:  # the masked blocks take a hard key mask: the straight-through keep weights go with the tokens
+            h = state.tokens if state.policy is None else state.tokens * state.policy.unsqueeze(-1)
         for block_number, block in enumerate(layer.blocks):
-            values = carry if gather else h  # placeholders: the cells that are not live
-            rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, values.view(batch, num_cells, -1))
-            if gather:
-                plan = plan_of(block)
-                run.windows.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
-                out = swin_block_run(block, tokens, live.index, grid, batch, plan, want, rep)
-                tokens = out.tokens
-            else:
+            # the representative of the pruned cells, from the values they carry (the weights are 0 on live cells)
+            rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry)
+            if full:
                 out = None
                 if want or rep is not None:  # attention and representative from the live tokens, as in gather
-                    out = swin_block_run(block, h[live.index], live.index, grid, batch, plan_of(block), want, rep)
+                    live = h.reshape(-1, channels).index_select(0, index)
+                    out = swin_block_run(block, live, index, grid, batch, windows.plan(block), want, rep)
                 h = swin_block_forward_masked(block, h.view(batch, *grid, channels), alive.view(batch, *grid))
-                h = h.reshape(batch * num_cells, channels)
+                h = h.reshape(batch, num_cells, channels)
+            else:
+                plan = windows.plan(block)
+                self.window_report.append(WindowReport(number, block_number, plan.num_kept, plan.num_windows))
+                out = swin_block_run(block, tokens, index, grid, batch, plan, want, rep)
+                tokens = out.tokens
+            state.record_block()
             if want:
-                run.attentions.append(out.attention)
+                attentions.append(out.attention)
             if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
-                update = (~alive).unsqueeze(-1).to(values.dtype) * (out.representative - rep)[image]
-                if gather:
-                    carry = carry + update
-                else:
-                    h = h + update
-        if gather:
-            base = carry if self.fill == "carry" else torch.zeros_like(carry)
-            restored = base.index_copy(0, live.index, tokens)
+                residual = (out.representative - rep).unsqueeze(1)
+                state.carry = state.carry + (~alive).unsqueeze(-1).to(residual.dtype) * residual
+        if full:
+            state.tokens = h
         else:
-            restored = h if self.fill == "carry" else torch.where(alive.unsqueeze(-1), h, torch.zeros_like(h))
+            set_live_tokens(state, tokens, index)
+        restored = state.restore()  # [B, N, C]
         merged = layer.downsample(restored.view(batch, *grid, channels))  # [B, *G', C'] on the restored grid
         merged = merged.movedim(-1, 1)  # a channels-last view, as MONAI's own layers return it (no copy)
-        next_index = _parents(live.index, grid, batch)
+        next_alive = parents(index, grid, batch).view(batch, -1) if state.pruned else None
         tap = merged
-        if self.completion is not None and str(number) in self.completion and run.stage_of is not None:
-            history = PrunedGrid(grid, run.stage_of.view(batch, num_cells), tuple(r.stage for r in run.reports))
-            completed = self.completion[str(number)](restored.view(batch, num_cells, channels), history, number)
+        if self.completion is not None and str(number) in self.completion and state.pruned:
+            completed = self.completion[str(number)](restored, state, number)
             tap = layer.downsample(completed.view(batch, *grid, channels)).movedim(-1, 1)
-        elif self.fill == "zero":  # parents with no alive child
-            parents = torch.zeros(merged.shape[0] * math.prod(merged.shape[2:]), dtype=torch.bool, device=x.device)
-            tap = merged * parents.index_fill(0, next_index, True).view(batch, 1, *merged.shape[2:]).to(merged.dtype)
-        if run.stage_of is not None:
-            run.stage_of = _parent_stages(run.stage_of, grid, next_index, batch)
-        flat = merged.flatten(2).transpose(1, 2).reshape(-1, merged.shape[1])
-        return merged, tap, _Live(flat[next_index], next_index)
+        elif self.fill == "zero" and next_alive is not None:  # parents with no alive child
+            tap = merged * next_alive.view(batch, 1, *merged.shape[2:]).to(merged.dtype)
+        return merged, tap, next_alive
 
     # ------------------------------------------------------------------ reports and weights
 def patch_swin_unetr(

@@ -33,7 +33,6 @@ from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, 
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_pruner,
-    executor_mode,
     pruned_stages,
     run_pruned_blocks,
 )
@@ -250,8 +249,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         features, skips = self.cnn(image)
-        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
-        state = TokenState(self.patch_embedding(features), self.feat_size, executor_mode(first, self.executor, self.training), self.fill)
+        state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
         run_pruned_blocks(
             self.blocks,
             state,

@@ -23,7 +23,6 @@ from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_pruner,
-    executor_mode,
     pruned_stages,
     run_pruned_blocks,
 )
@@ -123,9 +122,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
 
     def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None):
         """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
-        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
-        mode = executor_mode(first, self.executor, self.training)
-        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, mode, self.fill)
+        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor_mode(), self.fill)
         taps: dict[int, torch.Tensor] = {}
 
         def tap(stage: int, current: TokenState) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -39,6 +40,9 @@ class PrunedNetworkMixin:
 
     token_report: list
     block_report: list
+    #: how this backbone runs a mode it does not run as named, ``{asked: run}`` (docs/design.md §5); applied to the
+    #: network's ``executor`` and to a pruner's ``train_executor`` alike
+    executor_aliases: ClassVar[Mapping[str, str]] = {}
 
     def _install_pruners(
         self, pruners: Mapping[int, TokenPruner], executor: str, fill: str, executors: tuple[str, ...] = EXECUTOR_MODES
@@ -51,6 +55,14 @@ class PrunedNetworkMixin:
         self.pruners = nn.ModuleDict({str(stage): pruners[stage] for stage in self.prune_stages})
         self.token_report, self.block_report = [], []
         self.aux_loss, self.aux_logits = None, []
+
+    def executor_mode(self) -> str:
+        """The :class:`~prato_components.tokens.TokenState` mode of this forward pass, chosen here for every backbone
+        (docs/design.md §5): the network's ``executor``, or while training the first pruned stage's
+        ``train_executor`` if it has one, read through :attr:`executor_aliases`."""
+        first = self.pruners[str(self.prune_stages[0])] if self.prune_stages else None
+        mode = executor_mode(first, self.executor, self.training)
+        return self.executor_aliases.get(mode, mode)
 
     def kept_fraction(self) -> float:
         """Kept token-block work of the last forward pass, mean over its images: ``1 - token sparsity`` (the one
@@ -136,7 +148,8 @@ def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | 
 
 
 def executor_mode(first_pruner: TokenPruner | None, executor: str, training: bool) -> str:
-    """The executor mode of a forward pass: the first pruner's ``train_executor`` while training, if it has one."""
+    """The rule of :meth:`PrunedNetworkMixin.executor_mode` (which every backbone calls): the first pruner's
+    ``train_executor`` while training, if it has one, else ``executor``."""
     if first_pruner is not None and training and first_pruner.train_executor:
         return first_pruner.train_executor
     return executor

@@ -116,9 +116,9 @@ class _Assembler(nn.Module):
 class MultiLayerTokenAssembly(nn.Module):
     """STP's MTA as a ``PrunedUNETR`` completion: ``completion(grid [B, N, C], state, tap) -> grid``.
 
-    ``state`` is the :class:`~prato_components.tokens.TokenState` of the forward pass, or anything that offers its
-    ``grid_shape``, ``pruned_stages`` and ``pruned_at()`` (:class:`~prato_components.tokens.stage.PrunedGrid`: Swin
-    UNETR). The hierarchical backbones build one MTA per tap, at that tap's width (a factory, see
+    ``state`` is the :class:`~prato_components.tokens.TokenState` of the tapped grid (it offers ``grid_shape``,
+    ``pruned_stages`` and ``pruned_at()``; on Swin UNETR's coarser grids ``pruned_at`` also tells where a cell's
+    children were pruned, docs/design.md §5). The hierarchical backbones build one MTA per tap, at that tap's width (a factory, see
     :func:`~prato_components.networks.vit_pruning.build_completions`).
 
     The restored ``grid`` holds the live tokens at their positions and, with the default ``fill="carry"``, every

@@ -12,6 +12,10 @@ Modes (``TokenState(mode=...)``):
   tokens compute exactly what ``gather`` computes for them (the correctness anchor). With a differentiable
   selection in training the key mask is a straight-through float policy (DynamicViT's training mode).
 
+A hierarchical encoder continues a forward pass on its next, coarser grid with :meth:`TokenState.next_grid`: the
+new grid starts with the tokens still alive there (Swin UNETR: the patch-merging parents of live tokens) and shares
+the pass's reports, side terms and memory.
+
 Restoring the grid (for dense decoders) scatters the live tokens back; pruned positions are filled by
 ``fill="zero"`` (the literal ``beta * Y``) or ``fill="carry"`` (the value the token had when pruned).
 
@@ -124,9 +128,22 @@ class TokenState:
         grid_shape: token grid, ``prod(grid_shape) == N``.
         mode: one of :data:`EXECUTOR_MODES`.
         fill: one of :data:`FILL_POLICIES`, used by :meth:`restore`.
+        alive: ``[B, N]`` bool, for a grid that starts with tokens already pruned (on a finer grid before it, see
+            :meth:`next_grid`): the tokens still alive. ``tokens`` are then also the values the others carry. The live
+            tokens are gathered (padded to the batch maximum, like ``"padded"``, in ``gather`` and ``padded`` mode).
+        pruned_before: ``[B, N]`` long, with ``alive``: the stage at which each position was pruned (0: alive), for
+            :meth:`pruned_at`; only needed when something reads it (a learned completion).
     """
 
-    def __init__(self, tokens: torch.Tensor, grid_shape: tuple[int, ...], mode: str = "gather", fill: str = "carry"):
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        grid_shape: tuple[int, ...],
+        mode: str = "gather",
+        fill: str = "carry",
+        alive: torch.Tensor | None = None,
+        pruned_before: torch.Tensor | None = None,
+    ):
         check_executor(mode, fill)
         if tokens.shape[1] != math.prod(grid_shape):
             raise ValueError(f"{tokens.shape[1]} tokens do not fill a grid of shape {tuple(grid_shape)}")
@@ -148,6 +165,38 @@ class TokenState:
         self.aux_losses: list[torch.Tensor] = []
         self.aux_logits: list[torch.Tensor] = []
         self.memory: dict = {}
+        self._alive_before = alive  # [B, N] the tokens alive when this grid started, None: all
+        self._pruned_before = pruned_before
+        if alive is not None:
+            self._start_pruned(alive)
+
+    def _start_pruned(self, alive: torch.Tensor) -> None:
+        """Start with only the ``alive`` tokens live; the others carry their value in :attr:`tokens`."""
+        self.carry = self.tokens
+        if self.mode in ("mask", "attention_mask"):
+            self.alive = alive
+            if self.mode == "mask":
+                self.tokens = self.tokens * alive.unsqueeze(-1).to(self.tokens.dtype)
+        else:
+            index = torch.arange(self.num_tokens, device=alive.device).expand(alive.shape[0], -1)
+            order, valid = self._compact(alive)
+            self._apply_gather(order, valid, None, index)
+
+    def next_grid(
+        self,
+        tokens: torch.Tensor,
+        grid_shape: tuple[int, ...],
+        alive: torch.Tensor | None = None,
+        pruned_before: torch.Tensor | None = None,
+    ) -> TokenState:
+        """The state of the next (coarser) grid of a hierarchical encoder, continuing this forward pass: the same
+        mode and fill, and the same :attr:`reports`, :attr:`block_reports`, side terms and :attr:`memory` (lists and
+        dict shared, so the last grid's state holds the whole pass). ``alive`` and ``pruned_before`` as in the
+        constructor (``alive=None``: every token of the new grid is live)."""
+        state = TokenState(tokens, grid_shape, self.mode, self.fill, alive, pruned_before)
+        state.reports, state.block_reports, state.memory = self.reports, self.block_reports, self.memory
+        state.aux_losses, state.aux_logits = self.aux_losses, self.aux_logits
+        return state
 
     @property
     def pruned(self) -> bool:
@@ -192,8 +241,8 @@ class TokenState:
 
     @property
     def pruned_stages(self) -> tuple[int, ...]:
-        """The stages at which tokens were pruned so far, in order."""
-        return tuple(stage for stage, _ in self._kept)
+        """The stages at which tokens were pruned so far in this forward pass (on earlier grids too), in order."""
+        return tuple(report.stage for report in self.reports)
 
     def row_positions(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Grid positions ``[B, n]`` of the rows of :attr:`tokens` and which rows are live tokens (``None``: all);
@@ -213,8 +262,13 @@ class TokenState:
 
     def pruned_at(self) -> torch.Tensor:
         """``[B, N]`` long: the stage at which each grid position was pruned, 0 where still alive."""
-        stage_of = torch.zeros(self.tokens.shape[0], self.num_tokens, dtype=torch.long, device=self.tokens.device)
-        previous = None
+        if self._alive_before is not None and self._pruned_before is None:
+            raise ValueError("this grid started with tokens pruned before it, and without pruned_before")
+        if self._pruned_before is not None:
+            stage_of = self._pruned_before
+        else:
+            stage_of = torch.zeros(self.tokens.shape[0], self.num_tokens, dtype=torch.long, device=self.tokens.device)
+        previous = self._alive_before
         for stage, alive in self.kept_grids:
             dropped = ~alive if previous is None else previous & ~alive
             stage_of = stage_of.masked_fill(dropped, stage)
@@ -273,28 +327,36 @@ class TokenState:
                     "(top-k or percentile threshold); a fixed threshold keeps a variable number: use mode 'padded' "
                     "or 'mask'"
                 )
-            self._apply_gather(selection.keep_index, None, weights, inputs)
+            self._apply_gather(selection.keep_index, None, weights, inputs.token_index)
         else:
             order, valid = self._compact(keep)
-            self._apply_gather(order, valid, weights, inputs)
+            self._apply_gather(order, valid, weights, inputs.token_index)
         self._kept.append((stage, self.alive if self.alive is not None else self.token_index))
 
     def _compact(self, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity."""
+        """Indices of kept rows first (in ascending order) cut to the batch maximum, and their validity (``None``:
+        all valid; while ``torch.export`` traces, always given, and the maximum is an unbacked size)."""
         counts = keep.sum(1)
-        k_max = int(counts.max())
+        exporting = torch.compiler.is_exporting()
+        if exporting:
+            k_max = counts.max().item()
+            torch._check(k_max >= 0)
+            torch._check(k_max <= keep.shape[1])
+        else:
+            k_max = int(counts.max())
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
         valid = _gather_rows(keep, order)
-        if bool(valid.all()):
+        if not exporting and bool(valid.all()):
             return order, None
         return order.masked_fill(~valid, keep.shape[1]), valid
 
-    def _apply_gather(self, rows, valid, weights, inputs) -> None:
+    def _apply_gather(self, rows, valid, weights, token_index: torch.Tensor) -> None:
+        """Keep ``rows`` of :attr:`tokens` (whose grid positions are ``token_index``); ``valid``: which are real."""
         rows_safe = rows if valid is None else rows.clamp(max=self.tokens.shape[1] - 1)
         tokens = _gather_rows(self.tokens, rows_safe)
         if weights is not None:
             tokens = tokens * _gather_rows(weights, rows_safe).unsqueeze(-1)
-        index = _gather_rows(inputs.token_index, rows_safe)
+        index = _gather_rows(token_index, rows_safe)
         if valid is not None:
             index = index.masked_fill(~valid, self.num_tokens)
         self.tokens, self.token_index, self.valid = tokens, index, valid

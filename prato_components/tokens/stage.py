@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["PrunedGrid", "StageInput", "TokenSelection", "scatter_to_grid", "straight_through"]
+__all__ = ["StageInput", "TokenSelection", "scatter_to_grid", "straight_through"]
 
 
 def scatter_to_grid(index: torch.Tensor, values: torch.Tensor, num_grid: int) -> torch.Tensor:
@@ -126,23 +126,3 @@ class TokenSelection:
 def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """``hard`` in the forward pass, the gradient of ``soft`` in the backward pass."""
     return hard.to(soft.dtype) + soft - soft.detach()
-
-
-@dataclass
-class PrunedGrid:
-    """Where the positions of one restored grid were pruned, for a learned completion (STP's MTA) on a backbone that
-    keeps no :class:`~prato_components.tokens.executor.TokenState` (Swin UNETR); offers what the completion reads of
-    a ``TokenState``.
-
-    Attributes:
-        grid_shape: the grid.
-        stage_of: ``[B, N]`` long, the stage at which each position was pruned (0: alive).
-        pruned_stages: the stages pruned so far.
-    """
-
-    grid_shape: tuple[int, ...]
-    stage_of: torch.Tensor
-    pruned_stages: tuple[int, ...]
-
-    def pruned_at(self) -> torch.Tensor:
-        return self.stage_of

@@ -393,3 +393,44 @@ def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
     assert not torch.allclose(completed, carried)
     with pytest.raises(TypeError, match="one completion per tap width"):
         tiny(pruner="stp", completion=mta_factory()(dim=24))
+
+
+# ---------------------------------------------------------------------------------------------- the shared executor
+@pytest.mark.parametrize("executor, mode", [("gather", "padded"), ("padded", "padded"), ("attention_mask", "attention_mask")])
+def test_pruning_goes_through_the_shared_token_state(monkeypatch, executor, mode):
+    """Swin UNETR has no executor of its own (docs/design.md §5): every stage input a pruner sees is made by
+    TokenState.stage_input, every selection is applied by TokenState.apply, and the reports are the state's."""
+    from prato_components.tokens import TokenState
+
+    made, applied, states = [], [], []
+    stage_input, apply, next_grid = TokenState.stage_input, TokenState.apply, TokenState.next_grid
+
+    def spy_stage_input(self, *args, **kwargs):
+        made.append(stage_input(self, *args, **kwargs))
+        return made[-1]
+
+    def spy_apply(self, selection, stage, inputs):
+        applied.append((self.mode, stage, inputs))
+        return apply(self, selection, stage, inputs)
+
+    def spy_next_grid(self, *args, **kwargs):
+        states.append(next_grid(self, *args, **kwargs))
+        return states[-1]
+
+    monkeypatch.setattr(TokenState, "stage_input", spy_stage_input)
+    monkeypatch.setattr(TokenState, "apply", spy_apply)
+    monkeypatch.setattr(TokenState, "next_grid", spy_next_grid)
+    net = tiny(pruner="prato", pruner_kwargs={"threshold": "fixed", "tau": 0.5}, executor=executor)
+    randomise_pruners(net)
+    seen = record_inputs(net)
+    with torch.no_grad():
+        net(torch.randn(2, 1, 64, 64), BOXES)
+    assert net.executor_mode() == mode
+    assert len(seen) == 2 and all(a is b for a, b in zip(seen, made))  # the pruners got the state's stage inputs
+    assert [(m, stage) for m, stage, _ in applied] == [(mode, 1), (mode, 2)]
+    assert all(inputs is m for (_, _, inputs), m in zip(applied, made))
+    assert [s.grid_shape for s in states] == [(16, 16), (8, 8), (4, 4)]  # one state per grid, continued
+    assert net.token_report is states[-1].reports and net.block_report is states[-1].block_reports
+    assert [r.stage for r in net.token_report] == [1, 2]
+    # stage 2 prunes among the alive parents, a different number per image: the state's padded view
+    assert made[1].valid is not None and made[1].valid.sum(1).tolist() == net.token_report[1].tokens_in.tolist()

@@ -91,3 +91,35 @@ def test_gather_mode_rejects_variable_counts():
         TokenState(torch.randn(1, 4, 2), (2, 2), mode="fast")
     with pytest.raises(ValueError, match="unknown fill policy"):
         TokenState(torch.randn(1, 4, 2), (2, 2), fill="mean")
+
+
+@pytest.mark.parametrize("mode", ["padded", "attention_mask"])
+def test_next_grid_starts_with_the_alive_tokens_and_continues_the_pass(mode):
+    """A coarser grid of a hierarchical encoder (docs/design.md §5): the pruner sees only the tokens still alive
+    there, the others carry their value, pruned_at goes on from where they were pruned, and the reports, side terms
+    and memory belong to the whole pass."""
+    from prato_components.pruners import TokenSelection
+
+    first = TokenState(torch.randn(2, 16, 1), (4, 4), mode=mode)
+    first.apply(select_topk(torch.randn(2, 16), 0.5), 1, first.stage_input(1, (1.0, 1.0), None))
+    first.memory["scores"] = 1
+    tokens = torch.arange(2 * 4, dtype=torch.float32).view(2, 4, 1)
+    alive = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    before = torch.tensor([[0, 1, 0, 0], [1, 0, 1, 1]])
+    state = first.next_grid(tokens, (2, 2), alive, before)
+    assert state.mode == mode and state.pruned and state.memory is first.memory
+    inputs = state.stage_input(2, (2.0, 2.0), None)
+    assert inputs.token_index.tolist() == [[0, 2, 3], [1, 4, 4]]  # padding rows hold N
+    assert inputs.valid.tolist() == [[True, True, True], [True, False, False]]
+    assert inputs.tokens[0, :, 0].tolist() == [0.0, 2.0, 3.0] and inputs.tokens[1, 0, 0] == 5.0
+    assert torch.equal(state.restore(), tokens)  # nothing changed yet: the grid as it started
+    assert torch.equal(state.alive_grid(), alive)
+    state.apply(TokenSelection(keep_mask=torch.tensor([[True, False, True], [True, False, False]])), 2, inputs)
+    assert [r.stage for r in first.reports] == [1, 2] and state.pruned_stages == (1, 2)
+    assert state.reports[1].tokens_in.tolist() == [3.0, 1.0] and state.reports[1].tokens_kept.tolist() == [2.0, 1.0]
+    assert state.pruned_at().tolist() == [[0, 1, 2, 0], [1, 0, 1, 1]]
+    state.tokens = state.tokens + 100  # the blocks change the live tokens only
+    assert state.restore(fill="carry")[..., 0].tolist() == [[100, 1, 2, 103], [4, 105, 6, 7]]
+    assert state.restore(fill="zero")[..., 0].tolist() == [[100, 0, 0, 103], [0, 105, 0, 0]]
+    with pytest.raises(ValueError, match="without pruned_before"):
+        first.next_grid(tokens, (2, 2), alive).pruned_at()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask, get_window_size, window_partition
 
-__all__ = ["WindowLayout", "WindowPlan", "block_layout", "plan_windows", "window_layout"]
+__all__ = ["LayerWindows", "WindowLayout", "WindowPlan", "block_layout", "plan_windows", "window_layout"]
 
 
 @dataclass
@@ -137,3 +137,31 @@ def plan_windows(
         key_bias = torch.zeros(keys.shape, device=flat_index.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
         mask = key_bias if mask is None else mask + key_bias
     return WindowPlan(position, windows, mask, batch_size * per_image, n)
+
+
+class LayerWindows:
+    """The :class:`WindowPlan` of each window partition (shifted or not) of one Swin layer's live tokens, planned once
+    and shared by the layer's blocks.
+
+    Args:
+        flat_index: ``[T]`` live tokens as ``image * N + cell``.
+        grid_shape: the layer's token grid.
+        batch_size: images in the batch.
+        layouts: a cache of :class:`WindowLayout` per grid, window, shift and device, kept across forward passes
+            (fixed for a given input size).
+    """
+
+    def __init__(self, flat_index: torch.Tensor, grid_shape: Sequence[int], batch_size: int, layouts: dict) -> None:
+        self.flat_index, self.grid_shape, self.batch_size = flat_index, tuple(grid_shape), batch_size
+        self.layouts = layouts
+        self.plans: dict = {}
+
+    def plan(self, block: SwinTransformerBlock) -> WindowPlan:
+        """The plan of ``block``'s partition."""
+        device = self.flat_index.device
+        key = (self.grid_shape, tuple(block.window_size), tuple(block.shift_size), str(device))
+        if key not in self.layouts:
+            self.layouts[key] = block_layout(block, self.grid_shape, device)
+        if key not in self.plans:
+            self.plans[key] = plan_windows(self.flat_index, self.grid_shape, self.batch_size, self.layouts[key])
+        return self.plans[key]
