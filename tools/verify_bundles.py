@@ -45,7 +45,12 @@ from tools.bundles import ALL_BUNDLES, BUNDLES_3D, _split, backbone_spec  # noqa
 __all__ = [
     "REQUIRED_FILES",
     "SCHEMA",
+    "TINY_3D",
+    "TINY_SIZE_3D",
+    "spatial_dims",
     "tiny_overrides",
+    "make_tiny_btcv",
+    "btcv_inference_inputs",
     "run_config",
     "check_files",
     "check_metadata",
@@ -70,7 +75,8 @@ REQUIRED_FILES = (
 SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
 TINY_SIZE = 64
 TINY_SIZE_3D = {"swin_unetr3d_baseline": 64, "swin_unetr3d_prato": 64}
-"""Window side of the 3D bundles' tiny run (default 32): Swin UNETR's 1/32 bottleneck needs 2^3 voxels in training."""
+"""Window side of the 3D bundles' tiny run (default 32): Swin UNETR's 1/32 bottleneck needs 2^3 voxels in training
+mode (training, and ``verify_net_in_out``)."""
 TINY_3D = {"pixdim": [2.0, 2.0, 2.0], "sw_batch_size": 2}
 """Data settings of the 3D bundles' tiny run: 2 mm voxels (small synthetic volumes), two windows at a time."""
 
@@ -272,8 +278,11 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     """The bundle's ``network_def`` (eval, CPU) built with the settings ``checkpoint`` records, with its weights."""
     from prato_components.bundle import trained_bundle_config
-    from prato_components.engine import load_weights
+    from prato_components.engine import load_weights, trained_settings
 
+    recorded = trained_settings(checkpoint) if checkpoint is not None else {}
+    # the channels a checkpoint records win over the metadata's (3D: a tiny run on 3-organ synthetic BTCV)
+    overrides = {k: recorded[k] if k.endswith("_channels") and k in recorded else v for k, v in overrides.items()}
     parser = trained_bundle_config(bundle_dir, checkpoint, overrides)
     network = parser.get_parsed_content("network_def")
     if checkpoint is not None:
