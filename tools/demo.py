@@ -8,7 +8,7 @@ It runs the bundle exactly as a user would (``python -m monai.bundle run ...`` i
 are printed), evaluates the trained network and, for reference, the same network untrained, and prints
 both metric tables. The network is a small ViT (``hidden_size`` 192) at 96 x 96 so the demo fits a laptop CPU;
 the bundle's defaults are the paper's (ViT-B/16 at 224 x 224). A 3D bundle (``BUNDLES_3D``) trains on synthetic
-MSD/decathlon-layout CT volumes (four organs, LPS affine, anisotropic spacing; ``make_decathlon_like``) with
+MSD/decathlon-layout CT volumes (three organs, LPS affine, anisotropic spacing; ``make_decathlon_like``) with
 ``SMALL_3D`` windows and evaluates on whole volumes with the prompt-aware sliding window.
 """
 
@@ -79,6 +79,8 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
     Returns:
         ``{"trained": metrics.json, "untrained": metrics.json}`` of the two evaluations.
     """
+    if not os.path.isfile(os.path.join(ROOT, "bundles", bundle, "configs", "train.json")):
+        raise ValueError(f"unknown bundle {bundle!r}; the bundles are the folders of {os.path.join(ROOT, 'bundles')}")
     three_d = bundle in BUNDLES_3D
     epochs = epochs or (60 if three_d else 20)
     patients = patients or (10 if three_d else 12)
