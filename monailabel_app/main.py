@@ -107,7 +107,8 @@ class BoxPromptInferTask(InferTask):
         self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
         description = f"{meta.get('task', meta.get('name'))}. Prompt: params 'box', 'roi' or 'foreground'."
-        super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels, dimension=2,
+        super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels,
+                         dimension=self.segmenter.spatial_dims,
                          description=description,
                          config={"point_margin": point_margin, "restrict_to_box": restrict_to_box})
         self.version = meta.get("version")

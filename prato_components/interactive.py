@@ -244,11 +244,13 @@ class BoxPromptSegmenter:
         self.network.eval()
         self.spec = parser.get_parsed_content("spec")
         self.preprocessing = parser.get_parsed_content("preprocessing")
-        self.inferer = parser.get_parsed_content("inferer")
+        # the inferer the bundle's own inference runs (3D bundles: the prompt-aware sliding window)
+        self.inferer = parser.get_parsed_content("evaluator#inferer")
         post = parser.get_parsed_content("postprocessing")
         # keep label indices (no 0/255 scaling) and return the array instead of writing a file
         self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, (SaveImaged, Lambdad))])
         self.labels = {name: i + 1 for i, name in enumerate(self.spec["class_names"])}
+        self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 2))  # 3: a volumetric bundle
 
     @staticmethod
     def image_shape(image_path: str) -> tuple[int, ...]:

@@ -395,3 +395,112 @@ def test_monailabel_server_concurrent_clients(monailabel_python, tiny_bundles, t
         slowest = max(r[1] for r in results)
         assert info_done < slowest, (info_latency, sorted(r[1] for r in results))
         assert info_latency < 2, info_latency
+
+
+# ---------------------------------------------------------------------------------------------- 3D (issue 15)
+TINY_3D = {k: v for k, v in tiny_overrides("unetr3d_prato", 32).items() if k not in ("num_workers", "batch_size")}
+# a volume of 200 x 200 x 40 voxels of 0.8 x 0.8 x 2.5 mm is about 80 x 80 x 50 voxels of 2 mm: several 32^3 windows
+VOLUME_3D = {"size": (200, 200, 40), "organs": 3}
+MARGIN_3D = 2  # decode_margin (2 mm voxels) recorded in the checkpoint
+
+
+def _affine_3d() -> np.ndarray:
+    """A non-identity affine: LPS directions, anisotropic spacing, a shifted origin and a small rotation in-plane."""
+    angle = np.deg2rad(10.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.8, -0.8, 2.5])
+    affine[:3, 3] = [40.0, -25.0, -60.0]
+    return affine
+
+
+@pytest.fixture(scope="module")
+def served_3d(tmp_path_factory) -> tuple[str, str, dict]:
+    """(bundles folder with a tiny untrained unetr3d_prato, the image, the bundle overrides the app needs)."""
+    from monai.bundle import ConfigParser
+
+    from prato_components.data import make_btcv_like
+
+    out = str(tmp_path_factory.mktemp("served_3d"))
+    data = os.path.join(out, "btcv")
+    make_btcv_like(data, num_training=1, num_validation=1, num_test=1, **VOLUME_3D)
+    source = nib.load(os.path.join(data, "imagesTs", "img0003.nii.gz"))
+    image = os.path.join(out, "volume.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(source.dataobj, np.float32), _affine_3d()), image)
+    overrides = {"dataset": "btcv", "dataset_dir": data, "pixdim": [2.0, 2.0, 2.0], "sw_batch_size": 2}
+    target = os.path.join(out, "bundles", "unetr3d_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr3d_prato"), target)
+    os.makedirs(os.path.join(target, "models"))
+    parser = ConfigParser()
+    parser.read_config(os.path.join(target, "configs", "inference.json"))
+    for key, value in {**overrides, **TINY_3D, "decode_margin": MARGIN_3D}.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+               os.path.join(target, "models", "model.pt"))
+    return os.path.join(out, "bundles"), image, overrides
+
+
+BOX_3D = [10, 12, 4, 40, 44, 16]  # image voxels [i0, j0, k0, i1, j1, k1], near one corner
+ROI_3D = [BOX_3D[0], BOX_3D[3], BOX_3D[1], BOX_3D[4], BOX_3D[2], BOX_3D[5]]  # 3D Slicer's per-axis pairs
+
+
+def _check_label_3d(label: np.ndarray, affine: np.ndarray, image: str, restricted: bool) -> None:
+    """The label is on the image's grid and affine; background outside the box (restricted) or, unrestricted,
+    outside every window that the box plus its margin reaches (the prompt-aware sliding window skipped them)."""
+    original = nib.load(image)
+    assert label.shape == original.shape and set(np.unique(label)) <= {0, 1, 2, 3}
+    np.testing.assert_allclose(affine, original.affine, atol=1e-4)
+    inside = np.zeros(label.shape, bool)
+    inside[BOX_3D[0]:BOX_3D[3], BOX_3D[1]:BOX_3D[4], BOX_3D[2]:BOX_3D[5]] = True
+    assert label[inside].any(), "the random network labels nothing inside the box"
+    if restricted:
+        assert not label[~inside].any()
+        return
+    assert label[~inside].any(), "restrict_to_box false: the computed windows reach beyond the box"
+    # a 32-voxel window of 2 mm plus the margin spans 85 in-plane voxels of 0.8 mm: farther is never computed
+    reach = int(np.ceil((32 + MARGIN_3D) * 2.0 / 0.8))
+    assert not label[BOX_3D[3] + reach:, :, :].any() and not label[:, BOX_3D[4] + reach:, :].any()
+
+
+def test_segmenter_in_process_3d(served_3d):
+    """A 3D bundle through the app's inference path: the prompt-aware sliding window on the whole volume."""
+    bundles, image, overrides = served_3d
+    segmenter = BoxPromptSegmenter(os.path.join(bundles, "unetr3d_prato"), overrides=overrides)
+    assert segmenter.spatial_dims == 3 and segmenter.labels == {"liver": 1, "spleen": 2, "kidney": 3}
+    for restricted in (True, False):
+        label, affine, used = segmenter(image, boxes_from_request({"roi": ROI_3D}), restrict=restricted)
+        assert used == [[float(v) for v in BOX_3D]]
+        _check_label_3d(label, affine, image, restricted)
+    report = segmenter.inferer.last_report
+    assert 0 < report.computed[0] < report.windows, report
+
+
+@pytest.mark.slow
+def test_monailabel_server_infers_3d_with_a_roi(monailabel_python, served_3d, tmp_path):
+    """The real server: a NIfTI volume with a non-identity affine and a 3D Slicer ROI to a 3D bundle."""
+    bundles, image, overrides = served_3d
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    with _server(monailabel_python, bundles, str(studies), tmp_path, ["--conf", "models", "unetr3d_prato"],
+                 overrides=overrides) as (base, info, _log):
+        assert info["models"]["unetr3d_prato"]["dimension"] == 3
+        assert info["models"]["unetr3d_prato"]["labels"] == {"liver": 1, "spleen": 2, "kidney": 3}
+        labels = {}
+        for restricted in (True, False):
+            status, content = _post(f"{base}/infer/unetr3d_prato?output=image", image,
+                                    {"roi": ROI_3D, "restrict_to_box": restricted})
+            assert status == 200, content[-2000:]
+            result = tmp_path / f"label_{restricted}.nii.gz"
+            result.write_bytes(content)
+            returned = nib.load(str(result))
+            labels[restricted] = np.asarray(returned.dataobj)
+            _check_label_3d(labels[restricted], returned.affine, image, restricted)
+        box = {"box": BOX_3D}  # the same prompt as a box: the same label
+        status, content = _post(f"{base}/infer/unetr3d_prato?output=image", image, box)
+        assert status == 200
+        (tmp_path / "box.nii.gz").write_bytes(content)
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "box.nii.gz")).dataobj), labels[True])
+        status, content = _post(f"{base}/infer/unetr3d_prato?output=image", image, {"box": [500, 500, 0, 600, 600, 2]})
+        assert status == 422 and "lies outside the image" in json.loads(content)["detail"], (status, content)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_bundle
 
-from tools.bundles import BUNDLE_VERSION
+from tools.bundles import BUNDLE_VERSION, BUNDLES_3D
 from tools.package_bundles import check_index, pack_bundle, pack_bundles, sha256
-from tools.verify_bundles import acdc_inference_inputs
+from tools.verify_bundles import acdc_inference_inputs, btcv_inference_inputs, make_tiny_btcv, tiny_overrides
 
 
 def test_archives_are_deterministic_and_indexed(tmp_path):
     first, second = pack_bundles(str(tmp_path / "a")), pack_bundles(str(tmp_path / "b"))
-    assert first == second and "unetr_prato" in first
+    assert first == second and "unetr_prato" in first and set(BUNDLES_3D) <= set(first)
     for name, entry in first.items():
         assert entry["file"] == f"{name}_v{entry['version']}.zip"
         a, b = tmp_path / "a" / entry["file"], tmp_path / "b" / entry["file"]
@@ -123,3 +123,44 @@ def test_download_round_trip_runs_inference(acdc_dir, tmp_path):
     assert seg.shape == nib.load(images[0]).shape
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
     assert glob.glob(os.path.join(root, "models", "model.pt"))
+
+
+def test_download_round_trip_3d(tmp_path):
+    """A 3D bundle with (random, tiny) weights: packed, downloaded with MONAI's command, run on a BTCV volume."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    data = make_tiny_btcv(str(tmp_path / "btcv"))
+    bundle = str(tmp_path / "unetr3d_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr3d_prato"), bundle)
+    os.makedirs(os.path.join(bundle, "models"))
+    settings = {"dataset": "btcv", "dataset_dir": data, "pixdim": [2.0, 2.0, 2.0]}
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    for key, value in {**settings, **tiny_overrides("unetr3d_prato", 32, "inference")}.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+               os.path.join(bundle, "models", "model.pt"))
+    archive = pack_bundle(bundle, str(tmp_path / "dist"))
+    assert archive.endswith(f"unetr3d_prato_v{BUNDLE_VERSION}.zip")
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    downloads = str(tmp_path / "downloads")
+    subprocess.run([sys.executable, "-m", "monai.bundle", "download", "--name", "unetr3d_prato",
+                    "--url", "file://" + os.path.abspath(archive), "--bundle_dir", downloads, "--progress", "False"],
+                   check=True, env=env, capture_output=True, timeout=300)
+    root = os.path.join(downloads, "unetr3d_prato")
+    images = btcv_inference_inputs(data, str(tmp_path / "inputs"), count=1)
+    # the data set names the classes; the network sizes come from the shared model.pt
+    subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                    "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf",
+                    "--input_dir", str(tmp_path / "inputs"), "--num_workers", "0", "--dataset", "btcv",
+                    "--dataset_dir", data, "--pixdim", "[2.0, 2.0, 2.0]"], check=True, cwd=root, env=env,
+                   capture_output=True, timeout=300)
+    stem = os.path.basename(images[0])[: -len(".nii.gz")]
+    seg, image = nib.load(os.path.join(root, "eval", f"{stem}_seg.nii.gz")), nib.load(images[0])
+    assert seg.shape == image.shape
+    np.testing.assert_allclose(seg.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}

@@ -11,8 +11,19 @@ import torch
 from conftest import ROOT
 
 from prato_components.export import example_inputs, load_exported
-from tools.bundles import BUNDLE_VERSION, BUNDLES
-from tools.verify_bundles import _network, _network_overrides, check_files, check_metadata, export, verify_bundle
+from tools.bundles import BUNDLE_VERSION, BUNDLES, BUNDLES_3D
+from tools.verify_bundles import (
+    _network,
+    _network_overrides,
+    check_export,
+    check_files,
+    check_metadata,
+    check_net_in_out,
+    export,
+    TINY_SIZE_3D,
+    make_tiny_btcv,
+    verify_bundle,
+)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -22,6 +33,37 @@ def test_verify_bundle(bundle, acdc_dir, tmp_path):
     export = report["export"]
     assert export["max_abs_diff"] <= 1e-4 and os.path.isfile(export["file"])
     assert len(torch.export.load(export["file"]).graph_signature.user_inputs) == 2  # (image, boxes)
+
+
+def test_verify_bundle_3d(tmp_path):
+    """Every check of a 3D bundle: tiny training on BTCV crops, box-prompted inference, export of one window."""
+    data = make_tiny_btcv(str(tmp_path / "btcv"))
+    report = verify_bundle(os.path.join(ROOT, "bundles", "unetr3d_prato"), str(tmp_path / "run"), data,
+                           image_size=32)
+    assert report["files"] == 8 and report["metadata"] == BUNDLE_VERSION and report["net_in_out"] == [32, 32, 32]
+    assert report["export"]["max_abs_diff"] <= 1e-4 and report["export"]["dynamic_boxes"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES_3D)
+def test_3d_metadata_net_in_out_and_export(bundle, tmp_path):
+    """The 3D bundles' metadata, network I/O and torch.export of one window with [B, M, 6] boxes (random tiny
+    weights; the exported program equals the eager network for 1-3 boxes and no prompt). Swin UNETR at 64^3:
+    ``verify_net_in_out`` runs the network in training mode, where its 1/32 bottleneck needs 2^3 voxels."""
+    bundle_dir, size = os.path.join(ROOT, "bundles", bundle), TINY_SIZE_3D.get(bundle, 32)
+    assert check_metadata(bundle_dir) == BUNDLE_VERSION
+    assert check_net_in_out(bundle_dir, image_size=size) == [size] * 3
+    network, _, _ = _network(bundle_dir, None, _network_overrides(bundle, size))
+    torch.save(network.state_dict(), str(tmp_path / "model.pt"))
+    result = check_export(bundle_dir, str(tmp_path / "model.pt"), str(tmp_path / "model.pt2"), image_size=size)
+    assert result["max_abs_diff"] <= 1e-4
+    module, files = load_exported(result["file"], ("export.json", "metadata.json"))
+    assert module.spatial_shape == (size,) * 3 and files["export.json"]["spatial_dims"] == 3
+    assert files["metadata.json"]["name"] == bundle
+    image, boxes = example_inputs(1, (size,) * 3, batch=1)
+    with torch.no_grad():
+        assert module(image, boxes).shape == (1, 14, size, size, size)
+    with pytest.raises(ValueError, match="a box has 4 values but the image has 3 spatial dims"):
+        module(image, torch.zeros(1, 1, 4))
 
 
 def test_missing_file_and_version_outside_changelog_are_named(tmp_path):

@@ -13,11 +13,13 @@ Checks per bundle (each one a function here, importable by tests):
    (``--filepath``: no download), and ``version`` listed in ``changelog``.
 3. ``check_net_in_out``: ``monai.bundle.verify_net_in_out`` on ``network_def`` (tiny sizes unless ``full_size``),
    once without a prompt and once with a box (``extra_forward_args={"boxes": ...}``).
-4. ``check_train_infer``: one training iteration with validation (``train.json``) on synthetic ACDC-like data,
-   then ``inference.json`` on two volumes with box sidecars; the checkpoint and segmentations must exist.
+4. ``check_train_infer``: one training iteration with validation (``train.json``) on synthetic ACDC-like data
+   (3D bundles: synthetic BTCV volumes, ``TINY_3D``), then ``inference.json`` on two volumes with box sidecars;
+   the checkpoint and segmentations (on the image's grid) must exist.
 5. ``check_export``: ``torch.export`` of the trained network (see :mod:`prato_components.export` for why not
    TorchScript), saved with the bundle configs, reloaded, and compared with the eager network on new images and
    1, 2 and 3 boxes per image (the box count is a dynamic dimension; also a padding-only "no prompt" box).
+   3D bundles export one window ``[B, C, S, S, S]`` with boxes ``[B, M, 6]`` (the sliding window stays outside).
    ``torchscript=True`` also tries ``python -m monai.bundle ckpt_export`` (trace) and records how it fails.
 """
 
@@ -38,12 +40,17 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.bundles import BUNDLES, _split, backbone_spec, config_chain  # noqa: E402
+from tools.bundles import ALL_BUNDLES, BUNDLES_3D, _split, backbone_spec, config_chain  # noqa: E402
 
 __all__ = [
     "REQUIRED_FILES",
     "SCHEMA",
+    "TINY_3D",
+    "TINY_SIZE_3D",
+    "spatial_dims",
     "tiny_overrides",
+    "make_tiny_btcv",
+    "btcv_inference_inputs",
     "run_config",
     "check_files",
     "check_metadata",
@@ -67,6 +74,11 @@ REQUIRED_FILES = (
 )
 SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
 TINY_SIZE = 64
+TINY_SIZE_3D = {"swin_unetr3d_baseline": 64, "swin_unetr3d_prato": 64}
+"""Window side of the 3D bundles' tiny run (default 32): Swin UNETR's 1/32 bottleneck needs 2^3 voxels in training
+mode (training, and ``verify_net_in_out``)."""
+TINY_3D = {"pixdim": [2.0, 2.0, 2.0], "sw_batch_size": 2}
+"""Data settings of the 3D bundles' tiny run: 2 mm voxels (small synthetic volumes), two windows at a time."""
 
 
 def _read_json(path: str) -> dict:
@@ -89,8 +101,13 @@ def tiny_overrides(name: str, image_size: int = TINY_SIZE, config: str = "train"
 
 
 def _network_overrides(name: str, image_size: int = TINY_SIZE) -> dict:
-    """:func:`tiny_overrides` without the data-loading keys (for building the network alone)."""
-    return {k: v for k, v in tiny_overrides(name, image_size).items() if k not in ("num_workers", "batch_size")}
+    """:func:`tiny_overrides` without the data-loading keys (for building the network alone). A 3D bundle reads its
+    channels from its data set's description (``dataset_0.json``), so here they come from its metadata."""
+    out = {k: v for k, v in tiny_overrides(name, image_size).items() if k not in ("num_workers", "batch_size")}
+    if name in BUNDLES_3D:
+        io = _read_json(os.path.join(ROOT, "bundles", name, "configs", "metadata.json"))["network_data_format"]
+        out.update(in_channels=io["inputs"]["image"]["num_channels"], out_channels=io["outputs"]["pred"]["num_channels"])
+    return out
 
 
 def check_files(bundle_dir: str) -> list[str]:
@@ -113,9 +130,15 @@ def check_metadata(bundle_dir: str, schema: str = SCHEMA) -> str:
     return meta["version"]
 
 
-def _size_overrides(size: int, num_channels: int | None = None) -> dict:
+def spatial_dims(bundle_dir: str) -> int:
+    """2 or 3: the length of the image ``spatial_shape`` in the bundle's metadata."""
+    meta = _read_json(os.path.join(bundle_dir, "configs", "metadata.json"))
+    return len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
+
+
+def _size_overrides(size: int, num_channels: int | None = None, dims: int = 2) -> dict:
     io = "_meta_#network_data_format"
-    out = {f"{io}#inputs#image#spatial_shape": [size, size], f"{io}#outputs#pred#spatial_shape": [size, size]}
+    out = {f"{io}#inputs#image#spatial_shape": [size] * dims, f"{io}#outputs#pred#spatial_shape": [size] * dims}
     if num_channels is not None:
         out[f"{io}#outputs#pred#num_channels"] = num_channels
     return out
@@ -132,12 +155,14 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
 
     from prato_components.export import example_inputs
 
-    name = _name(bundle_dir)
+    name, dims = _name(bundle_dir), spatial_dims(bundle_dir)
     meta = _read_json(os.path.join(bundle_dir, "configs", "metadata.json"))
     size = meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0] if full_size else image_size
-    overrides = {} if full_size else {**_network_overrides(name, image_size), **_size_overrides(image_size)}
+    overrides = {} if full_size else {**_network_overrides(name, image_size), **_size_overrides(image_size, dims=dims)}
+    if full_size and dims == 3:
+        overrides = {k: v for k, v in _network_overrides(name).items() if k.endswith("_channels")}
     channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
-    _, boxes = example_inputs(channels, (size, size))
+    _, boxes = example_inputs(channels, (size,) * dims)
     common = {
         "net_id": "network_def",
         "meta_file": os.path.join(bundle_dir, "configs", "metadata.json"),
@@ -149,7 +174,7 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
     with torch.no_grad():
         verify_net_in_out(**common)
         verify_net_in_out(**common, extra_forward_args={"boxes": boxes})
-    return [size, size]
+    return [size] * dims
 
 
 def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
@@ -178,18 +203,40 @@ def make_tiny_acdc(root: str) -> str:
     return root
 
 
+def make_tiny_btcv(root: str) -> str:
+    """A small synthetic BTCV data set (MONAI's tutorial layout, three organs) under ``root``: the 3D bundles'."""
+    from prato_components.data import make_btcv_like
+
+    if not os.path.isfile(os.path.join(root, "dataset_0.json")):
+        make_btcv_like(root, num_training=3, num_validation=1, num_test=1, size=(40, 40, 12), organs=3)
+    return root
+
+
 def acdc_inference_inputs(dataset_dir: str, target: str, count: int = 2) -> list[str]:
     """Copy ``count`` ACDC volumes to ``target`` with a ``.box.json`` sidecar around the heart (from the label)."""
+    images = sorted(glob.glob(os.path.join(dataset_dir, "training", "patient*", "*_frame??.nii.gz")))[:count]
+    return _inputs_with_boxes([(image, image.replace(".nii.gz", "_gt.nii.gz")) for image in images], target)
+
+
+def btcv_inference_inputs(dataset_dir: str, target: str, count: int = 2) -> list[str]:
+    """Copy ``count`` BTCV volumes to ``target`` with a ``.box.json`` sidecar around their organs (from the label)."""
+    images = sorted(glob.glob(os.path.join(dataset_dir, "imagesTr", "img*.nii.gz")))[:count]
+    return _inputs_with_boxes([(image, image.replace("imagesTr", "labelsTr").replace(os.sep + "img", os.sep + "label"))
+                               for image in images], target)
+
+
+def _inputs_with_boxes(pairs: Sequence[tuple[str, str]], target: str) -> list[str]:
+    """Copy the images of ``(image, label)`` pairs to ``target``, each with the label's box as ``.box.json``."""
     import nibabel as nib
     import numpy as np
 
     from prato_components.prompts import boxes_from_label
 
     os.makedirs(target, exist_ok=True)
-    images = sorted(glob.glob(os.path.join(dataset_dir, "training", "patient*", "*_frame??.nii.gz")))[:count]
-    for image in images:
+    images = [image for image, _ in pairs]
+    for image, label_path in pairs:
         shutil.copy(image, target)
-        label = np.asanyarray(nib.load(image.replace(".nii.gz", "_gt.nii.gz")).dataobj)
+        label = np.asanyarray(nib.load(label_path).dataobj)
         box = boxes_from_label(label[None], spatial_dims=3)
         stem = os.path.basename(image)[: -len(".nii.gz")]
         with open(os.path.join(target, stem + ".box.json"), "w") as f:
@@ -206,16 +253,18 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
     import numpy as np
 
     name = _name(bundle_dir)
-    overrides = tiny_overrides(name, image_size)
-    run_config(bundle_dir, "train", work_dir, dataset="acdc", dataset_dir=dataset_dir, epochs=1,
-         **{"train#trainer#epoch_length": 1}, **overrides)
+    three_d = spatial_dims(bundle_dir) == 3
+    data = {"dataset": "btcv", **TINY_3D} if three_d else {"dataset": "acdc"}
+    overrides = {**tiny_overrides(name, image_size), **({"batch_size": 1, "num_samples": 1} if three_d else {})}
+    run_config(bundle_dir, "train", work_dir, dataset_dir=dataset_dir, epochs=1,
+         **{"train#trainer#epoch_length": 1}, **data, **overrides)
     checkpoint = os.path.join(work_dir, "models", "model.pt")
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"{name}: training wrote no {checkpoint}")
     inputs, outputs = os.path.join(work_dir, "inputs"), os.path.join(work_dir, "predictions")
-    images = acdc_inference_inputs(dataset_dir, inputs)
-    run_config(bundle_dir, "inference", work_dir, dataset="acdc", input_dir=inputs, output_dir=outputs,
-               **tiny_overrides(name, image_size, "inference"))
+    images = (btcv_inference_inputs if three_d else acdc_inference_inputs)(dataset_dir, inputs)
+    run_config(bundle_dir, "inference", work_dir, dataset_dir=dataset_dir, input_dir=inputs, output_dir=outputs,
+               **data, **tiny_overrides(name, image_size, "inference"))
     for image in images:
         seg_path = os.path.join(outputs, os.path.basename(image)[: -len(".nii.gz")] + "_seg.nii.gz")
         seg = nib.load(seg_path)
@@ -230,14 +279,16 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     """The bundle's ``network_def`` (eval, CPU) built with the settings ``checkpoint`` records, with its weights."""
     from prato_components.bundle import trained_bundle_config
-    from prato_components.engine import load_weights
+    from prato_components.engine import load_weights, trained_settings
 
+    recorded = trained_settings(checkpoint) if checkpoint is not None else {}
+    # the channels a checkpoint records win over the metadata's (3D: a tiny run on 3-organ synthetic BTCV)
+    overrides = {k: recorded[k] if k.endswith("_channels") and k in recorded else v for k, v in overrides.items()}
     parser = trained_bundle_config(bundle_dir, checkpoint, overrides)
     network = parser.get_parsed_content("network_def")
     if checkpoint is not None:
         network.load_state_dict(load_weights(checkpoint)[0])
-    spec = parser.get_parsed_content("spec")
-    return network.eval(), spec["in_channels"], parser.get_parsed_content("image_size")
+    return network.eval(), parser.get_parsed_content("in_channels"), parser.get_parsed_content("image_size")
 
 
 # what an exported program computes: box decoding cuts windows of data-dependent size, which torch.export cannot
@@ -252,12 +303,15 @@ def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
 
     overrides = {**EXPORT_SETTINGS, **overrides}
     network, channels, size = _network(bundle_dir, checkpoint, overrides)
-    image, boxes = example_inputs(channels, (size, size), batch=2)  # 2 boxes per image: one real, one padding
+    dims = spatial_dims(bundle_dir)
+    image, boxes = example_inputs(channels, (size,) * dims, batch=2)  # 2 boxes per image: one real, one padding
     program, shapes = export_network(network, image, boxes)
     configs = os.path.join(bundle_dir, "configs")
     extra = {name: open(os.path.join(configs, name)).read() for name in ("metadata.json", "inference.json")}
     extra["export.json"] = json.dumps({
-        "signature": "(image [B, C, H, W], boxes [B, M, 4]) -> logits", "image_size": size, "in_channels": channels,
+        "signature": "(image [B, C, H, W], boxes [B, M, 4]) -> logits" if dims == 2 else
+                     "(image [B, C, D, H, W] one window, boxes [B, M, 6]) -> logits",
+        "image_size": size, "in_channels": channels, "spatial_dims": dims,
         **shapes,  # dynamic_batch, dynamic_boxes, static_reasons (why a dimension is fixed)
         "batch_size": None if shapes["dynamic_batch"] else int(image.shape[0]),
         "boxes_per_image": None if shapes["dynamic_boxes"] else int(boxes.shape[1]),
@@ -275,7 +329,8 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
 
     from prato_components.export import example_inputs, load_exported
 
-    name = _name(bundle_dir)
+    name, dims = _name(bundle_dir), spatial_dims(bundle_dir)
+    shape = (image_size,) * dims
     overrides = {**EXPORT_SETTINGS, **_network_overrides(name, image_size)}
     export(bundle_dir, checkpoint, filepath, **overrides)
     exported, files = load_exported(filepath, ("metadata.json", "export.json"))
@@ -287,10 +342,10 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
     counts = (1, 2, 3) if shapes["dynamic_boxes"] else (shapes["boxes_per_image"],)
     worst = 0.0
     for seed, batch in enumerate(batches, start=1):
-        image, _ = example_inputs(channels, (image_size, image_size), batch=batch, seed=seed)
-        prompts = [example_inputs(channels, (image_size, image_size), batch=batch, seed=10 * seed + count,
-                                  num_boxes=count, real_boxes=None)[1] for count in counts]
-        no_prompt = torch.tensor([0.0, 0.0, -1.0, -1.0]).expand(batch, counts[0], 4).clone()
+        image, _ = example_inputs(channels, shape, batch=batch, seed=seed)
+        prompts = [example_inputs(channels, shape, batch=batch, seed=10 * seed + count, num_boxes=count,
+                                  real_boxes=None)[1] for count in counts]
+        no_prompt = torch.tensor([0.0] * dims + [-1.0] * dims).expand(batch, counts[0], 2 * dims).clone()
         for prompt in (*prompts, no_prompt):
             with torch.no_grad():
                 expected, got = network(image, prompt), exported(image, prompt)
@@ -313,7 +368,7 @@ def try_ckpt_export(bundle_dir: str, checkpoint: str, filepath: str, image_size:
     command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", filepath,
                "--ckpt_file", checkpoint, "--meta_file", os.path.join(configs, "metadata.json"),
                "--config_file", os.path.join(configs, "inference.json"), "--bundle_root", bundle_dir,
-               "--use_trace", "True", "--input_shape", f"[1, 1, {image_size}, {image_size}]"]
+               "--use_trace", "True", "--input_shape", json.dumps([1, 1] + [image_size] * spatial_dims(bundle_dir))]
     for key, value in overrides.items():
         command += [f"--{key}", json.dumps(value)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
@@ -344,16 +399,20 @@ def verify_bundle(bundle_dir: str, work_dir: str, dataset_dir: str, full_size: b
 def verify_bundles(names: Sequence[str] | None = None, bundles_dir: str = os.path.join(ROOT, "bundles"),
                    dataset_dir: str | None = None, work_dir: str | None = None, full_size: bool = False,
                    torchscript: bool = False) -> dict:
-    """:func:`verify_bundle` for ``names`` (default: every bundle of ``tools/bundles.py``); synthetic ACDC-like
-    data unless ``dataset_dir``. A failure is recorded (``{"error": ...}``) and the others still run."""
-    names = list(BUNDLES) if names is None else list(names)
+    """:func:`verify_bundle` for ``names`` (default: every bundle of ``tools/bundles.py``, 2D and 3D); synthetic
+    ACDC-like data (3D bundles: synthetic BTCV) unless ``dataset_dir``. A failure is recorded (``{"error": ...}``)
+    and the others still run."""
+    names = list(ALL_BUNDLES) if names is None else list(names)
     work = work_dir or tempfile.mkdtemp(prefix="verify_bundles_")
-    data = dataset_dir or make_tiny_acdc(os.path.join(work, "acdc"))
     report = {}
     for name in names:
+        three_d = name in BUNDLES_3D
+        data = dataset_dir or (make_tiny_btcv(os.path.join(work, "btcv")) if three_d else
+                               make_tiny_acdc(os.path.join(work, "acdc")))
         try:
             report[name] = verify_bundle(os.path.join(bundles_dir, name), os.path.join(work, name), data,
-                                         full_size=full_size, torchscript=torchscript)
+                                         full_size=full_size, torchscript=torchscript,
+                                         image_size=TINY_SIZE_3D.get(name, 32) if three_d else TINY_SIZE)
         except Exception as error:  # noqa: BLE001 - reported per bundle
             report[name] = {"error": f"{type(error).__name__}: {error}"}
     return report
