@@ -17,7 +17,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from prato_components.networks import PrunedUNETR, TokenState  # noqa: E402 - after the repository is on the path
+from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TokenState, TransUNet  # noqa: E402 - after the repository is on the path
 from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
 
@@ -153,3 +153,43 @@ def reduced_example(valid: bool = True):
     attention = ReducedAttention(probs, cells if valid else cells.clamp(max=15), query_valid, keys, (4, 4))
     token_map = probs[..., keys] / 4.0  # each key spread evenly over its 4 tokens: [B, heads, 5, 16]
     return attention, token_map
+
+
+SEGFORMER_TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), decoder_dim=16)
+SWIN_TINY = dict(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(2, 2, 2, 2), num_heads=(3, 3, 3, 3))
+TRANSUNET_IMG = (96, 96)  # a 6x6 token grid at stride 16
+
+
+def tiny_segformer(**kwargs) -> SegFormer:
+    """A tiny SegFormer-B0 (stage grids 16, 8, 4, 2 at 64 x 64)."""
+    config = dict(variant="b0", in_channels=1, out_channels=3, **SEGFORMER_TINY)
+    config.update(kwargs)
+    torch.manual_seed(0)
+    return SegFormer(**config)
+
+
+def tiny_swin_unetr(**kwargs) -> PrunedSwinUNETR:
+    """A tiny 2D Swin UNETR in eval mode."""
+    torch.manual_seed(0)
+    return PrunedSwinUNETR(**{**SWIN_TINY, **kwargs}).eval()
+
+
+def tiny_transunet(**kwargs) -> TransUNet:
+    """A tiny TransUNet (8 ViT blocks: boundaries after blocks 2, 4, 6)."""
+    config = dict(
+        in_channels=1,
+        out_channels=3,
+        img_size=TRANSUNET_IMG,
+        cnn_layers=(1, 1, 1),
+        cnn_width=8,
+        cnn_norm=("group", {"num_groups": 4}),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=8,
+        num_heads=2,
+        head_channels=16,
+        decoder_channels=(16, 8, 8, 4),
+    )
+    config.update(kwargs)
+    torch.manual_seed(0)
+    return TransUNet(**config)

@@ -3,11 +3,8 @@
 import pytest
 import torch
 
-from conftest import UNETR_BOXES, tiny_unetr
+from conftest import UNETR_BOXES, tiny_segformer as segformer, tiny_swin_unetr as swin, tiny_transunet as transunet, tiny_unetr
 from prato_components.tokens import TokenState
-from test_segformer import make as segformer
-from test_swin_unetr import tiny as swin
-from test_transunet import make as transunet
 
 BACKBONES = {  # (build(**pruning), image, boxes)
     "unetr": (lambda **kw: tiny_unetr(**kw), (2, 1, 64, 64), UNETR_BOXES),

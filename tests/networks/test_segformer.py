@@ -8,7 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from conftest import SEGFORMER_TINY as TINY
 from conftest import image
+from conftest import tiny_segformer as make
 from prato_components.efficiency import count_flops
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
 from prato_components.networks.tokens import TokenState
@@ -16,14 +18,7 @@ from prato_components.pruners.base import TokenPruner, TokenSelection, keep_coun
 
 IMG = (64, 64)  # stage grids 16x16, 8x8, 4x4, 2x2
 BOXES = torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 0.0, 64.0, 30.0]]])
-TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), decoder_dim=16)
 
-
-def make(**kwargs) -> SegFormer:
-    config = dict(variant="b0", in_channels=1, out_channels=3, **TINY)
-    config.update(kwargs)
-    torch.manual_seed(0)
-    return SegFormer(**config)
 
 
 def prato(keep_ratio: float = 0.75, **kwargs) -> dict:

@@ -9,6 +9,8 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
+from conftest import SWIN_TINY as TINY
+from conftest import tiny_swin_unetr as tiny
 from prato_components.efficiency import count_flops
 from prato_components.networks.swin_unetr import (
     PrunedSwinUNETR,
@@ -21,7 +23,6 @@ from prato_components.networks.swin_unetr import (
 )
 from prato_components.pruners import TokenPruner, keep_count, select_topk
 
-TINY = dict(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(2, 2, 2, 2), num_heads=(3, 3, 3, 3))
 TINY_3D = dict(TINY, spatial_dims=3, window_size=4, norm_name="batch")  # batch norm: the 32^3 bottleneck is 1 voxel
 BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [0.0, 20.0, 30.0, 64.0]])
 BOXES_3D = torch.tensor([[4.0, 4.0, 4.0, 20.0, 20.0, 28.0], [10.0, 0.0, 0.0, 32.0, 16.0, 16.0]])
@@ -38,10 +39,6 @@ class RunsViTBlocks(CornerPruner):
     def run_block(self, block, state, return_attention=False):  # a ViT-only fast path: nothing Swin can run
         return super().run_block(block, state, return_attention)
 
-
-def tiny(**kwargs) -> PrunedSwinUNETR:
-    torch.manual_seed(0)
-    return PrunedSwinUNETR(**{**TINY, **kwargs}).eval()
 
 
 def randomise_pruners(net: PrunedSwinUNETR) -> None:

@@ -3,35 +3,16 @@
 import pytest
 import torch
 
+from conftest import TRANSUNET_IMG as IMG
 from conftest import image
+from conftest import tiny_transunet as make
 from prato_components.efficiency import count_flops
 from prato_components.networks.transunet import TransUNet
 from prato_components.pruners.base import TokenPruner, keep_count, select_topk
 from prato_components.pruners.prato import PrATo
 
-IMG = (96, 96)  # a 6x6 token grid at stride 16
 BOXES = torch.tensor([[[16.0, 16.0, 64.0, 48.0]], [[40.0, 8.0, 90.0, 70.0]]])
 
-
-def make(**kwargs) -> TransUNet:
-    """A tiny TransUNet (8 ViT blocks: boundaries after blocks 2, 4, 6)."""
-    config = dict(
-        in_channels=1,
-        out_channels=3,
-        img_size=IMG,
-        cnn_layers=(1, 1, 1),
-        cnn_width=8,
-        cnn_norm=("group", {"num_groups": 4}),
-        hidden_size=32,
-        mlp_dim=64,
-        num_layers=8,
-        num_heads=2,
-        head_channels=16,
-        decoder_channels=(16, 8, 8, 4),
-    )
-    config.update(kwargs)
-    torch.manual_seed(0)
-    return TransUNet(**config)
 
 
 class Recorder(TokenPruner):
