@@ -73,16 +73,21 @@ from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.swin.blocks import swin_block_forward, swin_block_forward_masked, swin_block_run
-from prato_components.networks.swin.live import live_tokens, parent_stages, parents, set_live_tokens
-from prato_components.networks.swin.windows import (
+from prato_components.networks.swin import (  # also re-exported here: the names' old home
     LayerWindows,
     WindowLayout,
     WindowPlan,
     block_layout,
+    live_tokens,
+    parent_stages,
+    parents,
     plan_windows,
+    set_live_tokens,
+    swin_block_forward,
+    swin_block_forward_masked,
     window_layout,
 )
+from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_completions,
