@@ -103,6 +103,21 @@ def test_a_backbones_pruned_bundles_differ_in_pruner_def():
         assert differing == ["bundle_root", "pruner_def"], (pruner, differing)
 
 
+@pytest.mark.parametrize("backbone", ["unetr", "transunet", "swin_unetr", "segformer"])
+def test_stp_adds_only_its_completion_block_next_to_pruner_def(backbone):
+    """STP's learned completion (MTA) is the block ``completion_def`` after ``pruner_def``; ``network_def`` only
+    refers to it, so it is otherwise the same as in every other pruned bundle of the backbone."""
+    base = read_json(os.path.join(_configs(f"{backbone}_random"), "train.json"))
+    stp = read_json(os.path.join(_configs(f"{backbone}_stp"), "train.json"))
+    differing = sorted(k for k in base if base[k] != stp.get(k)) + sorted(set(stp) - set(base))
+    assert differing == ["bundle_root", "network_def", "pruner_def", "completion_def"], differing
+    assert {k: v for k, v in stp["network_def"].items() if k != "completion"} == base["network_def"]
+    assert stp["network_def"]["completion"] == "@completion_def"
+    assert stp["completion_def"]["_target_"] == "prato_components.pruners.MultiLayerTokenAssembly"
+    keys = list(stp)
+    assert keys.index("pruner_def") + 1 == keys.index("completion_def") == keys.index("network_def") - 1
+
+
 @pytest.mark.parametrize("bundle", ["swin_unetr_dtop", "segformer_prato"])
 def test_hierarchical_backbones_build_one_pruner_per_stage_from_pruner_def(bundle):
     parser = ConfigParser()

@@ -29,8 +29,13 @@ sys.path.insert(0, ROOT)
 from prato_components import __version__  # noqa: E402
 from prato_components.bundle import CT_INTENSITY_RANGE, SETTING_RULES  # noqa: E402
 
-BUNDLE_VERSION = "0.4.0"
+BUNDLE_VERSION = "0.4.1"
 CHANGELOG = {
+    "0.4.1": "stp's learned completion (MTA) is its own completion_def block next to pruner_def, so network_def is "
+    "the same in every pruned bundle of a backbone; every backbone builds its pruners one way (one per stage width; "
+    "a pruner given by name or factory gets the network's classes on TransUNet and SegFormer too) and keeps the "
+    "reports of a forward pass one way; the bundle verification is part of prato_components "
+    "(prato_components.verification; prato_components 0.4.1)",
     "0.4.0": "new bundles: swin_unetr and segformer with stp, evovit and tram (evovit and tram score the attention a "
     "token receives within its Swin windows or through SegFormer's spatial-reduction keys; stp's MTA runs per tap at "
     "its width); 3D bundles unetr3d_baseline, unetr3d_prato, unetr3d_stp, swin_unetr3d_baseline, swin_unetr3d_prato "
@@ -279,8 +284,8 @@ def pruner_def(name: str) -> dict | None:
     return {"_target_": target, **dim, **block}
 
 
-def network_def(name: str) -> dict:
-    """The ``network_def`` of bundle ``name``: the backbone, its pruner from ``@pruner_def``."""
+def _network_block(name: str) -> dict:
+    """The network of bundle ``name`` with its completion written in place (``network_def`` moves it out)."""
     backbone, pruner = _split(name)
     spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
     net = copy.deepcopy(spec["network_def"])
@@ -299,6 +304,23 @@ def network_def(name: str) -> dict:
     elif "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
         net["completion"]["taps"] = list(spec["completion_taps"])
     return net
+
+
+def network_def(name: str) -> dict:
+    """The ``network_def`` of bundle ``name``: the backbone, its pruner from ``@pruner_def`` and, where the pruner
+    has one, its learned completion from ``@completion_def`` (so ``network_def`` is the same in every pruned bundle
+    of a backbone, apart from that reference)."""
+    net = _network_block(name)
+    if "completion" in net:
+        net["completion"] = "@completion_def"
+    return net
+
+
+def completion_def(name: str) -> dict:
+    """``{"completion_def": block}`` for a pruner with a learned completion (STP's MTA), written next to
+    ``pruner_def``; ``{}`` otherwise."""
+    net = _network_block(name)
+    return {"completion_def": net["completion"]} if "completion" in net else {}
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -329,8 +351,9 @@ def check_settings(config: dict) -> str:
 def network_settings(config: dict) -> dict:
     """``{key: "@key"}`` for the top-level keys ``network_def`` and its ``pruner_def`` read: what every checkpoint
     records."""
-    read = set(re.findall(r"@(\w+)", json.dumps([config["network_def"], config.get("pruner_def")])))
-    return {key: f"@{key}" for key in config if key in read and key != "pruner_def"}
+    blocks = [config["network_def"], config.get("pruner_def"), config.get("completion_def")]
+    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
+    return {key: f"@{key}" for key in config if key in read and key not in ("pruner_def", "completion_def")}
 
 
 # network settings added after checkpoints were first written: the value such a checkpoint was trained with
@@ -386,6 +409,7 @@ def common(name: str, trained: bool = False) -> dict:
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],
         "pruner_def": pruner_def(name),
+        **completion_def(name),
         "network_def": network_def(name),
         "network": "$@network_def.to(@device)",
     }

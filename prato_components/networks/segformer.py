@@ -44,7 +44,6 @@ boundary before it: its tokens have seen no attention yet).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -59,9 +58,7 @@ from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_completions,
-    build_pruner,
-    check_stage_pruner,
-    pruned_stages,
+    stage_pruners,
 )
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.attention import BlockOutput, ReducedAttention, reduced_key_cells
@@ -332,8 +329,9 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         drop_rate, attn_drop_rate: dropout; ``drop_path_rate``: stochastic depth, linear over all blocks (0.1).
         head_dropout: dropout before the head's prediction (0.1).
         pruner: a registered pruner name or a factory such as a bundle's ``_mode_: callable`` pruner class (one is
-            built per pruned stage at that stage's width, with ``pruner_kwargs``),
-            a :class:`TokenPruner` (copied to every pruned stage, so it must work at each stage's width) or ``None``
+            built per pruned stage at that stage's width, with ``pruner_kwargs``; ``num_classes`` is filled in), a
+            mapping ``{stage: TokenPruner}``, a :class:`TokenPruner` (copied to every pruned stage, so it must work
+            at each stage's width) or ``None``
             for the unpruned baseline. A pruner that needs attention maps gets the spatial-reduction attention of
             the blocks before its boundary (:class:`~prato_components.tokens.attention.ReducedAttention`); one that
             runs ViT blocks itself is refused unless it also gives :meth:`TokenPruner.placeholder_weights` (Evo-ViT's
@@ -380,7 +378,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.1,
-        pruner: TokenPruner | str | None = None,
+        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -421,11 +419,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.head = AllMLPHead(self.embed_dims, config["decoder_dim"], out_channels, head_dropout)
         self.apply(self._init_weights)
 
-        pruners = {}
-        for stage in pruned_stages("SegFormer", pruner, prune_stages, SEGFORMER_STAGES):
-            built = build_pruner(pruner, pruner_kwargs, self.embed_dims[stage])  # boundary s feeds MiT stage s + 1
-            pruners[stage] = copy.deepcopy(built) if isinstance(pruner, TokenPruner) else built
-            check_stage_pruner("SegFormer", stage, pruners[stage])
+        widths = {stage: self.embed_dims[stage] for stage in SEGFORMER_STAGES}  # boundary s feeds MiT stage s + 1
+        pruners = stage_pruners("SegFormer", pruner, pruner_kwargs, prune_stages, widths, out_channels, hierarchical=True)
         self._install_pruners(pruners, executor, fill, _EXECUTORS)
         self.completion = build_completions(completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
@@ -454,7 +449,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         mode = self.executor_mode()
-        maps, reports, blocks, aux_losses, aux_logits, grids = [], [], [], [], [], []
+        maps, states, grids = [], [], []
         attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
         x = image
         for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
@@ -487,12 +482,9 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
                 maps.append(_to_map(self.completion[str(index)](restored, state, index), grid))  # for the head only
             else:
                 maps.append(x)
-            reports += state.reports
-            blocks += state.block_reports
-            aux_losses += state.aux_losses
-            aux_logits += state.aux_logits
-        self.token_report, self.block_report, self.aux_logits, self.grid_shapes = reports, blocks, aux_logits, grids
-        self.aux_loss = torch.stack(aux_losses).sum() if aux_losses else None
+            states.append(state)
+        self._take_reports(*states)
+        self.grid_shapes = grids
         return maps
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:

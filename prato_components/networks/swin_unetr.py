@@ -64,7 +64,6 @@ prompt-driven one). A scattered selection still saves every linear layer and MLP
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -91,9 +90,7 @@ from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
     build_completions,
-    build_pruner,
-    check_stage_pruner,
-    pruned_stages,
+    stage_pruners,
 )
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.executor import TokenState, check_executor
@@ -131,28 +128,6 @@ class WindowReport:
 def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, *G]`` -> ``[B, N, C]`` (a view of MONAI's channels-last maps)."""
     return x.flatten(2).transpose(1, 2)
-
-
-def _build_pruners(
-    pruner, pruner_kwargs: Mapping | None, stages: Sequence[int], dims: Mapping[int, int], num_classes: int
-) -> dict:
-    """One pruner per stage: a name or a factory is built with that stage's width ``dim`` (and ``num_classes`` where
-    the pruner takes it), an instance is deep-copied, a mapping gives each stage its own."""
-    if pruner is None:
-        return {}
-    if isinstance(pruner, Mapping):
-        missing = [s for s in stages if s not in pruner and str(s) not in pruner]
-        if missing:
-            raise ValueError(f"the pruner mapping has no pruner for stage(s) {missing}")
-        return {s: pruner[s] if s in pruner else pruner[str(s)] for s in stages}
-    if isinstance(pruner, TokenPruner):
-        return {s: copy.deepcopy(pruner) for s in stages}
-    if not isinstance(pruner, str) and not callable(pruner):
-        raise TypeError(
-            "pruner must be a TokenPruner, a registered name, a factory, a mapping or None, "
-            f"got {type(pruner).__name__}"
-        )
-    return {s: build_pruner(pruner, pruner_kwargs, dims[s], num_classes) for s in stages}
 
 
 class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
@@ -215,16 +190,15 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     def _setup_pruning(
         self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None, completion=None
     ) -> None:
-        stages = pruned_stages("SwinUNETR", pruner, prune_stages, SWIN_STAGES)  # the first three merging outputs
         executor = "gather" if executor == "padded" else executor  # the flat live-token list takes any count
         check_executor(executor, fill, SWIN_EXECUTORS)
         vit = self.swinViT
-        if stages and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
+        dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}  # the first three merging outputs are the boundaries
+        num_classes = self.out.conv.conv.out_channels
+        pruners = stage_pruners("SwinUNETR", pruner, pruner_kwargs, prune_stages, dims, num_classes, hierarchical=True)
+        if pruners and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
             raise ValueError("pruned SwinUNETR supports MONAI's default Swin blocks (use_v2=False, use_hyena=False)")
-        dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}
-        pruners = _build_pruners(pruner, pruner_kwargs, stages, dims, self.out.conv.conv.out_channels)
-        for stage, module in pruners.items():
-            check_stage_pruner("SwinUNETR", stage, module)
+        stages = sorted(pruners)
         self._install_pruners(pruners, executor, fill, SWIN_EXECUTORS)
         # tap t is merged from grid t - 1 (width embed_dim * 2^(t-1)); it reads pruned positions after the first stage
         taps = range(stages[0] + 1, len(SWIN_STAGES) + 2) if stages else ()
@@ -299,8 +273,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
                 attentions.clear()
                 state.apply(self.pruners[str(number)](inputs), number, inputs)
                 self.num_tokens = state.num_tokens
-        self.token_report, self.block_report = state.reports, state.block_reports
-        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
+        self._take_reports(state)
         return outs
 
     def _wants_attention(self, number: int) -> bool:

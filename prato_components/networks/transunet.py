@@ -18,7 +18,6 @@ weight-standardised ones (those matter for transferring BiT weights; nothing is 
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -32,8 +31,7 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
-    build_pruner,
-    pruned_stages,
+    stage_pruners,
     run_pruned_blocks,
 )
 from prato_components.pruners.base import TokenPruner
@@ -162,8 +160,9 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         dropout_rate: dropout of the embedding and the ViT blocks.
         qkv_bias: bias of the qkv projection (ViT-B has one).
         head_channels, decoder_channels: the cascaded upsampler (512; ``(256, 128, 64, 16)``).
-        pruner: a :class:`TokenPruner`, a registered pruner name (built with ``pruner_kwargs``; ``dim`` is filled in)
-            or ``None`` for the unpruned baseline. Each pruned stage gets its own copy.
+        pruner: a :class:`TokenPruner`, a registered pruner name or a factory (built with ``pruner_kwargs``; ``dim``
+            and ``num_classes`` are filled in), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned
+            baseline. Each pruned stage gets its own copy (``vit_pruning.stage_pruners``).
         prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)``; default ``(1, 2)`` as the paper.
         executor: ``"gather"`` (fast), ``"padded"`` (variable counts), ``"mask"`` or ``"attention_mask"``.
         fill: how pruned positions are filled when the grid is restored: ``"carry"`` or ``"zero"``.
@@ -195,7 +194,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         qkv_bias: bool = True,
         head_channels: int = 512,
         decoder_channels: Sequence[int] = (256, 128, 64, 16),
-        pruner: TokenPruner | str | None = None,
+        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -238,9 +237,9 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.decoder = CascadedUpsampler(hidden_size, self.cnn.skip_channels, head_channels, decoder_channels)
         self.segmentation_head = Convolution(2, decoder_channels[-1], out_channels, kernel_size=3, conv_only=True)
 
-        pruner = build_pruner(pruner, pruner_kwargs, hidden_size)
-        stages = pruned_stages("TransUNet", pruner, prune_stages, TRANSUNET_STAGES)
-        self._install_pruners({s: copy.deepcopy(pruner) for s in stages}, executor, fill)
+        widths = {stage: hidden_size for stage in TRANSUNET_STAGES}
+        pruners = stage_pruners("TransUNet", pruner, pruner_kwargs, prune_stages, widths, out_channels)
+        self._install_pruners(pruners, executor, fill)
         self.completion = completion
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -261,8 +260,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:
             grid = self.completion(grid, state, len(TRANSUNET_STAGES) + 1)
-        self.token_report, self.block_report = state.reports, state.block_reports
-        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
+        self._take_reports(state)
         return grid, skips
 
     def decode(

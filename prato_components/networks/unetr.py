@@ -9,7 +9,6 @@ blocks after it run on the kept tokens only.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 
@@ -22,8 +21,7 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
-    build_pruner,
-    pruned_stages,
+    stage_pruners,
     run_pruned_blocks,
 )
 from prato_components.pruners.base import TokenPruner
@@ -39,8 +37,9 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
     """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None)``.
 
     Args:
-        pruner: a :class:`TokenPruner`, a registered pruner name (built with ``pruner_kwargs``; ``dim`` is
-            filled in) or ``None`` for the unpruned baseline. Each pruned stage gets its own copy.
+        pruner: a :class:`TokenPruner`, a registered pruner name or a factory (built with ``pruner_kwargs``; ``dim``
+            and ``num_classes`` are filled in), a mapping ``{stage: TokenPruner}``, or ``None`` for the unpruned
+            baseline. Each pruned stage gets its own copy (``vit_pruning.stage_pruners``).
         prune_stages: stage boundaries to prune at, a subset of ``(1, 2, 3)``; the paper uses ``(1, 2)``.
         executor: ``"gather"`` (fast), ``"padded"`` (variable counts), ``"attention_mask"`` (full length, pruned keys
             masked) or ``"mask"`` (reference); see docs/design.md §5.
@@ -65,7 +64,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
     def __init__(
         self,
         *,
-        pruner: TokenPruner | str | None = None,
+        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -81,21 +80,23 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
             raise ValueError(f"img_size {requested} must be a multiple of the ViT patch size {tuple(self.patch_size)} "
                              "on every axis")
-        pruner = build_pruner(pruner, pruner_kwargs, self.hidden_size, self.out.conv.conv.out_channels)
-        self._setup_pruning(pruner, prune_stages, executor, fill, completion)
+        self._setup_pruning(pruner, pruner_kwargs, prune_stages, executor, fill, completion)
 
     def _setup_pruning(
         self,
-        pruner: TokenPruner | None,
+        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,
+        pruner_kwargs: Mapping | None,
         prune_stages: Sequence[int],
         executor: str,
         fill: str,
         completion: nn.Module | None = None,
     ) -> None:
-        stages = pruned_stages("UNETR", pruner, prune_stages, UNETR_STAGES)
         for block in self.vit.blocks:
             check_supported_block(block)
-        self._install_pruners({s: copy.deepcopy(pruner) for s in stages}, executor, fill)
+        widths = {stage: self.hidden_size for stage in UNETR_STAGES}
+        num_classes = self.out.conv.conv.out_channels
+        pruners = stage_pruners("UNETR", pruner, pruner_kwargs, prune_stages, widths, num_classes)
+        self._install_pruners(pruners, executor, fill)
         self.completion = completion
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
@@ -104,8 +105,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         check_image(x_in, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
         taps, final, state = self._encode(x_in, boxes)
-        self.token_report, self.block_report = state.reports, state.block_reports
-        self.aux_loss, self.aux_logits = state.aux_loss, state.aux_logits
+        self._take_reports(state)
         window = self._decode_window(boxes, self.img_size, self.patch_size)
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
         strides = [1, *[self.patch_size] * (len(maps) - 1)]
@@ -166,7 +166,6 @@ def patch_unetr(
     if not isinstance(model, UNETR):
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
     model.__class__ = PrunedUNETR
-    pruner = build_pruner(pruner, pruner_kwargs, model.hidden_size, model.out.conv.conv.out_channels)
-    model._setup_pruning(pruner, prune_stages, executor, fill, completion)
+    model._setup_pruning(pruner, pruner_kwargs, prune_stages, executor, fill, completion)
     model._setup_decoding(decode_region, decode_margin)
     return model

@@ -8,6 +8,7 @@ A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s decl
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "executor_mode",
     "pruned_stages",
     "run_pruned_blocks",
+    "stage_pruners",
 ]
 
 
@@ -47,14 +49,25 @@ class PrunedNetworkMixin:
     def _install_pruners(
         self, pruners: Mapping[int, TokenPruner], executor: str, fill: str, executors: tuple[str, ...] = EXECUTOR_MODES
     ) -> None:
-        """The one pruning set-up of every backbone: check the executor and fill, register ``pruners`` by stage
-        under ``pruners.<stage>``, and reset the per-forward reports (docs/design.md §5, §6)."""
+        """The one pruning set-up of every backbone: check the executor and fill, register ``pruners`` (built by
+        :func:`stage_pruners`) by stage under ``pruners.<stage>``, and reset the per-forward reports
+        (docs/design.md §5, §6)."""
         check_executor(executor, fill, executors)
         self.prune_stages = tuple(sorted(pruners))
         self.executor, self.fill = executor, fill
         self.pruners = nn.ModuleDict({str(stage): pruners[stage] for stage in self.prune_stages})
         self.token_report, self.block_report = [], []
         self.aux_loss, self.aux_logits = None, []
+
+    def _take_reports(self, *states: TokenState) -> None:
+        """Keep what this forward pass's executor state(s) recorded, in order (one state per pass; SegFormer has one
+        per MiT stage): :attr:`token_report`, :attr:`block_report`, :attr:`aux_logits` and :attr:`aux_loss`, the sum
+        of the pruners' side losses (``None`` without one)."""
+        self.token_report = [report for state in states for report in state.reports]
+        self.block_report = [report for state in states for report in state.block_reports]
+        self.aux_logits = [logits for state in states for logits in state.aux_logits]
+        losses = [loss for state in states for loss in state.aux_losses]
+        self.aux_loss = torch.stack(losses).sum() if losses else None
 
     def executor_mode(self) -> str:
         """The :class:`~prato_components.tokens.TokenState` mode of this forward pass, chosen here for every backbone
@@ -110,6 +123,55 @@ def build_pruner(
     if num_classes is not None and "num_classes" in parameters and "num_classes" not in bound:
         kwargs.setdefault("num_classes", num_classes)
     return factory(**kwargs)
+
+
+def stage_pruners(
+    network: str,
+    pruner: TokenPruner | str | Callable[..., TokenPruner] | Mapping | None,
+    pruner_kwargs: Mapping | None,
+    prune_stages: Sequence[int],
+    widths: Mapping[int, int],
+    num_classes: int | None = None,
+    hierarchical: bool = False,
+) -> dict[int, TokenPruner]:
+    """The one way every backbone builds its pruners: ``{stage: pruner}`` for the pruned stages.
+
+    Args:
+        network: the backbone's name, for error messages.
+        pruner: ``None`` (no pruning), a :class:`TokenPruner` (deep-copied per stage), a registered name or a factory
+            (built by :func:`build_pruner` once per stage width and deep-copied to the other stages of that width, so
+            stages of one width start from the same weights), or a mapping ``{stage: pruner}``.
+        pruner_kwargs: keyword arguments for a name or a factory.
+        prune_stages: the stages to prune at; ``ValueError`` unless they are keys of ``widths``.
+        widths: ``{stage: token width}`` for every stage boundary of the backbone.
+        num_classes: the network's output channels, filled in for pruners that take it (e.g. DToP).
+        hierarchical: the backbone's blocks are not ViT blocks (Swin UNETR, SegFormer): each pruner must pass
+            :func:`check_stage_pruner`.
+    """
+    stages = pruned_stages(network, pruner, prune_stages, tuple(widths))
+    if isinstance(pruner, Mapping):
+        missing = [s for s in stages if s not in pruner and str(s) not in pruner]
+        if missing:
+            raise ValueError(f"the pruner mapping has no pruner for stage(s) {missing}")
+        pruners = {s: pruner[s] if s in pruner else pruner[str(s)] for s in stages}
+    elif isinstance(pruner, TokenPruner):
+        pruners = {s: copy.deepcopy(pruner) for s in stages}
+    elif pruner is None or isinstance(pruner, str) or callable(pruner):
+        pruners, by_width = {}, {}
+        for s in stages:
+            width = int(widths[s])
+            if width in by_width:
+                pruners[s] = copy.deepcopy(by_width[width])
+            else:
+                pruners[s] = by_width[width] = build_pruner(pruner, pruner_kwargs, width, num_classes)
+    else:
+        raise TypeError(
+            f"pruner must be a TokenPruner, a registered name, a factory, a mapping or None, got {type(pruner).__name__}"
+        )
+    if hierarchical:
+        for stage, module in pruners.items():
+            check_stage_pruner(network, stage, module)
+    return pruners
 
 
 def check_stage_pruner(network: str, stage: int, pruner: object) -> None:
