@@ -1,8 +1,14 @@
-"""Shared fixtures and helpers: tiny synthetic data sets in the real layouts, a helper to run bundles in-process, and
-the tiny networks, images and stage inputs the unit tests under ``pruners/``, ``networks/`` and ``tokens/`` share.
+"""Shared fixtures and helpers: tiny synthetic data sets in the real layouts, a helper to run bundles in-process, the
+bundles on disk, and the tiny networks, images and stage inputs the unit tests under ``pruners/``, ``networks/`` and
+``tokens/`` share.
 
 Test modules import the plain helpers with ``from conftest import ...``: pytest puts this folder on ``sys.path``
-(rootdir-relative ``prepend`` import mode, no ``__init__.py``), so the same import works from every subfolder."""
+(rootdir-relative ``prepend`` import mode, no ``__init__.py``), so the same import works from every subfolder.
+
+What the tests need comes from the package (``prato_components.verification`` runs bundles, shrinks them and makes
+tiny data sets) and from the bundles on disk, not from ``tools/``: a test module imports a tool only when that tool is
+what it tests (``tests/test_requirements.py`` holds the map and fails on any other import). The one exception is
+``test_monailabel.py``, which starts the MONAI Label server through ``tools/monailabel_load.py``'s launcher."""
 
 from __future__ import annotations
 
@@ -20,12 +26,26 @@ sys.path.insert(0, ROOT)
 from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TokenState, TransUNet  # noqa: E402 - after the repository is on the path
 from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
+from prato_components.verification import find_bundles, make_tiny_acdc, run_config, spatial_dims  # noqa: E402
+from prato_components.verification import tiny_overrides as shrink  # noqa: E402
+
+BUNDLES_DIR = os.path.join(ROOT, "bundles")
+SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
+ALL_BUNDLES = find_bundles(BUNDLES_DIR)
+BUNDLES_3D = [name for name in ALL_BUNDLES if spatial_dims(os.path.join(BUNDLES_DIR, name)) == 3]
+BUNDLES = [name for name in ALL_BUNDLES if name not in BUNDLES_3D]  # the 2D bundles
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+BUNDLE_VERSION = read_json(os.path.join(BUNDLES_DIR, "unetr_prato", "configs", "metadata.json"))["version"]
 
 
 @pytest.fixture(scope="session")
 def acdc_dir(tmp_path_factory) -> str:
-    from tools.verify_bundles import make_tiny_acdc
-
     return make_tiny_acdc(str(tmp_path_factory.mktemp("acdc")))
 
 
@@ -50,21 +70,12 @@ def error_text(error: BaseException) -> str:
 
 def tiny_overrides(bundle: str, config: str = "train") -> dict:
     """Overrides that shrink a bundle's network and data handling for CPU tests (32 x 32 images)."""
-    from tools.verify_bundles import tiny_overrides as shrink
-
     return shrink(bundle, image_size=32, config=config)
 
 
 def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
     """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``, tiny sizes."""
-    from tools.verify_bundles import run_config
-
-    return run_config(os.path.join(ROOT, "bundles", bundle), config, bundle_root, **{**tiny_overrides(bundle, config), **overrides})
-
-
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
+    return run_config(os.path.join(BUNDLES_DIR, bundle), config, bundle_root, **{**tiny_overrides(bundle, config), **overrides})
 
 
 # ---------------------------------------------------------------------------------------------- tiny UNETR and inputs

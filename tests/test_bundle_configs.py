@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import ALL_BUNDLES as BUNDLES_ON_DISK
 from conftest import ROOT, read_json
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
@@ -16,12 +17,15 @@ from monai.transforms import Compose
 from prato_components.bundle import dataset_spec, load_transforms, load_transforms_3d
 from prato_components.data import make_btcv_like
 from prato_components.data.splits import load_or_create_split
+from prato_components.verification import TINY_NETWORKS, config_chain, split_bundle_name, tiny_overrides
 from tools.bundles import (
     ALL_BUNDLES,
     BUNDLES_3D,
+    BACKBONES,
+    BACKBONES_3D,
     PRUNING_KEYS,
-    _split,
-    config_chain,
+    Bundles,
+    bundle_files,
     forward_references,
     reading_order_problems,
     train_config,
@@ -30,6 +34,30 @@ from tools.bundles import (
 
 def _configs(bundle: str) -> str:
     return os.path.join(ROOT, "bundles", bundle, "configs")
+
+
+def test_committed_bundles_match_the_generator():
+    """``tools/bundles.py check`` passes, the bundles on disk are exactly the generator's, and every generated file
+    (the multi-GPU overlays included) is the committed one."""
+    assert "match" in Bundles().check()
+    assert sorted(ALL_BUNDLES) == BUNDLES_ON_DISK
+    for name in ALL_BUNDLES:
+        for rel, content in bundle_files(name).items():
+            with open(os.path.join(ROOT, "bundles", name, rel)) as f:
+                assert f.read() == content, (name, rel)
+
+
+def test_the_generator_shrinks_each_backbone_with_the_packages_tiny_widths():
+    """The tests and the verification shrink a bundle with ``prato_components.verification.TINY_NETWORKS``; the
+    generator's backbones are exactly those, each with that entry."""
+    assert set(TINY_NETWORKS) == set(BACKBONES) | set(BACKBONES_3D)
+    for backbone, spec in {**BACKBONES, **BACKBONES_3D}.items():
+        assert spec["tiny"] == TINY_NETWORKS[backbone], backbone
+    assert tiny_overrides("swin_unetr3d_prato", 32)["image_size"] == 64  # Swin 3D's bottleneck needs 64^3
+    assert split_bundle_name("swin_unetr3d_prato") == ("swin_unetr3d", "prato")
+    assert split_bundle_name("unetr_dynamicvit") == ("unetr", "dynamicvit")
+    with pytest.raises(ValueError, match="'vit_prato' does not start with a known backbone"):
+        split_bundle_name("vit_prato")
 
 
 @pytest.mark.parametrize("bundle", ALL_BUNDLES)
@@ -77,7 +105,7 @@ def test_evaluate_holds_only_what_differs_from_train(bundle):
 
 @pytest.mark.parametrize("bundle", ALL_BUNDLES)
 def test_one_pruner_block_above_the_network(bundle):
-    _, pruner = _split(bundle)
+    _, pruner = split_bundle_name(bundle)
     for file in ("train.json", "inference.json"):
         config = read_json(os.path.join(_configs(bundle), file))
         keys = list(config)

@@ -10,7 +10,7 @@ import torch
 from conftest import ROOT, error_text, read_json, run_bundle
 
 from prato_components.engine import differing_settings, load_weights, trained_settings
-from tools.verify_bundles import acdc_inference_inputs, run_config
+from prato_components.verification import acdc_inference_inputs, export, run_config
 
 BUNDLE = os.path.join(ROOT, "bundles", "unetr_prato")
 
@@ -72,7 +72,6 @@ def test_evaluate_and_infer_without_the_training_overrides(trained, acdc_dir, tm
 def test_export_and_segmenter_build_the_trained_network(trained, acdc_dir, tmp_path):
     from prato_components.export import load_exported
     from prato_components.interactive import BoxPromptSegmenter
-    from tools.verify_bundles import export
 
     weights = os.path.join(trained, "models", "model.pt")
     path = export(BUNDLE, weights, str(tmp_path / "net.pt2"))

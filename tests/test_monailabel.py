@@ -24,14 +24,13 @@ from conftest import ROOT, run_bundle
 
 from prato_components.interactive import (
     BoxPromptSegmenter,
-    boxes_for_image,
     boxes_from_request,
     check_image_file,
     slice_from_request,
 )
 from prato_components.prompts import boxes_from_label
+from prato_components.verification import tiny_overrides
 from tools.monailabel_load import monailabel_server, multipart_post
-from tools.verify_bundles import tiny_overrides
 
 SIZE = 32
 TINY = {k: v for k, v in tiny_overrides("unetr_prato", SIZE).items() if k not in ("num_workers", "batch_size")}
@@ -337,7 +336,7 @@ def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_di
         assert raised.value.code == 422 and "'params' is not valid JSON" in json.loads(raised.value.read())["detail"]
 
         # datastore image ids: unknown -> 404, known -> the label
-        for query, status in ((f"image=nosuchimage", 404), (f"image={image_id}", 200)):
+        for query, status in (("image=nosuchimage", 404), (f"image={image_id}", 200)):
             request = urllib.request.Request(f"{base}/infer/tiny?output=image&{query}",
                                              data=urllib.parse.urlencode({"params": json.dumps(ok_box)}).encode(),
                                              method="POST")

@@ -12,11 +12,10 @@ import zipfile
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import ROOT, run_bundle
+from conftest import BUNDLE_VERSION, BUNDLES_3D, ROOT, run_bundle
 
-from tools.bundles import BUNDLE_VERSION, BUNDLES_3D
+from prato_components.verification import acdc_inference_inputs, btcv_inference_inputs, make_tiny_btcv, tiny_overrides
 from tools.package_bundles import check_index, pack_bundle, pack_bundles, sha256
-from tools.verify_bundles import acdc_inference_inputs, btcv_inference_inputs, make_tiny_btcv, tiny_overrides
 
 
 def test_archives_are_deterministic_and_indexed(tmp_path):

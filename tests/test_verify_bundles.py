@@ -1,18 +1,20 @@
-"""tools/verify_bundles.py on every bundle: files, metadata, network I/O (full size), tiny train + inference, export."""
+"""The bundle verification (``prato_components.verification`` and its command line ``tools/verify_bundles.py``) on every
+bundle: files, metadata, network I/O (full size), tiny train + inference, export."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import BUNDLE_VERSION, BUNDLES, BUNDLES_3D, ROOT, SCHEMA
 
 from prato_components.export import example_inputs, load_exported
-from tools.bundles import BUNDLE_VERSION, BUNDLES, BUNDLES_3D
-from tools.verify_bundles import (
+from prato_components.verification import (
     _network,
     _network_overrides,
     check_export,
@@ -23,6 +25,7 @@ from tools.verify_bundles import (
     TINY_SIZE_3D,
     make_tiny_btcv,
     verify_bundle,
+    verify_bundles,
 )
 
 
@@ -52,7 +55,7 @@ def test_3d_metadata_net_in_out_and_export(bundle, tmp_path):
     bundle_dir, size = os.path.join(ROOT, "bundles", bundle), TINY_SIZE_3D.get(bundle, 32)
     assert check_metadata(bundle_dir) == BUNDLE_VERSION
     assert check_net_in_out(bundle_dir, image_size=size) == [size] * 3
-    network, _, _ = _network(bundle_dir, None, _network_overrides(bundle, size))
+    network, _, _ = _network(bundle_dir, None, _network_overrides(bundle_dir, size))
     torch.save(network.state_dict(), str(tmp_path / "model.pt"))
     result = check_export(bundle_dir, str(tmp_path / "model.pt"), str(tmp_path / "model.pt2"), image_size=size)
     assert result["max_abs_diff"] <= 1e-4
@@ -78,14 +81,33 @@ def test_missing_file_and_version_outside_changelog_are_named(tmp_path):
     meta["version"] = "9.9.9"
     with open(meta_path, "w") as f:
         json.dump(meta, f)
+    with pytest.raises(FileNotFoundError, match=r"no metadata schema at .*schemas/meta_schema.json: pass schema="):
+        check_metadata(bundle)  # a copy outside the collection has no schema beside it, and none is downloaded
     with pytest.raises(ValueError, match="9.9.9 is not in the changelog"):
-        check_metadata(bundle)
+        check_metadata(bundle, SCHEMA)
+
+
+def test_a_failing_bundle_is_reported_and_the_others_still_run(tmp_path):
+    """``verify_bundles`` records a failure per bundle and goes on; the command line exits non-zero naming it."""
+    collection = tmp_path / "collection"
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), collection / "bundles" / "unetr_prato")
+    os.remove(collection / "bundles" / "unetr_prato" / "LICENSE")
+    os.makedirs(collection / "bundles" / "not_a_bundle")  # no configs/metadata.json: not found as a bundle
+    report = verify_bundles(str(collection / "bundles"), schema=SCHEMA, work_dir=str(tmp_path / "work"))
+    assert list(report) == ["unetr_prato"]
+    assert report["unetr_prato"]["error"].startswith("FileNotFoundError: ") and "LICENSE" in report["unetr_prato"]["error"]
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "verify_bundles.py"), "run", "--bundles_dir",
+                           str(collection / "bundles"), "--work_dir", str(tmp_path / "cli")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "verification failed for ['unetr_prato']" in done.stderr
+    assert '"error": "FileNotFoundError' in done.stdout
 
 
 def _export_tiny(bundle: str, size: int, folder) -> tuple:
-    """Export bundle ``bundle`` (tiny widths, ``size`` px, random weights) through ``tools/verify_bundles.py export``;
+    """Export bundle ``bundle`` (tiny widths, ``size`` px, random weights) through the verification's ``export``;
     the eager network, the loaded export and its export.json."""
-    bundle_dir, overrides = os.path.join(ROOT, "bundles", bundle), _network_overrides(bundle, size)
+    bundle_dir = os.path.join(ROOT, "bundles", bundle)
+    overrides = _network_overrides(bundle_dir, size)
     network, _, _ = _network(bundle_dir, None, overrides)
     checkpoint = str(folder / "model.pt")
     torch.save(network.state_dict(), checkpoint)

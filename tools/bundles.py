@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 from prato_components import __version__  # noqa: E402
 from prato_components.bundle import CT_INTENSITY_RANGE, SETTING_RULES  # noqa: E402
+from prato_components.verification import CONFIG_CHAINS, TINY_NETWORKS, split_bundle_name  # noqa: E402
 
 BUNDLE_VERSION = "0.4.1"
 CHANGELOG = {
@@ -91,7 +92,7 @@ BACKBONES: dict[str, dict] = {
         },
         "dim": "@hidden_size",
         "stages": [1, 2],
-        "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
+        "tiny": TINY_NETWORKS["unetr"],
         "small": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16},
         "reference": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
     },
@@ -119,7 +120,7 @@ BACKBONES: dict[str, dict] = {
         # STP's MTA attends within Swin's 7 x 7 windows: global attention over the 56 x 56 tokens of the first pruned
         # grid would cost more than pruning saves (docs/pruners/stp.md)
         "completion_window": 7,
-        "tiny": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 3, 3, 3]},
+        "tiny": TINY_NETWORKS["swin_unetr"],
         "small": {"feature_size": 24, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24]},
         "reference": "Hatamizadeh et al., Swin UNETR: Swin Transformers for Semantic Segmentation of Brain Tumors "
                      "in MRI Images, BrainLes 2021",
@@ -150,9 +151,7 @@ BACKBONES: dict[str, dict] = {
         "dim": "@hidden_size",
         "stages": [1, 2],
         "completion_taps": [4],  # the upsampler reads the final grid only (tap 4 in UNETR's numbering)
-        "tiny": {"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "num_layers": 4, "cnn_layers": [1, 1, 1],
-                 "cnn_width": 8, "head_channels": 32, "decoder_channels": [16, 8, 8, 8],
-                 "network_def#cnn_norm": ["group", {"num_groups": 4}]},
+        "tiny": TINY_NETWORKS["transunet"],
         "small": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "num_layers": 12, "cnn_layers": [1, 2, 2],
                   "cnn_width": 32, "head_channels": 128, "decoder_channels": [64, 32, 16, 16]},
         "reference": "Chen et al., TransUNet: Transformers Make Strong Encoders for Medical Image Segmentation, 2021",
@@ -173,8 +172,7 @@ BACKBONES: dict[str, dict] = {
         },
         "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
-        "tiny": {"variant": "b0", "network_def#embed_dims": [8, 16, 32, 64], "network_def#depths": [1, 1, 1, 1],
-                 "network_def#num_heads": [1, 1, 2, 2], "network_def#decoder_dim": 16},
+        "tiny": TINY_NETWORKS["segformer"],
         "small": {"variant": "b0"},  # SegFormer-B0 is already small (3.7 M parameters)
         "reference": "Xie et al., SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers, "
                      "NeurIPS 2021",
@@ -248,14 +246,6 @@ PYTORCH_VERSION = "2.13.0"
 NUMPY_VERSION = "2.4.6"
 
 
-def _split(name: str) -> tuple[str, str]:
-    known = {**BACKBONES, **BACKBONES_3D}
-    for backbone in sorted(known, key=len, reverse=True):
-        if name.startswith(backbone + "_"):
-            return backbone, name[len(backbone) + 1 :]
-    raise ValueError(f"bundle {name!r} does not start with a known backbone {sorted(known)}")
-
-
 def backbone_spec(backbone: str) -> dict:
     """The specification of a 2D (``BACKBONES``) or 3D (``BACKBONES_3D``) backbone."""
     return BACKBONES[backbone] if backbone in BACKBONES else BACKBONES_3D[backbone]
@@ -270,7 +260,7 @@ def pruner_def(name: str) -> dict | None:
     the only block that differs between a backbone's bundles. A ViT backbone takes the pruner itself; a hierarchical
     one (Swin UNETR, SegFormer) takes the pruner class as a factory (``_mode_: callable``) and builds one per pruned
     stage at that stage's width."""
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     if pruner not in PRUNER_CONFIGS:
         raise ValueError(f"unknown pruner {pruner!r} in bundle {name!r}; choose from {sorted(PRUNER_CONFIGS)}")
     spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
@@ -286,7 +276,7 @@ def pruner_def(name: str) -> dict | None:
 
 def _network_block(name: str) -> dict:
     """The network of bundle ``name`` with its completion written in place (``network_def`` moves it out)."""
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
     net = copy.deepcopy(spec["network_def"])
     if pruner_spec["pruner"] is None:  # the baseline: nothing to prune, so no pruning keys
@@ -380,7 +370,7 @@ def trained_settings(config: dict) -> dict:
 def common(name: str, trained: bool = False) -> dict:
     """Keys shared by train and inference, in dependency order; ``trained``: the network settings follow the
     checkpoint at ``ckpt_path`` (inference)."""
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     config = {
         "imports": IMPORTS,
         "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
@@ -602,7 +592,7 @@ def train_config(name: str) -> dict:
     """``train.json``: the settings and network (``common``), the training settings, data loading, loss and optimiser,
     ``validate`` (used by training's ``ValidationHandler``), then ``train``."""
     config = common(name)
-    pruned = _split(name)[1] != "baseline"
+    pruned = split_bundle_name(name)[1] != "baseline"
     config.update({
         "epochs": 100,
         "batch_size": 8,
@@ -871,7 +861,7 @@ def _boxes_2d(size: int) -> dict:
 
 
 def metadata(name: str) -> dict:
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
     formats = _data_formats_2d(224)
     return {
@@ -935,7 +925,7 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 
 
 def readme(name: str) -> str:
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     title = f"{BACKBONES[backbone]['title']} with {PRUNER_CONFIGS[pruner]['title']}"
     notes = []
     for path in (os.path.join(ROOT, "docs", "backbones", f"{backbone}.md"), os.path.join(ROOT, "docs", "pruners", f"{pruner}.md")):
@@ -1069,15 +1059,14 @@ BACKBONES_3D: dict[str, dict] = {
         **BACKBONES["unetr"],
         "title": "UNETR-3D (ViT-B/16)",
         "network_def": {**BACKBONES["unetr"]["network_def"], "spatial_dims": 3},
-        "tiny": {"hidden_size": 48, "mlp_dim": 96, "num_heads": 2, "feature_size": 8},  # STP's MTA: width 12 in 3D
+        "tiny": TINY_NETWORKS["unetr3d"],
         "docs": "unetr",
     },
     "swin_unetr3d": {
         **BACKBONES["swin_unetr"],
         "title": "Swin UNETR-3D",
         "network_def": {**BACKBONES["swin_unetr"]["network_def"], "spatial_dims": 3},
-        # 64^3: the bottleneck (1/32) keeps 2^3 voxels, which instance norm needs in training
-        "tiny": {**BACKBONES["swin_unetr"]["tiny"], "image_size": 64},
+        "tiny": TINY_NETWORKS["swin_unetr3d"],
         "docs": "swin_unetr",
     },
 }
@@ -1249,7 +1238,7 @@ def _data_formats_3d(size: int) -> dict:
 def metadata_3d(name: str) -> dict:
     """``metadata.json`` of a 3D bundle (the default data set: BTCV, 1 CT channel, 14 classes)."""
     meta = metadata(name)
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
     formats = _data_formats_3d(96)
     meta.update({
@@ -1276,7 +1265,7 @@ def metadata_3d(name: str) -> dict:
 
 
 def readme_3d(name: str) -> str:
-    backbone, pruner = _split(name)
+    backbone, pruner = split_bundle_name(name)
     title = f"{backbone_spec(backbone)['title']} with {PRUNER_CONFIGS[pruner]['title']}"
     notes = []
     for path in (os.path.join(ROOT, "docs", "backbones", f"{backbone_spec(backbone)['docs']}.md"),
@@ -1359,22 +1348,7 @@ computed window gets the boxes in its own coordinates, clipped to it. Without a 
 """
 
 
-# each config file of a bundle and the files MONAI reads for it, in order (evaluate.json and multi_gpu_train.json are
-# overlays on train.json)
-CONFIG_CHAINS = {
-    "train.json": ("train.json",),
-    "evaluate.json": ("train.json", "evaluate.json"),
-    "inference.json": ("inference.json",),
-    "multi_gpu_train.json": ("train.json", "multi_gpu_train.json"),
-}
-
-
-def config_chain(config: str) -> list[str]:
-    """The configs (names without ``.json``) MONAI reads, in order, to run ``config``: ``"evaluate"`` is the overlay
-    chain ``["train", "evaluate"]``; ``"a+b"`` names a chain itself (``"train+multi_gpu_train"``)."""
-    if "+" in config:
-        return config.split("+")
-    return [file.removesuffix(".json") for file in CONFIG_CHAINS.get(f"{config}.json", (f"{config}.json",))]
+# each config file of a bundle and the files MONAI reads for it: prato_components.verification.CONFIG_CHAINS
 
 
 def reading_order_problems(name: str) -> list[str]:

@@ -34,7 +34,8 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tools.bundles import BACKBONES, BUNDLES, _split, config_chain  # noqa: E402
+from prato_components.verification import config_chain, split_bundle_name  # noqa: E402
+from tools.bundles import BACKBONES, BUNDLES  # noqa: E402
 
 SIZES: dict[str, dict] = {
     # CI: every run of the whole plan in seconds (64 x 64, Swin UNETR's least; the backbones' tiny widths, one epoch)
@@ -231,7 +232,7 @@ def expand(sections: Sequence[Section], datasets: Sequence[str], seeds: Sequence
 def run_overrides(run: Run, dataset_dir: str) -> dict:
     """The overrides shared by a run's training and evaluations."""
     profile = SIZES[run.size]
-    backbone, _ = _split(run.bundle)
+    backbone, _ = split_bundle_name(run.bundle)
     widths = BACKBONES[backbone][profile["widths"]] if profile["widths"] else {}
     return {"dataset": run.dataset, "dataset_dir": dataset_dir, "bundle_root": run.folder, "seed": run.seed,
             "image_size": profile["image_size"], "num_workers": 0, **widths, **run.overrides}
