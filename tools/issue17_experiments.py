@@ -55,8 +55,10 @@ VARIANTS = {
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 
 
-def plan(tiny: bool = False, epochs: int = 20, seeds: str | Sequence[int] = (0, 1)) -> list[dict]:
+def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] = (0, 1)) -> list[dict]:
     """The jobs, most important first (a deadline drops the tail); ``seeds``: e.g. ``"2,3"`` for more seeds."""
+    if isinstance(seeds, int):  # fire reads "--seeds 2" as a number
+        seeds = [seeds]
     seeds = [int(s) for s in (seeds.split(",") if isinstance(seeds, str) else seeds)]
     jobs = []
     if tiny:
