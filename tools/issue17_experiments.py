@@ -306,23 +306,23 @@ def table(results: str) -> None:
             continue
         cells = [mean([r["eval"][p]["dice"]["mean"] for r in rs if p in r["eval"]]) for p in PROMPTS + ("tight_keep1",)]
         print(f"| {data} | {size} | {variant} | " + " | ".join(f"{c:.4f}" for c in cells) + " |")
-    print("\nKept fraction of grid cells by what they contain (test split, tight box, seed 0):\n")
-    print("| data | size | variant | stage | class 1 | class 2 | class 3 | in box | outside box |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\nKept fraction of grid cells by what they contain (test split, tight box, first seed of each row):\n")
+    print("| data | size | variant | seed | stage | class 1 | class 2 | class 3 | in box | outside box |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (data, size, variant), rs in sorted(groups.items()):
         kb = rs[0].get("kept_by_class")
         if not kb:
             continue
         for stage, d in sorted(kb.items()):
-            print(f"| {data} | {size} | {variant} | {stage} | " + " | ".join(
+            print(f"| {data} | {size} | {variant} | {rs[0]['seed']} | {stage} | " + " | ".join(
                 f"{d.get(k):.3f}" if d.get(k) is not None else "-" for k in
                 ("class1", "class2", "class3", "in_box", "outside_box")) + " |")
-    print("\nValidation Dice per epoch (seed 0; class 1 / class 2 / class 3):\n")
+    print("\nValidation Dice per epoch (first seed of each row; class 1 / class 2 / class 3):\n")
     for (data, size, variant), rs in sorted(groups.items()):
         hist = rs[0].get("val_history") or []
         cells = " ".join(f"e{h['epoch']}:{h.get('right_ventricle') or 0:.2f}/{h.get('myocardium') or 0:.2f}/"
                          f"{h.get('left_ventricle') or 0:.2f}" for h in hist)
-        print(f"- {data} {size} {variant}: {cells}")
+        print(f"- {data} {size} {variant}, seed {rs[0]['seed']}: {cells}")
 
 
 if __name__ == "__main__":
