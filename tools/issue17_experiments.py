@@ -65,7 +65,8 @@ def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] 
         return [{"name": f"dark_32_s0_{v}", "data": "dark", "size": 32, "seed": 0, "variant": v, "epochs": 1}
                 for v in ("baseline", "prato_literal", "prato_warmup")]
     order = [
-        ("dark", 96, ("baseline", "prato_literal", "prato_protect", "prato_warmup", "random", "prato_protect_perclass")),
+        ("dark", 96, ("baseline", "prato_literal", "prato_protect", "prato_warmup", "random", "prato_protect_perclass",
+                      "prato_box_m16")),
         ("dark", 224, ("baseline", "prato_literal", "prato_protect", "prato_warmup")),
         ("demo", 96, ("baseline", "prato_literal", "prato_protect")),
         ("demo", 224, ("baseline", "prato_literal", "prato_protect")),
