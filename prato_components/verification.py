@@ -37,7 +37,7 @@ from collections.abc import Sequence
 __all__ = [
     "REQUIRED_FILES",
     "TINY_SIZE",
-    "TINY_SIZE_3D",
+    "TINY_WINDOW_3D",
     "TINY_3D",
     "TINY_NETWORKS",
     "CONFIG_CHAINS",
@@ -47,6 +47,7 @@ __all__ = [
     "spatial_dims",
     "config_chain",
     "tiny_overrides",
+    "tiny_window_3d",
     "make_tiny_acdc",
     "make_tiny_btcv",
     "acdc_inference_inputs",
@@ -74,9 +75,9 @@ REQUIRED_FILES = (
     "LICENSE",
 )
 TINY_SIZE = 64
-TINY_SIZE_3D = {"swin_unetr3d_baseline": 64, "swin_unetr3d_prato": 64}
-"""Window side of the 3D bundles' tiny run (default 32): Swin UNETR's 1/32 bottleneck needs 2^3 voxels in training
-mode (training, and ``verify_net_in_out``)."""
+TINY_WINDOW_3D = 32
+"""Window side of the 3D bundles' tiny run, unless the backbone's :data:`TINY_NETWORKS` entry sets ``image_size``
+(Swin UNETR-3D: 64, its 1/32 bottleneck needs 2^3 voxels in training mode)."""
 TINY_3D = {"pixdim": [2.0, 2.0, 2.0], "sw_batch_size": 2}
 """Data settings of the 3D bundles' tiny run: 2 mm voxels (small synthetic volumes), two windows at a time."""
 
@@ -144,6 +145,11 @@ def tiny_overrides(name: str, image_size: int = TINY_SIZE, config: str = "train"
     backbone, _ = split_bundle_name(name)
     batch = {} if config == "inference" else {"batch_size": 4}
     return {"image_size": image_size, "num_workers": 0, **batch, **TINY_NETWORKS[backbone]}
+
+
+def tiny_window_3d(name: str) -> int:
+    """The window side a 3D bundle ``name`` is checked at (its :data:`TINY_NETWORKS` ``image_size``, else 32)."""
+    return TINY_NETWORKS[split_bundle_name(name)[0]].get("image_size", TINY_WINDOW_3D)
 
 
 def _network_overrides(bundle_dir: str, image_size: int = TINY_SIZE) -> dict:
@@ -464,7 +470,7 @@ def verify_bundles(bundles_dir: str, names: Sequence[str] | None = None, dataset
                                    make_tiny_acdc(os.path.join(work, "acdc")))
             report[name] = verify_bundle(bundle_dir, os.path.join(work, name), data, full_size=full_size,
                                          torchscript=torchscript, schema=schema,
-                                         image_size=TINY_SIZE_3D.get(name, 32) if three_d else TINY_SIZE)
+                                         image_size=tiny_window_3d(name) if three_d else TINY_SIZE)
         except Exception as error:  # noqa: BLE001 - reported per bundle
             report[name] = {"error": f"{type(error).__name__}: {error}"}
     return report

@@ -51,34 +51,29 @@ def _requirements() -> dict[str, set[str]]:
     return out
 
 
-def _imports(folder: str) -> dict[str, str]:
-    """Top-level module -> first file importing it, for every ``.py`` under ``folder`` (imports inside functions
-    count: they run too)."""
-    found: dict[str, str] = {}
-    for base, dirs, files in os.walk(os.path.join(ROOT, folder)):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
-        for name in files:
-            if not name.endswith(".py"):
-                continue
-            path = os.path.join(base, name)
-            for node in ast.walk(ast.parse(open(path).read(), path)):
-                if isinstance(node, ast.Import):
-                    modules = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    modules = [node.module]
-                else:
-                    continue
-                for module in modules:
-                    found.setdefault(module.split(".")[0], os.path.relpath(path, ROOT))
-    return found
-
-
 def _python_files(folder: str) -> list[str]:
     out = []
     for base, dirs, files in os.walk(os.path.join(ROOT, folder)):
         dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
         out += [os.path.join(base, name) for name in files if name.endswith(".py")]
     return sorted(out)
+
+
+def _imports(folder: str) -> dict[str, str]:
+    """Top-level module -> first file importing it, for every ``.py`` under ``folder`` (imports inside functions
+    count: they run too)."""
+    found: dict[str, str] = {}
+    for path in _python_files(folder):
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                found.setdefault(module.split(".")[0], os.path.relpath(path, ROOT))
+    return found
 
 
 def _tools_used(path: str) -> set[str]:

@@ -22,8 +22,8 @@ from prato_components.verification import (
     check_metadata,
     check_net_in_out,
     export,
-    TINY_SIZE_3D,
     make_tiny_btcv,
+    tiny_window_3d,
     verify_bundle,
     verify_bundles,
 )
@@ -52,7 +52,7 @@ def test_3d_metadata_net_in_out_and_export(bundle, tmp_path):
     """The 3D bundles' metadata, network I/O and torch.export of one window with [B, M, 6] boxes (random tiny
     weights; the exported program equals the eager network for 1-3 boxes and no prompt). Swin UNETR at 64^3:
     ``verify_net_in_out`` runs the network in training mode, where its 1/32 bottleneck needs 2^3 voxels."""
-    bundle_dir, size = os.path.join(ROOT, "bundles", bundle), TINY_SIZE_3D.get(bundle, 32)
+    bundle_dir, size = os.path.join(ROOT, "bundles", bundle), tiny_window_3d(bundle)
     assert check_metadata(bundle_dir) == BUNDLE_VERSION
     assert check_net_in_out(bundle_dir, image_size=size) == [size] * 3
     network, _, _ = _network(bundle_dir, None, _network_overrides(bundle_dir, size))
