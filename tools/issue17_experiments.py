@@ -51,6 +51,9 @@ VARIANTS = {
     # issue 12: the bundle default (protect_boxes, decode_region "box") trained at three decode margins
     **{f"prato_box_m{m}": ("unetr_prato", {"protect_boxes": True, "decode_region": "box", "decode_margin": m})
        for m in (0, 16, 32)},
+    # the bundle default with a pruning warm-up (unpruned for 4 epochs, then keep_ratio ramped over 4)
+    "prato_box_warmup": ("unetr_prato", {"protect_boxes": True, "decode_region": "box", "decode_margin": 16,
+                                         "warmup_epochs": 4, "ramp_epochs": 4}),
 }
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 
@@ -72,6 +75,7 @@ def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] 
         ("demo", 224, ("baseline", "prato_literal", "prato_protect")),
         ("demo", 96, ("prato_box_m0", "prato_box_m16", "prato_box_m32")),
         ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
+        ("dark", 96, ("prato_box_warmup",)),
     ]
     for data, size, variants in order:
         for seed in seeds:
@@ -239,7 +243,8 @@ def run(out: str, parallel: int = 8, deadline: float = 420.0, tiny: bool = False
     jobs = plan(tiny, epochs, seeds)
     if only:
         keys = only.split(",") if isinstance(only, str) else [str(k) for k in only]  # fire makes "a,b" a tuple
-        jobs = [j for j in jobs if any(k in j["name"] for k in keys)]
+        names = {j["name"] for j in jobs}  # a key naming a job exactly selects that job only, else every job containing it
+        jobs = [j for j in jobs if any(k == j["name"] or (k not in names and k in j["name"]) for k in keys)]
     threads = os.environ.get("OMP_NUM_THREADS", "2")  # set it to 1 when other jobs share the cores
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     running: list = []

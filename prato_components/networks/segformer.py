@@ -178,7 +178,7 @@ class MixFFN(nn.Module):
     def forward(self, x: torch.Tensor, grid_shape: Sequence[int], state: TokenState | None = None) -> torch.Tensor:
         hidden = self.fc1(x)
         pruned = state is not None and state.pruned
-        grid = state.restore(hidden, fill="zero", scratch=True) if pruned else hidden
+        grid = state.restore(hidden, fill="zero") if pruned else hidden
         grid = _to_tokens(self.dwconv(_to_map(grid, grid_shape)))
         hidden = state.live_rows(grid) if pruned else grid
         return self.drop(self.fc2(self.drop(self.act(hidden))))

@@ -157,7 +157,7 @@ class TokenState:
         self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
         self._kept: list[tuple[int, torch.Tensor]] = []  # (stage, alive mask or live grid positions after it)
         self._flat_index: torch.Tensor | None = None  # [B * n] rows of the flattened grid, gather without padding
-        self._zero_grids: dict[tuple, torch.Tensor] = {}  # inference: zero-filled grids reused between blocks
+        self._source_rows: torch.Tensor | None = None  # [B * N] where each grid row is read from, see _grid_sources
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
         self.reports: list[StageReport] = []
         self.block_reports: list[BlockReport] = []
@@ -361,7 +361,7 @@ class TokenState:
             index = index.masked_fill(~valid, self.num_tokens)
         self.tokens, self.token_index, self.valid = tokens, index, valid
         self._flat_index = _flat_rows(index, self.num_tokens) if valid is None else None
-        self._zero_grids.clear()  # rows written for the previous live set would no longer be overwritten
+        self._source_rows = None
 
     def _apply_mask(self, keep, weights, inputs) -> None:
         self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
@@ -376,27 +376,47 @@ class TokenState:
             self.tokens = self.tokens * (self.alive.to(self.tokens.dtype) if factor is None else factor).unsqueeze(-1)
 
     # ------------------------------------------------------------------ restoring the grid
-    def _scatter(self, base: torch.Tensor, tokens: torch.Tensor, fresh: bool = False) -> torch.Tensor:
-        """``base`` with ``tokens`` written at the live tokens' grid positions (padding rows dropped); whole rows are
-        copied with ``index_copy_`` on the flattened batch (faster on CPU than ``scatter`` with an expanded index).
-        ``fresh``: ``base`` is a new tensor of ours and is written in place; otherwise it is copied first."""
-        batch, num, channels = base.shape
+    def _grid_sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gather`` mode, built once per selection: the flattened grid's pruned rows ``[B * (N - K)]`` (ascending),
+        and for every grid row ``[B * N]`` the row to read it from in ``cat([live [B * K], pruned [B * (N - K)]])``."""
+        if self._source_rows is None:
+            flat, device = self._flat_index, self._flat_index.device
+            live, total = flat.numel(), self.tokens.shape[0] * self.num_tokens
+            is_live = torch.zeros(total, dtype=torch.uint8, device=device).index_fill_(0, flat, 1)
+            pruned = torch.sort(is_live, stable=True).indices[: total - live]
+            sources = torch.empty(total, dtype=torch.long, device=device)
+            sources.index_copy_(0, flat, torch.arange(live, device=device))
+            sources.index_copy_(0, pruned, torch.arange(live, total, device=device))
+            self._source_rows = (pruned, sources)
+        return self._source_rows
+
+    def _scatter(
+        self, tokens: torch.Tensor, base: torch.Tensor | None, transform: Callable | None = None
+    ) -> torch.Tensor:
+        """``base`` (``None``: zeros; else ``[B, N, C]``, with ``transform`` applied row by row to the rows it
+        supplies) with ``tokens`` at the live tokens' grid positions (padding rows dropped).
+
+        Without padding the grid is *gathered*: one ``index_select`` of whole rows from the live rows followed by
+        the base's pruned rows (or one zero row), each grid row read from where it lives (:meth:`_grid_sources`). On
+        CPU that is 1.5-2.5x faster than writing the live rows into a copy of the base with ``index_copy_``, the base
+        is never written, and ``transform`` (a norm) runs on the pruned rows only (docs/design.md §5)."""
+        batch, num, channels = tokens.shape[0], self.num_tokens, tokens.shape[2]
         rows = tokens.reshape(-1, channels)
         if self.valid is None:
-            flat = base.reshape(batch * num, channels)
-            return (flat if fresh else flat.clone()).index_copy_(0, self._flat_index, rows).view(batch, num, channels)
+            pruned, sources = self._grid_sources()
+            if base is None:  # every pruned row reads the one zero row after the live rows
+                fill, sources = rows.new_zeros(1, channels), sources.clamp(max=rows.shape[0])
+            else:
+                fill = base.reshape(batch * num, channels).index_select(0, pruned)
+                fill = fill if transform is None else transform(fill)
+            return torch.cat([rows, fill]).index_select(0, sources).view(batch, num, channels)
+        if base is not None and transform is not None:
+            base = transform(base)
         # padding rows point at an extra row N, cut off afterwards (the concatenation is a new tensor)
-        base = torch.cat([base, base.new_zeros(batch, 1, channels)], dim=1)
+        extra = tokens.new_zeros(batch, 1, channels)
+        base = extra.new_zeros(batch, num + 1, channels) if base is None else torch.cat([base, extra], dim=1)
         flat = base.reshape(batch * (num + 1), channels).index_copy_(0, _flat_rows(self.token_index, num + 1), rows)
         return flat.view(batch, num + 1, channels)[:, :num]
-
-    def _zero_grid(self, tokens: torch.Tensor) -> torch.Tensor:
-        """A zero ``[B, N, C]`` grid for scratch restores, made once per width: they write only the live rows, which
-        stay the same until the next :meth:`apply`, so the other rows stay zero."""
-        key = (tokens.shape[0], tokens.shape[2], tokens.dtype, tokens.device)
-        if key not in self._zero_grids:
-            self._zero_grids[key] = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
-        return self._zero_grids[key]
 
     def live_rows(self, grid: torch.Tensor) -> torch.Tensor:
         """The rows of a full grid ``[B, N, C]`` at the live tokens' positions, aligned with :attr:`tokens`; the
@@ -415,30 +435,25 @@ class TokenState:
         tokens: torch.Tensor | None = None,
         fill: str | None = None,
         carry_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        scratch: bool = False,
     ) -> torch.Tensor:
         """The live tokens (or ``tokens`` aligned with them) on the full grid, ``[B, N, C]``.
 
         Args:
             tokens: values aligned with the live tokens (e.g. after a final norm); default the live tokens.
             fill: override of the fill policy.
-            carry_transform: applied to the carried values (e.g. the same final norm), ``carry`` fill only.
-            scratch: the result is consumed before the next restore (e.g. by a convolution), so a ``zero`` fill
-                without autograd may reuse one zero grid per width instead of allocating and zeroing a new one.
+            carry_transform: applied row by row to the carried values (e.g. the same final norm), ``carry`` fill
+                only.
         """
         tokens = self.tokens if tokens is None else tokens
         fill = self.fill if fill is None else fill
         if not self.pruned:
             return tokens
-        if scratch and fill == "zero" and self.alive is None and self.valid is None and not torch.is_grad_enabled():
-            return self._scatter(self._zero_grid(tokens), tokens, fresh=True)
-        if fill == "carry" and self.carry is not None:
-            base = self.carry if carry_transform is None else carry_transform(self.carry)
-        else:
-            base = tokens.new_zeros(tokens.shape[0], self.num_tokens, tokens.shape[2])
+        base = self.carry if fill == "carry" else None  # None: zeros
         if self.alive is not None:
-            return torch.where(self.alive.unsqueeze(-1), tokens, base)
-        return self._scatter(base, tokens, fresh=base is not self.carry and not base._is_view())
+            if base is not None and carry_transform is not None:
+                base = carry_transform(base)
+            return torch.where(self.alive.unsqueeze(-1), tokens, 0.0 if base is None else base)
+        return self._scatter(tokens, base, carry_transform)
 
     def feature_map(self) -> torch.Tensor:
         """The restored grid as a channel-first map ``[B, C, *grid_shape]`` (carry fill; a channels-last view)."""

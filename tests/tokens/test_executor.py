@@ -48,9 +48,9 @@ def test_padded_mode_variable_counts_and_restore():
     assert state.pruned_at().tolist() == [[0, 1, 0, 1, 1, 1], [0, 0, 0, 0, 1, 0]]
 
 
-def test_gather_mode_restore_live_rows_and_scratch_grids():
-    """Restores write the live rows; live_rows reads them back; scratch zero grids are reused between restores
-    without autograd, stay zero at pruned rows, and are dropped when the next stage prunes."""
+def test_gather_mode_restore_live_rows_and_zero_fill():
+    """Restores put the live rows at their grid positions and zero (or the carry) elsewhere; live_rows reads them
+    back; the next stage's selection moves the rows; gradients reach the live rows; the carry is never written."""
     from prato_components.pruners import select_topk
 
     tokens = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
@@ -59,26 +59,34 @@ def test_gather_mode_restore_live_rows_and_scratch_grids():
     state.apply(select_topk(scores, 4 / 6), 1, state.stage_input(1, (1.0, 1.0), None))
     assert state.token_index.tolist() == [[0, 2, 3, 5], [2, 3, 4, 5]]
     assert [grid.int().tolist() for _, grid in state.kept_grids] == [[[1, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 1]]]
-    hidden = torch.full((2, 4, 3), 7.0)
-    with torch.no_grad():
-        first = state.restore(hidden, fill="zero", scratch=True)
-        want = torch.zeros(2, 6, 3).index_put_((torch.arange(2)[:, None], state.token_index), hidden)
-        assert torch.equal(first, want)
-        assert torch.equal(state.live_rows(first * 2), hidden * 2)
-        again = state.restore(hidden + 1, fill="zero", scratch=True)
-        assert again.data_ptr() == first.data_ptr()  # the same scratch grid
-        assert torch.equal(again, want + (want != 0).float())
-        # the next stage prunes image 0's cell 0: a fresh scratch grid, zero there
-        state.apply(select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None))
-        third = state.restore(torch.ones(2, 3, 3), fill="zero", scratch=True)
-        assert third[..., 0].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
-    grad_hidden = hidden.clone().requires_grad_(True)
-    restored = state.restore(grad_hidden[:, :3], fill="zero", scratch=True)  # with autograd: a fresh grid
-    assert restored.data_ptr() != third.data_ptr() and restored.requires_grad
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3) + 1
+    want = torch.zeros(2, 6, 3).index_put_((torch.arange(2)[:, None], state.token_index), hidden)
+    first = state.restore(hidden, fill="zero")
+    assert torch.equal(first, want)
+    assert torch.equal(state.live_rows(first * 2), hidden * 2)
+    assert torch.equal(state.restore(hidden + 1, fill="zero"), want + (want != 0).float())
+    carried = state.restore(hidden[..., :2])
+    assert torch.equal(carried[0, 1], tokens[0, 1]) and torch.equal(carried[1, 0], tokens[1, 0])  # pruned: carry
+    assert torch.equal(carried[0, 2], hidden[0, 1, :2])  # live: the given rows
+    # the next stage prunes image 0's cell 0 and image 1's cell 5: zero there now
+    state.apply(select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None))
+    third = state.restore(torch.ones(2, 3, 3), fill="zero")
+    assert third[..., 0].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
+    grad_hidden = torch.ones(2, 3, 3, requires_grad=True)
+    restored = state.restore(grad_hidden * torch.arange(1.0, 4.0), fill="zero")
+    restored.sum().backward()
+    assert torch.equal(grad_hidden.grad, torch.arange(1.0, 4.0).expand(2, 3, 3))
     # carry fill keeps the carried values at pruned rows and never writes into the carry itself
     carry = state.carry.clone()
     state.restore(torch.zeros(2, 3, 2))
     assert torch.equal(state.carry, carry)
+    # a carry transform (a norm) reaches exactly the pruned rows, as if applied to the whole carry
+    norm = torch.nn.LayerNorm(2)
+    torch.nn.init.uniform_(norm.weight), torch.nn.init.uniform_(norm.bias)
+    live = torch.randn(2, 3, 2)
+    with torch.no_grad():
+        want = torch.where(state.alive_grid().unsqueeze(-1), state.restore(live), norm(state.carry))
+        assert torch.allclose(state.restore(live, carry_transform=norm), want)
 
 
 def test_gather_mode_rejects_variable_counts():
