@@ -397,9 +397,9 @@ class TokenState:
         supplies) with ``tokens`` at the live tokens' grid positions (padding rows dropped).
 
         Without padding the grid is *gathered*: one ``index_select`` of whole rows from the live rows followed by
-        the base's pruned rows (or one zero row), each grid row read from where it lives (:meth:`_grid_sources`). On
-        CPU that is 1.5-2.5x faster than writing the live rows into a copy of the base with ``index_copy_``, the base
-        is never written, and ``transform`` (a norm) runs on the pruned rows only (docs/design.md §5)."""
+        the base's pruned rows (or one zero row), each grid row read from where it lives (:meth:`_grid_sources`): on
+        CPU faster than writing the live rows into a copy of the base with ``index_copy_``, the base is never
+        written, and ``transform`` (a norm) runs on the pruned rows only (docs/design.md §5)."""
         batch, num, channels = tokens.shape[0], self.num_tokens, tokens.shape[2]
         rows = tokens.reshape(-1, channels)
         if self.valid is None:
