@@ -54,6 +54,9 @@ VARIANTS = {
     # the bundle default with a pruning warm-up (unpruned for 4 epochs, then keep_ratio ramped over 4)
     "prato_box_warmup": ("unetr_prato", {"protect_boxes": True, "decode_region": "box", "decode_margin": 16,
                                          "warmup_epochs": 4, "ramp_epochs": 4}),
+    # the PrATo bundle keeping every token: PrATo's network and initialisation, nothing pruned (is a class lost to
+    # pruning, or to the initialisation the pruner's parameters shift?)
+    "prato_keep1": ("unetr_prato", {"protect_boxes": True, "keep_ratio": 1.0, **FULL}),
 }
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 
@@ -75,7 +78,7 @@ def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] 
         ("demo", 224, ("baseline", "prato_literal", "prato_protect")),
         ("demo", 96, ("prato_box_m0", "prato_box_m16", "prato_box_m32")),
         ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
-        ("dark", 96, ("prato_box_warmup",)),
+        ("dark", 96, ("prato_box_warmup", "prato_keep1")),
     ]
     for data, size, variants in order:
         for seed in seeds:

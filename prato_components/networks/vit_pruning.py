@@ -8,10 +8,12 @@ A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s decl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -28,6 +30,7 @@ __all__ = [
     "build_pruner",
     "check_stage_pruner",
     "executor_mode",
+    "own_random_stream",
     "pruned_stages",
     "run_pruned_blocks",
     "stage_pruners",
@@ -125,6 +128,18 @@ def build_pruner(
     return factory(**kwargs)
 
 
+@contextlib.contextmanager
+def own_random_stream() -> Iterator[None]:
+    """Build modules (pruners, completions) on a random stream of their own: seeded from the global CPU generator's
+    state without advancing it, which is restored afterwards. A pruned network therefore leaves the global stream
+    where its unpruned backbone does, so at one seed both get the same initial backbone weights *and* draw the same
+    data order and augmentations afterwards (a paired comparison; docs/design.md §5)."""
+    seed = zlib.crc32(torch.random.get_rng_state().numpy().tobytes())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def stage_pruners(
     network: str,
     pruner: TokenPruner | str | Callable[..., TokenPruner] | Mapping | None,
@@ -139,8 +154,9 @@ def stage_pruners(
     Args:
         network: the backbone's name, for error messages.
         pruner: ``None`` (no pruning), a :class:`TokenPruner` (deep-copied per stage), a registered name or a factory
-            (built by :func:`build_pruner` once per stage width and deep-copied to the other stages of that width, so
-            stages of one width start from the same weights), or a mapping ``{stage: pruner}``.
+            (built by :func:`build_pruner` once per stage width, on :func:`own_random_stream`, and deep-copied to the
+            other stages of that width, so stages of one width start from the same weights), or a mapping
+            ``{stage: pruner}``.
         pruner_kwargs: keyword arguments for a name or a factory.
         prune_stages: the stages to prune at; ``ValueError`` unless they are keys of ``widths``.
         widths: ``{stage: token width}`` for every stage boundary of the backbone.
@@ -158,12 +174,13 @@ def stage_pruners(
         pruners = {s: copy.deepcopy(pruner) for s in stages}
     elif pruner is None or isinstance(pruner, str) or callable(pruner):
         pruners, by_width = {}, {}
-        for s in stages:
-            width = int(widths[s])
-            if width in by_width:
-                pruners[s] = copy.deepcopy(by_width[width])
-            else:
-                pruners[s] = by_width[width] = build_pruner(pruner, pruner_kwargs, width, num_classes)
+        with own_random_stream():
+            for s in stages:
+                width = int(widths[s])
+                if width in by_width:
+                    pruners[s] = copy.deepcopy(by_width[width])
+                else:
+                    pruners[s] = by_width[width] = build_pruner(pruner, pruner_kwargs, width, num_classes)
     else:
         raise TypeError(
             f"pruner must be a TokenPruner, a registered name, a factory, a mapping or None, got {type(pruner).__name__}"
@@ -192,7 +209,8 @@ def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | 
     """The learned completions of a hierarchical backbone, one per tap at that tap's width (``widths``
     ``{tap: channels}``, the taps that can read pruned positions): ``completion`` is a mapping ``{tap: module}`` or a
     factory called as ``completion(dim=width, taps=(tap,))`` (e.g. ``MultiLayerTokenAssembly`` with MONAI's
-    ``"_mode_": "callable"``); ``None`` without a completion or without pruned taps."""
+    ``"_mode_": "callable"``, built on :func:`own_random_stream`); ``None`` without a completion or without pruned
+    taps."""
     if completion is None or not widths:
         return None
     if isinstance(completion, Mapping):
@@ -206,7 +224,8 @@ def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | 
             f"factory(dim=..., taps=(tap,)) or a mapping {{tap: module}} for taps {sorted(widths)}, got "
             f"{type(completion).__name__}"
         )
-    return nn.ModuleDict({str(t): completion(dim=int(w), taps=(t,)) for t, w in widths.items()})
+    with own_random_stream():
+        return nn.ModuleDict({str(t): completion(dim=int(w), taps=(t,)) for t, w in widths.items()})
 
 
 def executor_mode(first_pruner: TokenPruner | None, executor: str, training: bool) -> str:

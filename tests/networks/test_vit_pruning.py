@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import UNETR_BOXES, tiny_segformer as segformer, tiny_swin_unetr as swin, tiny_transunet as transunet, tiny_unetr
-from prato_components.networks.vit_pruning import stage_pruners
+from prato_components.networks.vit_pruning import own_random_stream, stage_pruners
 from prato_components.pruners import DToP, RandomPruner
 from prato_components.tokens import TokenState
 
@@ -90,6 +90,32 @@ def test_stages_of_one_width_start_from_the_same_weights_in_their_own_modules():
     # distinct widths (Swin UNETR) get distinct pruners built at their own width
     net = swin(pruner="prato", prune_stages=(1, 2))
     assert net.pruners["1"].f1.in_features * 2 == net.pruners["2"].f1.in_features
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_pruners_do_not_move_the_random_stream(backbone):
+    """At one seed a pruned network and its unpruned backbone start from the same backbone weights and leave the
+    global random stream at the same place (same data order afterwards: a paired comparison); the pruners' own
+    weights follow the seed."""
+    build = BACKBONES[backbone][0]
+    plain = build(pruner=None)
+    after_plain = torch.rand(4)
+    pruned = build(pruner="dtop", prune_stages=(1, 2))
+    after_pruned = torch.rand(4)
+    assert torch.equal(after_plain, after_pruned)
+    backbone_weights = plain.state_dict()
+    for name, value in pruned.state_dict().items():
+        if not name.startswith("pruners."):
+            assert torch.equal(value, backbone_weights[name]), name
+    again = build(pruner="dtop", prune_stages=(1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(pruned.pruners.parameters(), again.pruners.parameters()))
+    torch.manual_seed(1)  # another global state: other pruner weights
+    other = stage_pruners("UNETR", "dtop", None, (1, 2), _stage_widths(backbone, pruned), 3)
+    assert not torch.equal(other[1].head.weight, pruned.pruners["1"].head.weight)
+    state = torch.random.get_rng_state()
+    with own_random_stream():
+        torch.rand(8)
+    assert torch.equal(torch.random.get_rng_state(), state)
 
 
 def test_stage_pruners_takes_instances_mappings_and_refuses_the_rest():
