@@ -381,6 +381,8 @@ class TokenState:
         and for every grid row ``[B * N]`` the row to read it from in ``cat([live [B * K], pruned [B * (N - K)]])``."""
         if self._source_rows is None:
             flat, device = self._flat_index, self._flat_index.device
+            if hasattr(flat, "as_tensor"):  # a MONAI MetaTensor (from a MetaTensor image): plain index arithmetic
+                flat = flat.as_tensor()
             live, total = flat.numel(), self.tokens.shape[0] * self.num_tokens
             is_live = torch.zeros(total, dtype=torch.uint8, device=device).index_fill_(0, flat, 1)
             pruned = torch.sort(is_live, stable=True).indices[: total - live]

@@ -131,3 +131,21 @@ def test_next_grid_starts_with_the_alive_tokens_and_continues_the_pass(mode):
     assert state.restore(fill="zero")[..., 0].tolist() == [[100, 0, 0, 103], [0, 105, 0, 0]]
     with pytest.raises(ValueError, match="without pruned_before"):
         first.next_grid(tokens, (2, 2), alive).pruned_at()
+
+
+def test_gather_mode_restores_monai_metatensors():
+    """Bundle runs feed collated MONAI MetaTensors (per-image metadata): the restore's index arithmetic stays plain
+    tensors, so slicing never meets the batch's metadata."""
+    from monai.data import MetaTensor, list_data_collate
+
+    from prato_components.pruners import select_topk
+
+    items = [{"x": MetaTensor(torch.zeros(6, 2), meta={"filename_or_obj": f"{i}.png"})} for i in range(2)]
+    tokens = list_data_collate(items)["x"] + torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
+    state = TokenState(tokens, (2, 3), mode="gather", fill="carry")
+    scores = tokens[..., 0] * 0 + torch.tensor([[5.0, 0, 4, 3, 0, 2], [0, 1, 2, 3, 4, 5]])  # a collated MetaTensor
+    state.apply(select_topk(scores, 4 / 6), 1, state.stage_input(1, (1.0, 1.0), None))
+    grid = torch.as_tensor(state.restore(state.tokens * 0 - 1, fill="zero"))
+    assert grid[..., 0].tolist() == [[-1, 0, -1, -1, 0, -1], [0, 0, -1, -1, -1, -1]]
+    carried = torch.as_tensor(state.restore(state.tokens * 0 - 1))
+    assert carried[..., 0].tolist() == [[-1, 2, -1, -1, 8, -1], [12, 14, -1, -1, -1, -1]]
