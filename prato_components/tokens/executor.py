@@ -157,7 +157,7 @@ class TokenState:
         self.policy: torch.Tensor | None = None  # [B, N] attention_mask mode: differentiable key policy
         self._kept: list[tuple[int, torch.Tensor]] = []  # (stage, alive mask or live grid positions after it)
         self._flat_index: torch.Tensor | None = None  # [B * n] rows of the flattened grid, gather without padding
-        self._source_rows: torch.Tensor | None = None  # [B * N] where each grid row is read from, see _grid_sources
+        self._source_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # gather mode: see _grid_sources
         self.carry: torch.Tensor | None = None  # [B, N, C] value of each token when it was pruned
         self.reports: list[StageReport] = []
         self.block_reports: list[BlockReport] = []
