@@ -360,8 +360,10 @@ class TokenState:
         if valid is not None:
             index = index.masked_fill(~valid, self.num_tokens)
         self.tokens, self.token_index, self.valid = tokens, index, valid
-        self._flat_index = _flat_rows(index, self.num_tokens) if valid is None else None
-        self._source_rows = None
+        flat = _flat_rows(index, self.num_tokens) if valid is None else None
+        if hasattr(flat, "as_tensor"):  # a MONAI MetaTensor (a collated image's metadata): keep index arithmetic plain
+            flat = flat.as_tensor()
+        self._flat_index, self._source_rows = flat, None
 
     def _apply_mask(self, keep, weights, inputs) -> None:
         self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
@@ -381,8 +383,6 @@ class TokenState:
         and for every grid row ``[B * N]`` the row to read it from in ``cat([live [B * K], pruned [B * (N - K)]])``."""
         if self._source_rows is None:
             flat, device = self._flat_index, self._flat_index.device
-            if hasattr(flat, "as_tensor"):  # a MONAI MetaTensor (from a MetaTensor image): plain index arithmetic
-                flat = flat.as_tensor()
             live, total = flat.numel(), self.tokens.shape[0] * self.num_tokens
             is_live = torch.zeros(total, dtype=torch.uint8, device=device).index_fill_(0, flat, 1)
             pruned = torch.sort(is_live, stable=True).indices[: total - live]
