@@ -160,6 +160,25 @@ def test_hierarchical_backbones_build_one_pruner_per_stage_from_pruner_def(bundl
     assert all(p.keep_ratio == 0.75 for p in pruners.values())
 
 
+@pytest.mark.parametrize("backbone", ["unetr", "transunet", "swin_unetr", "segformer"])
+@pytest.mark.parametrize("pruner", ["prato", "stp"])
+def test_pruned_bundles_start_from_their_baselines_backbone(backbone, pruner):
+    """At one seed a pruned bundle's network has its baseline's backbone weights and leaves the random stream where
+    the baseline does (a paired comparison): the pruner and STP's completion are factories the network builds on a
+    stream of their own (docs/design.md §5)."""
+    nets, streams = {}, {}
+    for name in (f"{backbone}_baseline", f"{backbone}_{pruner}"):
+        torch.manual_seed(0)
+        nets[name] = _parsed(name, "network_def", **tiny_overrides(name)).state_dict()
+        streams[name] = torch.random.get_rng_state()
+    baseline, pruned = nets.values()
+    assert set(baseline) < set(pruned)
+    assert {k.split(".")[0] for k in set(pruned) - set(baseline)} == ({"pruners", "completion"} if pruner == "stp"
+                                                                      else {"pruners"})
+    _same(baseline, {k: pruned[k] for k in baseline})
+    assert torch.equal(*streams.values())
+
+
 def _parsed(bundle: str, key: str, **overrides):
     parser = ConfigParser()
     parser.read_config(os.path.join(_configs(bundle), "train.json"))

@@ -30,8 +30,13 @@ from prato_components import __version__  # noqa: E402
 from prato_components.bundle import CT_INTENSITY_RANGE, SETTING_RULES  # noqa: E402
 from prato_components.verification import CONFIG_CHAINS, TINY_NETWORKS, split_bundle_name  # noqa: E402
 
-BUNDLE_VERSION = "0.4.1"
+BUNDLE_VERSION = "0.4.2"
 CHANGELOG = {
+    "0.4.2": "pruner_def (and stp's completion_def) is a factory (_mode_: callable) on every backbone: the network "
+    "builds its pruners and completion at each stage's width on a random stream of their own, so at one seed a "
+    "pruned bundle starts from its baseline's backbone weights and draws the same data order (a paired comparison); "
+    "pruner options are still overridden as --pruner_def#<option>; the executor's restores gather the grid "
+    "(prato_components 0.4.2)",
     "0.4.1": "stp's learned completion (MTA) is its own completion_def block next to pruner_def, so network_def is "
     "the same in every pruned bundle of a backbone; every backbone builds its pruners one way (one per stage width; "
     "a pruner given by name or factory gets the network's classes on TransUNet and SegFormer too) and keeps the "
@@ -90,7 +95,6 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "dim": "@hidden_size",
         "stages": [1, 2],
         "tiny": TINY_NETWORKS["unetr"],
         "small": {"hidden_size": 192, "mlp_dim": 768, "num_heads": 3, "feature_size": 16},
@@ -148,7 +152,6 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "dim": "@hidden_size",
         "stages": [1, 2],
         "completion_taps": [4],  # the upsampler reads the final grid only (tap 4 in UNETR's numbering)
         "tiny": TINY_NETWORKS["transunet"],
@@ -179,7 +182,7 @@ BACKBONES: dict[str, dict] = {
     },
 }
 
-# Each pruner: its config under network_def#pruner ("dim" is filled in from the backbone), extra top-level keys.
+# Each pruner: its pruner_def block (a factory: the network fills in each stage's width), extra top-level keys.
 PRUNER_CONFIGS: dict[str, dict] = {
     "baseline": {"pruner": None, "title": "no pruning (baseline)"},
     "prato": {
@@ -195,21 +198,18 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "scoring": "roi_align",
             "protect_boxes": "@protect_boxes",
         },
-        "needs_dim": True,
         "keys": {"protect_boxes": True, "decode_region": "box"},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",
         "pruner": {"_target_": "prato_components.pruners.STP", "keep_ratio": "@keep_ratio", "tau": 1.0},
-        "needs_dim": True,
         "network_extra": {"completion": {"_target_": "prato_components.pruners.MultiLayerTokenAssembly",
-                                         "dim": "@hidden_size", "spatial_dims": 2, "depth": 1}},
+                                         "spatial_dims": 2, "depth": 1}},
     },
     "dynamicvit": {
         "title": "DynamicViT",
         "pruner": {"_target_": "prato_components.pruners.DynamicViT", "keep_ratio": "@keep_ratio",
                    "ratio_weight": 2.0, "tau": 1.0},
-        "needs_dim": True,
     },
     "evovit": {
         "title": "Evo-ViT (slow-fast token evolution)",
@@ -219,7 +219,6 @@ PRUNER_CONFIGS: dict[str, dict] = {
         "title": "DToP (dynamic token pruning with auxiliary heads)",
         "pruner": {"_target_": "prato_components.pruners.DToP", "keep_ratio": "@keep_ratio",
                    "num_classes": "@out_channels", "confidence": 0.9, "keep_per_class": 5, "budget": "topk"},
-        "needs_dim": True,
     },
     "tram": {
         "title": "TRAM (attention-graph centrality)",
@@ -257,21 +256,16 @@ PRUNING_KEYS = ("prune_stages", "executor", "fill")
 
 def pruner_def(name: str) -> dict | None:
     """The ``pruner_def`` block of bundle ``name``: the pruner ``network_def`` builds (``None`` for the baseline),
-    the only block that differs between a backbone's bundles. A ViT backbone takes the pruner itself; a hierarchical
-    one (Swin UNETR, SegFormer) takes the pruner class as a factory (``_mode_: callable``) and builds one per pruned
-    stage at that stage's width."""
+    the only block that differs between a backbone's bundles. Every backbone takes the pruner class as a factory
+    (``_mode_: callable``) and builds one per pruned stage at that stage's width, on a random stream of its own, so a
+    pruned bundle and its baseline start from the same backbone weights at one seed (docs/design.md §5)."""
     backbone, pruner = split_bundle_name(name)
     if pruner not in PRUNER_CONFIGS:
         raise ValueError(f"unknown pruner {pruner!r} in bundle {name!r}; choose from {sorted(PRUNER_CONFIGS)}")
-    spec, pruner_spec = backbone_spec(backbone), PRUNER_CONFIGS[pruner]
-    block = copy.deepcopy(pruner_spec["pruner"])
+    block = copy.deepcopy(PRUNER_CONFIGS[pruner]["pruner"])
     if block is None:
         return None
-    target = block.pop("_target_")
-    if spec.get("pruner_by_name"):
-        return {"_target_": target, "_mode_": "callable", **block}
-    dim = {"dim": spec["dim"]} if pruner_spec.get("needs_dim") else {}
-    return {"_target_": target, **dim, **block}
+    return {"_target_": block.pop("_target_"), "_mode_": "callable", **block}
 
 
 def _network_block(name: str) -> dict:
@@ -286,13 +280,13 @@ def _network_block(name: str) -> dict:
     net.update(copy.deepcopy(pruner_spec.get("network_extra", {})))
     if "completion" in net:  # a learned fill's position embedding has the network's dimensionality
         net["completion"]["spatial_dims"] = spec["network_def"].get("spatial_dims", 2)
-    if "completion" in net and spec.get("pruner_by_name"):  # the network builds one per tap, at that tap's width
-        completion = {k: v for k, v in net["completion"].items() if k != "dim"}
+    if "completion" in net:  # a factory: the network builds it at its width (one per tap where widths differ)
+        completion = dict(net["completion"])
         if "completion_window" in spec:
             completion["window_size"] = spec["completion_window"]
+        if "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
+            completion["taps"] = list(spec["completion_taps"])
         net["completion"] = {"_target_": completion.pop("_target_"), "_mode_": "callable", **completion}
-    elif "completion" in net and "completion_taps" in spec:  # a learned fill only where this decoder reads the grid
-        net["completion"]["taps"] = list(spec["completion_taps"])
     return net
 
 

@@ -31,6 +31,7 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    build_completion,
     stage_pruners,
     run_pruned_blocks,
 )
@@ -169,6 +170,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         pruner_kwargs: keyword arguments for a pruner given by name.
         completion: optional module ``completion(grid [B, N, C], state, tap) -> grid`` applied to the restored grid
             once tokens were pruned (e.g. STP's MTA); TransUNet has one tap, the final grid, numbered 4 as in UNETR.
+            A factory is built here with ``dim=hidden_size`` (``vit_pruning.build_completion``).
         decode_region: ``"full"`` or ``"box"``: run the cascaded upsampler and head only over the prompt boxes plus
             ``decode_margin`` pixels (snapped to the 16-pixel token grid), background outside (docs/design.md §6.1).
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
@@ -240,7 +242,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         widths = {stage: hidden_size for stage in TRANSUNET_STAGES}
         pruners = stage_pruners("TransUNet", pruner, pruner_kwargs, prune_stages, widths, out_channels)
         self._install_pruners(pruners, executor, fill)
-        self.completion = completion
+        self.completion = build_completion(completion, hidden_size)
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.

@@ -21,6 +21,7 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    build_completion,
     stage_pruners,
     run_pruned_blocks,
 )
@@ -47,7 +48,8 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         pruner_kwargs: keyword arguments for a pruner given by name.
         completion: optional module ``completion(grid [B, N, C], state: TokenState, tap: int) -> grid`` applied to
             every restored grid the decoder taps once tokens were pruned (a learned fill, e.g. STP's MTA);
-            ``tap`` is the stage (1-3) or 4 for the final ViT output.
+            ``tap`` is the stage (1-3) or 4 for the final ViT output. A factory (a bundle's ``_mode_: callable``
+            block) is built here with ``dim=hidden_size`` (``vit_pruning.build_completion``).
         decode_region: ``"full"`` or ``"box"``: run the convolutional encoders 1-4 and the decoders only over the
             prompt boxes plus ``decode_margin`` voxels (snapped to the patch grid), background outside
             (docs/design.md §6.1).
@@ -97,7 +99,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         num_classes = self.out.conv.conv.out_channels
         pruners = stage_pruners("UNETR", pruner, pruner_kwargs, prune_stages, widths, num_classes)
         self._install_pruners(pruners, executor, fill)
-        self.completion = completion
+        self.completion = build_completion(completion, self.hidden_size)
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
 

@@ -26,6 +26,7 @@ from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_e
 
 __all__ = [
     "PrunedNetworkMixin",
+    "build_completion",
     "build_completions",
     "build_pruner",
     "check_stage_pruner",
@@ -203,6 +204,19 @@ def check_stage_pruner(network: str, stage: int, pruner: object) -> None:
             f"{cls.__name__} runs ViT blocks itself (run_block) and has no placeholder_weights; {network}'s blocks are "
             "not ViT blocks"
         )
+
+
+def build_completion(completion: nn.Module | Callable[..., nn.Module] | None, dim: int) -> nn.Module | None:
+    """The learned completion of a ViT backbone (UNETR, TransUNet), one module for every tap at the token width
+    ``dim``: ``completion`` itself, or a factory (e.g. ``MultiLayerTokenAssembly`` with MONAI's
+    ``"_mode_": "callable"``) built on :func:`own_random_stream` with ``dim`` filled in unless the factory bound it."""
+    if completion is None or isinstance(completion, nn.Module):
+        return completion
+    if not callable(completion):
+        raise TypeError(f"completion must be a module, a factory or None, got {type(completion).__name__}")
+    bound = dict(getattr(completion, "keywords", None) or {})  # a functools.partial's arguments
+    with own_random_stream():
+        return completion(**({} if "dim" in bound else {"dim": int(dim)}))
 
 
 def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | None:
