@@ -103,6 +103,12 @@ def pruned_stages(network: str, pruner: object | None, prune_stages: Sequence[in
     return stages
 
 
+def _bound_keywords(factory: Callable) -> dict:
+    """The keyword arguments a factory already binds (a ``functools.partial``, e.g. a bundle's ``_mode_: callable``
+    block with options); ``{}`` for a plain class or function."""
+    return dict(getattr(factory, "keywords", None) or {})
+
+
 def build_pruner(
     pruner: TokenPruner | str | Callable[..., TokenPruner] | None,
     pruner_kwargs: Mapping | None,
@@ -116,8 +122,7 @@ def build_pruner(
         return pruner
     kwargs = dict(pruner_kwargs or {})
     if callable(pruner):
-        factory, parameters = pruner, inspect.signature(pruner).parameters
-        bound = dict(getattr(pruner, "keywords", None) or {})  # a functools.partial's arguments
+        factory, parameters, bound = pruner, inspect.signature(pruner).parameters, _bound_keywords(pruner)
     else:
         key = pruner.lower()
         factory = functools.partial(create_pruner, pruner)
@@ -214,9 +219,8 @@ def build_completion(completion: nn.Module | Callable[..., nn.Module] | None, di
         return completion
     if not callable(completion):
         raise TypeError(f"completion must be a module, a factory or None, got {type(completion).__name__}")
-    bound = dict(getattr(completion, "keywords", None) or {})  # a functools.partial's arguments
     with own_random_stream():
-        return completion(**({} if "dim" in bound else {"dim": int(dim)}))
+        return completion(**({} if "dim" in _bound_keywords(completion) else {"dim": int(dim)}))
 
 
 def build_completions(completion, widths: Mapping[int, int]) -> nn.ModuleDict | None:

@@ -2,12 +2,14 @@
 choice of the executor mode (``PrunedNetworkMixin.executor_mode``) and one place that keeps the reports and side
 terms of a forward pass (``PrunedNetworkMixin._take_reports``)."""
 
+import functools
+
 import pytest
 import torch
 
 from conftest import UNETR_BOXES, tiny_segformer as segformer, tiny_swin_unetr as swin, tiny_transunet as transunet, tiny_unetr
-from prato_components.networks.vit_pruning import own_random_stream, stage_pruners
-from prato_components.pruners import DToP, RandomPruner
+from prato_components.networks.vit_pruning import build_completion, own_random_stream, stage_pruners
+from prato_components.pruners import DToP, MultiLayerTokenAssembly, RandomPruner
 from prato_components.tokens import TokenState
 
 BACKBONES = {  # (build(**pruning), image, boxes)
@@ -132,6 +134,20 @@ def test_stage_pruners_takes_instances_mappings_and_refuses_the_rest():
         stage_pruners("Net", "random", None, (4,), widths)
     with pytest.raises(TypeError, match="pruner must be a TokenPruner, a registered name, a factory, a mapping or None"):
         stage_pruners("Net", 0.5, None, (1,), widths)
+
+
+def test_build_completion_takes_a_module_or_builds_a_factory_at_the_width_on_its_own_stream():
+    module = MultiLayerTokenAssembly(dim=16)
+    assert build_completion(module, 16) is module and build_completion(None, 16) is None
+    state = torch.random.get_rng_state()
+    built = build_completion(functools.partial(MultiLayerTokenAssembly, depth=1), 24)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream did not move
+    assert isinstance(built, MultiLayerTokenAssembly) and built.dim == 24
+    assert build_completion(functools.partial(MultiLayerTokenAssembly, dim=8), 24).dim == 8  # a bound width stays
+    net = transunet(pruner="random", completion=functools.partial(MultiLayerTokenAssembly, taps=(4,)))
+    assert isinstance(net.completion, MultiLayerTokenAssembly) and net.completion.dim == net.hidden_size
+    with pytest.raises(TypeError, match="completion must be a module, a factory or None, got int"):
+        build_completion(3, 16)
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
