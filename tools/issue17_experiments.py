@@ -79,6 +79,7 @@ def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] 
         ("demo", 96, ("prato_box_m0", "prato_box_m16", "prato_box_m32")),
         ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
         ("dark", 96, ("prato_box_warmup", "prato_keep1")),
+        ("demo", 96, ("prato_keep1",)),
     ]
     for data, size, variants in order:
         for seed in seeds:
