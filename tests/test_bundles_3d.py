@@ -96,3 +96,5 @@ def test_demo_3d_at_tiny_size(tmp_path, capsys):
         assert summaries[name]["windows"]["windows_total"] > 1  # whole volumes, several 32^3 windows
     out = capsys.readouterr().out
     assert "Dice per class, trained vs untrained (test split of 5 synthetic volumes)" in out and "kidney" in out
+    with pytest.raises(ValueError, match="holds demo data made with 5 patients and seed 0, not 6 and 0"):
+        demo(str(tmp_path), epochs=1, patients=6, bundle="unetr3d_prato", sizes=tiny)  # the data is kept, not mixed

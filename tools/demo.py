@@ -47,20 +47,43 @@ def _overrides(values: dict) -> list[str]:
             for item in (f"--{key}", json.dumps(value) if isinstance(value, (list, tuple)) else str(value))]
 
 
+def _check_demo_data(data_dir: str, patients: int, seed: int) -> None:
+    """Refuse to reuse demo data made with other settings (the workdir keeps data and checkpoint between runs):
+    ``ValueError`` naming what the folder holds. A folder from before the record is checked by its patient count."""
+    record = os.path.join(data_dir, "demo_data.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            made = json.load(f)
+    else:
+        training = os.path.join(data_dir, "training")
+        made = {"patients": len(os.listdir(training)), "seed": seed} if os.path.isdir(training) else None
+    if made is not None and made != {"patients": patients, "seed": seed}:
+        raise ValueError(f"{data_dir} holds demo data made with {made['patients']} patients and seed {made['seed']}, "
+                         f"not {patients} and {seed}: choose another --workdir or delete {os.path.dirname(data_dir)}")
+
+
 def _make_data(workdir: str, bundle: str, patients: int, seed: int) -> tuple[dict, str]:
-    """Write the demo's synthetic data (once); the bundle overrides that point at it and the split's name."""
+    """Write the demo's synthetic data (once, with a record of its settings); the bundle overrides that point at it
+    and the split's name."""
     from prato_components.data import make_acdc_like, make_decathlon_like
 
-    if bundle in BUNDLES_3D:
-        data_dir = os.path.join(workdir, "msd")
-        if not os.path.isfile(os.path.join(data_dir, "dataset.json")):
-            make_decathlon_like(data_dir, num_cases=patients, seed=seed, num_test=0, **DATA_3D)
-            print(f"wrote a synthetic MSD-layout data set ({patients} CT volumes) to {data_dir}", flush=True)
-        return {"dataset": "decathlon", "dataset_dir": data_dir}, f"{patients} synthetic volumes"
-    data_dir = os.path.join(workdir, "acdc")
-    if not os.path.isdir(os.path.join(data_dir, "training")):
+    three_d = bundle in BUNDLES_3D
+    data_dir = os.path.join(workdir, "msd" if three_d else "acdc")
+    made = os.path.isfile(os.path.join(data_dir, "dataset.json")) if three_d else \
+        os.path.isdir(os.path.join(data_dir, "training"))
+    if made:
+        _check_demo_data(data_dir, patients, seed)
+    elif three_d:
+        make_decathlon_like(data_dir, num_cases=patients, seed=seed, num_test=0, **DATA_3D)
+        print(f"wrote a synthetic MSD-layout data set ({patients} CT volumes) to {data_dir}", flush=True)
+    else:
         make_acdc_like(data_dir, num_patients=patients, seed=seed)
         print(f"wrote a synthetic ACDC-like data set ({patients} patients) to {data_dir}", flush=True)
+    if not made:
+        with open(os.path.join(data_dir, "demo_data.json"), "w") as f:
+            json.dump({"patients": patients, "seed": seed}, f)
+    if three_d:
+        return {"dataset": "decathlon", "dataset_dir": data_dir}, f"{patients} synthetic volumes"
     return {"dataset": "acdc", "dataset_dir": data_dir}, f"{patients} synthetic patients"
 
 
