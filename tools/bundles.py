@@ -119,7 +119,6 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
         # STP's MTA attends within Swin's 7 x 7 windows: global attention over the 56 x 56 tokens of the first pruned
         # grid would cost more than pruning saves (docs/pruners/stp.md)
@@ -173,7 +172,6 @@ BACKBONES: dict[str, dict] = {
             "decode_region": "@decode_region",
             "decode_margin": "@decode_margin",
         },
-        "pruner_by_name": True,  # one pruner per stage (and STP's MTA per tap), each built for its width
         "stages": [1, 2],
         "tiny": TINY_NETWORKS["segformer"],
         "small": {"variant": "b0"},  # SegFormer-B0 is already small (3.7 M parameters)
