@@ -80,6 +80,9 @@ def plan(tiny: bool = False, epochs: int = 20, seeds: int | str | Sequence[int] 
         ("dark", 96, ("stp", "dynamicvit", "evovit", "dtop", "tram")),
         ("dark", 96, ("prato_box_warmup", "prato_keep1")),
         ("demo", 96, ("prato_keep1",)),
+        ("demo", 96, ("prato_box_warmup",)),
+        ("demo", 224, ("prato_box_m16",)),  # the bundle default at the paper's size
+        ("dark", 224, ("prato_box_m16",)),
     ]
     for data, size, variants in order:
         for seed in seeds:
