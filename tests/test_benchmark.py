@@ -35,6 +35,19 @@ def test_bundle_entries_with_settings_compare_variants_of_one_bundle(tmp_path):
     assert rows["segformer_prato" + random_half]["params_M"] < rows["segformer_prato"]["params_M"]  # no f1, f2
 
 
+def test_box_fraction_sets_the_central_box_the_bundles_decode(tmp_path):
+    """``box_fraction``: a smaller central box, a smaller decoded window, fewer FLOPs (SegFormer snaps it to 32)."""
+    baseline = os.path.join(ROOT, "bundles", "segformer_baseline")
+    gflops = {}
+    for fraction in (0.25, 0.9):  # 128 x 128: a 64-pixel window (32..96) and the whole image
+        out = tmp_path / f"{fraction}.json"
+        table = Benchmark().bundles(f"{baseline}@decode_region=box@decode_margin=0", image_size=128, repeats=1,
+                                    warmup=0, json_out=str(out), box_fraction=fraction)
+        assert f"central box {fraction:g} of each side" in table.splitlines()[0]
+        gflops[fraction] = json.loads(out.read_text())[0]["gflops"]
+    assert gflops[0.25] < gflops[0.9]
+
+
 def test_compare_compiled_networks_counts_eager_flops(tmp_path):
     """--compile times torch.compile'd networks: same FLOPs and kept fractions as eager, no pruner timing."""
     import math

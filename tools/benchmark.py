@@ -288,8 +288,9 @@ class Benchmark:
 
     def bundles(self, dirs: str | Sequence[str], image_size: int | None = None, batch_size: int = 1, threads: int = 2,
                 repeats: int = 10, warmup: int = 3, json_out: str | None = None, overrides: dict | None = None,
-                compile: bool = False) -> str:
-        """Compare the ``network_def`` of bundles (the first is the reference).
+                compile: bool = False, box_fraction: float = 0.4) -> str:
+        """Compare the ``network_def`` of bundles (the first is the reference) on one image with a central box covering
+        ``box_fraction`` of each side.
 
         ``overrides``: config keys set in every bundle, e.g. ``--overrides '{"variant": "b2"}'``. A bundle entry
         ``path@key=value[@key=value]`` sets keys for that entry alone (values read as JSON, else as text), so one
@@ -306,7 +307,7 @@ class Benchmark:
             net, shape_d = _bundle_network(path, {**overrides, **dict(_setting(s) for s in settings)})
             networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
             shape = shape or shape_d
-        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile)
+        return self._report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile, box_fraction)
 
     def matrix(self, image_size: int = 224, box_fraction: float = 0.4) -> str:
         """The backbone x pruner table of every bundle (``tools/bundles.py`` ``PRUNERS_BY_BACKBONE``) at its
@@ -366,12 +367,14 @@ class Benchmark:
         return header + "\n" + format_volume_table(rows)
 
     @staticmethod
-    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False) -> str:
-        rows = compare(networks, shape, batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, compile=compile)
+    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False, box_fraction=0.4) -> str:
+        rows = compare(networks, shape, batch_size=batch_size, box_fraction=box_fraction, threads=threads, repeats=repeats,
+                       warmup=warmup, compile=compile)
         if json_out:
             with open(json_out, "w") as f:
                 json.dump(rows, f, indent=2)
-        header = f"input [{batch_size}, {', '.join(map(str, shape))}], threads={threads}, repeats={repeats}, torch {torch.__version__}"
+        header = (f"input [{batch_size}, {', '.join(map(str, shape))}], central box {box_fraction:g} of each side, "
+                  f"threads={threads}, repeats={repeats}, torch {torch.__version__}")
         header += ", torch.compile" if compile else ", eager"
         return header + "\n" + format_table(rows)
 
