@@ -1,4 +1,4 @@
-"""3D as a first-class product (issue 15): box prompts mapped through Orientation / Spacing / CropForeground,
+"""3D as a first-class product: box prompts mapped through Orientation / Spacing / CropForeground,
 the MSD and BTCV layouts with their synthetic twins, and the 3D training chain (crops, boxes, perturbations)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The 3D bundles (issue 15) end to end through ``monai.bundle``: one training iteration on crops, evaluation and
+"""The 3D bundles end to end through ``monai.bundle``: one training iteration on crops, evaluation and
 box-prompted inference on whole volumes with the prompt-aware sliding window (tiny widths, synthetic BTCV)."""
 
 from __future__ import annotations

@@ -396,7 +396,7 @@ def test_monailabel_server_concurrent_clients(monailabel_python, tiny_bundles, t
         assert info_latency < 2, info_latency
 
 
-# ---------------------------------------------------------------------------------------------- 3D (issue 15)
+# ---------------------------------------------------------------------------------------------- 3D
 TINY_3D = {k: v for k, v in tiny_overrides("unetr3d_prato", 32).items() if k not in ("num_workers", "batch_size")}
 # a volume of 200 x 200 x 40 voxels of 0.8 x 0.8 x 2.5 mm is about 80 x 80 x 50 voxels of 2 mm: several 32^3 windows
 VOLUME_3D = {"size": (200, 200, 40), "organs": 3}

@@ -1,4 +1,5 @@
-"""Issue 17: PrATo's protect_boxes, the pruning warm-up, per-structure prompts through the bundles, per-class reports."""
+"""PrATo and small structures: protect_boxes, the pruning warm-up, per-structure prompts through the bundles,
+per-class reports."""
 
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
         workdir: where the data and the bundle's outputs go.
         epochs: training epochs (default 20 in 2D, 60 in 3D).
         patients: synthetic patients (2D, default 20: with 12, one class was learnt in 20 epochs at some seeds
-            and not at others, for the baseline too; docs/notes/issue17.md) or volumes (3D, default 10).
+            and not at others, for the baseline too; docs/accuracy.md) or volumes (3D, default 10).
         bundle: a bundle under ``bundles/``; a 3D one (``BUNDLES_3D``) trains on synthetic MSD-layout volumes.
         seed: data seed.
         sizes: overrides of the network and window settings (default ``SMALL`` / ``SMALL_3D``).
