@@ -18,18 +18,10 @@ from prato_components.bundle import dataset_spec, load_transforms, load_transfor
 from prato_components.data import make_btcv_like
 from prato_components.data.splits import load_or_create_split
 from prato_components.verification import TINY_NETWORKS, config_chain, split_bundle_name, tiny_overrides
-from tools.bundles import (
-    ALL_BUNDLES,
-    BUNDLES_3D,
-    BACKBONES,
-    BACKBONES_3D,
-    PRUNING_KEYS,
-    Bundles,
-    bundle_files,
-    forward_references,
-    reading_order_problems,
-    train_config,
-)
+from tools.bundlegen.cli import Bundles, bundle_files, reading_order_problems
+from tools.bundlegen.configs import train_config
+from tools.bundlegen.order import forward_references
+from tools.bundlegen.spec import ALL_BUNDLES, BACKBONES, BACKBONES_3D, BUNDLES_3D, PRUNING_KEYS
 
 
 def _configs(bundle: str) -> str:

@@ -27,7 +27,7 @@ TOOL_SUBJECTS = {
     "tests/test_3d.py": {"make_data"},
     "tests/test_data.py": {"make_data"},
     "tests/test_benchmark.py": {"benchmark"},
-    "tests/test_bundle_configs.py": {"bundles"},
+    "tests/test_bundle_configs.py": {"bundlegen"},
     "tests/test_bundles_3d.py": {"demo"},
     "tests/test_experiments.py": {"experiments", "report"},
     "tests/test_monailabel.py": {"monailabel_load", "monailabel_env"},
