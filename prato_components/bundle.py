@@ -10,6 +10,7 @@ chains for code, and tests/test_bundle_configs.py keeps the two equal.
 
 from __future__ import annotations
 
+import ast
 import csv
 import difflib
 import glob
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import monai.bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.transforms import (
@@ -65,6 +67,8 @@ __all__ = [
     "default_num_workers",
     "unknown_override_keys",
     "check_overrides",
+    "command_line_arguments",
+    "run",
     "SETTING_RULES",
     "check_settings",
     "trained_bundle_config",
@@ -386,43 +390,89 @@ def unknown_override_keys(config: Mapping, overrides: Sequence[str]) -> list[str
     return messages
 
 
-def _running_workflow_arguments() -> tuple[Any, dict] | None:
-    """The ``config_file`` and keyword arguments of the ``monai.bundle`` workflow being created, read from the
-    call stack (``monai.bundle.scripts.create_workflow``, which ``python -m monai.bundle run`` and
-    ``monai.bundle.run`` go through); ``None`` when the config is not run that way."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
-            arguments = frame.f_locals.get("_args")
-            if isinstance(arguments, dict):
-                return frame.f_locals.get("config_file"), arguments
-        frame = frame.f_back
-    return None
+# the arguments of ``monai.bundle.run`` / ``create_workflow`` that configure the workflow, not the config
+_WORKFLOW_CALLS = (monai.bundle.run, monai.bundle.create_workflow, ConfigWorkflow.__init__)
+WORKFLOW_ARGUMENTS = frozenset().union(*(inspect.signature(f).parameters for f in _WORKFLOW_CALLS)) - {
+    "override", "kwargs", "self"}
 
 
-def check_overrides() -> None:
-    """Reject override keys the bundle's config files do not define, at the start of ``initialize``.
+def _command_line_value(text: str) -> Any:
+    """A command-line value as Python Fire (MONAI's command line) reads it: a Python literal, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def command_line_arguments(argv: Sequence[str]) -> dict[str, Any]:
+    """The ``--key value`` / ``--key=value`` arguments of a ``python -m monai.bundle <command> ...`` command line
+    (``argv`` without the program and the command), as ``{key: value}``; a key without a value is ``True``."""
+    arguments: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        item = str(argv[index])
+        index += 1
+        if not item.startswith("--") or item == "--":
+            continue
+        key, equals, value = item[2:].partition("=")
+        if not equals:
+            if index < len(argv) and not str(argv[index]).startswith("--"):
+                value, index = str(argv[index]), index + 1
+            else:
+                value = "True"
+        arguments[key.replace("-", "_")] = _command_line_value(value)  # Fire reads --a-b as a_b
+    return arguments
+
+
+def _monai_command_line() -> dict[str, Any] | None:
+    """The arguments of this process when it is MONAI's command line running a workflow (``python -m monai.bundle
+    run ...``, also under ``torchrun``), with those of its ``--args_file``; ``None`` otherwise."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name not in ("monai.bundle.__main__", "monai.bundle") or len(sys.argv) < 2:
+        return None
+    if sys.argv[1] not in ("run", "run_workflow"):
+        return None
+    arguments = command_line_arguments(sys.argv[2:])
+    if arguments.get("args_file"):  # MONAI reads defaults for every argument from it; the command line wins
+        arguments = {**ConfigParser.load_config_file(arguments["args_file"]), **arguments}
+    return arguments
+
+
+def check_overrides(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                    tracking: str | dict | None = None) -> None:
+    """Reject override keys the bundle's config files do not define.
 
     ``python -m monai.bundle run --config_file train.json --epoch 1`` would otherwise add a new key ``epoch`` and
-    train the default ``epochs``. The overrides are the arguments of the running ``monai.bundle`` workflow less the
-    workflow's own (``meta_file``, ``logging_file``, ``tracking``, ``run_id``, ...). Raises ``ValueError`` naming
-    every unknown key with the closest known one.
+    train the default ``epochs``. Called with no arguments (first in every bundle's ``initialize``), it checks the
+    command line of this process when that is MONAI's (``python -m monai.bundle run ...``); in-process runs are
+    checked by :func:`run`, which passes ``config_file`` and the ``overrides``. The workflow's own arguments
+    (``meta_file``, ``logging_file``, ``tracking``, ...; :data:`WORKFLOW_ARGUMENTS`) are not overrides, and
+    ``tracking`` adds the keys of its settings. Raises ``ValueError`` naming every unknown key with the closest
+    known one.
     """
-    running = _running_workflow_arguments()
-    if running is None or running[0] is None:
-        return
-    config_file, arguments = running
-    own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
-    overrides = [k for k in arguments if k not in own]
+    if config_file is None:
+        arguments = _monai_command_line()
+        if arguments is None or arguments.get("config_file") is None:
+            return
+        config_file, tracking = arguments["config_file"], arguments.get("tracking")
+        overrides = arguments
+    keys = [key for key in (overrides or {}) if key not in WORKFLOW_ARGUMENTS]
     config = ConfigParser.load_config_files(config_file)
-    tracking = arguments.get("tracking")
     if tracking is not None:  # MONAI adds the tracking settings' keys (tracking_uri, experiment_name, ...)
         settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) if isinstance(tracking, str) else None
         settings = settings if settings is not None else ConfigParser.load_config_files(tracking)
         config = {**settings.get("configs", {}), **config}
-    messages = unknown_override_keys(config, overrides)
+    messages = unknown_override_keys(config, keys)
     if messages:
         raise ValueError(f"{'; '.join(messages)} (config: {config_file})")
+
+
+def run(config_file: str | Sequence[str], **arguments: Any) -> None:
+    """``monai.bundle.run`` with the override keys checked first (:func:`check_overrides`): the in-process
+    counterpart of ``python -m monai.bundle run``, e.g. ``run("configs/train.json", bundle_root=".", epochs=1)``."""
+    check_overrides(config_file, arguments, arguments.get("tracking"))
+    monai.bundle.run(config_file=config_file, **arguments)
 
 
 def _integer(value: Any, low: int) -> bool:
