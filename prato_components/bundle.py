@@ -53,6 +53,7 @@ __all__ = [
     "PROMPTS",
     "IMAGE_EXTENSIONS",
     "dataset_spec",
+    "BTCV_LABELS",
     "bundle_splits",
     "bundle_splits_3d",
     "load_transforms",
@@ -88,17 +89,27 @@ IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
 
 
-def _volume_spec(info_path: str, default_labels: dict[str, str]) -> dict[str, Any]:
-    """The spec of a volumetric data set described by an MSD-style JSON (``labels``, ``modality``)."""
-    require_file(info_path, "dataset description")
-    with open(info_path) as f:
-        info = json.load(f)
+# BTCV's fixed classes and modality (MONAI's tutorials' dataset_0.json): the spec without a data folder
+BTCV_LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
+               "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
+               "10": "portal and splenic veins", "11": "pancreas", "12": "right adrenal gland",
+               "13": "left adrenal gland"}
+
+
+def _volume_spec(info: Mapping[str, Any], default_labels: Mapping[str, str],
+                 default_modality: Mapping[str, str]) -> dict[str, Any]:
+    """The spec of a volumetric data set described by an MSD-style dict (``labels``, ``modality``)."""
     labels = {int(k): str(v) for k, v in info.get("labels", default_labels).items()}
-    modalities = [str(v).upper() for v in info.get("modality", {"0": "image"}).values()]
+    modalities = [str(v).upper() for v in info.get("modality", default_modality).values()]
     return {"in_channels": len(modalities), "out_channels": len(labels),
             "class_names": [labels[k].replace(" ", "_") for k in sorted(labels) if k > 0],
             "label_values": sorted(labels), "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1,
             "modality": "CT" if all(m == "CT" for m in modalities) else "MR"}
+
+
+def _read_description(path: str) -> dict[str, Any]:
+    with open(require_file(path, "dataset description")) as f:
+        return json.load(f)
 
 
 def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]:
@@ -108,8 +119,9 @@ def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]
     (foreground, label order), ``label_values``, ``volumetric`` (images are volumes: served as 2D slices by the 2D
     bundles), ``output_ext``, ``output_scale`` (label value multiplier when saving: ISIC masks are 0/255) and
     ``modality`` (``"CT"``, ``"MR"`` or ``"RGB"``: the 3D intensity normalisation, :func:`intensity_transforms_3d`).
-    For ``decathlon`` and ``btcv`` the channels and classes are read from ``dataset_dir/dataset.json`` /
-    ``dataset_dir/dataset_0.json``.
+    For ``decathlon`` the channels and classes are read from ``dataset_dir/dataset.json``; for ``btcv`` from
+    ``dataset_dir/dataset_0.json`` when there is one, else they are BTCV's (1 CT channel, the 14 classes of
+    :data:`BTCV_LABELS`), so a BTCV bundle's network builds without its data folder.
     """
     name = str(dataset).lower()
     if name == "acdc":
@@ -119,12 +131,15 @@ def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]
     if name == "isic":
         return {"in_channels": 3, "out_channels": 2, "class_names": ["lesion"], "label_values": [0, 1],
                 "volumetric": False, "output_ext": ".png", "output_scale": 255, "modality": "RGB"}
-    if name in ("decathlon", "btcv"):
+    if name == "btcv":
+        path = os.path.join(dataset_dir, BTCV_DATALIST) if dataset_dir is not None else None
+        info = _read_description(path) if path is not None and os.path.isfile(path) else {}
+        return _volume_spec(info, BTCV_LABELS, {"0": "CT"})
+    if name == "decathlon":
         if dataset_dir is None:
-            raise ValueError(f"the {name} spec is read from its dataset description in dataset_dir: give dataset_dir")
-        if name == "decathlon":
-            return _volume_spec(os.path.join(dataset_dir, "dataset.json"), {"0": "background", "1": "foreground"})
-        return _volume_spec(os.path.join(dataset_dir, BTCV_DATALIST), {"0": "background", "1": "foreground"})
+            raise ValueError("the decathlon spec is read from its dataset description in dataset_dir: give dataset_dir")
+        return _volume_spec(_read_description(os.path.join(dataset_dir, "dataset.json")),
+                            {"0": "background", "1": "foreground"}, {"0": "image"})
     raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from prato_components.verification import CONFIG_CHAINS
 
@@ -12,7 +13,11 @@ from .configs_3d import evaluate_config_3d, inference_config_3d, train_config_3d
 from .metadata import metadata, metadata_3d
 from .order import forward_references
 from .spec import ALL_BUNDLES, BUNDLES_3D, ROOT
-from .templates import LICENSE, LOGGING_CONF, readme, readme_3d
+from .templates import LICENSE, LOGGING_CONF, readme
+
+# an issue number (``issue 12``, ``issue12.md``): generated files name subjects, not work items
+WORK_ITEM = re.compile(r"issue[ _-]?\d", re.IGNORECASE)
+
 
 def bundle_files(name: str) -> dict[str, str]:
     """Relative path -> content of every generated file of bundle ``name``."""
@@ -28,7 +33,7 @@ def bundle_files(name: str) -> dict[str, str]:
         "configs/inference.json": dump(inference_config_3d(name) if three_d else inference_config(name)),
         "configs/multi_gpu_train.json": dump(multi_gpu_config(name)),
         "configs/logging.conf": LOGGING_CONF,
-        "docs/README.md": readme_3d(name) if three_d else readme(name),
+        "docs/README.md": readme(name),
         "LICENSE": LICENSE,
     }
 
@@ -60,6 +65,10 @@ class Bundles:
         return f"wrote {len(chosen)} bundles to {out}"
 
     def check(self, out: str = os.path.join(ROOT, "bundles")) -> str:
+        work_items = [f"{name}/{rel}" for name in ALL_BUNDLES for rel, content in bundle_files(name).items()
+                      if WORK_ITEM.search(content)]
+        if work_items:
+            raise SystemExit(f"generated files name a work item (issue number): {work_items}")
         unordered = [problem for name in ALL_BUNDLES for problem in reading_order_problems(name)]
         if unordered:
             raise SystemExit("configs that use a key before defining it (reorder the templates in tools/bundlegen): "

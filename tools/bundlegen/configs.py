@@ -70,7 +70,7 @@ def common(name: str, trained: bool = False) -> dict:
     backbone, pruner = split_bundle_name(name)
     config = {
         "imports": IMPORTS,
-        "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
+        "bundle_root": ".",  # the bundle's folder, as in the MONAI Model Zoo (--bundle_root from elsewhere)
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
@@ -127,7 +127,7 @@ def _loading_by_dataset() -> dict:
                                 "allowed": [0, 1, 2, 3]}],
         "isic": [load, {"_target_": "prato_components.data.BinarizeMaskd", "keys": "label"}],
         "decathlon": [load, slice_],
-        "btcv": [load, slice_],
+        "btcv": "@loading_by_dataset#decathlon",  # MSD and BTCV volumes are read alike
     }
 
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from prato_components import __version__
+from prato_components.bundle import BTCV_LABELS
 from prato_components.verification import split_bundle_name
 
-from .spec import (AUTHORS, BUNDLE_VERSION, CHANGELOG, COPYRIGHT, MONAI_VERSION, NUMPY_VERSION, PRUNER_CONFIGS,
-                   PYTORCH_VERSION, backbone_spec)
+from .spec import (
+    AUTHORS,
+    BUNDLE_VERSION,
+    CHANGELOG,
+    COPYRIGHT,
+    MONAI_VERSION,
+    NUMPY_VERSION,
+    PRUNER_CONFIGS,
+    PYTORCH_VERSION,
+    backbone_spec,
+)
 
 # what evaluate.json measures (eval/metrics.json). No weights are shipped, so no value has been measured for a release:
 # each entry says what the metric is and where a run writes it, rather than a number
@@ -93,11 +103,6 @@ def metadata(name: str) -> dict:
         "network_data_format_by_dataset": formats,
     }
 
-
-BTCV_LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
-               "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
-               "10": "portal and splenic veins", "11": "pancreas", "12": "right adrenal gland",
-               "13": "left adrenal gland"}
 
 
 def _data_formats_3d(size: int) -> dict:
