@@ -29,7 +29,7 @@ TOOL_SUBJECTS = {
     "tests/test_benchmark.py": {"benchmark"},
     "tests/test_bundle_configs.py": {"bundlegen"},
     "tests/test_bundles_3d.py": {"demo"},
-    "tests/test_experiments.py": {"experiments", "report"},
+    "tests/test_experiments.py": {"experiment_plan", "experiments", "report"},
     "tests/test_monailabel.py": {"monailabel_load", "monailabel_env"},
     "tests/test_share_bundles.py": {"package_bundles"},
     "tests/test_verify_bundles.py": {"verify_bundles"},
