@@ -450,8 +450,8 @@ def multi_gpu_config(name: str) -> dict:
         "train#dataloader#shuffle": False,
         # every rank keeps TrainingCheckpoint (it resumes all ranks from last.pt; only rank 0 writes), LR schedule
         # and validation (metrics are gathered across ranks); ranks > 0 drop the console logging
-        "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else "
-                                        "[h for h in @train#handlers if not isinstance(h, monai.handlers.StatsHandler)]",
+        "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else [h for h in "
+                                        "@train#handlers if not isinstance(h, monai.handlers.StatsHandler)]",
         "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset",
                              "even_divisible": False, "shuffle": False},
         "validate#dataloader#sampler": "@validate#sampler",
@@ -469,7 +469,8 @@ def multi_gpu_config(name: str) -> dict:
         # every rank finishes (rank 0 writes the checkpoints last) before the process group is torn down; without
         # the barrier a CI run saw rank 1 abort in teardown ("terminate called without an active exception")
         # while rank 0 was still writing
-        "finalize": ["$dist.is_initialized() and dist.barrier()", "$dist.is_initialized() and dist.destroy_process_group()"],
+        "finalize": ["$dist.is_initialized() and dist.barrier()",
+                     "$dist.is_initialized() and dist.destroy_process_group()"],
     }
 
 

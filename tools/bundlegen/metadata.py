@@ -91,7 +91,8 @@ def metadata(name: str) -> dict:
         "data_source": "ACDC (https://www.creatis.insa-lyon.fr/Challenge/acdc/), ISIC 2017/2018 task 1, MSD",
         "data_type": "nibabel / png / jpg",
         "image_classes": "ACDC: 1 channel MRI slice; ISIC: 3 channel RGB, both scaled to [0, 1]",
-        "label_classes": "ACDC: 0 background, 1 right ventricle, 2 myocardium, 3 left ventricle; ISIC: 0 skin, 1 lesion",
+        "label_classes": "ACDC: 0 background, 1 right ventricle, 2 myocardium, 3 left ventricle; "
+                         "ISIC: 0 skin, 1 lesion",
         "pred_classes": "as label_classes (argmax of the logits)",
         "eval_metrics": EVAL_METRICS,
         "intended_use": "Research on token-pruned ViT segmentation; not for clinical use.",

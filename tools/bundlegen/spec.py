@@ -12,12 +12,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 BUNDLE_VERSION = "0.5.0"
 CHANGELOG = {
-    "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass --bundle_root); "
-    "a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless dataset_0.json says otherwise), "
-    "so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and BTCV volumes share one loading "
-    "entry; evaluate.json and inference.json read the checkpoint's network settings in one step; unknown override "
-    "keys are found from MONAI's command line (or prato_components.bundle.run), not its call stack; the README is "
-    "one template for 2D and 3D and links only to what the bundle holds",
+    "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
+    "--bundle_root); a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless "
+    "dataset_0.json says otherwise), so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and "
+    "BTCV volumes share one loading entry; unknown override keys are found from MONAI's command line (or "
+    "prato_components.bundle.run), not its call stack; the README is one template for 2D and 3D and links only to "
+    "what the bundle holds",
     "0.4.2": "pruner_def (and stp's completion_def) is a factory (_mode_: callable) on every backbone: the network "
     "builds its pruners and completion at each stage's width on a random stream of their own, so at one seed a "
     "pruned bundle starts from its baseline's backbone weights and draws the same data order (a paired comparison); "
