@@ -60,6 +60,9 @@ CHANGELOG = {
 
 # Each backbone: the network_def (pruner inserted under "pruner"), its token width for pruners that need it,
 # a description and the stages pruned by default.
+# the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
+PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
+                                                   "decode_margin")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
@@ -75,11 +78,7 @@ BACKBONES: dict[str, dict] = {
             "mlp_dim": "@mlp_dim",
             "num_heads": "@num_heads",
             "norm_name": "instance",
-            "prune_stages": "@prune_stages",
-            "executor": "@executor",
-            "fill": "@fill",
-            "decode_region": "@decode_region",
-            "decode_margin": "@decode_margin",
+            **PRUNING_AND_DECODING,
         },
         "stages": [1, 2],
         "tiny": TINY_NETWORKS["unetr"],
@@ -99,11 +98,7 @@ BACKBONES: dict[str, dict] = {
             "num_heads": "@num_heads",
             "norm_name": "instance",
             "use_flash_attention": True,
-            "prune_stages": "@prune_stages",
-            "executor": "@executor",
-            "fill": "@fill",
-            "decode_region": "@decode_region",
-            "decode_margin": "@decode_margin",
+            **PRUNING_AND_DECODING,
         },
         "stages": [1, 2],
         # STP's MTA attends within Swin's 7 x 7 windows: global attention over the 56 x 56 tokens of the first pruned
@@ -131,11 +126,7 @@ BACKBONES: dict[str, dict] = {
             "num_heads": "@num_heads",
             "head_channels": "@head_channels",
             "decoder_channels": "@decoder_channels",
-            "prune_stages": "@prune_stages",
-            "executor": "@executor",
-            "fill": "@fill",
-            "decode_region": "@decode_region",
-            "decode_margin": "@decode_margin",
+            **PRUNING_AND_DECODING,
         },
         "stages": [1, 2],
         "completion_taps": [4],  # the upsampler reads the final grid only (tap 4 in UNETR's numbering)
@@ -152,11 +143,7 @@ BACKBONES: dict[str, dict] = {
             "variant": "@variant",
             "in_channels": "@in_channels",
             "out_channels": "@out_channels",
-            "prune_stages": "@prune_stages",
-            "executor": "@executor",
-            "fill": "@fill",
-            "decode_region": "@decode_region",
-            "decode_margin": "@decode_margin",
+            **PRUNING_AND_DECODING,
         },
         "stages": [1, 2],
         "tiny": TINY_NETWORKS["segformer"],
