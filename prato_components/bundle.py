@@ -10,6 +10,7 @@ chains for code, and tests/test_bundle_configs.py keeps the two equal.
 
 from __future__ import annotations
 
+import ast
 import csv
 import difflib
 import glob
@@ -20,6 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import monai.bundle
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.transforms import (
@@ -51,6 +53,7 @@ __all__ = [
     "PROMPTS",
     "IMAGE_EXTENSIONS",
     "dataset_spec",
+    "BTCV_LABELS",
     "bundle_splits",
     "bundle_splits_3d",
     "load_transforms",
@@ -65,6 +68,8 @@ __all__ = [
     "default_num_workers",
     "unknown_override_keys",
     "check_overrides",
+    "command_line_arguments",
+    "run",
     "SETTING_RULES",
     "check_settings",
     "trained_bundle_config",
@@ -84,17 +89,27 @@ IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
 
 
-def _volume_spec(info_path: str, default_labels: dict[str, str]) -> dict[str, Any]:
-    """The spec of a volumetric data set described by an MSD-style JSON (``labels``, ``modality``)."""
-    require_file(info_path, "dataset description")
-    with open(info_path) as f:
-        info = json.load(f)
+# BTCV's fixed classes and modality (MONAI's tutorials' dataset_0.json): the spec without a data folder
+BTCV_LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
+               "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
+               "10": "portal and splenic veins", "11": "pancreas", "12": "right adrenal gland",
+               "13": "left adrenal gland"}
+
+
+def _volume_spec(info: Mapping[str, Any], default_labels: Mapping[str, str],
+                 default_modality: Mapping[str, str]) -> dict[str, Any]:
+    """The spec of a volumetric data set described by an MSD-style dict (``labels``, ``modality``)."""
     labels = {int(k): str(v) for k, v in info.get("labels", default_labels).items()}
-    modalities = [str(v).upper() for v in info.get("modality", {"0": "image"}).values()]
+    modalities = [str(v).upper() for v in info.get("modality", default_modality).values()]
     return {"in_channels": len(modalities), "out_channels": len(labels),
             "class_names": [labels[k].replace(" ", "_") for k in sorted(labels) if k > 0],
             "label_values": sorted(labels), "volumetric": True, "output_ext": ".nii.gz", "output_scale": 1,
             "modality": "CT" if all(m == "CT" for m in modalities) else "MR"}
+
+
+def _read_description(path: str) -> dict[str, Any]:
+    with open(require_file(path, "dataset description")) as f:
+        return json.load(f)
 
 
 def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]:
@@ -104,8 +119,9 @@ def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]
     (foreground, label order), ``label_values``, ``volumetric`` (images are volumes: served as 2D slices by the 2D
     bundles), ``output_ext``, ``output_scale`` (label value multiplier when saving: ISIC masks are 0/255) and
     ``modality`` (``"CT"``, ``"MR"`` or ``"RGB"``: the 3D intensity normalisation, :func:`intensity_transforms_3d`).
-    For ``decathlon`` and ``btcv`` the channels and classes are read from ``dataset_dir/dataset.json`` /
-    ``dataset_dir/dataset_0.json``.
+    For ``decathlon`` the channels and classes are read from ``dataset_dir/dataset.json``; for ``btcv`` from
+    ``dataset_dir/dataset_0.json`` when there is one, else they are BTCV's (1 CT channel, the 14 classes of
+    :data:`BTCV_LABELS`), so a BTCV bundle's network builds without its data folder.
     """
     name = str(dataset).lower()
     if name == "acdc":
@@ -115,12 +131,15 @@ def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]
     if name == "isic":
         return {"in_channels": 3, "out_channels": 2, "class_names": ["lesion"], "label_values": [0, 1],
                 "volumetric": False, "output_ext": ".png", "output_scale": 255, "modality": "RGB"}
-    if name in ("decathlon", "btcv"):
+    if name == "btcv":
+        path = os.path.join(dataset_dir, BTCV_DATALIST) if dataset_dir is not None else None
+        info = _read_description(path) if path is not None and os.path.isfile(path) else {}
+        return _volume_spec(info, BTCV_LABELS, {"0": "CT"})
+    if name == "decathlon":
         if dataset_dir is None:
-            raise ValueError(f"the {name} spec is read from its dataset description in dataset_dir: give dataset_dir")
-        if name == "decathlon":
-            return _volume_spec(os.path.join(dataset_dir, "dataset.json"), {"0": "background", "1": "foreground"})
-        return _volume_spec(os.path.join(dataset_dir, BTCV_DATALIST), {"0": "background", "1": "foreground"})
+            raise ValueError("the decathlon spec is read from its dataset description in dataset_dir: give dataset_dir")
+        return _volume_spec(_read_description(os.path.join(dataset_dir, "dataset.json")),
+                            {"0": "background", "1": "foreground"}, {"0": "image"})
     raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
 
 
@@ -386,43 +405,89 @@ def unknown_override_keys(config: Mapping, overrides: Sequence[str]) -> list[str
     return messages
 
 
-def _running_workflow_arguments() -> tuple[Any, dict] | None:
-    """The ``config_file`` and keyword arguments of the ``monai.bundle`` workflow being created, read from the
-    call stack (``monai.bundle.scripts.create_workflow``, which ``python -m monai.bundle run`` and
-    ``monai.bundle.run`` go through); ``None`` when the config is not run that way."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
-            arguments = frame.f_locals.get("_args")
-            if isinstance(arguments, dict):
-                return frame.f_locals.get("config_file"), arguments
-        frame = frame.f_back
-    return None
+# the arguments of ``monai.bundle.run`` / ``create_workflow`` that configure the workflow, not the config
+_WORKFLOW_CALLS = (monai.bundle.run, monai.bundle.create_workflow, ConfigWorkflow.__init__)
+WORKFLOW_ARGUMENTS = frozenset().union(*(inspect.signature(f).parameters for f in _WORKFLOW_CALLS)) - {
+    "override", "kwargs", "self"}
 
 
-def check_overrides() -> None:
-    """Reject override keys the bundle's config files do not define, at the start of ``initialize``.
+def _command_line_value(text: str) -> Any:
+    """A command-line value as Python Fire (MONAI's command line) reads it: a Python literal, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def command_line_arguments(argv: Sequence[str]) -> dict[str, Any]:
+    """The ``--key value`` / ``--key=value`` arguments of a ``python -m monai.bundle <command> ...`` command line
+    (``argv`` without the program and the command), as ``{key: value}``; a key without a value is ``True``."""
+    arguments: dict[str, Any] = {}
+    index = 0
+    while index < len(argv):
+        item = str(argv[index])
+        index += 1
+        if not item.startswith("--") or item == "--":
+            continue
+        key, equals, value = item[2:].partition("=")
+        if not equals:
+            if index < len(argv) and not str(argv[index]).startswith("--"):
+                value, index = str(argv[index]), index + 1
+            else:
+                value = "True"
+        arguments[key.replace("-", "_")] = _command_line_value(value)  # Fire reads --a-b as a_b
+    return arguments
+
+
+def _monai_command_line() -> dict[str, Any] | None:
+    """The arguments of this process when it is MONAI's command line running a workflow (``python -m monai.bundle
+    run ...``, also under ``torchrun``), with those of its ``--args_file``; ``None`` otherwise."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is None or spec.name not in ("monai.bundle.__main__", "monai.bundle") or len(sys.argv) < 2:
+        return None
+    if sys.argv[1] not in ("run", "run_workflow"):
+        return None
+    arguments = command_line_arguments(sys.argv[2:])
+    if arguments.get("args_file"):  # MONAI reads defaults for every argument from it; the command line wins
+        arguments = {**ConfigParser.load_config_file(arguments["args_file"]), **arguments}
+    return arguments
+
+
+def check_overrides(config_file: str | Sequence[str] | None = None, overrides: Mapping[str, Any] | None = None,
+                    tracking: str | dict | None = None) -> None:
+    """Reject override keys the bundle's config files do not define.
 
     ``python -m monai.bundle run --config_file train.json --epoch 1`` would otherwise add a new key ``epoch`` and
-    train the default ``epochs``. The overrides are the arguments of the running ``monai.bundle`` workflow less the
-    workflow's own (``meta_file``, ``logging_file``, ``tracking``, ``run_id``, ...). Raises ``ValueError`` naming
-    every unknown key with the closest known one.
+    train the default ``epochs``. Called with no arguments (first in every bundle's ``initialize``), it checks the
+    command line of this process when that is MONAI's (``python -m monai.bundle run ...``); in-process runs are
+    checked by :func:`run`, which passes ``config_file`` and the ``overrides``. The workflow's own arguments
+    (``meta_file``, ``logging_file``, ``tracking``, ...; :data:`WORKFLOW_ARGUMENTS`) are not overrides, and
+    ``tracking`` adds the keys of its settings. Raises ``ValueError`` naming every unknown key with the closest
+    known one.
     """
-    running = _running_workflow_arguments()
-    if running is None or running[0] is None:
-        return
-    config_file, arguments = running
-    own = set(inspect.signature(ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
-    overrides = [k for k in arguments if k not in own]
+    if config_file is None:
+        arguments = _monai_command_line()
+        if arguments is None or arguments.get("config_file") is None:
+            return
+        config_file, tracking = arguments["config_file"], arguments.get("tracking")
+        overrides = arguments
+    keys = [key for key in (overrides or {}) if key not in WORKFLOW_ARGUMENTS]
     config = ConfigParser.load_config_files(config_file)
-    tracking = arguments.get("tracking")
     if tracking is not None:  # MONAI adds the tracking settings' keys (tracking_uri, experiment_name, ...)
         settings = DEFAULT_EXP_MGMT_SETTINGS.get(tracking) if isinstance(tracking, str) else None
         settings = settings if settings is not None else ConfigParser.load_config_files(tracking)
         config = {**settings.get("configs", {}), **config}
-    messages = unknown_override_keys(config, overrides)
+    messages = unknown_override_keys(config, keys)
     if messages:
         raise ValueError(f"{'; '.join(messages)} (config: {config_file})")
+
+
+def run(config_file: str | Sequence[str], **arguments: Any) -> None:
+    """``monai.bundle.run`` with the override keys checked first (:func:`check_overrides`): the in-process
+    counterpart of ``python -m monai.bundle run``, e.g. ``run("configs/train.json", bundle_root=".", epochs=1)``."""
+    check_overrides(config_file, arguments, arguments.get("tracking"))
+    monai.bundle.run(config_file=config_file, **arguments)
 
 
 def _integer(value: Any, low: int) -> bool:

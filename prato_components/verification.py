@@ -236,10 +236,11 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
 
 
 def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
-    """``python -m monai.bundle run`` in-process for ``configs/<config>.json`` of ``bundle_dir``: ``"evaluate"`` runs
-    the overlay chain ``train.json`` + ``evaluate.json``, ``"a+b"`` merges ``a.json`` and ``b.json`` (e.g.
-    ``"train+multi_gpu_train"``; :func:`config_chain`)."""
-    from monai.bundle import run
+    """``python -m monai.bundle run`` in-process (:func:`prato_components.bundle.run`: unknown override keys are
+    refused) for ``configs/<config>.json`` of ``bundle_dir``: ``"evaluate"`` runs the overlay chain ``train.json`` +
+    ``evaluate.json``, ``"a+b"`` merges ``a.json`` and ``b.json`` (e.g. ``"train+multi_gpu_train"``;
+    :func:`config_chain`)."""
+    from prato_components.bundle import run
 
     configs = os.path.join(bundle_dir, "configs")
     files = [os.path.join(configs, f"{c}.json") for c in config_chain(config)]

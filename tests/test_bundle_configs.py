@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -14,22 +15,15 @@ from conftest import ROOT, read_json
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from prato_components.bundle import dataset_spec, load_transforms, load_transforms_3d
+from prato_components.bundle import BTCV_LABELS, dataset_spec, load_transforms, load_transforms_3d
 from prato_components.data import make_btcv_like
 from prato_components.data.splits import load_or_create_split
 from prato_components.verification import TINY_NETWORKS, config_chain, split_bundle_name, tiny_overrides
-from tools.bundles import (
-    ALL_BUNDLES,
-    BUNDLES_3D,
-    BACKBONES,
-    BACKBONES_3D,
-    PRUNING_KEYS,
-    Bundles,
-    bundle_files,
-    forward_references,
-    reading_order_problems,
-    train_config,
-)
+from tools.bundlegen.cli import WORK_ITEM, Bundles, bundle_files, reading_order_problems
+from tools.bundlegen.configs import train_config
+from tools.bundlegen.order import forward_references
+from tools.bundlegen.spec import ALL_BUNDLES, BACKBONES, BACKBONES_3D, BUNDLES_3D, PRUNING_KEYS
+from tools.bundlegen.templates import bundle_text
 
 
 def _configs(bundle: str) -> str:
@@ -128,7 +122,7 @@ def test_a_backbones_pruned_bundles_differ_in_pruner_def():
     for pruner in ("tram", "evovit", "dynamicvit"):  # no pruner-specific keys or network extras
         other = read_json(os.path.join(_configs(f"transunet_{pruner}"), "train.json"))
         differing = sorted(k for k in base if base[k] != other.get(k)) + sorted(set(other) - set(base))
-        assert differing == ["bundle_root", "pruner_def"], (pruner, differing)
+        assert differing == ["pruner_def"], (pruner, differing)
 
 
 @pytest.mark.parametrize("backbone", ["unetr", "transunet", "swin_unetr", "segformer"])
@@ -138,7 +132,7 @@ def test_stp_adds_only_its_completion_block_next_to_pruner_def(backbone):
     base = read_json(os.path.join(_configs(f"{backbone}_random"), "train.json"))
     stp = read_json(os.path.join(_configs(f"{backbone}_stp"), "train.json"))
     differing = sorted(k for k in base if base[k] != stp.get(k)) + sorted(set(stp) - set(base))
-    assert differing == ["bundle_root", "network_def", "pruner_def", "completion_def"], differing
+    assert differing == ["network_def", "pruner_def", "completion_def"], differing
     assert {k: v for k, v in stp["network_def"].items() if k != "completion"} == base["network_def"]
     assert stp["network_def"]["completion"] == "@completion_def"
     assert stp["completion_def"]["_target_"] == "prato_components.pruners.MultiLayerTokenAssembly"
@@ -237,3 +231,49 @@ def test_metadata_tells_each_data_sets_channels_and_classes(bundle):
     evaluate = read_json(os.path.join(_configs(bundle), "evaluate.json"))
     assert set(evaluate["metrics"]) <= set(meta["eval_metrics"])
     assert "token_sparsity" in meta["eval_metrics"]
+
+
+def test_generated_files_name_no_work_item_and_link_only_inside_the_bundle():
+    """Bundle READMEs come from the project's docs: links to its pages (``../notes/...``) would be broken in a
+    downloaded bundle, and file names of notes name work items."""
+    assert WORK_ITEM.search("see notes/issue12.md") and WORK_ITEM.search("Why (Issue 17):")
+    assert not WORK_ITEM.search("tissue, 12 classes")
+    for name in ALL_BUNDLES:
+        for rel, content in bundle_files(name).items():
+            assert not WORK_ITEM.search(content), (name, rel)
+        readme = bundle_files(name)["docs/README.md"]
+        for target in re.findall(r"\]\(([^)]+)\)", readme):
+            assert target.startswith(("http://", "https://")) or os.path.exists(
+                os.path.join(ROOT, "bundles", name, "docs", target)), (name, target)
+
+
+def test_project_docs_become_bundle_text():
+    text = "Measured: [notes/issue12.md](../notes/issue12.md). Why (issue 17): ranking. See `docs/notes/issue17.md`."
+    assert bundle_text(text) == ("Measured: the project's measurement notes (docs/notes). Why: ranking. See the "
+                                 "project's measurement notes (docs/notes).")
+    assert bundle_text("[MONAI](https://monai.io)") == "[MONAI](https://monai.io)"
+
+
+def test_one_readme_template_for_2d_and_3d():
+    two, three = bundle_files("unetr_prato")["docs/README.md"], bundle_files("unetr3d_prato")["docs/README.md"]
+    headings = [line for line in two.splitlines() if line.startswith("## ")]
+    assert headings[:3] == ["## Commands (from this bundle's folder)", "## Keys to override", "## Configs"]
+    assert [line for line in three.splitlines() if line.startswith("## ")][:3] == headings[:3]
+    assert "--config_file configs/inference.json --dataset btcv --input_dir" in three  # no data folder needed
+
+
+@pytest.mark.parametrize("dataset_dir", [None, "/no/such/folder"])
+def test_btcv_spec_without_its_data_folder_is_btcvs_14_classes(dataset_dir):
+    spec = dataset_spec("btcv", dataset_dir)
+    assert spec["in_channels"] == 1 and spec["out_channels"] == 14 == len(BTCV_LABELS)
+    assert spec["modality"] == "CT" and spec["class_names"][0] == "spleen" and len(spec["class_names"]) == 13
+    with pytest.raises(ValueError, match="the decathlon spec is read from its dataset description in dataset_dir"):
+        dataset_spec("decathlon")
+
+
+def test_bundle_root_is_the_bundles_folder_and_volumes_share_their_loading():
+    for name in ALL_BUNDLES:
+        train = read_json(os.path.join(_configs(name), "train.json"))
+        assert train["bundle_root"] == "."
+        if "loading_by_dataset" in train:
+            assert train["loading_by_dataset"]["btcv"] == "@loading_by_dataset#decathlon"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import subprocess
 import sys
 
+import monai.bundle
 import pytest
 from conftest import ROOT, error_text, read_json, run_bundle
 
-from prato_components.bundle import check_settings, default_num_workers, unknown_override_keys
+from prato_components.bundle import (
+    WORKFLOW_ARGUMENTS,
+    check_overrides,
+    check_settings,
+    command_line_arguments,
+    default_num_workers,
+    unknown_override_keys,
+)
 
 TRAIN = os.path.join(ROOT, "bundles", "unetr_prato", "configs", "train.json")
 
@@ -51,6 +61,38 @@ def test_command_line_rejects_a_misspelled_key_and_keeps_monai_arguments(tmp_pat
     assert "unknown override key 'epoch'; did you mean 'epochs'" in done.stderr
     reported = done.stderr.split("ValueError: ")[-1]
     assert "meta_file" not in reported and "tracking" not in reported  # MONAI's own arguments and tracking keys
+
+
+def test_command_line_reads_as_python_fire_does():
+    arguments = command_line_arguments([
+        "--config_file", "['a.json','b.json']", "--epoch=1", "--resume", "--keep-ratio", "0.5", "--device", "cpu",
+        "--decode_margin", "-8", "stray"])
+    assert arguments == {"config_file": ["a.json", "b.json"], "epoch": 1, "resume": True, "keep_ratio": 0.5,
+                         "device": "cpu", "decode_margin": -8}
+
+
+def test_workflow_arguments_are_those_of_the_pinned_monai():
+    """The arguments ``monai.bundle.run`` and ``ConfigWorkflow`` take themselves are not overrides (MONAI 1.6.1)."""
+    assert {"config_file", "meta_file", "logging_file", "tracking", "args_file", "workflow_name", "run_id",
+            "init_id", "final_id", "workflow_type", "properties_path"} == WORKFLOW_ARGUMENTS
+    assert set(WORKFLOW_ARGUMENTS) <= set(inspect.signature(monai.bundle.run).parameters) | set(
+        inspect.signature(monai.bundle.ConfigWorkflow.__init__).parameters) | {"workflow_name", "args_file"}
+
+
+def test_check_overrides_names_typos_given_explicitly_and_ignores_workflow_arguments():
+    with pytest.raises(ValueError, match=r"unknown override key 'keep_ratoi'; did you mean 'keep_ratio'\?"):
+        check_overrides(TRAIN, {"keep_ratoi": 0.5, "meta_file": "m.json", "epochs": 1})
+    check_overrides(TRAIN, {"keep_ratio": 0.5, "meta_file": "m.json", "tracking_uri": "x"}, tracking="mlflow")
+    check_overrides()  # not MONAI's command line (pytest): nothing to check
+
+
+def test_command_line_args_file_overrides_are_checked(tmp_path):
+    args_file = tmp_path / "args.json"
+    args_file.write_text(json.dumps({"config_file": TRAIN, "bundle_root": str(tmp_path), "keep_ratoi": 0.5}))
+    done = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--args_file", str(args_file)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0
+    assert "unknown override key 'keep_ratoi'; did you mean 'keep_ratio'" in done.stderr
 
 
 def test_default_num_workers_never_exceeds_the_cpus():

@@ -59,8 +59,8 @@ def test_monai_verify_metadata_offline_and_net_in_out():
     configs = os.path.join(ROOT, "bundles", "unetr_prato", "configs")
     verify_metadata(meta_file=os.path.join(configs, "metadata.json"), filepath=SCHEMA)
     verify_net_in_out(net_id="network_def", meta_file=os.path.join(configs, "metadata.json"),
-                      config_file=os.path.join(configs, "inference.json"), bundle_root=os.path.join(ROOT, "bundles", "unetr_prato"),
-                      device="cpu")
+                      config_file=os.path.join(configs, "inference.json"),
+                      bundle_root=os.path.join(ROOT, "bundles", "unetr_prato"), device="cpu")
 
 
 @pytest.mark.parametrize("bundle", UNETR_BUNDLES)
@@ -187,7 +187,8 @@ def test_bad_training_data_gives_named_errors(case, acdc_dir, isic_dir, tmp_path
         os.makedirs(data)
         expected = "does not look like an ACDC|does not exist"
     elif case == "unknown_dataset":
-        dataset, data, expected = "kvasir", acdc_dir, r"dataset must be one of \['acdc', 'isic', 'decathlon', 'btcv'\], got 'kvasir'"
+        dataset, data = "kvasir", acdc_dir
+        expected = r"dataset must be one of \['acdc', 'isic', 'decathlon', 'btcv'\], got 'kvasir'"
     elif case == "corrupt_nifti":
         victim = _corrupt_copy(acdc_dir, data, "training/patient001/patient001_frame01.nii.gz", b"not a nifti")
         expected = os.path.basename(victim)
@@ -249,7 +250,8 @@ def test_bad_inference_input_is_named_and_nothing_written_is_lost(acdc_dir, tmp_
 def test_one_iteration_train_and_evaluate(bundle, acdc_dir, tmp_path):
     """Every other bundle: one training iteration (with validation) and an evaluation, at a 64x64 input."""
     root = str(tmp_path / "bundle")
-    run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=1, image_size=64, **{"train#trainer#epoch_length": 1})
+    run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=1, image_size=64,
+               **{"train#trainer#epoch_length": 1})
     assert os.path.isfile(os.path.join(root, "models", "model.pt"))
     run_bundle(bundle, "evaluate", root, dataset_dir=acdc_dir, image_size=64, latency_repeats=0)
     metrics = read_json(os.path.join(root, "eval", "metrics.json"))

@@ -3,7 +3,9 @@ skipping finished runs, resuming a run killed mid-training."""
 
 from __future__ import annotations
 
+import ast
 import csv
+import json
 import math
 import os
 import re
@@ -15,11 +17,10 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT
 
 from prato_components.engine import record_retention
-from tools.experiments import PROMPTS, expand, load_plan, non_default
+from tools.experiment_plan import PROMPTS, expand, load_plan, non_default
 from tools.report import mean_spread
 
 PLANS = os.path.join(ROOT, "plans")
@@ -63,6 +64,44 @@ def test_runs_are_shared_between_tables(tmp_path):
     assert all(cells[(s, 0, "acdc", 1)][0].seed == 1 for s in ("table1", "fig5"))
 
 
+def test_small_structure_plan_runs_through_the_plan_model(tmp_path):
+    """The small-structure study is a plan: its data variant (ACDC-like with a small dark class) is a data set,
+    sections read only their data sets, trainings are shared across sections, and the runs of the section asking
+    for it write the kept-cells-by-class analysis."""
+    sections, settings = load_plan(os.path.join(PLANS, "small_structures.yaml"))
+    assert [s.id for s in sections] == ["small_dark_96", "size_224", "demo_96", "prompts", "decode_margins"]
+    assert settings["data"] == {"acdc_small_dark": {"dataset": "acdc",
+                                                    "synthetic": {"small_dark": True, "num_patients": 20}}}
+    runs, cells = expand(sections, settings["datasets"], [0], "small", str(tmp_path), settings["data"])
+    assert {key[2] for key in cells if key[0] == "small_dark_96"} == {"acdc_small_dark"}
+    assert {key[2] for key in cells if key[0] == "demo_96"} == {"acdc"}
+    assert {key[2] for key in cells if key[0] == "size_224"} == {"acdc_small_dark", "acdc"}
+    literal, _ = cells[("small_dark_96", 1, "acdc_small_dark", 0)]
+    assert literal.data == {"dataset": "acdc", "synthetic": {"small_dark": True, "num_patients": 20}}
+    assert literal is cells[("prompts", 4, "acdc_small_dark", 0)][0]  # keep_ratio 1.0 at evaluation: same training
+    assert len(literal.evaluations) == 5  # the four prompts, and the tight box keeping every token
+    assert {tag.split("-")[0] for tag in literal.evaluations} == set(PROMPTS)
+    assert {"prompt": "tight", "latency_repeats": 0, "keep_ratio": 1.0} in literal.evaluations.values()
+    assert literal.analyses == ["kept_by_class"] and literal.outputs()[-1].endswith("kept_by_class.json")
+    margins = {cells[("decode_margins", i, "acdc", 0)][0].folder for i in range(4)}
+    assert len(margins) == 1  # one training, four decodings
+    assert cells[("size_224", 0, "acdc", 0)][0].overrides == {"image_size": 224}
+    assert len(runs) == 14 + 2 * 5 + 8  # dark at 96, both data sets at 224, demo at 96; the rest shared
+
+
+def test_plan_model_has_no_import_circle():
+    """The runner and the report both read the plan model; the plan model reads neither, the report not the
+    runner."""
+    imports = {}
+    for name in ("experiment_plan", "experiments", "report"):
+        tree = ast.parse(open(os.path.join(ROOT, "tools", f"{name}.py")).read())
+        imports[name] = {node.module.split(".")[1] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                         and node.module and node.module.startswith("tools.")}
+    assert imports["experiment_plan"] == {"bundlegen"}
+    assert imports["report"] == {"experiment_plan"}
+    assert imports["experiments"] == {"experiment_plan", "report"}
+
+
 def test_non_default_drops_the_bundles_own_values():
     assert non_default("unetr_prato", {"keep_ratio": 0.75, "pruner_def#roi_size": 5}) == {}
     assert non_default("unetr_prato", {"keep_ratio": 0.5, "pruner_def#tau": 0.1}) == {
@@ -81,6 +120,11 @@ def test_non_default_drops_the_bundles_own_values():
         ("include: [missing.yaml]", "missing.yaml' does not exist"),
         ("- a list", "must be a YAML mapping"),
         ("kind: chart\nrows: [{label: a, bundle: unetr_prato}]", "kind must be 'table' or 'figure'"),
+        ("analyses: [dice_maps]\nrows: [{label: a, bundle: unetr_prato}]", "unknown analyses ['dice_maps']"),
+        ("sections: [{id: a}]", "section 0 has no rows"),
+        ("sections: [{id: a, row: []}]", "section 0: unknown keys ['row']"),
+        ("data: {dark: {dataset: brats}}", "data 'dark': unknown dataset 'brats'"),
+        ("data: {dark: {dataset: acdc, synth: {}}}", "data 'dark': unknown keys ['synth']"),
     ],
 )
 def test_bad_plans_are_refused_with_the_reason(tmp_path, text, message):
@@ -146,7 +190,7 @@ def test_smoke_plan_end_to_end_then_rerun_skips(tmp_path):
         assert section.title in report
         if section.kind == "table":
             for row in section.rows:
-                line = next(l for l in report.splitlines() if l.startswith(f"| {row.label} |"))
+                line = next(x for x in report.splitlines() if x.startswith(f"| {row.label} |"))
                 numbers = [float(x) for x in re.findall(r"-?\d+\.\d+", line)]
                 assert len(numbers) >= 10 and all(math.isfinite(x) for x in numbers), line  # both data sets
                 assert "missing" not in line, line
@@ -166,6 +210,27 @@ def test_smoke_plan_end_to_end_then_rerun_skips(tmp_path):
     again = _experiments(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "54 already complete, 0 to run" in again.stdout and "running" not in again.stdout
+
+
+@pytest.mark.slow
+def test_data_variant_and_kept_by_class_end_to_end(tmp_path):
+    plan = _write(tmp_path / "plan.yaml", "data: {dark: {dataset: acdc, synthetic: {small_dark: true}}}\n"
+                                          "datasets: [dark]\nanalyses: [kept_by_class]\n"
+                                          "rows: [{label: literal, bundle: unetr_prato, "
+                                          "overrides: {protect_boxes: false}}]\n")
+    out = str(tmp_path / "results")
+    done = _experiments("run", plan, "--size", "smoke", "--out", out)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert os.path.isfile(os.path.join(out, "data", "smoke", "dark", ".complete"))
+    (folder,) = os.listdir(os.path.join(out, "runs", "smoke", "dark", "s0"))
+    with open(os.path.join(out, "runs", "smoke", "dark", "s0", folder, "kept_by_class.json")) as f:
+        kept = json.load(f)
+    assert sorted(kept) == ["stage1", "stage2"]
+    assert set(kept["stage1"]) == {"class1", "class2", "class3", "in_box", "outside_box"}
+    assert all(v is None or 0 <= v <= 1 for stage in kept.values() for v in stage.values())
+    assert kept["stage2"]["outside_box"] < 1  # pruning removed cells
+    report = open(os.path.join(out, "report.md")).read()
+    assert "| literal | dark | stage1 | class1 " in report
 
 
 @pytest.mark.slow

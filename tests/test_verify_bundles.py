@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from conftest import BUNDLE_VERSION, BUNDLES, BUNDLES_3D, ROOT, SCHEMA
+from conftest import ALL_BUNDLES, BUNDLE_VERSION, BUNDLES, BUNDLES_3D, ROOT, SCHEMA
 
 from prato_components.export import example_inputs, load_exported
 from prato_components.verification import (
@@ -27,6 +27,16 @@ from prato_components.verification import (
     verify_bundle,
     verify_bundles,
 )
+from tools.verify_bundles import model_zoo_shape_check
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_model_zoo_shape_check_with_fresh_weights_and_no_data(bundle, tmp_path, monkeypatch):
+    """The MONAI Model Zoo's ``verify_net_in_out`` step on every bundle, from a folder without data: each network
+    builds from its configs alone (a 3D bundle's BTCV classes included) and maps the metadata's input to its
+    output."""
+    monkeypatch.chdir(tmp_path)
+    model_zoo_shape_check(os.path.join(ROOT, "bundles", bundle))
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
@@ -95,7 +105,8 @@ def test_a_failing_bundle_is_reported_and_the_others_still_run(tmp_path):
     os.makedirs(collection / "bundles" / "not_a_bundle")  # no configs/metadata.json: not found as a bundle
     report = verify_bundles(str(collection / "bundles"), schema=SCHEMA, work_dir=str(tmp_path / "work"))
     assert list(report) == ["unetr_prato"]
-    assert report["unetr_prato"]["error"].startswith("FileNotFoundError: ") and "LICENSE" in report["unetr_prato"]["error"]
+    error = report["unetr_prato"]["error"]
+    assert error.startswith("FileNotFoundError: ") and "LICENSE" in error
     done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "verify_bundles.py"), "run", "--bundles_dir",
                            str(collection / "bundles"), "--work_dir", str(tmp_path / "cli")],
                           capture_output=True, text=True, timeout=300)

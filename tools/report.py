@@ -17,7 +17,7 @@ import os
 import statistics
 from collections.abc import Sequence
 
-from tools.experiments import Section, expand, load_plan
+from tools.experiment_plan import Section, expand, load_plan
 
 COLUMN_TITLES = {"dice": "DSC", "gflops": "GFLOPs", "latency_ms": "ms", "kept_fraction": "kept"}
 PAPER_TITLES = {"dice": "paper DSC", "gflops": "paper GFLOPs", "latency_ms": "paper ms"}
@@ -139,6 +139,25 @@ def table_markdown(section: Section, records: Sequence[dict], datasets: Sequence
     return lines
 
 
+def kept_by_class_markdown(section: Section, cells: dict, datasets: Sequence[str]) -> list[str]:
+    """Per row, data set and pruned stage: the share of grid cells kept among those holding each class, inside and
+    outside the prompt box (the first seed's ``kept_by_class.json``)."""
+    lines = ["Kept share of grid cells by what they hold (test split, tight box, first seed):", "",
+             "| row | data set | stage | kept share by class / in box / outside box |", "|---|---|---|---|"]
+    for index, row in enumerate(section.rows):
+        for dataset in datasets:
+            keys = sorted(k for k in cells if k[:3] == (section.id, index, dataset))
+            path = os.path.join(cells[keys[0]][0].folder, "kept_by_class.json") if keys else ""
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                stages = json.load(f)
+            for stage, shares in sorted(stages.items()):
+                text = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in shares.items())
+                lines.append(f"| {row.label} | {dataset} | {stage} | {text} |")
+    return lines
+
+
 def write_report(out: str, plan: str | None = None) -> str:
     """Write ``report.md``, ``results.csv`` and ``figures/*.png`` for the runs in ``out``, as its last ``run`` set
     them up (``experiment.json``: plan, data sets, seeds, size; ``plan`` replaces the plan); returns the path."""
@@ -149,8 +168,8 @@ def write_report(out: str, plan: str | None = None) -> str:
         saved = json.load(f)
     plan = plan or saved["plan"]
     datasets, seeds, size = saved["datasets"], saved["seeds"], saved["size"]
-    sections, _ = load_plan(plan)
-    _, cells = expand(sections, datasets, seeds, size, out)
+    sections, settings = load_plan(plan)
+    _, cells = expand(sections, datasets, seeds, size, out, settings.get("data"))
     records = collect(sections, cells)
     write_csv(records, os.path.join(out, "results.csv"))
     figures_dir = os.path.join(out, "figures")
@@ -159,8 +178,8 @@ def write_report(out: str, plan: str | None = None) -> str:
     lines = [f"# Report: {os.path.basename(plan)}", "",
              f"Written {datetime.datetime.now().isoformat(timespec='seconds')} from `{out}`: size `{size}`, data sets "
              f"{', '.join(datasets)}, seeds {', '.join(map(str, seeds))}. Our numbers are mean ± standard deviation "
-             "over seeds (DSC; latency `ms` is the median, other columns are means); `—` marks a cell the paper's table is not recorded for in "
-             "the plan. Every run and evaluation is in `results.csv`.", ""]
+             "over seeds (DSC; latency `ms` is the median, other columns are means); `—` marks a cell the paper's "
+             "table is not recorded for in the plan. Every run and evaluation is in `results.csv`.", ""]
     if missing:
         lines += [f"**{len(missing)} cells are missing** (a run failed or has not run yet): "
                   + ", ".join(sorted({os.path.relpath(r['run'], out) for r in missing})), ""]
@@ -170,6 +189,8 @@ def write_report(out: str, plan: str | None = None) -> str:
             lines += [section.note.strip(), ""]
         if section.kind == "table":
             lines += table_markdown(section, records, datasets) + [""]
+        if "kept_by_class" in section.analyses:
+            lines += kept_by_class_markdown(section, cells, datasets) + [""]
         for path in figures.get(section.id, []):
             lines += [f"![{section.id}](figures/{os.path.basename(path)})", ""]
         if section.id in skipped:

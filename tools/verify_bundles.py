@@ -4,6 +4,7 @@
     python tools/verify_bundles.py run --names unetr_prato,unetr_stp # a chosen list
     python tools/verify_bundles.py run --full_size True              # also verify_net_in_out at the shipped size
     python tools/verify_bundles.py export bundles/unetr_prato models/model.pt /tmp/unetr_prato.pt2
+    python tools/verify_bundles.py model_zoo                         # the MONAI Model Zoo's data-shape check
 
 The checks are :mod:`prato_components.verification` (each one a function there); this is their command line, on
 this repository's ``bundles/`` with its ``schemas/meta_schema.json``.
@@ -20,10 +21,23 @@ import fire
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from prato_components.verification import export, verify_bundles  # noqa: E402
+from prato_components.verification import export, find_bundles, verify_bundles  # noqa: E402
 
 BUNDLES_DIR = os.path.join(ROOT, "bundles")
 SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")
+
+
+def model_zoo_shape_check(bundle_dir: str, device: str = "cpu") -> None:
+    """The MONAI Model Zoo's data-shape check of a bundle (its ``ci/verify_bundle.py``): ``verify_net_in_out`` on
+    ``network_def`` of ``configs/inference.json`` with the bundle's metadata and ``bundle_root``, fresh weights and
+    nothing else: no data folder, no overrides (``device`` only, where the Zoo takes the first GPU)."""
+    import torch
+    from monai.bundle import verify_net_in_out
+
+    with torch.no_grad():
+        verify_net_in_out(net_id="network_def", meta_file=os.path.join(bundle_dir, "configs", "metadata.json"),
+                          config_file=os.path.join(bundle_dir, "configs", "inference.json"), bundle_root=bundle_dir,
+                          device=device)
 
 
 class CLI:
@@ -38,6 +52,12 @@ class CLI:
         failed = [name for name, result in report.items() if "error" in result]
         if failed:
             raise SystemExit(f"verification failed for {failed}")
+
+    def model_zoo(self, names: str | None = None, bundles_dir: str = BUNDLES_DIR, device: str = "cpu") -> str:
+        chosen = names.split(",") if isinstance(names, str) else names or find_bundles(bundles_dir)
+        for name in chosen:
+            model_zoo_shape_check(os.path.join(bundles_dir, name), device)
+        return f"{len(chosen)} bundles pass the Model Zoo's data-shape check"
 
     def export(self, bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
         return export(bundle_dir, checkpoint, filepath, **overrides)

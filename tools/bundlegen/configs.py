@@ -1,0 +1,498 @@
+"""The config templates: ``train.json``, ``evaluate.json`` (an overlay on ``train.json``), ``inference.json`` and
+``multi_gpu_train.json`` of a bundle, with the keys every config shares (``common``)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from prato_components.bundle import SETTING_RULES
+from prato_components.verification import split_bundle_name
+
+from .spec import BACKBONES_3D, PRUNER_CONFIGS, backbone_spec, completion_def, network_def, pruner_def
+
+# Every config reads top to bottom: a key is defined before any ``@key`` that uses it (``forward_references``, run by
+# ``check``). train.json: settings, data set, network (``pruner_def`` then ``network_def``), data loading written out
+# as transforms, loss and optimiser, validation, training, initialize / run. evaluate.json: an overlay on train.json
+# with what evaluation changes. inference.json: standalone, as in the MONAI Model Zoo.
+IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
+           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
+
+
+# pixels around the prompt boxes that box decoding adds (docs/design.md §6.1: chosen from the measured Dice / latency
+# trade-off in docs/notes/issue12.md)
+DECODE_MARGIN = 16
+
+
+# first in every "initialize": unknown override keys (``--epoch`` for ``--epochs``) stop the run with a suggestion
+CHECK_OVERRIDES = "$prato_components.bundle.check_overrides()"
+
+
+def check_settings(config: dict) -> str:
+    """Second in every "initialize": the values of ``config``'s user settings (types, ranges, names), so that
+    ``--image_size [96,96]`` is named at start rather than failing inside a transform."""
+    values = ", ".join(f"'{key}': @{key}" for key in SETTING_RULES if key in config)
+    return f"$prato_components.bundle.check_settings({{{values}}})"
+
+
+def network_settings(config: dict) -> dict:
+    """``{key: "@key"}`` for the top-level keys ``network_def`` and its ``pruner_def`` read: what every checkpoint
+    records."""
+    blocks = [config["network_def"], config.get("pruner_def"), config.get("completion_def")]
+    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
+    return {key: f"@{key}" for key in config if key in read and key not in ("pruner_def", "completion_def")}
+
+
+# network settings added after checkpoints were first written: the value such a checkpoint was trained with
+LEGACY_SETTINGS = {"decode_region": "full"}
+CKPT_PATH = "$os.path.join(@ckpt_dir, 'model.pt')"
+TRAINED = "$prato_components.engine.trained_settings(@ckpt_path)"
+CHECK_TRAINED = "$prato_components.engine.check_trained_settings(@trained, @network_settings, @ckpt_path)"
+
+
+def trained_settings(config: dict) -> dict:
+    """Each network setting of ``config`` as the checkpoint at ``ckpt_path`` records it (the literal default when it
+    records none), for evaluate / inference: they build the network the checkpoint was trained with, and a run whose
+    overrides contradict it stops at start naming the keys (``CHECK_TRAINED``; channels and classes follow the data
+    set and are checked the same way)."""
+    out = {}
+    for key in network_settings(config):
+        if key in LEGACY_SETTINGS:  # a checkpoint from before the setting existed was trained the old way
+            out[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
+        elif key not in ("in_channels", "out_channels"):
+            out[key] = f"$@trained.get({key!r}, {config[key]!r})"
+    return out
+
+
+def common(name: str, trained: bool = False) -> dict:
+    """Keys shared by train and inference, in dependency order; ``trained``: the network settings follow the
+    checkpoint at ``ckpt_path`` (inference)."""
+    backbone, pruner = split_bundle_name(name)
+    config = {
+        "imports": IMPORTS,
+        "bundle_root": ".",  # the bundle's folder, as in the MONAI Model Zoo (--bundle_root from elsewhere)
+        "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
+        "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        **({"ckpt_path": CKPT_PATH, "trained": TRAINED} if trained else {}),
+        "dataset": "acdc",
+        "dataset_dir": "/data/ACDC",
+        "datalist_path": "$os.path.join(@ckpt_dir, 'datalist_' + @dataset + '.json')",
+        "spec": "$prato_components.bundle.dataset_spec(@dataset, @dataset_dir)",
+        "in_channels": "$@spec['in_channels']",
+        "out_channels": "$@spec['out_channels']",
+        "image_size": 224,
+        "seed": 0,
+        "num_workers": "$prato_components.bundle.default_num_workers()",
+        **({} if pruner == "baseline" else {  # an unpruned network has no budget, stages or executor to set
+            "keep_ratio": 0.75,
+            "prune_stages": backbone_spec(backbone)["stages"],
+            "executor": "gather",
+            "fill": "carry",
+        }),
+        "decode_region": "full",
+        "decode_margin": DECODE_MARGIN,
+        "prompt_boxes": "union",
+        **PRUNER_CONFIGS[pruner].get("keys", {}),
+        **backbone_spec(backbone)["keys"],
+        "pruner_def": pruner_def(name),
+        **completion_def(name),
+        "network_def": network_def(name),
+        "network": "$@network_def.to(@device)",
+    }
+    # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
+    config["network_settings"] = network_settings(config)
+    config["prepare_batch"] = {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}}
+    config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2}
+    if backbone in BACKBONES_3D:
+        config = _common_3d(config)
+    if trained:
+        config.update(trained_settings(config))
+    return config
+
+
+def _load(keys: list[str]) -> dict:
+    """MONAI's ``LoadImaged`` (channel first) whose read errors name the file."""
+    return {"_target_": "prato_components.data.SafeLoadImaged", "keys": keys, "ensure_channel_first": True,
+            "image_only": True}
+
+
+def _loading_by_dataset() -> dict:
+    """Per data set, how a labelled 2D item is read: ACDC and MSD / BTCV volumes served as slices (the item's
+    ``slice``), ACDC labels checked against its four values, ISIC masks (0/255) binarised."""
+    keys = ["image", "label"]
+    load, slice_ = _load(keys), {"_target_": "prato_components.data.ExtractSliced", "keys": keys, "slice_key": "slice"}
+    return {
+        "acdc": [load, slice_, {"_target_": "prato_components.data.CheckLabelValuesd", "keys": "label",
+                                "allowed": [0, 1, 2, 3]}],
+        "isic": [load, {"_target_": "prato_components.data.BinarizeMaskd", "keys": "label"}],
+        "decathlon": [load, slice_],
+        "btcv": "@loading_by_dataset#decathlon",  # MSD and BTCV volumes are read alike
+    }
+
+
+def _intensity_and_size(keys: list[str], modes: list[str], spatial_size: object) -> list[dict]:
+    """Scale to [0, 1] (0.5-99.5 percentiles per channel) and resize to the network input."""
+    return [
+        {"_target_": "ScaleIntensityRangePercentilesd", "keys": "image", "lower": 0.5, "upper": 99.5,
+         "b_min": 0.0, "b_max": 1.0, "clip": True, "channel_wise": True},
+        {"_target_": "Resized", "keys": keys, "spatial_size": spatial_size, "mode": modes},
+    ]
+
+
+def _labelled_preprocessing() -> dict:
+    """``loading_by_dataset`` and ``preprocessing``: read a labelled slice / image the way its data set needs, scale
+    and resize (shared by training, validation and evaluation)."""
+    return {
+        "loading_by_dataset": _loading_by_dataset(),
+        "preprocessing": [
+            {"_target_": "Compose", "transforms": "$@loading_by_dataset[@dataset.lower()]"},
+            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], ["@image_size", "@image_size"]),
+        ],
+    }
+
+
+def _box_from_label() -> dict:
+    # prompt_boxes "union": one box around all structures (the paper); "per_class": one row per foreground class,
+    # absent classes as padding rows, so every image has out_channels - 1 rows and batches stack
+    return {"_target_": "prato_components.prompts.BoxFromLabeld", "keys": "label", "box_key": "box",
+            "per_class": "$prato_components.bundle.per_class_prompt(@prompt_boxes)",
+            "classes": "$list(range(1, @out_channels)) if prato_components.bundle.per_class_prompt(@prompt_boxes) "
+                       "else None",
+            "on_empty": "full"}
+
+
+TO_TENSOR = {"_target_": "EnsureTyped", "keys": ["image", "label", "box"], "track_meta": False}
+
+
+def _metric_handlers(prefix: str, details: bool) -> dict:
+    out = {
+        f"{prefix}_mean_dice": {"_target_": "MeanDice", "include_background": False,
+                                "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                "save_details": True},  # per-class Dice (validation: val_per_class.json)
+    }
+    if details:
+        out[f"{prefix}_mean_iou"] = {"_target_": "MeanIoUHandler", "include_background": False,
+                                     "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                     "save_details": True}
+        out[f"{prefix}_hd95"] = {"_target_": "HausdorffDistance", "include_background": False, "percentile": 95,
+                                 "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+                                 "save_details": True}
+    return out
+
+
+def _postprocessing() -> dict:
+    return {
+        "_target_": "Compose",
+        "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "AsDiscreted", "keys": ["pred", "label"], "argmax": [True, False],
+             "to_onehot": "$[@out_channels, @out_channels]"},
+        ],
+    }
+
+
+def _validate() -> dict:
+    """The ``validate`` block: the tight box from the label, the validation split, the best model by mean Dice."""
+    return {
+        "prompt": [_box_from_label()],
+        "to_tensor": [TO_TENSOR],
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing + @validate#prompt + @validate#to_tensor"},
+        "dataset": {"_target_": "CacheDataset", "data": "$@splits['validation']",
+                    "transform": "@validate#preprocessing", "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@validate#dataset", "batch_size": "@batch_size",
+                       "shuffle": False, "num_workers": "@num_workers"},
+        "inferer": "@inferer",
+        "postprocessing": _postprocessing(),
+        "key_metric": _metric_handlers("val", details=False),
+        "handlers": [
+            {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network", "prefix": "val_"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "prato_components.engine.PerClassHistory",
+             "path": "$os.path.join(@ckpt_dir, 'val_per_class.json')", "class_names": "$@spec['class_names']",
+             "metric_name": "val_mean_dice"},
+            {"_target_": "prato_components.engine.BestModelSaver", "save_dir": "@ckpt_dir",
+             "network": "@network", "metric_name": "val_mean_dice", "settings": "@network_settings"},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@validate#dataloader",
+            "network": "@network",
+            "inferer": "@validate#inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "@validate#key_metric",
+            "val_handlers": "@validate#handlers",
+        },
+    }
+
+
+def _train(pruned: bool) -> dict:
+    """The ``train`` block: augmentation, a jittered box from the augmented label, the trainer and its handlers."""
+    return {
+        "augmentation": [
+            {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 0},
+            {"_target_": "RandFlipd", "keys": ["image", "label"], "prob": 0.5, "spatial_axis": 1},
+            {"_target_": "RandAffined", "keys": ["image", "label"], "prob": 0.5, "rotate_range": 0.26,
+             "scale_range": 0.1, "mode": ["bilinear", "nearest"], "padding_mode": "zeros"},
+            {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.3},
+            {"_target_": "RandShiftIntensityd", "keys": "image", "offsets": 0.1, "prob": 0.3},
+            {"_target_": "RandGaussianNoised", "keys": "image", "prob": 0.15, "std": 0.03},
+        ],
+        "prompt": [
+            _box_from_label(),
+            {"_target_": "prato_components.prompts.RandJitterBoxd", "box_key": "box", "prob": 0.8,
+             "max_shift_fraction": 0.1, "max_scale_fraction": 0.1},
+            {"_target_": "prato_components.prompts.ClipBoxd", "box_key": "box", "image_key": "image"},
+            TO_TENSOR,
+        ],
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing + @train#augmentation + @train#prompt"},
+        "dataset": {"_target_": "CacheDataset", "data": "$@splits['training']", "transform": "@train#preprocessing",
+                    "cache_rate": "@cache_rate", "num_workers": "@num_workers"},
+        "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
+                       "shuffle": True, "num_workers": "@num_workers"},
+        "inferer": "@inferer",
+        "handlers": [
+            *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
+                "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
+            {"_target_": "LrScheduleHandler", "lr_scheduler": "@lr_scheduler", "print_lr": True},
+            {"_target_": "ValidationHandler", "validator": "@validate#evaluator", "epoch_level": True,
+             "interval": "@val_interval"},
+            {"_target_": "StatsHandler", "tag_name": "train_loss",
+             "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
+            {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
+             "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+             "resume": "@resume", "settings": "@network_settings"},
+        ],
+        "trainer": {
+            "_target_": "SupervisedTrainer",
+            "max_epochs": "@epochs",
+            "device": "@device",
+            "train_data_loader": "@train#dataloader",
+            "network": "@network",
+            "optimizer": "@optimizer",
+            "loss_function": "@loss",
+            "inferer": "@train#inferer",
+            "prepare_batch": "@prepare_batch",
+            "train_handlers": "@train#handlers",
+        },
+    }
+
+
+SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
+
+
+def train_config(name: str) -> dict:
+    """``train.json``: the settings and network (``common``), the training settings, data loading, loss and optimiser,
+    ``validate`` (used by training's ``ValidationHandler``), then ``train``."""
+    config = common(name)
+    pruned = split_bundle_name(name)[1] != "baseline"
+    config.update({
+        "epochs": 100,
+        "batch_size": 8,
+        "learning_rate": 1e-4,
+        "val_interval": 1,
+        **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
+        "cache_rate": 1.0,
+        "resume": True,
+        "splits": SPLITS,
+        **_labelled_preprocessing(),  # loading and normalisation, shared by train, validate and evaluate.json
+        "loss": {"_target_": "prato_components.engine.PrunedSegLoss",
+                 "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
+                 "network": "@network"},
+        "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate",
+                      "weight_decay": 1e-5},
+        "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",
+                         "T_max": "@epochs"},
+        "validate": _validate(),
+        "train": _train(pruned),
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)",
+                       "$os.makedirs(@ckpt_dir, exist_ok=True)"],
+        "run": ["$@train#trainer.run()"],
+    })
+    config["initialize"].insert(1, check_settings(config))
+    return config
+
+
+def evaluate_config(name: str) -> dict:
+    """``evaluate.json``, an overlay on ``train.json`` (``--config_file "['train.json','evaluate.json']"``): the
+    network the checkpoint was trained with, the test split with the chosen box prompt, Dice / IoU / HD95 and the
+    evaluation report."""
+    train = train_config(name)
+    config = {
+        "ckpt_path": CKPT_PATH,
+        "trained": TRAINED,
+        **trained_settings(train),
+        "prompt": "tight",
+        "prompt_factor": None,
+        "split": "test",
+        "latency_repeats": 5,
+        "test": {
+            "prompt": "$@validate#prompt + prato_components.bundle.prompt_transforms(@prompt, @prompt_factor)",
+            "preprocessing": {"_target_": "Compose",
+                              "transforms": "$@preprocessing + @test#prompt + @validate#to_tensor"},
+            "dataset": {"_target_": "Dataset", "data": "$@splits[@split]", "transform": "@test#preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@test#dataset", "batch_size": "@batch_size",
+                           "shuffle": False, "num_workers": "@num_workers"},
+        },
+        "metrics": {k.removeprefix("eval_"): v for k, v in _metric_handlers("eval", details=True).items()},
+        "handlers": [
+            {"_target_": "CheckpointLoader",
+             "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "prato_components.engine.TokenSparsityHandler", "network": "@network"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+            {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
+             "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
+             "network": "@network", "input_shape": "$[@in_channels, @image_size, @image_size]",
+             "latency_repeats": "@latency_repeats"},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@test#dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@validate#postprocessing",
+            "key_val_metric": "$@metrics",
+            "val_handlers": "@handlers",
+        },
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@evaluator.run()"],
+    }
+    config["initialize"][1:1] = [check_settings({**train, **config}), CHECK_TRAINED]
+    return config
+
+
+def inference_config(name: str) -> dict:
+    """``inference.json`` (standalone): images and their user boxes, the box carried through the resize as a mask,
+    the prediction inverted to the image's grid and saved."""
+    config = common(name, trained=True)
+    config["imports"] = IMPORTS + ["$import numpy"]
+    config.update({
+        "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
+        "boxes_file": None,
+        "allow_missing_boxes": False,
+        "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
+        "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
+        "preprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                _load(["image"]),
+                {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
+                {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
+                 "mask_key": "box_mask"},
+                *_intensity_and_size(["image", "box_mask"], ["bilinear", "nearest"], "@spatial_size"),
+                {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
+                {"_target_": "EnsureTyped", "keys": "image"},
+                {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
+            ],
+        },
+        "infer": {
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@infer#dataset", "batch_size": 1, "shuffle": False,
+                           "num_workers": "@num_workers"},
+        },
+        "postprocessing": {
+            "_target_": "Compose",
+            "transforms": [
+                {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+                {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+                 "nearest_interp": False, "to_tensor": True},
+                {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+                {"_target_": "Lambdad", "keys": "pred", "func": "$lambda x: x * @spec['output_scale']"},
+                {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+                 "output_ext": "$@spec['output_ext']", "output_dtype": "$numpy.uint8", "resample": False,
+                 "separate_folder": False, "print_log": True},
+            ],
+        },
+        "handlers": [
+            {"_target_": "CheckpointLoader",
+             "load_path": "$prato_components.bundle.require_file(@ckpt_path, 'checkpoint')",
+             "load_dict": {"model": "@network"}, "map_location": "@device"},
+            {"_target_": "StatsHandler", "iteration_log": False},
+        ],
+        "evaluator": {
+            "_target_": "SupervisedEvaluator",
+            "device": "@device",
+            "val_data_loader": "@infer#dataloader",
+            "network": "@network",
+            "inferer": "@inferer",
+            "prepare_batch": "@prepare_batch",
+            "postprocessing": "@postprocessing",
+            "val_handlers": "@handlers",
+        },
+        "initialize": [CHECK_OVERRIDES, "$monai.utils.set_determinism(seed=@seed)"],
+        "run": ["$@evaluator.run()"],
+    })
+    config["initialize"][1:1] = [check_settings(config), CHECK_TRAINED]
+    return config
+
+
+def multi_gpu_config(name: str) -> dict:
+    """Overlay on ``train.json`` for ``torchrun`` (NCCL on GPUs, gloo on CPU)."""
+    return {
+        "device": "$torch.device('cuda:' + os.environ.get('LOCAL_RANK', '0') if torch.cuda.is_available() else 'cpu')",
+        "backend": "$'nccl' if torch.cuda.is_available() else 'gloo'",
+        "network": {
+            "_target_": "torch.nn.parallel.DistributedDataParallel",
+            "module": "$@network_def.to(@device)",
+            "device_ids": "$[@device] if torch.cuda.is_available() else None",
+            "find_unused_parameters": True,
+        },
+        "train#sampler": {"_target_": "DistributedSampler", "dataset": "@train#dataset", "even_divisible": True,
+                          "shuffle": True},
+        "train#dataloader#sampler": "@train#sampler",
+        "train#dataloader#shuffle": False,
+        # every rank keeps TrainingCheckpoint (it resumes all ranks from last.pt; only rank 0 writes), LR schedule
+        # and validation (metrics are gathered across ranks); ranks > 0 drop the console logging
+        "train#trainer#train_handlers": "$@train#handlers if torch.distributed.get_rank() == 0 else [h for h in "
+                                        "@train#handlers if not isinstance(h, monai.handlers.StatsHandler)]",
+        "validate#sampler": {"_target_": "DistributedSampler", "dataset": "@validate#dataset",
+                             "even_divisible": False, "shuffle": False},
+        "validate#dataloader#sampler": "@validate#sampler",
+        "validate#evaluator#val_handlers": "$@validate#handlers if torch.distributed.get_rank() == 0 else None",
+        "initialize": [
+            CHECK_OVERRIDES,
+            check_settings(train_config(name)),
+            "$import torch.distributed as dist",
+            "$dist.is_initialized() or dist.init_process_group(backend=@backend)",
+            "$torch.cuda.set_device(@device) if torch.cuda.is_available() else None",
+            "$monai.utils.set_determinism(seed=@seed)",
+            "$os.makedirs(@ckpt_dir, exist_ok=True)",
+        ],
+        "run": ["$@train#trainer.run()"],
+        # every rank finishes (rank 0 writes the checkpoints last) before the process group is torn down; without
+        # the barrier a CI run saw rank 1 abort in teardown ("terminate called without an active exception")
+        # while rank 0 was still writing
+        "finalize": ["$dist.is_initialized() and dist.barrier()",
+                     "$dist.is_initialized() and dist.destroy_process_group()"],
+    }
+
+
+WINDOW = "$[@image_size] * 3"  # the cubic network input: training crops and sliding windows
+
+
+def _with_keys_after(config: dict, after: str, keys: dict) -> dict:
+    """``config`` with ``keys`` inserted right after ``after`` (the generated JSON keeps a readable order)."""
+    out = {}
+    for key, value in config.items():
+        out[key] = value
+        if key == after:
+            out.update(keys)
+    return out
+
+
+def _common_3d(config: dict) -> dict:
+    """The 3D keys of ``common``: BTCV by default, a 96^3 window, the target spacing, and the sliding window."""
+    config.update({"dataset": "btcv", "dataset_dir": "/data/BTCV", "image_size": 96})
+    config = _with_keys_after(config, "image_size", {"pixdim": [1.5, 1.5, 2.0], "sw_batch_size": 4,
+                                                     "sw_overlap": 0.25, "sw_mode": "constant"})
+    config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 3}
+    return _with_keys_after(config, "inferer", {"sw_inferer": {
+        "_target_": "prato_components.engine.PromptedSlidingWindowInferer", "roi_size": WINDOW,
+        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": "@decode_margin"}})
