@@ -15,7 +15,7 @@ from .order import forward_references
 from .spec import ALL_BUNDLES, BUNDLES_3D, ROOT
 from .templates import LICENSE, LOGGING_CONF, readme
 
-# an issue number (``issue 12``, ``issue12.md``): generated files name subjects, not work items
+# a work-item number ("issue" followed by digits, as a word or in a file name): generated files name subjects
 WORK_ITEM = re.compile(r"issue[ _-]?\d", re.IGNORECASE)
 
 

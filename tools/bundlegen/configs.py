@@ -20,7 +20,7 @@ IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_compon
 
 
 # pixels around the prompt boxes that box decoding adds (docs/design.md §6.1: chosen from the measured Dice / latency
-# trade-off in docs/notes/issue12.md)
+# trade-off in docs/benchmarks.md and docs/accuracy.md)
 DECODE_MARGIN = 16
 
 

@@ -168,17 +168,12 @@ changes (the checkpoint's network settings, the test split and box prompt, the m
 
 # a markdown link to a page of the project (a relative path), which a downloaded bundle does not hold
 _PROJECT_LINK = re.compile(r"\[([^\]]+)\]\((?!https?:)[^)]+\)")
-# the project's measurement notes are named after work items: a bundle names the folder
-_NOTES_PAGE = re.compile(r"`?(?:docs/)?notes/\w+\.md`?")
-_WORK_ITEM = re.compile(r" \(issue \d+\)")
 
 
 def bundle_text(text: str) -> str:
     """The project's docs ``text`` as a bundle README shows it: links to the project's pages become their text (a
-    downloaded bundle has no ``../notes``), the measurement notes are named by their folder, work items not at all."""
-    text = _PROJECT_LINK.sub(r"\1", text)
-    text = _NOTES_PAGE.sub("the project's measurement notes (docs/notes)", text)
-    return _WORK_ITEM.sub("", text)
+    downloaded bundle holds none of them)."""
+    return _PROJECT_LINK.sub(r"\1", text)
 
 
 def readme(name: str) -> str:
