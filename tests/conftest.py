@@ -23,7 +23,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TokenState, TransUNet  # noqa: E402 - after the repository is on the path
+from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TransUNet  # noqa: E402 - repository on path
+from prato_components.tokens import TokenState  # noqa: E402
 from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
 from prato_components.verification import find_bundles, make_tiny_acdc, run_config, spatial_dims  # noqa: E402

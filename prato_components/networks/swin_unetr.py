@@ -72,19 +72,13 @@ from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.swin import (  # also re-exported here: the names' old home
+from prato_components.networks.swin import (
     LayerWindows,
-    WindowLayout,
-    WindowPlan,
-    block_layout,
     live_tokens,
     parent_stages,
     parents,
-    plan_windows,
     set_live_tokens,
-    swin_block_forward,
     swin_block_forward_masked,
-    window_layout,
 )
 from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.vit_pruning import (
@@ -95,21 +89,7 @@ from prato_components.networks.vit_pruning import (
 from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.executor import TokenState, check_executor
 
-__all__ = [
-    "SWIN_EXECUTORS",
-    "SWIN_STAGES",
-    "PrunedSwinUNETR",
-    "WindowLayout",
-    "WindowPlan",
-    "WindowReport",
-    "block_layout",
-    "patch_swin_unetr",
-    "plan_windows",
-    "swin_block_forward",
-    "swin_block_forward_masked",
-    "swin_block_run",
-    "window_layout",
-]
+__all__ = ["SWIN_EXECUTORS", "SWIN_STAGES", "PrunedSwinUNETR", "WindowReport", "patch_swin_unetr"]
 
 SWIN_STAGES = (1, 2, 3)
 SWIN_EXECUTORS = ("gather", "attention_mask")

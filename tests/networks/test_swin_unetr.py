@@ -12,15 +12,9 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from conftest import SWIN_TINY as TINY
 from conftest import tiny_swin_unetr as tiny
 from prato_components.efficiency import count_flops
-from prato_components.networks.swin_unetr import (
-    PrunedSwinUNETR,
-    block_layout,
-    patch_swin_unetr,
-    plan_windows,
-    swin_block_forward,
-    swin_block_forward_masked,
-    swin_block_run,
-)
+from prato_components.networks.swin import block_layout, plan_windows, swin_block_forward, swin_block_forward_masked
+from prato_components.networks.swin.blocks import swin_block_run
+from prato_components.networks.swin_unetr import PrunedSwinUNETR, patch_swin_unetr
 from prato_components.pruners import TokenPruner, keep_count, select_topk
 
 TINY_3D = dict(TINY, spatial_dims=3, window_size=4, norm_name="batch")  # batch norm: the 32^3 bottleneck is 1 voxel
