@@ -57,7 +57,9 @@ def _reports(network) -> dict:
         "window_report": _plain(getattr(network, "window_report", [])),
         "aux_loss": _plain(getattr(network, "aux_loss", None)),
         "aux_logits": _plain(getattr(network, "aux_logits", [])),
-        "num_tokens": int(getattr(network, "num_tokens", 0)),
+        # the grid size the network reports (named num_tokens before the pruning settings were gathered)
+        "num_tokens": int(next((getattr(network, n) for n in ("pruned_grid_tokens", "vit_tokens", "num_tokens")
+                                if hasattr(network, n)), 0)),
         "kept_fraction": float(network.kept_fraction()),
     }
 

@@ -425,12 +425,6 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.completion = build_completions(completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
 
-    def _wants_attention(self, number: int) -> bool:
-        """Whether the blocks of MiT stage ``number`` (1-4) return their attention: the next pruned boundary
-        (``s >= number``, after that stage) has a pruner that needs attention maps."""
-        upcoming = next((s for s in self.prune_stages if s >= number), None)
-        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
-
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -456,25 +450,22 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             tokens, grid = stage.patch_embed(x)
             grids.append(grid)
             state = TokenState(tokens, grid, mode, self.fill)  # its own memory: every boundary decides afresh
-            weights = None
+            fast_path = None
             if index in self.prune_stages:
                 stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
-                pruner = self.pruners[str(index)]
-                inputs = state.stage_input(index, stride, boxes, attentions)
+                state.prune(self.pruners[str(index)], index, stride, boxes, attentions)
                 attentions = []
-                state.apply(pruner(inputs), index, inputs)
-                placeholders = ~state.alive_grid()
-                weights = pruner.placeholder_weights(state.memory, grid, placeholders, tokens.dtype)
+                fast_path = self._placeholder_weights(index, state)  # Evo-ViT's, for the blocks of this stage
             want = self._wants_attention(index + 1)
             for block in stage.blocks:
-                rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry).unsqueeze(1)
+                rep = None if fast_path is None else state.representative(fast_path[1])
                 out = block.run(state.tokens, grid, state, want, rep)
                 state.tokens = out.tokens
                 if want:
                     key_of = reduced_key_cells(grid, block.attn.sr_ratio).to(image.device)
                     attentions.append(ReducedAttention(out.attention.detach(), *state.row_positions(), key_of, grid))
-                if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
-                    state.carry = state.carry + placeholders.unsqueeze(-1).to(rep.dtype) * (out.representative - rep)
+                if rep is not None:  # every placeholder moves by the representative's residual
+                    state.evolve_placeholders(fast_path[0], rep, out.representative)
                 state.record_block()
             restored = state.restore(stage.norm(state.tokens), carry_transform=stage.norm)
             x = _to_map(restored, grid)
@@ -508,7 +499,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     @property
-    def num_tokens(self) -> int:
+    def pruned_grid_tokens(self) -> int:
         """Tokens on the grid of the last pruned stage in the last forward pass (0 before any forward pass)."""
         if not self.grid_shapes:
             return 0

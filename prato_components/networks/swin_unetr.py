@@ -142,8 +142,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per Swin block (all four layers) the live tokens it ran on (the token sparsity,
     :meth:`kept_fraction`), :attr:`window_report` the windows attended per block of the pruned Swin layers,
-    :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the
-    last pruned stage.
+    :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`pruned_grid_tokens` the grid size of
+    the last pruned stage.
     """
 
     # the live tokens run as a flat list (``TokenState`` mode ``padded``: any count per image; at equal counts the same
@@ -186,7 +186,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
         self.window_report: list[WindowReport] = []
-        self.num_tokens = 1
+        self.pruned_grid_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
 
     # ------------------------------------------------------------------ forward
@@ -249,28 +249,11 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             state = state.next_grid(_grid_tokens(x), tuple(x.shape[2:]), alive, pruned_before)
             if number in self.prune_stages:
                 stride = tuple(float(self.patch_size * 2**number) for _ in state.grid_shape)
-                inputs = state.stage_input(number, stride, boxes, attentions)
+                state.prune(self.pruners[str(number)], number, stride, boxes, attentions)
                 attentions.clear()
-                state.apply(self.pruners[str(number)](inputs), number, inputs)
-                self.num_tokens = state.num_tokens
+                self.pruned_grid_tokens = state.grid_tokens
         self._take_reports(state)
         return outs
-
-    def _wants_attention(self, number: int) -> bool:
-        """Whether the blocks of layer ``number`` return their window attention: the next pruned stage (the
-        merging output ``s >= number``) has a pruner that needs attention maps."""
-        upcoming = next((s for s in self.prune_stages if s >= number), None)
-        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
-
-    def _placeholder_weights(self, number: int, state: TokenState, alive: torch.Tensor) -> torch.Tensor | None:
-        """``[B, N]`` weights of the representative token of layer ``number``'s pruned tokens (``~alive``): the fast
-        path of the pruner of the last pruned stage before the layer (:meth:`TokenPruner.placeholder_weights`), or
-        ``None``."""
-        stage = max((s for s in self.prune_stages if s < number), default=None)
-        if stage is None:
-            return None
-        pruner = self.pruners[str(stage)]
-        return pruner.placeholder_weights(state.memory, state.grid_shape, ~alive, state.tokens.dtype)
 
     def _pruned_layer(self, number: int, layer, state: TokenState, attentions: list):
         """One Swin layer (its blocks and patch merging) on the live tokens of ``state`` (updated in place): the
@@ -278,17 +261,18 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         alive cells of the merged grid (``[B, N']`` bool: the parents of live cells; ``None`` while nothing is
         pruned)."""
         tokens, index = live_tokens(state)
-        grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.num_tokens, tokens.shape[1]
+        grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.grid_tokens, tokens.shape[1]
         want = self._wants_attention(number)
         alive = state.alive_grid()  # [B, N]
-        weights = self._placeholder_weights(number, state, alive)
+        # Evo-ViT's fast path: the pruner of the last pruned stage before this layer
+        fast_path = self._placeholder_weights(max((s for s in self.prune_stages if s < number), default=None), state)
         windows = LayerWindows(index, grid, batch, self._layouts)
         full = state.mode == "attention_mask"  # the reference: the full grid, pruned keys masked
         if full:  # the masked blocks take a hard key mask: the straight-through keep weights go with the tokens
             h = state.tokens if state.policy is None else state.tokens * state.policy.unsqueeze(-1)
         for block_number, block in enumerate(layer.blocks):
             # the representative of the pruned cells, from the values they carry (the weights are 0 on live cells)
-            rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry)
+            rep = None if fast_path is None else state.representative(fast_path[1]).squeeze(1)
             if full:
                 out = None
                 if want or rep is not None:  # attention and representative from the live tokens, as in gather
@@ -304,9 +288,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             state.record_block()
             if want:
                 attentions.append(out.attention)
-            if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
-                residual = (out.representative - rep).unsqueeze(1)
-                state.carry = state.carry + (~alive).unsqueeze(-1).to(residual.dtype) * residual
+            if rep is not None:  # every placeholder moves by the representative's residual
+                state.evolve_placeholders(fast_path[0], rep.unsqueeze(1), out.representative.unsqueeze(1))
         if full:
             state.tokens = h
         else:

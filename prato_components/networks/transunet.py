@@ -275,7 +275,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         return run_decoder(window, lambda x, *skips: self.segmentation_head(self.decoder(x, skips)), [x, *skips], strides)
 
     @property
-    def num_tokens(self) -> int:
+    def vit_tokens(self) -> int:
         """Tokens on the ViT grid."""
         return math.prod(self.feat_size)
 

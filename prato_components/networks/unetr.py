@@ -143,7 +143,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
 
     @property
-    def num_tokens(self) -> int:
+    def vit_tokens(self) -> int:
         """Tokens on the ViT grid."""
         return math.prod(self.feat_size)
 

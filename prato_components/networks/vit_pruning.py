@@ -14,7 +14,8 @@ import functools
 import inspect
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_e
 
 __all__ = [
     "PrunedNetworkMixin",
+    "PruningSettings",
     "build_completion",
     "build_completions",
     "build_pruner",
@@ -36,6 +38,37 @@ __all__ = [
     "run_pruned_blocks",
     "stage_pruners",
 ]
+
+
+PrunerSpec = Union[TokenPruner, str, Callable[..., TokenPruner], Mapping[int, TokenPruner], None]
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """The pruning parameters every backbone takes, under the same names and in the same order in each constructor
+    (and in ``patch_unetr`` / ``patch_swin_unetr``); carried as one object inside the network.
+
+    Attributes:
+        pruner: ``None`` (the unpruned baseline), a :class:`TokenPruner`, a registered name, a factory or a mapping
+            ``{stage: pruner}`` (:func:`stage_pruners`).
+        prune_stages: the stage boundaries to prune at (the paper's default ``(1, 2)``).
+        executor: the :class:`~prato_components.tokens.TokenState` mode (docs/design.md §5; a backbone may alias
+            modes, :attr:`PrunedNetworkMixin.executor_aliases`).
+        fill: pruned positions of restored grids: ``"carry"`` or ``"zero"``.
+        pruner_kwargs: keyword arguments for a pruner given by name or factory.
+        completion: a learned fill of the pruned positions for the decoder (STP's MTA), or ``None``.
+        decode_region: ``"full"`` or ``"box"`` (docs/design.md §6.1).
+        decode_margin: input voxels added around the boxes' union for ``decode_region="box"``.
+    """
+
+    pruner: PrunerSpec = None
+    prune_stages: Sequence[int] = (1, 2)
+    executor: str = "gather"
+    fill: str = "carry"
+    pruner_kwargs: Mapping | None = None
+    completion: object = None
+    decode_region: str = "full"
+    decode_margin: int = 16
 
 
 class PrunedNetworkMixin:
@@ -72,6 +105,29 @@ class PrunedNetworkMixin:
         self.aux_logits = [logits for state in states for logits in state.aux_logits]
         losses = [loss for state in states for loss in state.aux_losses]
         self.aux_loss = torch.stack(losses).sum() if losses else None
+
+    def _upcoming_pruner(self, stage: int) -> TokenPruner | None:
+        """The pruner of the first pruned stage boundary at or after ``stage`` (``None`` if there is none)."""
+        upcoming = next((s for s in self.prune_stages if s >= stage), None)
+        return None if upcoming is None else self.pruners[str(upcoming)]
+
+    def _wants_attention(self, stage: int) -> bool:
+        """Whether the blocks before stage boundary ``stage`` (Swin layer / MiT stage ``stage``) return their
+        attention maps: the next pruned boundary's pruner ``needs_attention``."""
+        upcoming = self._upcoming_pruner(stage)
+        return upcoming is not None and upcoming.needs_attention
+
+    def _placeholder_weights(self, stage: int | None, state: TokenState) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pruned cells ``[B, N]`` of ``state`` and their representative token's weights ``[B, N]`` from the
+        fast path of the pruner of ``stage`` (:meth:`TokenPruner.placeholder_weights`, Evo-ViT); ``None`` without a
+        stage or a fast path. The blocks then run the representative (:meth:`TokenState.representative`) and move
+        the pruned tokens by its residual (:meth:`TokenState.evolve_placeholders`)."""
+        if stage is None:
+            return None
+        placeholders = ~state.alive_grid()
+        pruner = self.pruners[str(stage)]
+        weights = pruner.placeholder_weights(state.memory, state.grid_shape, placeholders, state.tokens.dtype)
+        return None if weights is None else (placeholders, weights)
 
     def executor_mode(self) -> str:
         """The :class:`~prato_components.tokens.TokenState` mode of this forward pass, chosen here for every backbone
@@ -300,6 +356,5 @@ def run_pruned_blocks(
             on_boundary(stage, state)
         if stage in pruners:
             active = pruners[stage]
-            inputs = state.stage_input(stage, stride, boxes, attentions)
-            state.apply(active(inputs), stage, inputs)
+            state.prune(active, stage, stride, boxes, attentions)
             attentions = []

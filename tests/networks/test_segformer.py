@@ -67,7 +67,7 @@ def test_kept_counts_and_strides_per_stage():
     assert net.token_report[0].tokens_kept.tolist() == [keep_count(64, 0.75)] * 2
     assert net.token_report[1].tokens_in.tolist() == [16.0, 16.0]
     assert net.token_report[1].tokens_kept.tolist() == [keep_count(16, 0.75)] * 2
-    assert net.num_tokens == 16
+    assert net.pruned_grid_tokens == 16
     # token sparsity counts every MiT block on its own grid (depths 1, 2, 1, 1): stage 1 and 4 run whole
     first, second = keep_count(64, 0.75), keep_count(16, 0.75)
     assert [(b.tokens.tolist(), b.grid_tokens) for b in net.block_report] == [

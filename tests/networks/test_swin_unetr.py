@@ -74,7 +74,7 @@ def test_shapes_kept_counts_and_reports_2d():
     assert second.stage == 2 and all(32 <= n <= 64 for n in second.tokens_in.tolist())
     expected = keep_count(int(second.tokens_in.min()), 0.5)
     assert second.tokens_kept.tolist() == [float(expected)] * 2
-    assert net.num_tokens == 64
+    assert net.pruned_grid_tokens == 64
     # every Swin block reports the live tokens it ran on, on its own grid (32x32, then the stages' 16x16, 8x8, 4x4)
     counts = [b.tokens.tolist() for b in net.block_report]
     assert [b.grid_tokens for b in net.block_report] == [1024] * 2 + [256] * 2 + [64] * 2 + [16] * 2

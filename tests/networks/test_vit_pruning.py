@@ -167,7 +167,7 @@ def test_every_backbone_keeps_the_reports_and_side_terms_of_its_forward_pass(bac
     record_block = TokenState.record_block
 
     def spy_record_block(self):
-        blocks.append(self.num_tokens)
+        blocks.append(self.grid_tokens)
         return record_block(self)
 
     with pytest.MonkeyPatch.context() as patch:

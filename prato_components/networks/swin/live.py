@@ -30,7 +30,7 @@ def live_tokens(state: TokenState) -> tuple[torch.Tensor, torch.Tensor]:
         return flat.index_select(0, index), index
     if state.token_index is None:
         return flat, torch.arange(batch * rows, device=flat.device)
-    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * state.num_tokens
+    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * state.grid_tokens
     index = state.token_index + offsets
     if state.valid is None:
         return flat, index.reshape(-1)
