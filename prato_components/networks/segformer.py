@@ -57,10 +57,11 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completions,
     stage_pruners,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.attention import BlockOutput, ReducedAttention, reduced_key_cells
 from prato_components.tokens.executor import TokenState
 
@@ -343,15 +344,15 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         fill: value of pruned positions in the restored grids (keys/values and stage outputs): ``"carry"`` or
             ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
-        decode_region: ``"full"`` or ``"box"``: run the all-MLP head (and the final upsampling) only over the prompt
-            boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
-            (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
-        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
         completion: a learned fill of the pruned positions for the head (STP's MTA), one per pruned boundary ``s`` at
             the width of the stage it feeds: a factory called as ``completion(dim=embed_dims[s], taps=(s,))`` or a
             mapping ``{s: module}``; each runs as ``module(grid [B, N, C], state, s)`` on the restored map of stage
             ``s + 1``, which then feeds the head (the next stage's patch embedding still reads the carried map, as
             the original MTA only feeds the decoder).
+        decode_region: ``"full"`` or ``"box"``: run the all-MLP head (and the final upsampling) only over the prompt
+            boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
+            (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
+        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -378,17 +379,19 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.1,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
-        completion=None,
     ) -> None:
         super().__init__()
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
         config = dict(SEGFORMER_VARIANTS[variant.lower()])
@@ -420,9 +423,10 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.apply(self._init_weights)
 
         widths = {stage: self.embed_dims[stage] for stage in SEGFORMER_STAGES}  # boundary s feeds MiT stage s + 1
-        pruners = stage_pruners("SegFormer", pruner, pruner_kwargs, prune_stages, widths, out_channels, hierarchical=True)
-        self._install_pruners(pruners, executor, fill, _EXECUTORS)
-        self.completion = build_completions(completion, {s: self.embed_dims[s] for s in self.prune_stages})
+        pruners = stage_pruners("SegFormer", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths,
+                                out_channels, hierarchical=True)
+        self._install_pruners(pruners, settings.executor, settings.fill, _EXECUTORS)
+        self.completion = build_completions(settings.completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
 
     @staticmethod

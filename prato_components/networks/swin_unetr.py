@@ -83,10 +83,12 @@ from prato_components.networks.swin import (
 from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completions,
+    patched_class,
     stage_pruners,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.executor import TokenState, check_executor
 
 __all__ = ["SWIN_EXECUTORS", "SWIN_STAGES", "PrunedSwinUNETR", "WindowReport", "patch_swin_unetr"]
@@ -126,16 +128,16 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             ``attention_mask``).
         fill: pruned positions in restored grids: ``"carry"`` (value when pruned) or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
-        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
-            boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
-            (docs/design.md §6.1); the Swin transformer still sees the whole image.
-        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         completion: a learned fill of the pruned positions for the decoder (STP's MTA), one per tap that reads pruned
             positions (``x_t`` for ``t`` after the first pruned stage, merged from grid ``t - 1`` of width
             ``feature_size * 2^(t-1)``): a factory called as ``completion(dim=width, taps=(t,))`` or a mapping
             ``{t: module}``; each runs as ``module(grid [B, N, C], TokenState, t)`` on the restored grid before the
             patch merging that feeds tap ``t`` (the next Swin layer still merges the carried grid, as the original
             MTA only feeds the decoder).
+        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
+            boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
+            (docs/design.md §6.1); the Swin transformer still sees the whole image.
+        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -153,36 +155,38 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     def __init__(
         self,
         *,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
-        completion=None,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
-        self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_pruning(settings)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
 
-    def _setup_pruning(
-        self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None, completion=None
-    ) -> None:
-        executor = "gather" if executor == "padded" else executor  # the flat live-token list takes any count
+    def _setup_pruning(self, settings: PruningSettings) -> None:
+        # the flat live-token list takes any count
+        executor, fill = "gather" if settings.executor == "padded" else settings.executor, settings.fill
         check_executor(executor, fill, SWIN_EXECUTORS)
         vit = self.swinViT
         dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}  # the first three merging outputs are the boundaries
         num_classes = self.out.conv.conv.out_channels
-        pruners = stage_pruners("SwinUNETR", pruner, pruner_kwargs, prune_stages, dims, num_classes, hierarchical=True)
+        pruners = stage_pruners("SwinUNETR", settings.pruner, settings.pruner_kwargs, settings.prune_stages, dims,
+                                num_classes, hierarchical=True)
         if pruners and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
             raise ValueError("pruned SwinUNETR supports MONAI's default Swin blocks (use_v2=False, use_hyena=False)")
         stages = sorted(pruners)
         self._install_pruners(pruners, executor, fill, SWIN_EXECUTORS)
         # tap t is merged from grid t - 1 (width embed_dim * 2^(t-1)); it reads pruned positions after the first stage
         taps = range(stages[0] + 1, len(SWIN_STAGES) + 2) if stages else ()
-        self.completion = build_completions(completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
+        self.completion = build_completions(settings.completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
         self.window_report: list[WindowReport] = []
@@ -307,21 +311,14 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         return merged, tap, next_alive
 
     # ------------------------------------------------------------------ reports and weights
-def patch_swin_unetr(
-    model: SwinUNETR,
-    pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,
-    prune_stages: Sequence[int] = (1, 2),
-    executor: str = "gather",
-    fill: str = "carry",
-    pruner_kwargs: Mapping | None = None,
-    decode_region: str = "full",
-    decode_margin: int = 16,
-    completion=None,
-) -> PrunedSwinUNETR:
-    """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place."""
+def patch_swin_unetr(model: SwinUNETR, pruner: PrunerSpec = None, **settings) -> PrunedSwinUNETR:
+    """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place; ``settings``
+    are the other :class:`~prato_components.networks.vit_pruning.PruningSettings` (``prune_stages``, ``executor``
+    ...). A subclass of ``SwinUNETR`` keeps its own class under the pruned one (:func:`patched_class`)."""
     if not isinstance(model, SwinUNETR):
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
-    model.__class__ = PrunedSwinUNETR
-    model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
-    model._setup_decoding(decode_region, decode_margin)
+    config = PruningSettings(pruner, **settings)
+    model.__class__ = patched_class(type(model), PrunedSwinUNETR)
+    model._setup_pruning(config)
+    model._setup_decoding(config.decode_region, config.decode_margin)
     return model

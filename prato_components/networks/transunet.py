@@ -31,11 +31,12 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completion,
-    stage_pruners,
     run_pruned_blocks,
+    stage_pruners,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
 from prato_components.tokens.executor import TokenState
 
@@ -196,7 +197,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         qkv_bias: bool = True,
         head_channels: int = 512,
         decoder_channels: Sequence[int] = (256, 128, 64, 16),
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -206,7 +207,9 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: int = 16,
     ) -> None:
         super().__init__()
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
             raise ValueError(f"TransUNet is 2D: img_size must be two sizes divisible by 16, got {img_size}")
@@ -240,9 +243,11 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.segmentation_head = Convolution(2, decoder_channels[-1], out_channels, kernel_size=3, conv_only=True)
 
         widths = {stage: hidden_size for stage in TRANSUNET_STAGES}
-        pruners = stage_pruners("TransUNet", pruner, pruner_kwargs, prune_stages, widths, out_channels)
-        self._install_pruners(pruners, executor, fill)
-        self.completion = build_completion(completion, hidden_size)
+        pruners = stage_pruners(
+            "TransUNet", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths, out_channels
+        )
+        self._install_pruners(pruners, settings.executor, settings.fill)
+        self.completion = build_completion(settings.completion, hidden_size)
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.

@@ -34,6 +34,7 @@ __all__ = [
     "check_stage_pruner",
     "executor_mode",
     "own_random_stream",
+    "patched_class",
     "pruned_stages",
     "run_pruned_blocks",
     "stage_pruners",
@@ -149,6 +150,19 @@ class PrunedNetworkMixin:
         if missing or result.unexpected_keys:
             name = type(self).__name__.removeprefix("Pruned")
             raise KeyError(f"not a {name} state dict: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+@functools.lru_cache(maxsize=None)
+def patched_class(model_class: type, pruned: type) -> type:
+    """The class a model patched in place takes (``patch_unetr``, ``patch_swin_unetr``): ``pruned`` for the plain
+    MONAI class, the model's own class if it already is a ``pruned``, else a class built from the model's own class
+    (``Pruned<Name>``, deriving from ``pruned`` and the model's class), so a user's subclass keeps its methods and
+    ``isinstance`` checks. One class per pair."""
+    if issubclass(model_class, pruned):
+        return model_class
+    if model_class in pruned.__bases__:
+        return pruned
+    return type(f"Pruned{model_class.__name__}", (pruned, model_class), {"__module__": model_class.__module__})
 
 
 def pruned_stages(network: str, pruner: object | None, prune_stages: Sequence[int], boundaries: Sequence[int]) -> list[int]:

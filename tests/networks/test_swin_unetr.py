@@ -206,6 +206,19 @@ def test_pruner_forms_and_patch():
     assert copy.deepcopy(patched).prune_stages == (2,)
 
 
+def test_patch_swin_unetr_keeps_the_users_subclass():
+    class MySwinUNETR(SwinUNETR):
+        pass
+
+    torch.manual_seed(0)
+    patched = patch_swin_unetr(MySwinUNETR(**TINY).eval(), CornerPruner(0.5), prune_stages=(2,), fill="zero")
+    assert isinstance(patched, MySwinUNETR) and isinstance(patched, PrunedSwinUNETR) and patched.fill == "zero"
+    with torch.no_grad():
+        patched(torch.randn(1, 1, 64, 64))
+    assert [r.stage for r in patched.token_report] == [2]
+    assert copy.deepcopy(patched).prune_stages == (2,)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
