@@ -5,5 +5,5 @@ from prato_components.networks.segformer import SEGFORMER_STAGES, SEGFORMER_VARI
 from prato_components.networks.swin_unetr import SWIN_STAGES, PrunedSwinUNETR, patch_swin_unetr
 from prato_components.networks.transunet import TRANSUNET_STAGES, TransUNet
 from prato_components.networks.unetr import UNETR_STAGES, PrunedUNETR, patch_unetr
-from prato_components.networks.vit_pruning import build_pruner, executor_mode, run_pruned_blocks
+from prato_components.networks.vit_pruning import PruningSettings, build_pruner, executor_mode
 

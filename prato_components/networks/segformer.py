@@ -30,8 +30,8 @@ boundary decides afresh with its own pruner on its own grid; ``keep_ratio`` is p
 Attention-based pruners (Evo-ViT, TRAM) get the spatial-reduction attention of the blocks since the previous pruned
 boundary (:class:`~prato_components.tokens.attention.ReducedAttention`: live queries to the reduced keys, on the
 finer grids of the stages before); those blocks compute the attention explicitly. Each stage keeps its own
-``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast path
-(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
+``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast
+path (:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
 the stage it pruned, as one more query on the reduced keys with a position-less Mix-FFN, and moves the carried
 pruned tokens by its residual (they feed the next blocks' keys, the head and the next embedding). A completion (STP's
 MTA, one per pruned boundary at its stage's width) fills the pruned positions of the stage map for the head only.
@@ -121,7 +121,13 @@ class EfficientSelfAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -284,7 +290,9 @@ class AllMLPHead(nn.Module):
     def __init__(self, in_dims: Sequence[int], decoder_dim: int, out_channels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList(nn.Linear(d, decoder_dim) for d in in_dims)
-        self.fuse = Convolution(2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False)
+        self.fuse = Convolution(
+            2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
 
@@ -410,7 +418,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
 
         rates = torch.linspace(0, drop_path_rate, sum(config["depths"])).tolist()
         stages, channels, first = [], in_channels, 0
-        for index, (dim, depth, heads, ratio) in enumerate(zip(self.embed_dims, config["depths"], config["num_heads"], sr_ratios)):
+        layers = zip(self.embed_dims, config["depths"], config["num_heads"], sr_ratios)
+        for index, (dim, depth, heads, ratio) in enumerate(layers):
             embed = OverlapPatchEmbed(channels, dim, 7 if index == 0 else 3, 4 if index == 0 else 2)
             blocks = [
                 MixTransformerBlock(dim, heads, mlp_ratio, ratio, qkv_bias, drop_rate, attn_drop_rate, rates[first + i])
@@ -447,20 +456,17 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         mode = self.executor_mode()
-        maps, states, grids = [], [], []
-        attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
-        x = image
-        for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
-            tokens, grid = stage.patch_embed(x)
-            grids.append(grid)
-            state = TokenState(tokens, grid, mode, self.fill)  # its own memory: every boundary decides afresh
-            fast_path = None
-            if index in self.prune_stages:
-                stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
-                state.prune(self.pruners[str(index)], index, stride, boxes, attentions)
-                attentions = []
-                fast_path = self._placeholder_weights(index, state)  # Evo-ViT's, for the blocks of this stage
-            want = self._wants_attention(index + 1)
+        maps, states = [], []
+
+        def embed(number: int, x: torch.Tensor) -> TokenState:
+            """The tokens of MiT stage ``number`` (1-4): its own state, so every boundary decides afresh."""
+            states.append(TokenState(*self.stages[number - 1].patch_embed(x), mode, self.fill))
+            return states[-1]
+
+        def run_layer(number: int, state: TokenState, attentions: list) -> torch.Tensor:
+            stage, grid = self.stages[number - 1], state.grid_shape
+            fast_path = self._placeholder_weights(number, state)  # Evo-ViT's, after a pruned boundary
+            want = self._wants_attention(number)
             for block in stage.blocks:
                 rep = None if fast_path is None else state.representative(fast_path[1])
                 out = block.run(state.tokens, grid, state, want, rep)
@@ -473,13 +479,19 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
                 state.record_block()
             restored = state.restore(stage.norm(state.tokens), carry_transform=stage.norm)
             x = _to_map(restored, grid)
-            if self.completion is not None and str(index) in self.completion and state.pruned:
-                maps.append(_to_map(self.completion[str(index)](restored, state, index), grid))  # for the head only
+            if self.completion is not None and str(number - 1) in self.completion and state.pruned:
+                restored = self.completion[str(number - 1)](restored, state, number - 1)
+                maps.append(_to_map(restored, grid))  # for the head only
             else:
                 maps.append(x)
-            states.append(state)
+            return x
+
+        def stride(number: int, state: TokenState) -> tuple[float, ...]:
+            return tuple(size / cells for size, cells in zip(image.shape[2:], state.grid_shape))
+
+        self._run_stages(embed(1, image), len(self.stages), run_layer, lambda n, _, x: embed(n + 1, x), stride, boxes)
         self._take_reports(*states)
-        self.grid_shapes = grids
+        self.grid_shapes = [state.grid_shape for state in states]
         return maps
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:

@@ -230,33 +230,38 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         (:meth:`TokenState.next_grid`), does what every backbone's executor does: the pruners' stage input, applying
         their selections, the stage and block reports, the side terms and restoring the grid (docs/design.md §5)."""
         vit = self.swinViT
-        x = vit.pos_drop(vit.patch_embed(x_in))
-        outs = [vit.proj_out(x, self.normalize)]
-        state = TokenState(_grid_tokens(x), tuple(x.shape[2:]), self.executor_mode(), self.fill)
+        merged = vit.pos_drop(vit.patch_embed(x_in))  # the map the next layer reads (channel first)
+        outs = [vit.proj_out(merged, self.normalize)]
+        state = TokenState(_grid_tokens(merged), tuple(merged.shape[2:]), self.executor_mode(), self.fill)
         self.window_report = []
-        attentions: list = []  # WindowAttention since the last pruned stage, when wanted
         layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
-        for number, layer in enumerate(layers, start=1):
-            if not state.pruned and not self._wants_attention(number):
-                x = tap = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
+
+        def run_layer(number: int, current: TokenState, attentions: list) -> torch.Tensor | None:
+            nonlocal merged
+            layer = layers[number - 1]
+            if not current.pruned and not self._wants_attention(number):
+                merged = tap = layer(merged.contiguous())  # nothing pruned yet: MONAI's own layer
                 for _ in layer.blocks:
-                    state.record_block()
+                    current.record_block()
                 alive = None
             else:
-                x, tap, alive = self._pruned_layer(number, layer, state, attentions)
+                merged, tap, alive = self._pruned_layer(number, layer, current, attentions)
             outs.append(vit.proj_out(tap, self.normalize))
-            if number == len(layers):
-                break
+            return alive
+
+        def next_grid(number: int, current: TokenState, alive: torch.Tensor | None) -> TokenState:
             pruned_before = None  # where the dead cells of the next grid were pruned, for a completion
             if alive is not None and self.completion is not None:
-                pruned_before = parent_stages(state.pruned_at(), state.grid_shape, alive)
-            state = state.next_grid(_grid_tokens(x), tuple(x.shape[2:]), alive, pruned_before)
+                pruned_before = parent_stages(current.pruned_at(), current.grid_shape, alive)
+            state = current.next_grid(_grid_tokens(merged), tuple(merged.shape[2:]), alive, pruned_before)
             if number in self.prune_stages:
-                stride = tuple(float(self.patch_size * 2**number) for _ in state.grid_shape)
-                state.prune(self.pruners[str(number)], number, stride, boxes, attentions)
-                attentions.clear()
                 self.pruned_grid_tokens = state.grid_tokens
-        self._take_reports(state)
+            return state
+
+        def stride(number: int, current: TokenState) -> tuple[float, ...]:
+            return tuple(float(self.patch_size * 2**number) for _ in current.grid_shape)
+
+        self._take_reports(self._run_stages(state, len(layers), run_layer, next_grid, stride, boxes))
         return outs
 
     def _pruned_layer(self, number: int, layer, state: TokenState, attentions: list):
@@ -268,8 +273,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.grid_tokens, tokens.shape[1]
         want = self._wants_attention(number)
         alive = state.alive_grid()  # [B, N]
-        # Evo-ViT's fast path: the pruner of the last pruned stage before this layer
-        fast_path = self._placeholder_weights(max((s for s in self.prune_stages if s < number), default=None), state)
+        fast_path = self._placeholder_weights(number, state)  # Evo-ViT's
         windows = LayerWindows(index, grid, batch, self._layouts)
         full = state.mode == "attention_mask"  # the reference: the full grid, pruned keys masked
         if full:  # the masked blocks take a hard key mask: the straight-through keep weights go with the tokens

@@ -34,8 +34,8 @@ from prato_components.networks.vit_pruning import (
     PrunerSpec,
     PruningSettings,
     build_completion,
-    run_pruned_blocks,
     stage_pruners,
+    vit_layers,
 )
 from prato_components.tokens.blocks import check_supported_block
 from prato_components.tokens.executor import TokenState
@@ -68,7 +68,9 @@ class HybridResNetEncoder(nn.Module):
         super().__init__()
         if len(layers) != 3 or min(layers) < 1:
             raise ValueError(f"layers must give 3 stages of at least one bottleneck unit each, got {tuple(layers)}")
-        self.root = Convolution(2, in_channels, width, strides=2, kernel_size=7, padding=3, norm=norm, act="relu", bias=False)
+        self.root = Convolution(
+            2, in_channels, width, strides=2, kernel_size=7, padding=3, norm=norm, act="relu", bias=False
+        )
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages, channels = [], width
         for index, (units, stride) in enumerate(zip(layers, (1, 2, 2))):
@@ -234,7 +236,8 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             spatial_dims=2,
         )
         self.blocks = nn.ModuleList(
-            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias) for _ in range(num_layers)
+            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias)
+            for _ in range(num_layers)
         )
         for block in self.blocks:
             check_supported_block(block)
@@ -256,13 +259,14 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         """
         features, skips = self.cnn(image)
         state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
-        run_pruned_blocks(
-            self.blocks,
+        layers = vit_layers(self.blocks, self.stage_blocks)
+        self._run_stages(
             state,
-            boundaries=self.stage_blocks,
-            pruners={stage: self.pruners[str(stage)] for stage in self.prune_stages},
-            stride=self.patch_size,
-            boxes=boxes,
+            len(layers),
+            lambda number, current, attentions: self._run_vit_blocks(layers[number - 1], number, current, attentions),
+            lambda number, current, _: current,
+            lambda *_: self.patch_size,
+            boxes,
         )
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:
@@ -277,7 +281,11 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         over the whole image or only over ``window`` (background outside; docs/design.md §6.1)."""
         x = grid.transpose(1, 2).reshape(grid.shape[0], self.hidden_size, *self.feat_size)
         strides = [self.patch_size, *(2 ** (3 - index) for index in range(len(skips)))]
-        return run_decoder(window, lambda x, *skips: self.segmentation_head(self.decoder(x, skips)), [x, *skips], strides)
+
+        def head(x: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
+            return self.segmentation_head(self.decoder(x, skips))
+
+        return run_decoder(window, head, [x, *skips], strides)
 
     @property
     def vit_tokens(self) -> int:

@@ -25,8 +25,8 @@ from prato_components.networks.vit_pruning import (
     PruningSettings,
     build_completion,
     patched_class,
-    run_pruned_blocks,
     stage_pruners,
+    vit_layers,
 )
 from prato_components.tokens.blocks import check_supported_block
 from prato_components.tokens.executor import TokenState
@@ -124,19 +124,16 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
         state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor_mode(), self.fill)
         taps: dict[int, torch.Tensor] = {}
+        layers = vit_layers(self.vit.blocks, {stage: 3 * stage for stage in UNETR_STAGES})
 
-        def tap(stage: int, current: TokenState) -> None:
+        def tap(stage: int, current: TokenState, _) -> TokenState:  # the decoder sees the tokens before pruning
             taps[stage] = self._complete(current.restore(), current, stage)
+            return current
 
-        run_pruned_blocks(
-            self.vit.blocks,
-            state,
-            boundaries={stage: 3 * stage for stage in UNETR_STAGES},
-            pruners={stage: self.pruners[str(stage)] for stage in self.prune_stages},
-            stride=self.patch_size,
-            boxes=boxes,
-            on_boundary=tap,
-        )
+        def run_layer(number: int, current: TokenState, attentions: list) -> None:
+            self._run_vit_blocks(layers[number - 1], number, current, attentions)
+
+        self._run_stages(state, len(layers), run_layer, tap, lambda *_: self.patch_size, boxes)
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
 

@@ -332,7 +332,10 @@ class TokenState:
         """Prune the live tokens according to ``selection`` (made over ``inputs``)."""
         keep = selection.keep_mask if inputs.valid is None else selection.keep_mask & inputs.valid
         kept = keep.detach().sum(1, dtype=torch.float32)
-        tokens_in = kept.new_full(kept.shape, keep.shape[1]) if inputs.valid is None else inputs.valid.sum(1, dtype=torch.float32)
+        if inputs.valid is None:
+            tokens_in = kept.new_full(kept.shape, keep.shape[1])
+        else:
+            tokens_in = inputs.valid.sum(1, dtype=torch.float32)
         self.reports.append(StageReport(stage, tokens_in, kept))
         if selection.aux_loss is not None:
             self.aux_losses.append(selection.aux_loss)

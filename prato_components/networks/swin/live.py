@@ -41,7 +41,8 @@ def set_live_tokens(state: TokenState, tokens: torch.Tensor, index: torch.Tensor
     """Write the live tokens ``[T, C]`` (as :func:`live_tokens` gave them, at ``index``) back into ``state``."""
     batch, rows, channels = state.tokens.shape
     if state.alive is not None:
-        state.tokens = state.tokens.reshape(batch * rows, channels).index_copy(0, index, tokens).view(batch, rows, channels)
+        flat = state.tokens.reshape(batch * rows, channels)
+        state.tokens = flat.index_copy(0, index, tokens).view(batch, rows, channels)
     elif state.valid is None:
         state.tokens = tokens.view(batch, rows, channels)
     else:
