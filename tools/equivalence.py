@@ -1,7 +1,8 @@
 """Bit-identical behaviour of every bundle's tiny network across a code change.
 
 ``dump OUT`` builds the tiny network of every bundle (``network_def`` of ``train.json`` with the tiny overrides of
-:func:`prato_components.verification.tiny_overrides`, seed 0) and saves, per bundle, to ``OUT/<bundle>.pt``:
+:func:`prato_components.verification.tiny_overrides`, seed 0) and saves, per bundle, to ``OUT/<bundle>.pt``, for the
+bundle's own executor and fill and for the full-length reference executor with ``fill="zero"`` (:data:`VARIANTS`):
 
 - in training mode on a seeded image batch with box prompts: the logits, the gradient of a fixed random projection
   of the logits (plus the pruners' side loss) with respect to the input and to every parameter, the token and
@@ -32,9 +33,11 @@ from monai.bundle import ConfigParser
 
 import prato_components
 from prato_components.export import example_inputs
-from prato_components.verification import find_bundles, spatial_dims, tiny_overrides, tiny_window_3d
+from prato_components.verification import find_bundles, spatial_dims, split_bundle_name, tiny_overrides, tiny_window_3d
 
 BATCH = 2
+FULL_LENGTH = {"segformer": "mask"}  # the full-length reference executor per backbone (default: attention_mask)
+VARIANTS = ("bundle", "full_length_zero")
 
 
 def _plain(value):
@@ -64,11 +67,14 @@ def _reports(network) -> dict:
     }
 
 
-def tiny_network(bundle_dir: str, name: str):
-    """The bundle's ``network_def`` at its tiny size (seed 0), its input channels and spatial shape."""
+def tiny_network(bundle_dir: str, name: str, variant: str = "bundle"):
+    """The bundle's ``network_def`` at its tiny size (seed 0), its input channels and spatial shape; ``variant``
+    ``"full_length_zero"`` runs the full-length reference executor with ``fill="zero"``."""
     dims = spatial_dims(bundle_dir)
     size = tiny_window_3d(name) if dims == 3 else 64
     overrides = {k: v for k, v in tiny_overrides(name, size).items() if k not in ("num_workers", "batch_size")}
+    if variant == "full_length_zero":
+        overrides.update(executor=FULL_LENGTH.get(split_bundle_name(name)[0], "attention_mask"), fill="zero")
     parser = ConfigParser()
     parser.read_config(os.path.join(bundle_dir, "configs", "train.json"))
     parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
@@ -84,7 +90,10 @@ def tiny_network(bundle_dir: str, name: str):
 
 
 def dump_bundle(bundle_dir: str, name: str) -> dict:
-    network, channels, shape = tiny_network(bundle_dir, name)
+    return {variant: dump_network(*tiny_network(bundle_dir, name, variant)) for variant in VARIANTS}
+
+
+def dump_network(network, channels: int, shape: tuple) -> dict:
     image, boxes = example_inputs(channels, shape, batch=BATCH, seed=1, num_boxes=2, real_boxes=1)
     out: dict = {}
     network.train()
