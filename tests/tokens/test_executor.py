@@ -5,8 +5,8 @@ import torch
 from monai.networks.nets import UNETR
 
 from conftest import UNETR_TINY as TINY
-from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward
 from prato_components.pruners import select_topk
+from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward
 
 
 def test_gather_equals_attention_mask_on_kept_tokens():
@@ -144,3 +144,19 @@ def test_gather_mode_restores_monai_metatensors():
     assert grid[..., 0].tolist() == [[-1, 0, -1, -1, 0, -1], [0, 0, -1, -1, -1, -1]]
     carried = torch.as_tensor(state.restore(state.tokens * 0 - 1))
     assert carried[..., 0].tolist() == [[-1, 2, -1, -1, 8, -1], [12, 14, -1, -1, -1, -1]]
+
+
+def test_representative_and_evolving_placeholders():
+    """Evo-ViT's fast path on the state: the representative is the weighted sum of the carried values, and only the
+    pruned cells move, each by the representative's residual."""
+    tokens = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0))
+    state = TokenState(tokens, (2, 2))
+    state.prune(lambda inputs: select_topk(inputs.tokens[..., 0], 0.5), 1, (16.0, 16.0), None)
+    placeholders = ~state.alive_grid()
+    weights = placeholders.float() / 2
+    rep = state.representative(weights)
+    torch.testing.assert_close(rep[:, 0], (tokens * weights.unsqueeze(-1)).sum(1))
+    before = state.carry.clone()
+    state.evolve_placeholders(placeholders, rep, rep + 1.0)
+    torch.testing.assert_close(state.carry, before + placeholders.unsqueeze(-1).float())
+    assert [r.stage for r in state.reports] == [1] and state.reports[0].tokens_kept.tolist() == [2.0, 2.0]
