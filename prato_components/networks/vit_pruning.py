@@ -1,11 +1,12 @@
-"""Running a stack of ViT blocks with pruning at stage boundaries (shared by UNETR and TransUNet).
+"""The pruning every backbone shares (docs/design.md §5): its settings, building the pruners, and the stage loop.
 
-A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s declares its stage boundaries as
-``{stage: block index}`` (the boundary sits *after* that 0-based block) and hands its pruners by stage to
-:func:`run_pruned_blocks`, which runs the blocks on the live tokens of a
-:class:`~prato_components.tokens.TokenState` and applies each pruner's selection at its boundary.
+:class:`PruningSettings` carries the pruning parameters every constructor takes. :class:`PrunedNetworkMixin` is the
+one place where pruning happens inside a network: the set-up (:meth:`~PrunedNetworkMixin._install_pruners`), the
+stage loop (:meth:`~PrunedNetworkMixin._run_stages`: layers, stage boundaries, :meth:`TokenState.prune`), the pruner
+hooks (which blocks return attention maps, which pruner runs the blocks after its stage, Evo-ViT's fast path) and the
+reports. A backbone says where its stages are (a plain ViT: ``{stage: block index}``, :func:`vit_layers`) and how one
+layer's blocks run.
 """
-
 from __future__ import annotations
 
 import contextlib
