@@ -7,6 +7,7 @@ hooks (which blocks return attention maps, which pruner runs the blocks after it
 reports. A backbone says where its stages are (a plain ViT: ``{stage: block index}``, :func:`vit_layers`) and how one
 layer's blocks run.
 """
+
 from __future__ import annotations
 
 import contextlib
