@@ -1,6 +1,7 @@
 """SegFormer (MiT encoder + all-MLP head) with token pruning at its stage boundaries."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -13,9 +14,9 @@ from conftest import image
 from conftest import tiny_segformer as make
 from prato_components.efficiency import count_flops
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
-from prato_components.tokens import TokenState
+from prato_components.pruners import MultiLayerTokenAssembly
 from prato_components.pruners.base import TokenPruner, keep_count, select_topk
-from prato_components.tokens import TokenSelection
+from prato_components.tokens import TokenSelection, TokenState
 
 IMG = (64, 64)  # stage grids 16x16, 8x8, 4x4, 2x2
 BOXES = torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 0.0, 64.0, 30.0]]])
@@ -345,10 +346,6 @@ def record_inputs(net) -> list:
 
 
 def mta_factory():
-    from functools import partial
-
-    from prato_components.pruners import MultiLayerTokenAssembly
-
     return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1)
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from prato_components.efficiency import count_flops
 from prato_components.networks.swin import block_layout, plan_windows, swin_block_forward, swin_block_forward_masked
 from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.swin_unetr import PrunedSwinUNETR, patch_swin_unetr
-from prato_components.pruners import TokenPruner, keep_count, select_topk
+from prato_components.pruners import MultiLayerTokenAssembly, TokenPruner, keep_count, select_topk
+from prato_components.tokens import TokenState
 
 TINY_3D = dict(TINY, spatial_dims=3, window_size=4, norm_name="batch")  # batch norm: the 32^3 bottleneck is 1 voxel
 BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [0.0, 20.0, 30.0, 64.0]])
@@ -288,10 +290,6 @@ class Recorder(torch.nn.Module):
 
 
 def mta_factory():
-    from functools import partial
-
-    from prato_components.pruners import MultiLayerTokenAssembly
-
     return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1, window_size=7)  # as the bundle
 
 
@@ -404,8 +402,6 @@ def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
 def test_pruning_goes_through_the_shared_token_state(monkeypatch, executor, mode):
     """Swin UNETR has no executor of its own (docs/design.md §5): every stage input a pruner sees is made by
     TokenState.stage_input, every selection is applied by TokenState.apply, and the reports are the state's."""
-    from prato_components.tokens import TokenState
-
     made, applied, states = [], [], []
     stage_input, apply, next_grid = TokenState.stage_input, TokenState.apply, TokenState.next_grid
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from monai.data import MetaTensor, list_data_collate
 from monai.networks.nets import UNETR
 
 from conftest import UNETR_TINY as TINY
@@ -132,8 +133,6 @@ def test_next_grid_starts_with_the_alive_tokens_and_continues_the_pass(mode):
 def test_gather_mode_restores_monai_metatensors():
     """Bundle runs feed collated MONAI MetaTensors (per-image metadata): the restore's index arithmetic stays plain
     tensors, so slicing never meets the batch's metadata."""
-    from monai.data import MetaTensor, list_data_collate
-
 
     items = [{"x": MetaTensor(torch.zeros(6, 2), meta={"filename_or_obj": f"{i}.png"})} for i in range(2)]
     tokens = list_data_collate(items)["x"] + torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
