@@ -29,6 +29,7 @@ from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_e
 
 __all__ = [
     "PrunedNetworkMixin",
+    "PrunerSpec",
     "PruningSettings",
     "build_completion",
     "build_completions",
