@@ -45,7 +45,15 @@ from prato_components.data import (
 )
 from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.data.readers import BTCV_DATALIST
-from prato_components.prompts import BoxToMaskd, ClipBoxd, MaskToBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd, ValidateBoxd
+from prato_components.prompts import (
+    BoxToRegionMaskd,
+    ClipBoxd,
+    PartialBoxd,
+    RegionMaskToBoxd,
+    ScaleBoxd,
+    ShiftBoxd,
+    ValidateBoxd,
+)
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
 from prato_components.networks.region import DECODE_REGIONS
 
@@ -215,9 +223,9 @@ def load_transforms_3d(
     image (CT: after the window, so air is cropped; MR: before the normalisation, on the nonzero voxels).
 
     With ``box_key``, the user's boxes ``[M, 6]`` in voxels of the file as loaded (``[x0, y0, z0, x1, y1, z1]``,
-    docs/design.md §3) are validated, drawn as a box mask that shares the image's affine (``BoxToMaskd``), moved by
-    the same orientation, resampling (nearest) and crop, and read back (``MaskToBoxd``): they arrive in voxels of the
-    network input, on the same anatomy (docs/design.md §12.1).
+    docs/design.md §3) are validated, drawn as a box mask that shares the image's affine (``BoxToRegionMaskd``),
+    moved by the same orientation, resampling (nearest) and crop, and read back (``RegionMaskToBoxd``): they arrive in
+    voxels of the network input, on the same anatomy (docs/design.md §12.1).
 
     Args:
         dataset: data set name (:func:`dataset_spec`); it sets the modality.
@@ -235,14 +243,14 @@ def load_transforms_3d(
     transforms: list[MapTransform] = [SafeLoadImaged(keys=keys, ensure_channel_first=True, image_only=True)]
     if box_key:
         transforms += [ValidateBoxd(box_key=box_key, image_key="image"),
-                       BoxToMaskd(box_key=box_key, image_key="image", mask_key="box_mask")]
+                       BoxToRegionMaskd(box_key=box_key, image_key="image", mask_key="box_mask")]
     transforms += [Orientationd(keys=spatial, axcodes="RAS", labels=None),
                    Spacingd(keys=spatial, pixdim=list(pixdim), mode=modes)]
     crop = [CropForegroundd(keys=spatial, source_key="image", allow_smaller=True)] if crop_foreground else []
     intensity = intensity_transforms_3d(modality, ct_range)
     transforms += intensity + crop if str(modality).upper() == "CT" else crop + intensity
     if box_key:
-        transforms.append(MaskToBoxd(mask_key="box_mask", box_key=box_key))
+        transforms.append(RegionMaskToBoxd(mask_key="box_mask", box_key=box_key))
     return Compose(transforms)
 
 

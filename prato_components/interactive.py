@@ -35,11 +35,10 @@ from prato_components.engine.checkpoint import load_weights
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
 __all__ = [
-    "PROMPT_PARAMS", "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
+    "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
     "check_image_file", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter",
 ]
 
-PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # boxes become float32 tensors; larger values would turn into inf
 

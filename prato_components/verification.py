@@ -34,6 +34,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+import nibabel as nib
+import numpy as np
+import torch
+from monai.bundle import verify_metadata, verify_net_in_out
+
+from prato_components.bundle import run, trained_bundle_config
+from prato_components.data import make_acdc_like, make_btcv_like
+from prato_components.engine import load_weights, trained_settings
+from prato_components.export import example_inputs, export_network, load_exported, save_exported
+from prato_components.prompts import boxes_from_label
+
 __all__ = [
     "REQUIRED_FILES",
     "TINY_SIZE",
@@ -159,7 +170,9 @@ def _network_overrides(bundle_dir: str, image_size: int = TINY_SIZE) -> dict:
     out = {k: v for k, v in tiny_overrides(name, image_size).items() if k not in ("num_workers", "batch_size")}
     if spatial_dims(bundle_dir) == 3:
         io = _read_json(os.path.join(bundle_dir, "configs", "metadata.json"))["network_data_format"]
-        out.update(in_channels=io["inputs"]["image"]["num_channels"], out_channels=io["outputs"]["pred"]["num_channels"])
+        out.update(
+            in_channels=io["inputs"]["image"]["num_channels"], out_channels=io["outputs"]["pred"]["num_channels"]
+        )
     return out
 
 
@@ -174,8 +187,6 @@ def check_files(bundle_dir: str) -> list[str]:
 def check_metadata(bundle_dir: str, schema: str | None = None) -> str:
     """``verify_metadata`` against a local schema (default: ``schemas/meta_schema.json`` beside the folder that holds
     the bundle); the metadata ``version`` must be a ``changelog`` entry."""
-    from monai.bundle import verify_metadata
-
     collection = os.path.dirname(os.path.dirname(os.path.abspath(bundle_dir)))
     schema = schema or os.path.join(collection, "schemas", "meta_schema.json")
     if not os.path.isfile(schema):
@@ -208,15 +219,12 @@ def check_net_in_out(bundle_dir: str, full_size: bool = False, image_size: int =
     Tiny widths and ``image_size`` unless ``full_size`` (the shipped network: ViT-B at 224x224).
     Returns the checked input spatial shape.
     """
-    import torch
-    from monai.bundle import verify_net_in_out
-
-    from prato_components.export import example_inputs
-
     dims = spatial_dims(bundle_dir)
     meta = _read_json(os.path.join(bundle_dir, "configs", "metadata.json"))
     size = meta["network_data_format"]["inputs"]["image"]["spatial_shape"][0] if full_size else image_size
-    overrides = {} if full_size else {**_network_overrides(bundle_dir, image_size), **_size_overrides(image_size, dims=dims)}
+    overrides = {}
+    if not full_size:
+        overrides = {**_network_overrides(bundle_dir, image_size), **_size_overrides(image_size, dims=dims)}
     if full_size and dims == 3:
         overrides = {k: v for k, v in _network_overrides(bundle_dir).items() if k.endswith("_channels")}
     channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
@@ -240,8 +248,6 @@ def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
     refused) for ``configs/<config>.json`` of ``bundle_dir``: ``"evaluate"`` runs the overlay chain ``train.json`` +
     ``evaluate.json``, ``"a+b"`` merges ``a.json`` and ``b.json`` (e.g. ``"train+multi_gpu_train"``;
     :func:`config_chain`)."""
-    from prato_components.bundle import run
-
     configs = os.path.join(bundle_dir, "configs")
     files = [os.path.join(configs, f"{c}.json") for c in config_chain(config)]
     return run(
@@ -255,8 +261,6 @@ def run_config(bundle_dir: str, config: str, bundle_root: str, **overrides):
 
 def make_tiny_acdc(root: str) -> str:
     """A small synthetic ACDC-like data set (the real layout) under ``root``."""
-    from prato_components.data import make_acdc_like
-
     if not os.path.isdir(os.path.join(root, "training")):
         make_acdc_like(root, num_patients=5, num_frames=1, slices=(3, 4), size=(48, 48), seed=0)
     return root
@@ -264,8 +268,6 @@ def make_tiny_acdc(root: str) -> str:
 
 def make_tiny_btcv(root: str) -> str:
     """A small synthetic BTCV data set (MONAI's tutorial layout, three organs) under ``root``: the 3D bundles'."""
-    from prato_components.data import make_btcv_like
-
     if not os.path.isfile(os.path.join(root, "dataset_0.json")):
         make_btcv_like(root, num_training=3, num_validation=1, num_test=1, size=(40, 40, 12), organs=3)
     return root
@@ -286,11 +288,6 @@ def btcv_inference_inputs(dataset_dir: str, target: str, count: int = 2) -> list
 
 def _inputs_with_boxes(pairs: Sequence[tuple[str, str]], target: str) -> list[str]:
     """Copy the images of ``(image, label)`` pairs to ``target``, each with the label's box as ``.box.json``."""
-    import nibabel as nib
-    import numpy as np
-
-    from prato_components.prompts import boxes_from_label
-
     os.makedirs(target, exist_ok=True)
     images = [image for image, _ in pairs]
     for image, label_path in pairs:
@@ -308,9 +305,6 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 
     Writes the bundle's models/ and outputs under ``work_dir`` (the ``bundle_root``); returns their paths.
     """
-    import nibabel as nib
-    import numpy as np
-
     name = _name(bundle_dir)
     three_d = spatial_dims(bundle_dir) == 3
     data = {"dataset": "btcv", **TINY_3D} if three_d else {"dataset": "acdc"}
@@ -337,9 +331,6 @@ def check_train_infer(bundle_dir: str, work_dir: str, dataset_dir: str, image_si
 
 def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     """The bundle's ``network_def`` (eval, CPU) built with the settings ``checkpoint`` records, with its weights."""
-    from prato_components.bundle import trained_bundle_config
-    from prato_components.engine import load_weights, trained_settings
-
     recorded = trained_settings(checkpoint) if checkpoint is not None else {}
     # the channels a checkpoint records win over the metadata's (3D: a tiny run on 3-organ synthetic BTCV)
     overrides = {k: recorded[k] if k.endswith("_channels") and k in recorded else v for k, v in overrides.items()}
@@ -358,8 +349,6 @@ EXPORT_SETTINGS = {"decode_region": "full"}
 def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
     """``torch.export`` the bundle network with the weights of ``checkpoint`` to ``filepath`` (``.pt2``), with the
     bundle's metadata.json and inference.json inside. ``overrides``: config keys (e.g. ``image_size``)."""
-    from prato_components.export import example_inputs, export_network, save_exported
-
     overrides = {**EXPORT_SETTINGS, **overrides}
     network, channels, size = _network(bundle_dir, checkpoint, overrides)
     dims = spatial_dims(bundle_dir)
@@ -384,10 +373,6 @@ def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: in
     """Export the trained tiny network, reload the file, and compare its logits with the eager network's on new
     images and boxes: batch 1 and, where the batch is dynamic, 3; 1, 2 and 3 real boxes per image where the box
     count is dynamic (else the exported count), and a padding-only box (no prompt)."""
-    import torch
-
-    from prato_components.export import example_inputs, load_exported
-
     name, dims = _name(bundle_dir), spatial_dims(bundle_dir)
     shape = (image_size,) * dims
     overrides = {**EXPORT_SETTINGS, **_network_overrides(bundle_dir, image_size)}

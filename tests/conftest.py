@@ -23,8 +23,10 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TokenState, TransUNet  # noqa: E402 - after the repository is on the path
+from prato_components.data import make_isic_like  # noqa: E402
+from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TransUNet  # noqa: E402 - repository on path
 from prato_components.pruners import MultiLayerTokenAssembly  # noqa: E402
+from prato_components.tokens import TokenState  # noqa: E402
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
 from prato_components.verification import find_bundles, make_tiny_acdc, run_config, spatial_dims  # noqa: E402
 from prato_components.verification import tiny_overrides as shrink  # noqa: E402
@@ -51,8 +53,6 @@ def acdc_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def isic_dir(tmp_path_factory) -> str:
-    from prato_components.data import make_isic_like
-
     root = str(tmp_path_factory.mktemp("isic"))
     make_isic_like(root, num_images=6, size=(40, 48), seed=0)
     return root

@@ -79,7 +79,7 @@ def test_token_sparsity_means_the_same_for_every_backbone():
 
 
 def test_token_sparsity_summary_averages_per_image():
-    from prato_components.networks import BlockReport
+    from prato_components.tokens import BlockReport
 
     stages = [[], []]
     blocks = [

@@ -11,9 +11,9 @@ from monai.transforms import Compose, Orientationd, Resized, SpatialPadd
 from prato_components.prompts import (
     PADDING_BOX_VALUE,
     BoxFromLabeld,
-    BoxToMaskd,
+    BoxToRegionMaskd,
     ClipBoxd,
-    MaskToBoxd,
+    RegionMaskToBoxd,
     PartialBoxd,
     RandJitterBoxd,
     RandPartialBoxd,
@@ -409,12 +409,12 @@ def test_validate_boxd():
 def test_box_mask_carried_through_resize_2d():
     affine = torch.diag(torch.tensor([2.0, 3.0, 1.0, 1.0]))
     d = {"image": MetaTensor(torch.rand(1, 16, 12), affine=affine), "box": torch.tensor([[4.0, 2.0, 8.0, 6.0], PAD2])}
-    d = BoxToMaskd(box_key="box", image_key="image", mask_key="box_mask")(d)
+    d = BoxToRegionMaskd(box_key="box", image_key="image", mask_key="box_mask")(d)
     mask = d["box_mask"]
     assert isinstance(mask, MetaTensor) and mask.shape == (2, 16, 12)
     torch.testing.assert_close(mask.affine, d["image"].affine)
     d = Resized(keys=["image", "box_mask"], spatial_size=(32, 6), mode=("bilinear", "nearest"))(d)
-    d = MaskToBoxd(mask_key="box_mask", box_key="box")(d)
+    d = RegionMaskToBoxd(mask_key="box_mask", box_key="box")(d)
     assert "box_mask" not in d
     expected = [[8.0, 1.0, 16.0, 3.0], PAD2]  # axis 0 x2, axis 1 x0.5
     assert_boxes(d["box"], expected, atol=1.0)
@@ -425,11 +425,11 @@ def test_box_mask_carried_through_spatial_transforms_3d():
     d = {"image": MetaTensor(torch.rand(1, 8, 8, 8)), "box": torch.tensor([[2.0, 2.0, 2.0, 4.0, 6.0, 8.0]])}
     pipeline = Compose(
         [
-            BoxToMaskd(box_key="box", image_key="image"),
+            BoxToRegionMaskd(box_key="box", image_key="image"),
             Resized(keys=["image", "box_mask"], spatial_size=(16, 16, 4), mode=("trilinear", "nearest")),
             SpatialPadd(keys=["image", "box_mask"], spatial_size=(20, 16, 4), method="end"),
             Orientationd(keys=["image", "box_mask"], axcodes="RAI", labels=None),  # flips axis 2 only (RAS -> RAI)
-            MaskToBoxd(mask_key="box_mask", box_key="box", delete_mask=False),
+            RegionMaskToBoxd(mask_key="box_mask", box_key="box", delete_mask=False),
         ]
     )
     out = pipeline(d)

@@ -13,9 +13,9 @@ from ignite.engine import Engine, Events
 from conftest import read_json, run_bundle
 from prato_components.engine import PerClassHistory, PruningWarmup, keep_ratio_schedule
 from prato_components.networks import PrunedUNETR
-from prato_components.networks.tokens import TokenState
 from prato_components.prompts import BoxFromLabeld, padding_boxes
 from prato_components.pruners import PrATo
+from prato_components.tokens import TokenState
 
 
 def _stage_input(seed: int, boxes: torch.Tensor | None, grid=(4, 4), dim: int = 16):

@@ -288,7 +288,8 @@ def _isic_pairs_recursive(dataset_dir: PathLike) -> list[dict[str, str]]:
     unpaired = sorted(set(images) - set(masks))
     if unpaired and len(unpaired) < len(images):
         warnings.warn(
-            f"{len(unpaired)} images under {dataset_dir} have no *_segmentation.png and are skipped (e.g. {images[unpaired[0]]})."
+            f"{len(unpaired)} images under {dataset_dir} have no *_segmentation.png and are skipped "
+            f"(e.g. {images[unpaired[0]]})."
         )
     return [{"image": images[s], "label": masks[s]} for s in sorted(images) if s in masks]
 

@@ -139,7 +139,8 @@ class EvaluationReport:
         lines = [f"{'metric':<10}" + "".join(f"{c:>{width + 2}}" for c in self.class_names + ["mean"])]
         for name, values in summary["metrics"].items():
             cells = [values.get(c, float("nan")) for c in self.class_names] + [values["mean"]]
-            lines.append(f"{name:<10}" + "".join(f"{v:>{width + 2}.4f}" if not math.isnan(v) else f"{'nan':>{width + 2}}" for v in cells))
+            values = (f"{v:>{width + 2}.4f}" if not math.isnan(v) else f"{'nan':>{width + 2}}" for v in cells)
+            lines.append(f"{name:<10}" + "".join(values))
         if summary.get("num_present"):
             counts = [summary["num_present"].get(c, 0) for c in self.class_names] + [summary["num_images"]]
             lines.append(f"{'present':<10}" + "".join(f"{n:>{width + 2}d}" for n in counts))

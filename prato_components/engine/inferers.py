@@ -79,7 +79,8 @@ class PromptedInferer(Inferer):
         outputs = []
         for start in range(0, slices.shape[0], self.slice_batch_size):
             part = slice(start, start + self.slice_batch_size)
-            outputs.append(network(slices[part], *args, boxes=None if slice_boxes is None else slice_boxes[part], **kwargs))
+            part_boxes = None if slice_boxes is None else slice_boxes[part]
+            outputs.append(network(slices[part], *args, boxes=part_boxes, **kwargs))
         out = torch.cat(outputs)
         out = out.reshape(batch, num_slices, *out.shape[1:]).movedim(1, -1)
         if source is None:

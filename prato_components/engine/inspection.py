@@ -2,7 +2,7 @@
 
 :func:`record_retention` hooks the network's pruners for the duration of a ``with`` block and collects, for every
 forward pass, the map of tokens alive after each pruned stage on that stage's full grid. Used by the experiment
-report (the paper's Fig. 7 retention maps) and by the per-class retention analysis of issue 17.
+report (the paper's Fig. 7 retention maps) and by the per-class retention analysis of small structures.
 """
 
 from __future__ import annotations

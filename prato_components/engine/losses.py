@@ -57,7 +57,10 @@ class PrunedSegLoss(nn.Module):
             total = total + self.aux_weight * aux_loss
         aux_logits = getattr(self.network, "aux_logits", None) or []
         if aux_logits and self.logits_weight:
-            terms = [self.loss(logits, label_on_grid(label, tuple(logits.shape[2:]), logits.shape[1])) for logits in aux_logits]
+            terms = [
+                self.loss(logits, label_on_grid(label, tuple(logits.shape[2:]), logits.shape[1]))
+                for logits in aux_logits
+            ]
             total = total + self.logits_weight * torch.stack(terms).mean()
         return total
 

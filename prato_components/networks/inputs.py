@@ -51,7 +51,9 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
     if boxes.ndim == 2:
         boxes = boxes.unsqueeze(1)
     if boxes.ndim != 3 or boxes.shape[0] != batch:
-        raise ValueError(f"boxes must have shape [B={batch}, M, {2 * dims}] or [B, {2 * dims}], got {tuple(boxes.shape)}")
+        raise ValueError(
+            f"boxes must have shape [B={batch}, M, {2 * dims}] or [B, {2 * dims}], got {tuple(boxes.shape)}"
+        )
     if boxes.shape[-1] != 2 * dims:
         raise ValueError(
             f"a box has {boxes.shape[-1]} values but the image has {dims} spatial dims (expected {2 * dims}: "
@@ -59,5 +61,7 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
         )
     if torch.compiler.is_exporting():  # the value checks below are data-dependent (see check_image)
         return boxes.float()
-    flat = validate_boxes(boxes.reshape(-1, 2 * dims), spatial_shape, allow_padding=True, name="boxes (flattened [B*M, 2D])")
+    flat = validate_boxes(
+        boxes.reshape(-1, 2 * dims), spatial_shape, allow_padding=True, name="boxes (flattened [B*M, 2D])"
+    )
     return flat.reshape(boxes.shape).to(boxes.device)

@@ -30,8 +30,8 @@ boundary decides afresh with its own pruner on its own grid; ``keep_ratio`` is p
 Attention-based pruners (Evo-ViT, TRAM) get the spatial-reduction attention of the blocks since the previous pruned
 boundary (:class:`~prato_components.tokens.attention.ReducedAttention`: live queries to the reduced keys, on the
 finer grids of the stages before); those blocks compute the attention explicitly. Each stage keeps its own
-``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast path
-(:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
+``StageInput.memory``, so scores accumulated by a pruner restart at every boundary, as the decisions do. A pruner's fast
+path (:meth:`TokenPruner.placeholder_weights`, Evo-ViT) runs one representative token per image through the blocks of
 the stage it pruned, as one more query on the reduced keys with a position-less Mix-FFN, and moves the carried
 pruned tokens by its residual (they feed the next blocks' keys, the head and the next embedding). A completion (STP's
 MTA, one per pruned boundary at its stage's width) fills the pruned positions of the stage map for the head only.
@@ -57,10 +57,11 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completions,
     stage_pruners,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.attention import BlockOutput, ReducedAttention, reduced_key_cells
 from prato_components.tokens.executor import TokenState
 
@@ -120,7 +121,13 @@ class EfficientSelfAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if dim % num_heads:
@@ -283,7 +290,9 @@ class AllMLPHead(nn.Module):
     def __init__(self, in_dims: Sequence[int], decoder_dim: int, out_channels: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.linear_c = nn.ModuleList(nn.Linear(d, decoder_dim) for d in in_dims)
-        self.fuse = Convolution(2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False)
+        self.fuse = Convolution(
+            2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
 
@@ -343,15 +352,15 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         fill: value of pruned positions in the restored grids (keys/values and stage outputs): ``"carry"`` or
             ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
-        decode_region: ``"full"`` or ``"box"``: run the all-MLP head (and the final upsampling) only over the prompt
-            boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
-            (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
-        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
         completion: a learned fill of the pruned positions for the head (STP's MTA), one per pruned boundary ``s`` at
             the width of the stage it feeds: a factory called as ``completion(dim=embed_dims[s], taps=(s,))`` or a
             mapping ``{s: module}``; each runs as ``module(grid [B, N, C], state, s)`` on the restored map of stage
             ``s + 1``, which then feeds the head (the next stage's patch embedding still reads the carried map, as
             the original MTA only feeds the decoder).
+        decode_region: ``"full"`` or ``"box"``: run the all-MLP head (and the final upsampling) only over the prompt
+            boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
+            (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
+        decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -378,17 +387,19 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.1,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
-        completion=None,
     ) -> None:
         super().__init__()
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
         config = dict(SEGFORMER_VARIANTS[variant.lower()])
@@ -407,7 +418,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
 
         rates = torch.linspace(0, drop_path_rate, sum(config["depths"])).tolist()
         stages, channels, first = [], in_channels, 0
-        for index, (dim, depth, heads, ratio) in enumerate(zip(self.embed_dims, config["depths"], config["num_heads"], sr_ratios)):
+        layers = zip(self.embed_dims, config["depths"], config["num_heads"], sr_ratios)
+        for index, (dim, depth, heads, ratio) in enumerate(layers):
             embed = OverlapPatchEmbed(channels, dim, 7 if index == 0 else 3, 4 if index == 0 else 2)
             blocks = [
                 MixTransformerBlock(dim, heads, mlp_ratio, ratio, qkv_bias, drop_rate, attn_drop_rate, rates[first + i])
@@ -420,16 +432,11 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.apply(self._init_weights)
 
         widths = {stage: self.embed_dims[stage] for stage in SEGFORMER_STAGES}  # boundary s feeds MiT stage s + 1
-        pruners = stage_pruners("SegFormer", pruner, pruner_kwargs, prune_stages, widths, out_channels, hierarchical=True)
-        self._install_pruners(pruners, executor, fill, _EXECUTORS)
-        self.completion = build_completions(completion, {s: self.embed_dims[s] for s in self.prune_stages})
+        pruners = stage_pruners("SegFormer", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths,
+                                out_channels, hierarchical=True)
+        self._install_pruners(pruners, settings.executor, settings.fill, _EXECUTORS)
+        self.completion = build_completions(settings.completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
-
-    def _wants_attention(self, number: int) -> bool:
-        """Whether the blocks of MiT stage ``number`` (1-4) return their attention: the next pruned boundary
-        (``s >= number``, after that stage) has a pruner that needs attention maps."""
-        upcoming = next((s for s in self.prune_stages if s >= number), None)
-        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -449,42 +456,42 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         mode = self.executor_mode()
-        maps, states, grids = [], [], []
-        attentions = []  # attention maps of the blocks since the last pruned boundary, for a pruner that needs them
-        x = image
-        for index, stage in enumerate(self.stages):  # MiT stage index + 1 follows boundary `index`
-            tokens, grid = stage.patch_embed(x)
-            grids.append(grid)
-            state = TokenState(tokens, grid, mode, self.fill)  # its own memory: every boundary decides afresh
-            weights = None
-            if index in self.prune_stages:
-                stride = tuple(size / cells for size, cells in zip(image.shape[2:], grid))
-                pruner = self.pruners[str(index)]
-                inputs = state.stage_input(index, stride, boxes, attentions)
-                attentions = []
-                state.apply(pruner(inputs), index, inputs)
-                placeholders = ~state.alive_grid()
-                weights = pruner.placeholder_weights(state.memory, grid, placeholders, tokens.dtype)
-            want = self._wants_attention(index + 1)
+        maps, states = [], []
+
+        def embed(number: int, x: torch.Tensor) -> TokenState:
+            """The tokens of MiT stage ``number`` (1-4): its own state, so every boundary decides afresh."""
+            states.append(TokenState(*self.stages[number - 1].patch_embed(x), mode, self.fill))
+            return states[-1]
+
+        def run_layer(number: int, state: TokenState, attentions: list) -> torch.Tensor:
+            stage, grid = self.stages[number - 1], state.grid_shape
+            fast_path = self._placeholder_weights(number, state)  # Evo-ViT's, after a pruned boundary
+            want = self._wants_attention(number)
             for block in stage.blocks:
-                rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry).unsqueeze(1)
+                rep = None if fast_path is None else state.representative(fast_path[1])
                 out = block.run(state.tokens, grid, state, want, rep)
                 state.tokens = out.tokens
                 if want:
                     key_of = reduced_key_cells(grid, block.attn.sr_ratio).to(image.device)
                     attentions.append(ReducedAttention(out.attention.detach(), *state.row_positions(), key_of, grid))
-                if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
-                    state.carry = state.carry + placeholders.unsqueeze(-1).to(rep.dtype) * (out.representative - rep)
+                if rep is not None:  # every placeholder moves by the representative's residual
+                    state.evolve_placeholders(fast_path[0], rep, out.representative)
                 state.record_block()
             restored = state.restore(stage.norm(state.tokens), carry_transform=stage.norm)
             x = _to_map(restored, grid)
-            if self.completion is not None and str(index) in self.completion and state.pruned:
-                maps.append(_to_map(self.completion[str(index)](restored, state, index), grid))  # for the head only
+            if self.completion is not None and str(number - 1) in self.completion and state.pruned:
+                restored = self.completion[str(number - 1)](restored, state, number - 1)
+                maps.append(_to_map(restored, grid))  # for the head only
             else:
                 maps.append(x)
-            states.append(state)
+            return x
+
+        def stride(number: int, state: TokenState) -> tuple[float, ...]:
+            return tuple(size / cells for size, cells in zip(image.shape[2:], state.grid_shape))
+
+        self._run_stages(embed(1, image), len(self.stages), run_layer, lambda n, _, x: embed(n + 1, x), stride, boxes)
         self._take_reports(*states)
-        self.grid_shapes = grids
+        self.grid_shapes = [state.grid_shape for state in states]
         return maps
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
@@ -508,7 +515,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
     @property
-    def num_tokens(self) -> int:
+    def pruned_grid_tokens(self) -> int:
         """Tokens on the grid of the last pruned stage in the last forward pass (0 before any forward pass)."""
         if not self.grid_shapes:
             return 0

@@ -72,44 +72,26 @@ from monai.networks.nets import SwinUNETR
 
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
-from prato_components.networks.swin import (  # also re-exported here: the names' old home
+from prato_components.networks.swin import (
     LayerWindows,
-    WindowLayout,
-    WindowPlan,
-    block_layout,
     live_tokens,
     parent_stages,
     parents,
-    plan_windows,
     set_live_tokens,
-    swin_block_forward,
     swin_block_forward_masked,
-    window_layout,
 )
 from prato_components.networks.swin.blocks import swin_block_run
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completions,
+    patched_class,
     stage_pruners,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.executor import TokenState, check_executor
 
-__all__ = [
-    "SWIN_EXECUTORS",
-    "SWIN_STAGES",
-    "PrunedSwinUNETR",
-    "WindowLayout",
-    "WindowPlan",
-    "WindowReport",
-    "block_layout",
-    "patch_swin_unetr",
-    "plan_windows",
-    "swin_block_forward",
-    "swin_block_forward_masked",
-    "swin_block_run",
-    "window_layout",
-]
+__all__ = ["SWIN_EXECUTORS", "SWIN_STAGES", "PrunedSwinUNETR", "WindowReport", "patch_swin_unetr"]
 
 SWIN_STAGES = (1, 2, 3)
 SWIN_EXECUTORS = ("gather", "attention_mask")
@@ -146,24 +128,24 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             ``attention_mask``).
         fill: pruned positions in restored grids: ``"carry"`` (value when pruned) or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name.
-        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
-            boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
-            (docs/design.md §6.1); the Swin transformer still sees the whole image.
-        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         completion: a learned fill of the pruned positions for the decoder (STP's MTA), one per tap that reads pruned
             positions (``x_t`` for ``t`` after the first pruned stage, merged from grid ``t - 1`` of width
             ``feature_size * 2^(t-1)``): a factory called as ``completion(dim=width, taps=(t,))`` or a mapping
             ``{t: module}``; each runs as ``module(grid [B, N, C], TokenState, t)`` on the restored grid before the
             patch merging that feeds tap ``t`` (the next Swin layer still merges the carried grid, as the original
             MTA only feeds the decoder).
+        decode_region: ``"full"`` or ``"box"``: run the convolutional encoders and decoders only over the prompt
+            boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
+            (docs/design.md §6.1); the Swin transformer still sees the whole image.
+        decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per Swin block (all four layers) the live tokens it ran on (the token sparsity,
     :meth:`kept_fraction`), :attr:`window_report` the windows attended per block of the pruned Swin layers,
-    :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`num_tokens` the grid size of the
-    last pruned stage.
+    :attr:`aux_loss` and :attr:`aux_logits` the pruners' side terms, and :attr:`pruned_grid_tokens` the grid size of
+    the last pruned stage.
     """
 
     # the live tokens run as a flat list (``TokenState`` mode ``padded``: any count per image; at equal counts the same
@@ -173,40 +155,42 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     def __init__(
         self,
         *,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
         pruner_kwargs: Mapping | None = None,
+        completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
-        completion=None,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
-        self._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_pruning(settings)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
 
-    def _setup_pruning(
-        self, pruner, prune_stages: Sequence[int], executor: str, fill: str, pruner_kwargs=None, completion=None
-    ) -> None:
-        executor = "gather" if executor == "padded" else executor  # the flat live-token list takes any count
+    def _setup_pruning(self, settings: PruningSettings) -> None:
+        # the flat live-token list takes any count
+        executor, fill = "gather" if settings.executor == "padded" else settings.executor, settings.fill
         check_executor(executor, fill, SWIN_EXECUTORS)
         vit = self.swinViT
         dims = {s: int(vit.embed_dim * 2**s) for s in SWIN_STAGES}  # the first three merging outputs are the boundaries
         num_classes = self.out.conv.conv.out_channels
-        pruners = stage_pruners("SwinUNETR", pruner, pruner_kwargs, prune_stages, dims, num_classes, hierarchical=True)
+        pruners = stage_pruners("SwinUNETR", settings.pruner, settings.pruner_kwargs, settings.prune_stages, dims,
+                                num_classes, hierarchical=True)
         if pruners and (vit.use_v2 or any(getattr(vit, "_per_stage_hyena", []))):
             raise ValueError("pruned SwinUNETR supports MONAI's default Swin blocks (use_v2=False, use_hyena=False)")
         stages = sorted(pruners)
         self._install_pruners(pruners, executor, fill, SWIN_EXECUTORS)
         # tap t is merged from grid t - 1 (width embed_dim * 2^(t-1)); it reads pruned positions after the first stage
         taps = range(stages[0] + 1, len(SWIN_STAGES) + 2) if stages else ()
-        self.completion = build_completions(completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
+        self.completion = build_completions(settings.completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
         self.window_report: list[WindowReport] = []
-        self.num_tokens = 1
+        self.pruned_grid_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
 
     # ------------------------------------------------------------------ forward
@@ -246,51 +230,39 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         (:meth:`TokenState.next_grid`), does what every backbone's executor does: the pruners' stage input, applying
         their selections, the stage and block reports, the side terms and restoring the grid (docs/design.md §5)."""
         vit = self.swinViT
-        x = vit.pos_drop(vit.patch_embed(x_in))
-        outs = [vit.proj_out(x, self.normalize)]
-        state = TokenState(_grid_tokens(x), tuple(x.shape[2:]), self.executor_mode(), self.fill)
+        merged = vit.pos_drop(vit.patch_embed(x_in))  # the map the next layer reads (channel first)
+        outs = [vit.proj_out(merged, self.normalize)]
+        state = TokenState(_grid_tokens(merged), tuple(merged.shape[2:]), self.executor_mode(), self.fill)
         self.window_report = []
-        attentions: list = []  # WindowAttention since the last pruned stage, when wanted
         layers = [vit.layers1[0], vit.layers2[0], vit.layers3[0], vit.layers4[0]]
-        for number, layer in enumerate(layers, start=1):
-            if not state.pruned and not self._wants_attention(number):
-                x = tap = layer(x.contiguous())  # nothing pruned yet: MONAI's own layer
+
+        def run_layer(number: int, current: TokenState, attentions: list) -> torch.Tensor | None:
+            nonlocal merged
+            layer = layers[number - 1]
+            if not current.pruned and not self._wants_attention(number):
+                merged = tap = layer(merged.contiguous())  # nothing pruned yet: MONAI's own layer
                 for _ in layer.blocks:
-                    state.record_block()
+                    current.record_block()
                 alive = None
             else:
-                x, tap, alive = self._pruned_layer(number, layer, state, attentions)
+                merged, tap, alive = self._pruned_layer(number, layer, current, attentions)
             outs.append(vit.proj_out(tap, self.normalize))
-            if number == len(layers):
-                break
+            return alive
+
+        def next_grid(number: int, current: TokenState, alive: torch.Tensor | None) -> TokenState:
             pruned_before = None  # where the dead cells of the next grid were pruned, for a completion
             if alive is not None and self.completion is not None:
-                pruned_before = parent_stages(state.pruned_at(), state.grid_shape, alive)
-            state = state.next_grid(_grid_tokens(x), tuple(x.shape[2:]), alive, pruned_before)
+                pruned_before = parent_stages(current.pruned_at(), current.grid_shape, alive)
+            state = current.next_grid(_grid_tokens(merged), tuple(merged.shape[2:]), alive, pruned_before)
             if number in self.prune_stages:
-                stride = tuple(float(self.patch_size * 2**number) for _ in state.grid_shape)
-                inputs = state.stage_input(number, stride, boxes, attentions)
-                attentions.clear()
-                state.apply(self.pruners[str(number)](inputs), number, inputs)
-                self.num_tokens = state.num_tokens
-        self._take_reports(state)
+                self.pruned_grid_tokens = state.grid_tokens
+            return state
+
+        def stride(number: int, current: TokenState) -> tuple[float, ...]:
+            return tuple(float(self.patch_size * 2**number) for _ in current.grid_shape)
+
+        self._take_reports(self._run_stages(state, len(layers), run_layer, next_grid, stride, boxes))
         return outs
-
-    def _wants_attention(self, number: int) -> bool:
-        """Whether the blocks of layer ``number`` return their window attention: the next pruned stage (the
-        merging output ``s >= number``) has a pruner that needs attention maps."""
-        upcoming = next((s for s in self.prune_stages if s >= number), None)
-        return upcoming is not None and self.pruners[str(upcoming)].needs_attention
-
-    def _placeholder_weights(self, number: int, state: TokenState, alive: torch.Tensor) -> torch.Tensor | None:
-        """``[B, N]`` weights of the representative token of layer ``number``'s pruned tokens (``~alive``): the fast
-        path of the pruner of the last pruned stage before the layer (:meth:`TokenPruner.placeholder_weights`), or
-        ``None``."""
-        stage = max((s for s in self.prune_stages if s < number), default=None)
-        if stage is None:
-            return None
-        pruner = self.pruners[str(stage)]
-        return pruner.placeholder_weights(state.memory, state.grid_shape, ~alive, state.tokens.dtype)
 
     def _pruned_layer(self, number: int, layer, state: TokenState, attentions: list):
         """One Swin layer (its blocks and patch merging) on the live tokens of ``state`` (updated in place): the
@@ -298,17 +270,17 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         alive cells of the merged grid (``[B, N']`` bool: the parents of live cells; ``None`` while nothing is
         pruned)."""
         tokens, index = live_tokens(state)
-        grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.num_tokens, tokens.shape[1]
+        grid, batch, num_cells, channels = state.grid_shape, state.tokens.shape[0], state.grid_tokens, tokens.shape[1]
         want = self._wants_attention(number)
         alive = state.alive_grid()  # [B, N]
-        weights = self._placeholder_weights(number, state, alive)
+        fast_path = self._placeholder_weights(number, state)  # Evo-ViT's
         windows = LayerWindows(index, grid, batch, self._layouts)
         full = state.mode == "attention_mask"  # the reference: the full grid, pruned keys masked
         if full:  # the masked blocks take a hard key mask: the straight-through keep weights go with the tokens
             h = state.tokens if state.policy is None else state.tokens * state.policy.unsqueeze(-1)
         for block_number, block in enumerate(layer.blocks):
             # the representative of the pruned cells, from the values they carry (the weights are 0 on live cells)
-            rep = None if weights is None else torch.einsum("bn,bnc->bc", weights, state.carry)
+            rep = None if fast_path is None else state.representative(fast_path[1]).squeeze(1)
             if full:
                 out = None
                 if want or rep is not None:  # attention and representative from the live tokens, as in gather
@@ -324,9 +296,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             state.record_block()
             if want:
                 attentions.append(out.attention)
-            if rep is not None:  # Evo-ViT's fast path: every placeholder moves by the representative's residual
-                residual = (out.representative - rep).unsqueeze(1)
-                state.carry = state.carry + (~alive).unsqueeze(-1).to(residual.dtype) * residual
+            if rep is not None:  # every placeholder moves by the representative's residual
+                state.evolve_placeholders(fast_path[0], rep.unsqueeze(1), out.representative.unsqueeze(1))
         if full:
             state.tokens = h
         else:
@@ -344,21 +315,14 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         return merged, tap, next_alive
 
     # ------------------------------------------------------------------ reports and weights
-def patch_swin_unetr(
-    model: SwinUNETR,
-    pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,
-    prune_stages: Sequence[int] = (1, 2),
-    executor: str = "gather",
-    fill: str = "carry",
-    pruner_kwargs: Mapping | None = None,
-    decode_region: str = "full",
-    decode_margin: int = 16,
-    completion=None,
-) -> PrunedSwinUNETR:
-    """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place."""
+def patch_swin_unetr(model: SwinUNETR, pruner: PrunerSpec = None, **settings) -> PrunedSwinUNETR:
+    """Turn an existing MONAI ``SwinUNETR`` (weights and all) into a :class:`PrunedSwinUNETR` in place; ``settings``
+    are the other :class:`~prato_components.networks.vit_pruning.PruningSettings` (``prune_stages``, ``executor``
+    ...). A subclass of ``SwinUNETR`` keeps its own class under the pruned one (:func:`patched_class`)."""
     if not isinstance(model, SwinUNETR):
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
-    model.__class__ = PrunedSwinUNETR
-    model._setup_pruning(pruner, prune_stages, executor, fill, pruner_kwargs, completion)
-    model._setup_decoding(decode_region, decode_margin)
+    config = PruningSettings(pruner, **settings)
+    model.__class__ = patched_class(type(model), PrunedSwinUNETR)
+    model._setup_pruning(config)
+    model._setup_decoding(config.decode_region, config.decode_margin)
     return model

@@ -31,11 +31,12 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completion,
     stage_pruners,
-    run_pruned_blocks,
+    vit_layers,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
 from prato_components.tokens.executor import TokenState
 
@@ -67,7 +68,9 @@ class HybridResNetEncoder(nn.Module):
         super().__init__()
         if len(layers) != 3 or min(layers) < 1:
             raise ValueError(f"layers must give 3 stages of at least one bottleneck unit each, got {tuple(layers)}")
-        self.root = Convolution(2, in_channels, width, strides=2, kernel_size=7, padding=3, norm=norm, act="relu", bias=False)
+        self.root = Convolution(
+            2, in_channels, width, strides=2, kernel_size=7, padding=3, norm=norm, act="relu", bias=False
+        )
         self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages, channels = [], width
         for index, (units, stride) in enumerate(zip(layers, (1, 2, 2))):
@@ -196,7 +199,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         qkv_bias: bool = True,
         head_channels: int = 512,
         decoder_channels: Sequence[int] = (256, 128, 64, 16),
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -206,7 +209,9 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: int = 16,
     ) -> None:
         super().__init__()
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
             raise ValueError(f"TransUNet is 2D: img_size must be two sizes divisible by 16, got {img_size}")
@@ -231,7 +236,8 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             spatial_dims=2,
         )
         self.blocks = nn.ModuleList(
-            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias) for _ in range(num_layers)
+            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias=qkv_bias)
+            for _ in range(num_layers)
         )
         for block in self.blocks:
             check_supported_block(block)
@@ -240,9 +246,11 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.segmentation_head = Convolution(2, decoder_channels[-1], out_channels, kernel_size=3, conv_only=True)
 
         widths = {stage: hidden_size for stage in TRANSUNET_STAGES}
-        pruners = stage_pruners("TransUNet", pruner, pruner_kwargs, prune_stages, widths, out_channels)
-        self._install_pruners(pruners, executor, fill)
-        self.completion = build_completion(completion, hidden_size)
+        pruners = stage_pruners(
+            "TransUNet", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths, out_channels
+        )
+        self._install_pruners(pruners, settings.executor, settings.fill)
+        self.completion = build_completion(settings.completion, hidden_size)
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.
@@ -251,13 +259,14 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         """
         features, skips = self.cnn(image)
         state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
-        run_pruned_blocks(
-            self.blocks,
+        layers = vit_layers(self.blocks, self.stage_blocks)
+        self._run_stages(
             state,
-            boundaries=self.stage_blocks,
-            pruners={stage: self.pruners[str(stage)] for stage in self.prune_stages},
-            stride=self.patch_size,
-            boxes=boxes,
+            len(layers),
+            lambda number, current, attentions: self._run_vit_blocks(layers[number - 1], number, current, attentions),
+            lambda number, current, _: current,
+            lambda *_: self.patch_size,
+            boxes,
         )
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:
@@ -272,10 +281,14 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         over the whole image or only over ``window`` (background outside; docs/design.md §6.1)."""
         x = grid.transpose(1, 2).reshape(grid.shape[0], self.hidden_size, *self.feat_size)
         strides = [self.patch_size, *(2 ** (3 - index) for index in range(len(skips)))]
-        return run_decoder(window, lambda x, *skips: self.segmentation_head(self.decoder(x, skips)), [x, *skips], strides)
+
+        def head(x: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
+            return self.segmentation_head(self.decoder(x, skips))
+
+        return run_decoder(window, head, [x, *skips], strides)
 
     @property
-    def num_tokens(self) -> int:
+    def vit_tokens(self) -> int:
         """Tokens on the ViT grid."""
         return math.prod(self.feat_size)
 

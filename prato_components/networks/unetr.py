@@ -21,11 +21,13 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
     PrunedNetworkMixin,
+    PrunerSpec,
+    PruningSettings,
     build_completion,
+    patched_class,
     stage_pruners,
-    run_pruned_blocks,
+    vit_layers,
 )
-from prato_components.pruners.base import TokenPruner
 from prato_components.tokens.blocks import check_supported_block
 from prato_components.tokens.executor import TokenState
 
@@ -66,7 +68,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
     def __init__(
         self,
         *,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None = None,
+        pruner: PrunerSpec = None,
         prune_stages: Sequence[int] = (1, 2),
         executor: str = "gather",
         fill: str = "carry",
@@ -77,29 +79,25 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
-        self._setup_decoding(decode_region, decode_margin)
+        settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
+                                   decode_margin)
+        self._setup_decoding(settings.decode_region, settings.decode_margin)
         requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
             raise ValueError(f"img_size {requested} must be a multiple of the ViT patch size {tuple(self.patch_size)} "
                              "on every axis")
-        self._setup_pruning(pruner, pruner_kwargs, prune_stages, executor, fill, completion)
+        self._setup_pruning(settings)
 
-    def _setup_pruning(
-        self,
-        pruner: TokenPruner | str | Mapping[int, TokenPruner] | None,
-        pruner_kwargs: Mapping | None,
-        prune_stages: Sequence[int],
-        executor: str,
-        fill: str,
-        completion: nn.Module | None = None,
-    ) -> None:
+    def _setup_pruning(self, settings: PruningSettings) -> None:
         for block in self.vit.blocks:
             check_supported_block(block)
         widths = {stage: self.hidden_size for stage in UNETR_STAGES}
         num_classes = self.out.conv.conv.out_channels
-        pruners = stage_pruners("UNETR", pruner, pruner_kwargs, prune_stages, widths, num_classes)
-        self._install_pruners(pruners, executor, fill)
-        self.completion = build_completion(completion, self.hidden_size)
+        pruners = stage_pruners(
+            "UNETR", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths, num_classes
+        )
+        self._install_pruners(pruners, settings.executor, settings.fill)
+        self.completion = build_completion(settings.completion, self.hidden_size)
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
 
@@ -126,24 +124,21 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
         state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor_mode(), self.fill)
         taps: dict[int, torch.Tensor] = {}
+        layers = vit_layers(self.vit.blocks, {stage: 3 * stage for stage in UNETR_STAGES})
 
-        def tap(stage: int, current: TokenState) -> None:
+        def tap(stage: int, current: TokenState, _) -> TokenState:  # the decoder sees the tokens before pruning
             taps[stage] = self._complete(current.restore(), current, stage)
+            return current
 
-        run_pruned_blocks(
-            self.vit.blocks,
-            state,
-            boundaries={stage: 3 * stage for stage in UNETR_STAGES},
-            pruners={stage: self.pruners[str(stage)] for stage in self.prune_stages},
-            stride=self.patch_size,
-            boxes=boxes,
-            on_boundary=tap,
-        )
+        def run_layer(number: int, current: TokenState, attentions: list) -> None:
+            self._run_vit_blocks(layers[number - 1], number, current, attentions)
+
+        self._run_stages(state, len(layers), run_layer, tap, lambda *_: self.patch_size, boxes)
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
 
     @property
-    def num_tokens(self) -> int:
+    def vit_tokens(self) -> int:
         """Tokens on the ViT grid."""
         return math.prod(self.feat_size)
 
@@ -153,21 +148,14 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
             return grid
         return self.completion(grid, state, tap)
 
-def patch_unetr(
-    model: UNETR,
-    pruner: TokenPruner | str | None,
-    prune_stages: Sequence[int] = (1, 2),
-    executor: str = "gather",
-    fill: str = "carry",
-    pruner_kwargs: Mapping | None = None,
-    completion: nn.Module | None = None,
-    decode_region: str = "full",
-    decode_margin: int = 16,
-) -> PrunedUNETR:
-    """Turn an existing MONAI ``UNETR`` (weights and all) into a :class:`PrunedUNETR` in place."""
+def patch_unetr(model: UNETR, pruner: PrunerSpec = None, **settings) -> PrunedUNETR:
+    """Turn an existing MONAI ``UNETR`` (weights and all) into a :class:`PrunedUNETR` in place; ``settings`` are the
+    other :class:`~prato_components.networks.vit_pruning.PruningSettings` (``prune_stages``, ``executor`` ...). A
+    subclass of ``UNETR`` keeps its own class under the pruned one (:func:`patched_class`)."""
     if not isinstance(model, UNETR):
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
-    model.__class__ = PrunedUNETR
-    model._setup_pruning(pruner, pruner_kwargs, prune_stages, executor, fill, completion)
-    model._setup_decoding(decode_region, decode_margin)
+    config = PruningSettings(pruner, **settings)
+    model.__class__ = patched_class(type(model), PrunedUNETR)
+    model._setup_pruning(config)
+    model._setup_decoding(config.decode_region, config.decode_margin)
     return model

@@ -1,9 +1,11 @@
-"""Running a stack of ViT blocks with pruning at stage boundaries (shared by UNETR and TransUNet).
+"""The pruning every backbone shares (docs/design.md §5): its settings, building the pruners, and the stage loop.
 
-A backbone whose encoder is a plain sequence of MONAI ``TransformerBlock``s declares its stage boundaries as
-``{stage: block index}`` (the boundary sits *after* that 0-based block) and hands its pruners by stage to
-:func:`run_pruned_blocks`, which runs the blocks on the live tokens of a
-:class:`~prato_components.tokens.TokenState` and applies each pruner's selection at its boundary.
+:class:`PruningSettings` carries the pruning parameters every constructor takes. :class:`PrunedNetworkMixin` is the
+one place where pruning happens inside a network: the set-up (:meth:`~PrunedNetworkMixin._install_pruners`), the
+stage loop (:meth:`~PrunedNetworkMixin._run_stages`: layers, stage boundaries, :meth:`TokenState.prune`), the pruner
+hooks (which blocks return attention maps, which pruner runs the blocks after its stage, Evo-ViT's fast path) and the
+reports. A backbone says where its stages are (a plain ViT: ``{stage: block index}``, :func:`vit_layers`) and how one
+layer's blocks run.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import functools
 import inspect
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Union
 
 import torch
 import torch.nn as nn
@@ -26,16 +29,50 @@ from prato_components.tokens.executor import EXECUTOR_MODES, TokenState, check_e
 
 __all__ = [
     "PrunedNetworkMixin",
+    "PrunerSpec",
+    "PruningSettings",
     "build_completion",
     "build_completions",
     "build_pruner",
     "check_stage_pruner",
     "executor_mode",
     "own_random_stream",
+    "patched_class",
     "pruned_stages",
-    "run_pruned_blocks",
     "stage_pruners",
+    "vit_layers",
 ]
+
+
+PrunerSpec = Union[TokenPruner, str, Callable[..., TokenPruner], Mapping[int, TokenPruner], None]
+
+
+@dataclass(frozen=True)
+class PruningSettings:
+    """The pruning parameters every backbone takes, under the same names and in the same order in each constructor
+    (and in ``patch_unetr`` / ``patch_swin_unetr``); carried as one object inside the network.
+
+    Attributes:
+        pruner: ``None`` (the unpruned baseline), a :class:`TokenPruner`, a registered name, a factory or a mapping
+            ``{stage: pruner}`` (:func:`stage_pruners`).
+        prune_stages: the stage boundaries to prune at (the paper's default ``(1, 2)``).
+        executor: the :class:`~prato_components.tokens.TokenState` mode (docs/design.md §5; a backbone may alias
+            modes, :attr:`PrunedNetworkMixin.executor_aliases`).
+        fill: pruned positions of restored grids: ``"carry"`` or ``"zero"``.
+        pruner_kwargs: keyword arguments for a pruner given by name or factory.
+        completion: a learned fill of the pruned positions for the decoder (STP's MTA), or ``None``.
+        decode_region: ``"full"`` or ``"box"`` (docs/design.md §6.1).
+        decode_margin: input voxels added around the boxes' union for ``decode_region="box"``.
+    """
+
+    pruner: PrunerSpec = None
+    prune_stages: Sequence[int] = (1, 2)
+    executor: str = "gather"
+    fill: str = "carry"
+    pruner_kwargs: Mapping | None = None
+    completion: object = None
+    decode_region: str = "full"
+    decode_margin: int = 16
 
 
 class PrunedNetworkMixin:
@@ -73,6 +110,79 @@ class PrunedNetworkMixin:
         losses = [loss for state in states for loss in state.aux_losses]
         self.aux_loss = torch.stack(losses).sum() if losses else None
 
+    def _upcoming_pruner(self, stage: int) -> TokenPruner | None:
+        """The pruner of the first pruned stage boundary at or after ``stage`` (``None`` if there is none)."""
+        upcoming = next((s for s in self.prune_stages if s >= stage), None)
+        return None if upcoming is None else self.pruners[str(upcoming)]
+
+    def _wants_attention(self, stage: int) -> bool:
+        """Whether the blocks before stage boundary ``stage`` (Swin layer / MiT stage ``stage``) return their
+        attention maps: the next pruned boundary's pruner ``needs_attention``."""
+        upcoming = self._upcoming_pruner(stage)
+        return upcoming is not None and upcoming.needs_attention
+
+    def _evolving_pruner(self, number: int) -> TokenPruner | None:
+        """The pruner of the last pruned stage boundary before layer ``number``: it says how the pruned tokens evolve
+        through the layer's blocks (:meth:`TokenPruner.run_block`, :meth:`TokenPruner.placeholder_weights`)."""
+        stage = max((s for s in self.prune_stages if s < number), default=None)
+        return None if stage is None else self.pruners[str(stage)]
+
+    def _placeholder_weights(self, number: int, state: TokenState) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For the blocks of layer ``number`` of a hierarchical backbone on ``state``: the pruned cells ``[B, N]`` and
+        their representative token's weights ``[B, N]`` from the fast path of :meth:`_evolving_pruner`
+        (:meth:`TokenPruner.placeholder_weights`, Evo-ViT); ``None`` while ``state`` has nothing pruned or without a
+        fast path. The blocks then run the representative (:meth:`TokenState.representative`) and move the pruned
+        tokens by its residual (:meth:`TokenState.evolve_placeholders`)."""
+        pruner = self._evolving_pruner(number)
+        if pruner is None or not state.pruned:
+            return None
+        placeholders = ~state.alive_grid()
+        weights = pruner.placeholder_weights(state.memory, state.grid_shape, placeholders, state.tokens.dtype)
+        return None if weights is None else (placeholders, weights)
+
+    def _run_stages(
+        self,
+        state: TokenState,
+        num_layers: int,
+        run_layer: Callable[[int, TokenState, list], object],
+        next_grid: Callable[[int, TokenState, object], TokenState],
+        stride: Callable[[int, TokenState], Sequence[float]],
+        boxes: torch.Tensor | None,
+    ) -> TokenState:
+        """The one stage loop of every backbone (docs/design.md §5); returns the last layer's state.
+
+        Layer ``number`` (1 .. ``num_layers``) runs its blocks on ``state``: ``run_layer(number, state, attentions)``
+        (appending its blocks' attention maps to ``attentions`` when :meth:`_wants_attention`; its return value goes
+        to ``next_grid``). Stage boundary ``number`` follows every layer but the last: ``next_grid(number, state,
+        output)`` is the state the next layer runs on (the same one in a ViT, the merged grid in Swin UNETR, the
+        next stage's embedding in SegFormer), and at a pruned boundary that state is pruned by the boundary's pruner
+        (:meth:`TokenState.prune`, with ``stride(number, state)`` and the attention maps since the last pruned
+        boundary)."""
+        attentions: list = []
+        for number in range(1, num_layers + 1):
+            output = run_layer(number, state, attentions)
+            if number == num_layers:
+                break
+            state = next_grid(number, state, output)
+            if number in self.prune_stages:
+                state.prune(self.pruners[str(number)], number, stride(number, state), boxes, attentions)
+                attentions.clear()
+        return state
+
+    def _run_vit_blocks(self, blocks: Sequence[nn.Module], number: int, state: TokenState, attentions: list) -> None:
+        """Layer ``number`` of a plain ViT (MONAI ``TransformerBlock``s, :func:`vit_layers`) on the live tokens of
+        ``state``: the blocks themselves before the first pruned stage, then through the :meth:`_evolving_pruner`
+        (:meth:`TokenPruner.run_block`, e.g. Evo-ViT's representative token)."""
+        pruner, want = self._evolving_pruner(number), self._wants_attention(number)
+        for block in blocks:
+            if pruner is None:
+                state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want)
+            else:
+                state.tokens, attention = pruner.run_block(block, state, want)
+            state.record_block()
+            if attention is not None:
+                attentions.append(attention)
+
     def executor_mode(self) -> str:
         """The :class:`~prato_components.tokens.TokenState` mode of this forward pass, chosen here for every backbone
         (docs/design.md §5): the network's ``executor``, or while training the first pruned stage's
@@ -95,7 +205,22 @@ class PrunedNetworkMixin:
             raise KeyError(f"not a {name} state dict: missing {missing}, unexpected {result.unexpected_keys}")
 
 
-def pruned_stages(network: str, pruner: object | None, prune_stages: Sequence[int], boundaries: Sequence[int]) -> list[int]:
+@functools.lru_cache(maxsize=None)
+def patched_class(model_class: type, pruned: type) -> type:
+    """The class a model patched in place takes (``patch_unetr``, ``patch_swin_unetr``): ``pruned`` for the plain
+    MONAI class, the model's own class if it already is a ``pruned``, else a class built from the model's own class
+    (``Pruned<Name>``, deriving from ``pruned`` and the model's class), so a user's subclass keeps its methods and
+    ``isinstance`` checks. One class per pair."""
+    if issubclass(model_class, pruned):
+        return model_class
+    if model_class in pruned.__bases__:
+        return pruned
+    return type(f"Pruned{model_class.__name__}", (pruned, model_class), {"__module__": model_class.__module__})
+
+
+def pruned_stages(
+    network: str, pruner: object | None, prune_stages: Sequence[int], boundaries: Sequence[int]
+) -> list[int]:
     """The sorted stages to prune at (none without a pruner); ``ValueError`` unless they are stage boundaries."""
     stages = sorted({int(s) for s in prune_stages}) if pruner is not None else []
     if any(s not in boundaries for s in stages):
@@ -189,7 +314,8 @@ def stage_pruners(
                     pruners[s] = by_width[width] = build_pruner(pruner, pruner_kwargs, width, num_classes)
     else:
         raise TypeError(
-            f"pruner must be a TokenPruner, a registered name, a factory, a mapping or None, got {type(pruner).__name__}"
+            "pruner must be a TokenPruner, a registered name, a factory, a mapping or None, got "
+            f"{type(pruner).__name__}"
         )
     if hierarchical:
         for stage, module in pruners.items():
@@ -254,52 +380,9 @@ def executor_mode(first_pruner: TokenPruner | None, executor: str, training: boo
     return executor
 
 
-def run_pruned_blocks(
-    blocks: Sequence[nn.Module],
-    state: TokenState,
-    boundaries: Mapping[int, int],
-    pruners: Mapping[int, TokenPruner],
-    stride: Sequence[float],
-    boxes: torch.Tensor | None,
-    on_boundary: Callable[[int, TokenState], None] | None = None,
-) -> None:
-    """Run ``blocks`` on ``state`` in place, pruning at the given stage boundaries.
-
-    Args:
-        blocks: MONAI ``TransformerBlock``s.
-        state: the executor holding the tokens; updated in place.
-        boundaries: ``{stage: index}``: stage boundary ``stage`` sits after block ``index`` (0-based).
-        pruners: ``{stage: pruner}`` for the pruned stages (a subset of ``boundaries``). The pruner of the last
-            pruned stage runs the blocks after it (:meth:`TokenPruner.run_block`); blocks before a pruner that
-            ``needs_attention`` return their attention maps for it.
-        stride: network-input voxels per token along each axis (maps boxes onto the grid).
-        boxes: ``[B, M, 2D]`` prompts or ``None``.
-        on_boundary: called as ``on_boundary(stage, state)`` at every boundary before pruning (e.g. a decoder tap).
-    """
-    unknown = sorted(set(pruners) - set(boundaries))
-    if unknown:
-        raise ValueError(f"pruned stages {unknown} are not stage boundaries of this encoder ({sorted(boundaries)})")
-    stage_after = {index: stage for stage, index in boundaries.items()}
-    pruned_at = sorted((boundaries[stage], stage) for stage in pruners)  # (block index, stage), in block order
-    active: TokenPruner | None = None  # the pruner of the last pruned stage runs the blocks after it
-    attentions: list[torch.Tensor] = []
-    for index, block in enumerate(blocks):
-        upcoming = next((pruners[stage] for at, stage in pruned_at if at >= index), None)
-        want_attention = upcoming is not None and upcoming.needs_attention
-        if active is None:
-            state.tokens, attention = transformer_block_forward(block, state.tokens, state.key_mask, want_attention)
-        else:
-            state.tokens, attention = active.run_block(block, state, want_attention)
-        state.record_block()
-        if attention is not None:
-            attentions.append(attention)
-        stage = stage_after.get(index)
-        if stage is None:
-            continue
-        if on_boundary is not None:
-            on_boundary(stage, state)
-        if stage in pruners:
-            active = pruners[stage]
-            inputs = state.stage_input(stage, stride, boxes, attentions)
-            state.apply(active(inputs), stage, inputs)
-            attentions = []
+def vit_layers(blocks: Sequence[nn.Module], boundaries: Mapping[int, int]) -> list[Sequence[nn.Module]]:
+    """A plain ViT's blocks as the layers of :meth:`PrunedNetworkMixin._run_stages`: stage boundary ``s`` (1, 2 ...)
+    sits after block ``boundaries[s]`` (0-based), so layer ``s`` ends there and the last layer runs to the end."""
+    ends = [boundaries[stage] for stage in sorted(boundaries)]
+    starts = [0, *(end + 1 for end in ends)]
+    return [blocks[start : end + 1] for start, end in zip(starts, ends)] + [blocks[starts[-1] :]]

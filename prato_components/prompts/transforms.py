@@ -10,10 +10,10 @@ Typical use::
     Compose([
         LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
         BoxFromLabeld(keys="label", box_key="box"),            # tight box in the original grid
-        BoxToMaskd(box_key="box", image_key="image"),          # carry it through the spatial transforms
+        BoxToRegionMaskd(box_key="box", image_key="image"),          # carry it through the spatial transforms
         Spacingd(keys=["image", "label", "box_mask"], pixdim=(1.0, 1.0), mode=("bilinear", "nearest", "nearest")),
         Resized(keys=["image", "label", "box_mask"], spatial_size=(224, 224), mode=("bilinear", "nearest", "nearest")),
-        MaskToBoxd(mask_key="box_mask", box_key="box"),
+        RegionMaskToBoxd(mask_key="box_mask", box_key="box"),
         RandJitterBoxd(box_key="box", prob=0.5),               # annotation noise
         ClipBoxd(box_key="box", image_key="image"),
     ])
@@ -58,8 +58,8 @@ __all__ = [
     "RandShiftBoxd",
     "ClipBoxd",
     "ValidateBoxd",
-    "BoxToMaskd",
-    "MaskToBoxd",
+    "BoxToRegionMaskd",
+    "RegionMaskToBoxd",
     "BoxFromLabelD",
     "BoxFromLabelDict",
     "ScaleBoxD",
@@ -78,10 +78,10 @@ __all__ = [
     "ClipBoxDict",
     "ValidateBoxD",
     "ValidateBoxDict",
-    "BoxToMaskD",
-    "BoxToMaskDict",
-    "MaskToBoxD",
-    "MaskToBoxDict",
+    "BoxToRegionMaskD",
+    "BoxToRegionMaskDict",
+    "RegionMaskToBoxD",
+    "RegionMaskToBoxDict",
 ]
 
 
@@ -398,11 +398,11 @@ class ValidateBoxd(MapTransform):
         return d
 
 
-class BoxToMaskd(MapTransform):
+class BoxToRegionMaskd(MapTransform):
     """Turn boxes into a box mask ``[M, *spatial]`` (one channel per box, the voxels whose centres lie in
     it) that shares the image's affine and meta data, so MONAI spatial dictionary transforms can move it
     together with the image (``keys=["image", "box_mask"]``, ``mode=("bilinear", "nearest")``).
-    :class:`MaskToBoxd` reads the boxes back.
+    :class:`RegionMaskToBoxd` reads the boxes back.
 
     Args:
         box_key: the boxes ``[M, 2D]``.
@@ -437,8 +437,8 @@ class BoxToMaskd(MapTransform):
         return d
 
 
-class MaskToBoxd(MapTransform):
-    """Read boxes back from a box mask written by :class:`BoxToMaskd` (tight box per channel, empty
+class RegionMaskToBoxd(MapTransform):
+    """Read boxes back from a box mask written by :class:`BoxToRegionMaskd` (tight box per channel, empty
     channel -> padding row).
 
     Args:
@@ -486,5 +486,5 @@ RandPartialBoxD = RandPartialBoxDict = RandPartialBoxd
 RandShiftBoxD = RandShiftBoxDict = RandShiftBoxd
 ClipBoxD = ClipBoxDict = ClipBoxd
 ValidateBoxD = ValidateBoxDict = ValidateBoxd
-BoxToMaskD = BoxToMaskDict = BoxToMaskd
-MaskToBoxD = MaskToBoxDict = MaskToBoxd
+BoxToRegionMaskD = BoxToRegionMaskDict = BoxToRegionMaskd
+RegionMaskToBoxD = RegionMaskToBoxDict = RegionMaskToBoxd

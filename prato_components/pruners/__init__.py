@@ -29,5 +29,3 @@ from prato_components.pruners.evovit import (
     window_attention_received,
 )
 
-# the token core's data types, re-exported here (their old import path)
-from prato_components.tokens.stage import StageInput, TokenSelection, straight_through

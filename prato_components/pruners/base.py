@@ -5,8 +5,7 @@ the grid, the prompts, and the last attention map for pruners that ask for it) a
 :class:`TokenSelection`. The backbone's executor (:class:`prato_components.tokens.TokenState`)
 applies the selection, so a backbone never knows which method it carries.
 
-The data types and token helpers live in the neutral core :mod:`prato_components.tokens`; ``StageInput``,
-``TokenSelection``, ``scatter_to_grid`` and ``straight_through`` are re-exported here (their old import path).
+The data types and token helpers live in the neutral core :mod:`prato_components.tokens`.
 """
 
 from __future__ import annotations
@@ -19,19 +18,9 @@ import torch.nn as nn
 
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, pad_column
 from prato_components.tokens.blocks import transformer_block_forward
-from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
+from prato_components.tokens.stage import StageInput, TokenSelection
 
-__all__ = [
-    "StageInput",
-    "TokenSelection",
-    "TokenPruner",
-    "keep_count",
-    "select_topk",
-    "select_threshold",
-    "straight_through",
-    "scatter_to_grid",
-    "attention_scores_on_grid",
-]
+__all__ = ["TokenPruner", "attention_scores_on_grid", "keep_count", "select_threshold", "select_topk"]
 
 
 def keep_count(num_tokens: int, keep_ratio: float) -> int:

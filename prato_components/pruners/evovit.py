@@ -182,17 +182,15 @@ class EvoViT(TokenPruner):
         (``state.carry`` at pruned grid positions). Returns ``(tokens, attention over the live tokens or None)``."""
         if not self.representative or state.carry is None:
             return super().run_block(block, state, return_attention)
-        carry = state.carry
         placeholders = ~state.alive_grid()  # [B, N]
-        weights = self.placeholder_weights(state.memory, state.grid_shape, placeholders, carry.dtype)
-        rep = torch.einsum("bn,bnc->bc", weights, carry).unsqueeze(1)  # [B, 1, C]
+        rep = state.representative(self.placeholder_weights(state.memory, state.grid_shape, placeholders,
+                                                            state.carry.dtype))  # [B, 1, C]
         key_mask = state.key_mask
         if key_mask is not None:
             key_mask = torch.cat([key_mask, key_mask.new_ones(key_mask.shape[0], 1)], dim=1)
         tokens = torch.cat([state.tokens, rep], dim=1)
         out, attention = transformer_block_forward(block, tokens, key_mask, return_attention)
-        residual = out[:, -1:] - rep  # [B, 1, C]
-        state.carry = carry + placeholders.unsqueeze(-1).to(carry.dtype) * residual
+        state.evolve_placeholders(placeholders, rep, out[:, -1:])
         if attention is not None:
             attention = attention[..., :-1, :-1]
         return out[:, :-1], attention

@@ -20,8 +20,8 @@ token whose grid cell overlaps a prompt box above every token outside all boxes;
 learned relevance orders them, and the straight-through gradient is the same. The literal rule ranks by
 content similarity alone, so a token inside the box that looks like the background outside it (a small dark,
 fluid-like structure) can rank with the background; a token pruned in every training step gets no gradient
-towards being kept, and the box hardly changes the selection. Issue 17 reported such a structure lost; on our
-synthetic set the literal rule kept it, but its Dice did not react to the prompt (docs/notes/issue17.md).
+towards being kept, and the box hardly changes the selection. Such a structure was reported lost; on our synthetic
+set the literal rule kept it, but its Dice did not react to the prompt (the small-structure study in docs/notes).
 
 Without a prompt (``boxes=None``, or only padding rows for an image) the whole image is the box.
 ``scoring="naive_crop"`` is the paper's ablation without RoIAlign: a token's relevance is minus the distance

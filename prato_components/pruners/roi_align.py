@@ -97,7 +97,9 @@ def _bin_weights(
     axis' own size get zero weight (``c' <= size - 1``).
     """
     samples = bins * sampling_ratio
-    steps = torch.linspace(0.5 / sampling_ratio, bins - 0.5 / sampling_ratio, samples, dtype=start.dtype, device=start.device)
+    steps = torch.linspace(
+        0.5 / sampling_ratio, bins - 0.5 / sampling_ratio, samples, dtype=start.dtype, device=start.device
+    )
     c = start.unsqueeze(-1) + steps * (extent / bins).unsqueeze(-1)  # [B, M, A, P], sample p = i * s + j
     if len(set(sizes)) == 1:
         inside = (c >= -1.0) & (c <= sizes[0])

@@ -118,8 +118,8 @@ class MultiLayerTokenAssembly(nn.Module):
 
     ``state`` is the :class:`~prato_components.tokens.TokenState` of the tapped grid (it offers ``grid_shape``,
     ``pruned_stages`` and ``pruned_at()``; on Swin UNETR's coarser grids ``pruned_at`` also tells where a cell's
-    children were pruned, docs/design.md §5). The hierarchical backbones build one MTA per tap, at that tap's width (a factory, see
-    :func:`~prato_components.networks.vit_pruning.build_completions`).
+    children were pruned, docs/design.md §5). The hierarchical backbones build one MTA per tap, at that tap's width (a
+    factory, see :func:`~prato_components.networks.vit_pruning.build_completions`).
 
     The restored ``grid`` holds the live tokens at their positions and, with the default ``fill="carry"``, every
     pruned token frozen at the value it had when it was pruned. MTA adds a learnable token per pruning stage to
@@ -192,7 +192,10 @@ class MultiLayerTokenAssembly(nn.Module):
         nn.init.trunc_normal_(self.stage_tokens, std=0.02)
         windows = None if window_size is None else (int(window_size),) * spatial_dims
         self.assemblers = nn.ModuleDict(
-            {str(t): _Assembler(dim, hidden_size, depth, num_heads, mlp_ratio, dropout_rate, windows) for t in self.taps}
+            {
+                str(t): _Assembler(dim, hidden_size, depth, num_heads, mlp_ratio, dropout_rate, windows)
+                for t in self.taps
+            }
         )
         self._positions: dict[tuple, torch.Tensor] = {}
 

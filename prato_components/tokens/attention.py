@@ -80,7 +80,8 @@ def coarsen(values: torch.Tensor, grid_shape: Sequence[int], target_shape: Seque
     total = values.new_zeros(values.shape[0], num_target).index_add_(1, cells, values)
     if reduce == "sum":
         return total
-    counts = torch.zeros(num_target, dtype=values.dtype, device=values.device).index_add_(0, cells, torch.ones_like(cells, dtype=values.dtype))
+    counts = torch.zeros(num_target, dtype=values.dtype, device=values.device)
+    counts = counts.index_add_(0, cells, torch.ones_like(cells, dtype=values.dtype))
     return total / counts
 
 
@@ -179,7 +180,8 @@ class ReducedAttention:
     def pool_sizes(self) -> torch.Tensor:
         """``[M]`` float: the grid cells pooled into each key."""
         ones = torch.ones_like(self.key_of, dtype=self.probs.dtype)
-        return torch.zeros(self.probs.shape[-1], dtype=self.probs.dtype, device=ones.device).index_add_(0, self.key_of, ones)
+        counts = torch.zeros(self.probs.shape[-1], dtype=self.probs.dtype, device=ones.device)
+        return counts.index_add_(0, self.key_of, ones)
 
     def keys_to_grid(self, values: torch.Tensor) -> torch.Tensor:
         """Per-key ``values`` ``[B, M]`` on the grid ``[B, N]``: every cell gets its key's value divided by the number

@@ -149,7 +149,7 @@ class TokenState:
             raise ValueError(f"{tokens.shape[1]} tokens do not fill a grid of shape {tuple(grid_shape)}")
         self.mode, self.fill = mode, fill
         self.grid_shape = tuple(grid_shape)
-        self.num_tokens = tokens.shape[1]
+        self.grid_tokens = tokens.shape[1]
         self.tokens = tokens
         self.token_index: torch.Tensor | None = None  # [B, n] grid positions; None while nothing is pruned
         self.valid: torch.Tensor | None = None  # [B, n] padded mode: False on padding rows
@@ -178,7 +178,7 @@ class TokenState:
             if self.mode == "mask":
                 self.tokens = self.tokens * alive.unsqueeze(-1).to(self.tokens.dtype)
         else:
-            index = torch.arange(self.num_tokens, device=alive.device).expand(alive.shape[0], -1)
+            index = torch.arange(self.grid_tokens, device=alive.device).expand(alive.shape[0], -1)
             order, valid = self._compact(alive)
             self._apply_gather(order, valid, None, index)
 
@@ -216,7 +216,7 @@ class TokenState:
 
     def record_block(self) -> None:
         """Report a transformer block that just ran on the live tokens (:class:`BlockReport`, for the sparsity)."""
-        self.block_reports.append(BlockReport(self.live_counts(), self.num_tokens))
+        self.block_reports.append(BlockReport(self.live_counts(), self.grid_tokens))
 
     @property
     def key_mask(self) -> torch.Tensor | None:
@@ -231,12 +231,12 @@ class TokenState:
         positions (padding rows, at position ``N``, are dropped)."""
         if live.dtype == torch.bool:
             return live
-        return scatter_to_grid(live, torch.ones_like(live, dtype=torch.bool), self.num_tokens)
+        return scatter_to_grid(live, torch.ones_like(live, dtype=torch.bool), self.grid_tokens)
 
     def alive_grid(self) -> torch.Tensor:
         """``[B, N]`` bool: grid positions whose token is still alive."""
         if self.alive is None and self.token_index is None:
-            return torch.ones(self.tokens.shape[0], self.num_tokens, dtype=torch.bool, device=self.tokens.device)
+            return torch.ones(self.tokens.shape[0], self.grid_tokens, dtype=torch.bool, device=self.tokens.device)
         return self._on_grid(self.alive if self.alive is not None else self.token_index)
 
     @property
@@ -248,10 +248,10 @@ class TokenState:
         """Grid positions ``[B, n]`` of the rows of :attr:`tokens` and which rows are live tokens (``None``: all);
         padding rows hold ``N``. In the full-length modes the rows are the whole grid and the live ones are alive."""
         if self.alive is not None:
-            return torch.arange(self.num_tokens, device=self.alive.device).expand(self.alive.shape[0], -1), self.alive
+            return torch.arange(self.grid_tokens, device=self.alive.device).expand(self.alive.shape[0], -1), self.alive
         if self.token_index is None:
             batch = self.tokens.shape[0]
-            return torch.arange(self.num_tokens, device=self.tokens.device).expand(batch, -1), None
+            return torch.arange(self.grid_tokens, device=self.tokens.device).expand(batch, -1), None
         return self.token_index, self.valid
 
     @property
@@ -267,7 +267,7 @@ class TokenState:
         if self._pruned_before is not None:
             stage_of = self._pruned_before
         else:
-            stage_of = torch.zeros(self.tokens.shape[0], self.num_tokens, dtype=torch.long, device=self.tokens.device)
+            stage_of = torch.zeros(self.tokens.shape[0], self.grid_tokens, dtype=torch.long, device=self.tokens.device)
         previous = self._alive_before
         for stage, alive in self.kept_grids:
             dropped = ~alive if previous is None else previous & ~alive
@@ -287,9 +287,9 @@ class TokenState:
         tokens, index, valid = self.tokens, self.token_index, self.valid
         if self.alive is not None:  # full-length modes: show the pruner only the tokens still alive
             index, valid = self._compact(self.alive)
-            tokens = _gather_rows(self.tokens, index.clamp(max=self.num_tokens - 1))
+            tokens = _gather_rows(self.tokens, index.clamp(max=self.grid_tokens - 1))
         if index is None:
-            index = torch.arange(self.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
+            index = torch.arange(self.grid_tokens, device=tokens.device).expand(tokens.shape[0], -1)
         return StageInput(
             tokens=tokens,
             token_index=index,
@@ -303,11 +303,39 @@ class TokenState:
             memory=self.memory,
         )
 
+    def prune(
+        self,
+        pruner: Callable[[StageInput], TokenSelection],
+        stage: int,
+        stride: Sequence[float],
+        boxes: torch.Tensor | None,
+        attentions: list | None = None,
+    ) -> None:
+        """The one pruning step of every backbone at a pruned stage boundary: describe the live tokens to ``pruner``
+        (:meth:`stage_input`) and :meth:`apply` its selection."""
+        inputs = self.stage_input(stage, tuple(stride), boxes, attentions)
+        self.apply(pruner(inputs), stage, inputs)
+
+    # ------------------------------------------------------------------ Evo-ViT's representative token
+    def representative(self, weights: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, C]``: the representative token of the pruned tokens, their carried values weighted by ``weights``
+        ``[B, N]`` (a pruner's :meth:`~prato_components.pruners.TokenPruner.placeholder_weights`, 0 on live cells)."""
+        return torch.einsum("bn,bnc->bc", weights, self.carry).unsqueeze(1)
+
+    def evolve_placeholders(self, placeholders: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> None:
+        """Move every pruned token (``placeholders`` ``[B, N]`` bool) by the residual a block added to the
+        representative token (``after - before``, ``[B, 1, C]``): Evo-ViT's fast path, the same in every backbone."""
+        residual = after - before
+        self.carry = self.carry + placeholders.unsqueeze(-1).to(residual.dtype) * residual
+
     def apply(self, selection: TokenSelection, stage: int, inputs: StageInput) -> None:
         """Prune the live tokens according to ``selection`` (made over ``inputs``)."""
         keep = selection.keep_mask if inputs.valid is None else selection.keep_mask & inputs.valid
         kept = keep.detach().sum(1, dtype=torch.float32)
-        tokens_in = kept.new_full(kept.shape, keep.shape[1]) if inputs.valid is None else inputs.valid.sum(1, dtype=torch.float32)
+        if inputs.valid is None:
+            tokens_in = kept.new_full(kept.shape, keep.shape[1])
+        else:
+            tokens_in = inputs.valid.sum(1, dtype=torch.float32)
         self.reports.append(StageReport(stage, tokens_in, kept))
         if selection.aux_loss is not None:
             self.aux_losses.append(selection.aux_loss)
@@ -358,18 +386,18 @@ class TokenState:
             tokens = tokens * _gather_rows(weights, rows_safe).unsqueeze(-1)
         index = _gather_rows(token_index, rows_safe)
         if valid is not None:
-            index = index.masked_fill(~valid, self.num_tokens)
+            index = index.masked_fill(~valid, self.grid_tokens)
         self.tokens, self.token_index, self.valid = tokens, index, valid
-        flat = _flat_rows(index, self.num_tokens) if valid is None else None
+        flat = _flat_rows(index, self.grid_tokens) if valid is None else None
         if hasattr(flat, "as_tensor"):  # a MONAI MetaTensor (a collated image's metadata): keep index arithmetic plain
             flat = flat.as_tensor()
         self._flat_index, self._source_rows = flat, None
 
     def _apply_mask(self, keep, weights, inputs) -> None:
-        self.alive = scatter_to_grid(inputs.token_index, keep, self.num_tokens)
+        self.alive = scatter_to_grid(inputs.token_index, keep, self.grid_tokens)
         factor = None
         if weights is not None:  # straight-through keep weights on the grid (0 where dead)
-            factor = scatter_to_grid(inputs.token_index, weights * keep, self.num_tokens)
+            factor = scatter_to_grid(inputs.token_index, weights * keep, self.grid_tokens)
             if self.policy is not None:
                 factor = factor * self.policy
         if self.mode == "attention_mask":
@@ -383,7 +411,7 @@ class TokenState:
         and for every grid row ``[B * N]`` the row to read it from in ``cat([live [B * K], pruned [B * (N - K)]])``."""
         if self._source_rows is None:
             flat, device = self._flat_index, self._flat_index.device
-            live, total = flat.numel(), self.tokens.shape[0] * self.num_tokens
+            live, total = flat.numel(), self.tokens.shape[0] * self.grid_tokens
             is_live = torch.zeros(total, dtype=torch.uint8, device=device).index_fill_(0, flat, 1)
             pruned = torch.sort(is_live, stable=True).indices[: total - live]
             sources = torch.empty(total, dtype=torch.long, device=device)
@@ -402,7 +430,7 @@ class TokenState:
         the base's pruned rows (or one zero row), each grid row read from where it lives (:meth:`_grid_sources`): on
         CPU faster than writing the live rows into a copy of the base with ``index_copy_``, the base is never
         written, and ``transform`` (a norm) runs on the pruned rows only (docs/design.md §5)."""
-        batch, num, channels = tokens.shape[0], self.num_tokens, tokens.shape[2]
+        batch, num, channels = tokens.shape[0], self.grid_tokens, tokens.shape[2]
         rows = tokens.reshape(-1, channels)
         if self.valid is None:
             pruned, sources = self._grid_sources()

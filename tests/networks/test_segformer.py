@@ -1,6 +1,7 @@
 """SegFormer (MiT encoder + all-MLP head) with token pruning at its stage boundaries."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -13,8 +14,9 @@ from conftest import image
 from conftest import tiny_segformer as make
 from prato_components.efficiency import count_flops
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
-from prato_components.networks.tokens import TokenState
-from prato_components.pruners.base import TokenPruner, TokenSelection, keep_count, select_topk
+from prato_components.pruners import MultiLayerTokenAssembly
+from prato_components.pruners.base import TokenPruner, keep_count, select_topk
+from prato_components.tokens import TokenSelection, TokenState
 
 IMG = (64, 64)  # stage grids 16x16, 8x8, 4x4, 2x2
 BOXES = torch.tensor([[[8.0, 8.0, 40.0, 40.0]], [[20.0, 0.0, 64.0, 30.0]]])
@@ -66,7 +68,7 @@ def test_kept_counts_and_strides_per_stage():
     assert net.token_report[0].tokens_kept.tolist() == [keep_count(64, 0.75)] * 2
     assert net.token_report[1].tokens_in.tolist() == [16.0, 16.0]
     assert net.token_report[1].tokens_kept.tolist() == [keep_count(16, 0.75)] * 2
-    assert net.num_tokens == 16
+    assert net.pruned_grid_tokens == 16
     # token sparsity counts every MiT block on its own grid (depths 1, 2, 1, 1): stage 1 and 4 run whole
     first, second = keep_count(64, 0.75), keep_count(16, 0.75)
     assert [(b.tokens.tolist(), b.grid_tokens) for b in net.block_report] == [
@@ -344,10 +346,6 @@ def record_inputs(net) -> list:
 
 
 def mta_factory():
-    from functools import partial
-
-    from prato_components.pruners import MultiLayerTokenAssembly
-
     return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1)
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -12,16 +13,11 @@ from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from conftest import SWIN_TINY as TINY
 from conftest import tiny_swin_unetr as tiny
 from prato_components.efficiency import count_flops
-from prato_components.networks.swin_unetr import (
-    PrunedSwinUNETR,
-    block_layout,
-    patch_swin_unetr,
-    plan_windows,
-    swin_block_forward,
-    swin_block_forward_masked,
-    swin_block_run,
-)
-from prato_components.pruners import TokenPruner, keep_count, select_topk
+from prato_components.networks.swin import block_layout, plan_windows, swin_block_forward, swin_block_forward_masked
+from prato_components.networks.swin.blocks import swin_block_run
+from prato_components.networks.swin_unetr import PrunedSwinUNETR, patch_swin_unetr
+from prato_components.pruners import MultiLayerTokenAssembly, TokenPruner, keep_count, select_topk
+from prato_components.tokens import TokenState
 
 TINY_3D = dict(TINY, spatial_dims=3, window_size=4, norm_name="batch")  # batch norm: the 32^3 bottleneck is 1 voxel
 BOXES = torch.tensor([[10.0, 10.0, 40.0, 50.0], [0.0, 20.0, 30.0, 64.0]])
@@ -80,7 +76,7 @@ def test_shapes_kept_counts_and_reports_2d():
     assert second.stage == 2 and all(32 <= n <= 64 for n in second.tokens_in.tolist())
     expected = keep_count(int(second.tokens_in.min()), 0.5)
     assert second.tokens_kept.tolist() == [float(expected)] * 2
-    assert net.num_tokens == 64
+    assert net.pruned_grid_tokens == 64
     # every Swin block reports the live tokens it ran on, on its own grid (32x32, then the stages' 16x16, 8x8, 4x4)
     counts = [b.tokens.tolist() for b in net.block_report]
     assert [b.grid_tokens for b in net.block_report] == [1024] * 2 + [256] * 2 + [64] * 2 + [16] * 2
@@ -212,6 +208,19 @@ def test_pruner_forms_and_patch():
     assert copy.deepcopy(patched).prune_stages == (2,)
 
 
+def test_patch_swin_unetr_keeps_the_users_subclass():
+    class MySwinUNETR(SwinUNETR):
+        pass
+
+    torch.manual_seed(0)
+    patched = patch_swin_unetr(MySwinUNETR(**TINY).eval(), CornerPruner(0.5), prune_stages=(2,), fill="zero")
+    assert isinstance(patched, MySwinUNETR) and isinstance(patched, PrunedSwinUNETR) and patched.fill == "zero"
+    with torch.no_grad():
+        patched(torch.randn(1, 1, 64, 64))
+    assert [r.stage for r in patched.token_report] == [2]
+    assert copy.deepcopy(patched).prune_stages == (2,)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -281,10 +290,6 @@ class Recorder(torch.nn.Module):
 
 
 def mta_factory():
-    from functools import partial
-
-    from prato_components.pruners import MultiLayerTokenAssembly
-
     return partial(MultiLayerTokenAssembly, spatial_dims=2, depth=1, window_size=7)  # as the bundle
 
 
@@ -397,8 +402,6 @@ def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
 def test_pruning_goes_through_the_shared_token_state(monkeypatch, executor, mode):
     """Swin UNETR has no executor of its own (docs/design.md §5): every stage input a pruner sees is made by
     TokenState.stage_input, every selection is applied by TokenState.apply, and the reports are the state's."""
-    from prato_components.tokens import TokenState
-
     made, applied, states = [], [], []
     stage_input, apply, next_grid = TokenState.stage_input, TokenState.apply, TokenState.next_grid
 

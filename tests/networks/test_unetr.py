@@ -42,6 +42,29 @@ def test_patch_unetr_keeps_weights():
     assert [r.stage for r in pruned.token_report] == [1]
 
 
+class LabelledUNETR(UNETR):
+    """A user's subclass: a method of its own and a forward the pruned network replaces."""
+
+    def describe(self) -> str:
+        return f"UNETR with {len(self.vit.blocks)} blocks"
+
+
+def test_patch_unetr_keeps_the_users_subclass():
+    torch.manual_seed(0)
+    plain = LabelledUNETR(**TINY).eval()
+    pruned = patch_unetr(plain, "prato", prune_stages=(1,), executor="padded")
+    assert isinstance(pruned, LabelledUNETR) and isinstance(pruned, PrunedUNETR)
+    assert type(pruned).__name__ == "PrunedLabelledUNETR" and pruned.describe() == "UNETR with 12 blocks"
+    assert pruned.executor == "padded" and pruned.prune_stages == (1,)
+    with torch.no_grad():
+        pruned(torch.randn(1, 1, 64, 64), BOXES[:1])
+    assert [r.stage for r in pruned.token_report] == [1]
+    assert type(patch_unetr(LabelledUNETR(**TINY), "prato")) is type(pruned)  # one class per user class
+    assert type(patch_unetr(UNETR(**TINY), "prato")) is PrunedUNETR
+    with pytest.raises(TypeError, match="keep_ratio"):
+        patch_unetr(UNETR(**TINY), "prato", keep_ratio=0.5)
+
+
 @pytest.mark.parametrize("mode", ["gather", "padded", "mask", "attention_mask"])
 def test_pruned_unetr_modes_forward_and_report(mode):
     threshold = "percentile" if mode == "gather" else "fixed"

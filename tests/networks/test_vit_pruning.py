@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import UNETR_BOXES, tiny_segformer as segformer, tiny_swin_unetr as swin, tiny_transunet as transunet, tiny_unetr
-from prato_components.networks.vit_pruning import build_completion, own_random_stream, stage_pruners
+from prato_components.networks.vit_pruning import build_completion, own_random_stream, stage_pruners, vit_layers
 from prato_components.pruners import DToP, MultiLayerTokenAssembly, RandomPruner
 from prato_components.tokens import TokenState
 
@@ -167,7 +167,7 @@ def test_every_backbone_keeps_the_reports_and_side_terms_of_its_forward_pass(bac
     record_block = TokenState.record_block
 
     def spy_record_block(self):
-        blocks.append(self.num_tokens)
+        blocks.append(self.grid_tokens)
         return record_block(self)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -181,3 +181,37 @@ def test_every_backbone_keeps_the_reports_and_side_terms_of_its_forward_pass(bac
     net.aux_loss.backward()
     for stage in ("1", "2"):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.pruners[stage].parameters()), stage
+
+
+def test_vit_layers_end_at_the_stage_boundaries():
+    blocks = list(range(12))
+    assert [list(layer) for layer in vit_layers(blocks, {2: 6, 1: 3, 3: 9})] == [
+        [0, 1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11]
+    ]
+    assert [list(layer) for layer in vit_layers(list(range(4)), {1: 1, 2: 2, 3: 3})] == [[0, 1], [2], [3], []]
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_prunes_and_evolves_placeholders_in_the_one_stage_loop(backbone):
+    """Evo-ViT at stages 1 and 2: every backbone prunes through ``TokenState.prune`` at each pruned boundary, in
+    order, with the attention maps of the blocks since the last one, and moves the pruned tokens through
+    ``TokenState.evolve_placeholders`` in the blocks after the first."""
+    build, shape, boxes = BACKBONES[backbone]
+    net = build(pruner="evovit", prune_stages=(1, 2)).eval()
+    pruned, evolved = [], []
+    prune, evolve = TokenState.prune, TokenState.evolve_placeholders
+
+    def spy_prune(self, pruner, stage, stride, boxes, attentions=None):
+        pruned.append((stage, len(attentions or [])))
+        return prune(self, pruner, stage, stride, boxes, attentions)
+
+    def spy_evolve(self, placeholders, before, after):
+        evolved.append(int(placeholders.sum()))
+        return evolve(self, placeholders, before, after)
+
+    with pytest.MonkeyPatch.context() as patch, torch.no_grad():
+        patch.setattr(TokenState, "prune", spy_prune)
+        patch.setattr(TokenState, "evolve_placeholders", spy_evolve)
+        net(torch.randn(*shape), boxes)
+    assert [stage for stage, _ in pruned] == [1, 2] and all(count > 0 for _, count in pruned)
+    assert evolved and all(count > 0 for count in evolved)

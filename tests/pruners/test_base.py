@@ -7,8 +7,8 @@ import torch
 from conftest import COMMON_PRUNERS as NAMES
 from conftest import image, record_selections, tiny_mta, tiny_unetr, tokens_after_stage1
 from prato_components.efficiency import count_flops
-from prato_components.networks import TokenState
-from prato_components.pruners import TokenSelection, create_pruner, keep_count, select_topk
+from prato_components.pruners import create_pruner, keep_count, select_topk
+from prato_components.tokens import TokenSelection, TokenState
 
 
 def test_percentile_keeps_exact_fraction_per_image():

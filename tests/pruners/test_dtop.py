@@ -9,8 +9,8 @@ from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
 from conftest import image, stage_input, tiny_unetr
 from prato_components.engine import PrunedSegLoss
-from prato_components.networks import TokenState
-from prato_components.pruners import DToP, StageInput, protected_tokens
+from prato_components.pruners import DToP, protected_tokens
+from prato_components.tokens import StageInput, TokenState
 
 
 def test_protected_tokens_per_class():

@@ -8,7 +8,6 @@ import torch
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
 from conftest import image, random_attention, reduced_example, stage_input, tiny_unetr, window_example
-from prato_components.networks import TokenState, transformer_block_forward
 from prato_components.pruners import (
     EvoViT,
     attention_received,
@@ -17,6 +16,7 @@ from prato_components.pruners import (
     representative_weights,
     window_attention_received,
 )
+from prato_components.tokens import TokenState, transformer_block_forward
 from prato_components.tokens.attention import WindowAttention
 
 

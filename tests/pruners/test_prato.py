@@ -5,7 +5,7 @@ import torch
 
 from conftest import UNETR_BOXES as BOXES
 from conftest import stage_input, tiny_unetr
-from prato_components.pruners import PrATo, entropy_rank_weights
+from prato_components.pruners import PrATo, entropy_rank_weights, roi_align
 
 
 def test_entropy_rank_weights():
@@ -22,8 +22,6 @@ def test_prato_relevance_matches_step_by_step_formula():
     tokens = torch.randn(1, 16, 8)
     boxes = torch.tensor([[[8.0, 8.0, 40.0, 56.0]]])
     relevance = pruner.relevance(stage_input(tokens, boxes=boxes))
-    from prato_components.pruners import roi_align
-
     fmap = tokens.transpose(1, 2).reshape(1, 8, 4, 4)
     feats = roi_align(fmap, boxes / 16.0, 2)[0, 0].flatten(1).T  # [4, C]
     sim = pruner.f1(feats) @ pruner.f2(tokens[0]).T / 2.0  # [4, 16]

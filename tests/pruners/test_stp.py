@@ -5,8 +5,8 @@ import torch
 
 from conftest import image, stage_input, tiny_mta, tiny_unetr
 from prato_components.efficiency import count_flops
-from prato_components.networks import TokenState, transformer_block_forward
-from prato_components.pruners import STP, MultiLayerTokenAssembly, TokenSelection
+from prato_components.pruners import STP, MultiLayerTokenAssembly
+from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward
 
 
 def test_stp_noise_only_in_training():

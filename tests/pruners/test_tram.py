@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from conftest import image, record_selections, reduced_example, stage_input, tiny_unetr, window_example
-from prato_components.networks import transformer_block_forward
 from prato_components.pruners import (
     TRAM,
     attention_graph_centrality,
@@ -12,6 +11,7 @@ from prato_components.pruners import (
     reduced_attention_graph_centrality,
     window_attention_graph_centrality,
 )
+from prato_components.tokens import transformer_block_forward
 
 
 def kept_grid(inputs, selection) -> torch.Tensor:

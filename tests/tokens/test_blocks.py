@@ -4,7 +4,7 @@ import torch
 from monai.networks.nets import UNETR
 
 from conftest import UNETR_TINY as TINY
-from prato_components.networks import transformer_block_forward
+from prato_components.tokens import transformer_block_forward
 
 
 def test_block_forward_equals_monai_block():

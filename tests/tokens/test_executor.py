@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from monai.data import MetaTensor, list_data_collate
 from monai.networks.nets import UNETR
 
 from conftest import UNETR_TINY as TINY
-from prato_components.networks import TokenState, transformer_block_forward
 from prato_components.pruners import select_topk
+from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward
 
 
 def test_gather_equals_attention_mask_on_kept_tokens():
@@ -34,7 +35,6 @@ def test_padded_mode_variable_counts_and_restore():
     state = TokenState(tokens, (2, 3), mode="padded", fill="carry")
     keep = torch.tensor([[True, False, True, False, False, False], [True, True, True, True, False, True]])
     inputs = state.stage_input(1, (1.0, 1.0), None)
-    from prato_components.pruners import TokenSelection
 
     state.apply(TokenSelection(keep_mask=keep), 1, inputs)
     assert state.tokens.shape == (2, 5, 1)
@@ -51,7 +51,6 @@ def test_padded_mode_variable_counts_and_restore():
 def test_gather_mode_restore_live_rows_and_zero_fill():
     """Restores put the live rows at their grid positions and zero (or the carry) elsewhere; live_rows reads them
     back; the next stage's selection moves the rows; gradients reach the live rows; the carry is never written."""
-    from prato_components.pruners import select_topk
 
     tokens = torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
     state = TokenState(tokens, (2, 3), mode="gather", fill="carry")
@@ -91,7 +90,6 @@ def test_gather_mode_restore_live_rows_and_zero_fill():
 
 def test_gather_mode_rejects_variable_counts():
     state = TokenState(torch.randn(1, 4, 2), (2, 2), mode="gather")
-    from prato_components.pruners import TokenSelection
 
     with pytest.raises(ValueError, match="use mode 'padded'"):
         state.apply(TokenSelection(keep_mask=torch.tensor([[True, False, True, True]])), 1, state.stage_input(1, (1, 1), None))
@@ -106,7 +104,6 @@ def test_next_grid_starts_with_the_alive_tokens_and_continues_the_pass(mode):
     """A coarser grid of a hierarchical encoder (docs/design.md §5): the pruner sees only the tokens still alive
     there, the others carry their value, pruned_at goes on from where they were pruned, and the reports, side terms
     and memory belong to the whole pass."""
-    from prato_components.pruners import TokenSelection
 
     first = TokenState(torch.randn(2, 16, 1), (4, 4), mode=mode)
     first.apply(select_topk(torch.randn(2, 16), 0.5), 1, first.stage_input(1, (1.0, 1.0), None))
@@ -136,9 +133,6 @@ def test_next_grid_starts_with_the_alive_tokens_and_continues_the_pass(mode):
 def test_gather_mode_restores_monai_metatensors():
     """Bundle runs feed collated MONAI MetaTensors (per-image metadata): the restore's index arithmetic stays plain
     tensors, so slicing never meets the batch's metadata."""
-    from monai.data import MetaTensor, list_data_collate
-
-    from prato_components.pruners import select_topk
 
     items = [{"x": MetaTensor(torch.zeros(6, 2), meta={"filename_or_obj": f"{i}.png"})} for i in range(2)]
     tokens = list_data_collate(items)["x"] + torch.arange(2 * 6 * 2, dtype=torch.float32).view(2, 6, 2)
@@ -149,3 +143,19 @@ def test_gather_mode_restores_monai_metatensors():
     assert grid[..., 0].tolist() == [[-1, 0, -1, -1, 0, -1], [0, 0, -1, -1, -1, -1]]
     carried = torch.as_tensor(state.restore(state.tokens * 0 - 1))
     assert carried[..., 0].tolist() == [[-1, 2, -1, -1, 8, -1], [12, 14, -1, -1, -1, -1]]
+
+
+def test_representative_and_evolving_placeholders():
+    """Evo-ViT's fast path on the state: the representative is the weighted sum of the carried values, and only the
+    pruned cells move, each by the representative's residual."""
+    tokens = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0))
+    state = TokenState(tokens, (2, 2))
+    state.prune(lambda inputs: select_topk(inputs.tokens[..., 0], 0.5), 1, (16.0, 16.0), None)
+    placeholders = ~state.alive_grid()
+    weights = placeholders.float() / 2
+    rep = state.representative(weights)
+    torch.testing.assert_close(rep[:, 0], (tokens * weights.unsqueeze(-1)).sum(1))
+    before = state.carry.clone()
+    state.evolve_placeholders(placeholders, rep, rep + 1.0)
+    torch.testing.assert_close(state.carry, before + placeholders.unsqueeze(-1).float())
+    assert [r.stage for r in state.reports] == [1] and state.reports[0].tokens_kept.tolist() == [2.0, 2.0]

@@ -384,10 +384,10 @@ def inference_config(name: str) -> dict:
             "transforms": [
                 _load(["image"]),
                 {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
-                {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
+                {"_target_": "prato_components.prompts.BoxToRegionMaskd", "box_key": "box", "image_key": "image",
                  "mask_key": "box_mask"},
                 *_intensity_and_size(["image", "box_mask"], ["bilinear", "nearest"], "@spatial_size"),
-                {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
+                {"_target_": "prato_components.prompts.RegionMaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
                 {"_target_": "EnsureTyped", "keys": "image"},
                 {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
             ],

@@ -106,11 +106,11 @@ def inference_config_3d(name: str) -> dict:
     config["preprocessing"]["transforms"] = [
         _load(["image"]),
         {"_target_": "prato_components.prompts.ValidateBoxd", "box_key": "box", "image_key": "image"},
-        {"_target_": "prato_components.prompts.BoxToMaskd", "box_key": "box", "image_key": "image",
+        {"_target_": "prato_components.prompts.BoxToRegionMaskd", "box_key": "box", "image_key": "image",
          "mask_key": "box_mask"},
         *_orient_and_resample(keys),
         {"_target_": "Compose", "transforms": f"$@intensity_by_modality[{MODALITY}]"},
-        {"_target_": "prato_components.prompts.MaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
+        {"_target_": "prato_components.prompts.RegionMaskToBoxd", "mask_key": "box_mask", "box_key": "box"},
         {"_target_": "EnsureTyped", "keys": "image"},
         {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
     ]

@@ -116,7 +116,8 @@ def swin_block_run(
     x = x + _drop_path(block.drop_path, block.mlp(block.norm2(x)), image, batch_size)
     attention = None
     if return_attention:
-        cells = flat_index.new_full((kept * n,), batch_size * math.prod(grid_shape)).index_copy(0, plan.position, flat_index)
+        cells = flat_index.new_full((kept * n,), batch_size * math.prod(grid_shape))
+        cells = cells.index_copy(0, plan.position, flat_index)
         attention = WindowAttention(probs.detach(), cells.view(kept, n), tuple(grid_shape), batch_size)
     rep = None
     if representative is not None:

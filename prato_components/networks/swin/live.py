@@ -30,7 +30,7 @@ def live_tokens(state: TokenState) -> tuple[torch.Tensor, torch.Tensor]:
         return flat.index_select(0, index), index
     if state.token_index is None:
         return flat, torch.arange(batch * rows, device=flat.device)
-    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * state.num_tokens
+    offsets = torch.arange(batch, device=flat.device).unsqueeze(1) * state.grid_tokens
     index = state.token_index + offsets
     if state.valid is None:
         return flat, index.reshape(-1)
@@ -41,7 +41,8 @@ def set_live_tokens(state: TokenState, tokens: torch.Tensor, index: torch.Tensor
     """Write the live tokens ``[T, C]`` (as :func:`live_tokens` gave them, at ``index``) back into ``state``."""
     batch, rows, channels = state.tokens.shape
     if state.alive is not None:
-        state.tokens = state.tokens.reshape(batch * rows, channels).index_copy(0, index, tokens).view(batch, rows, channels)
+        flat = state.tokens.reshape(batch * rows, channels)
+        state.tokens = flat.index_copy(0, index, tokens).view(batch, rows, channels)
     elif state.valid is None:
         state.tokens = tokens.view(batch, rows, channels)
     else:
