@@ -84,14 +84,14 @@ def _weights_file(network: torch.nn.Module, settings: Mapping | None) -> dict:
     return {WEIGHTS_KEY: unwrap(network).state_dict(), "network_settings": dict(settings or {})}
 
 
-def read_checkpoint(path: str, fix: str, what: str = "weights", weights_only: bool = True, **kwargs: Any) -> Any:
+def read_checkpoint(path: str, fix: str, what: str = "checkpoint", weights_only: bool = True, **kwargs: Any) -> Any:
     """``torch.load(path)``; an :class:`~prato_components.errors.InputError` (a ``UserError`` and a ``ValueError``)
     naming ``path`` and saying how to proceed (``fix``) when it is not a readable checkpoint (torch's own error
     for a truncated file, ``PytorchStreamReader failed reading zip archive``, names neither)."""
     try:
         return torch.load(path, weights_only=weights_only, **kwargs)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise InputError(f"{what} {path} are not a readable torch checkpoint (corrupt, truncated or another format?): "
+        raise InputError(f"{what} {path} is not a readable torch checkpoint (corrupt, truncated or another format?): "
                          f"{type(error).__name__}: {error}", fix=fix) from error
 
 
@@ -267,7 +267,7 @@ def set_aside_previous_run(save_dir: str) -> str | None:
     except OSError as error:
         raise UserError(f"a new run cannot move the previous run's outputs in {save_dir} ({', '.join(present)}) "
                         f"aside to {target}: {error}",
-                        fix=f"move or delete them yourself, or train into another folder (--bundle_root)") from error
+                        fix="move or delete them yourself, or train into another folder (--bundle_root)") from error
     logger.warning("a new run starts in %s: the previous run's outputs (%s) were moved to %s", save_dir,
                    ", ".join(present), target)
     return target
@@ -327,7 +327,7 @@ class TrainingCheckpoint:
                 self._record_run()
             return
         max_epochs = engine.state.max_epochs
-        checkpoint = read_checkpoint(self.path, what="the resume checkpoint", weights_only=False, map_location="cpu",
+        checkpoint = read_checkpoint(self.path, what="resume checkpoint", weights_only=False, map_location="cpu",
                                      fix=f"delete {self.path} to train from the start, or pass --resume False "
                                      "(the previous run's files are then moved to models/previous-<time>/)")
         differ = differing_settings(checkpoint.get("network_settings", {}), self.settings)
