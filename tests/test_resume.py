@@ -44,17 +44,28 @@ def uninterrupted(acdc_dir, tmp_path_factory) -> str:
     return root
 
 
+def _assert_resumed_equals_whole(bundle: str, whole: str, root: str, acdc_dir: str, stop: int, epochs: int) -> None:
+    """Train ``bundle`` in ``root`` stopped after epoch ``stop`` of ``epochs`` (the schedule of the whole run), resume it
+    in a new run, and compare the validation Dice per epoch and the final weights with the run in ``whole``."""
+    run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=stop, **{"lr_scheduler#T_max": epochs})
+    run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=epochs)
+    assert len(_dice(root)) == epochs
+    assert _dice(root) == pytest.approx(_dice(whole), abs=1e-6)
+    resumed, uninterrupted = _last(root)["model"], _last(whole)["model"]
+    assert set(resumed) == set(uninterrupted)
+    for key in uninterrupted:
+        torch.testing.assert_close(resumed[key], uninterrupted[key], rtol=0, atol=1e-6)
+
+
 def test_a_resumed_run_equals_the_uninterrupted_one(uninterrupted, acdc_dir, tmp_path):
-    root = str(tmp_path / "resumed")
-    # stopped after epoch 2 of 4 (the schedule of the 4-epoch run), then resumed in a new run
-    run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=2, **{"lr_scheduler#T_max": EPOCHS})
-    run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=EPOCHS)
-    assert len(_dice(root)) == EPOCHS
-    assert _dice(root) == pytest.approx(_dice(uninterrupted), abs=1e-6)
-    resumed, whole = _last(root)["model"], _last(uninterrupted)["model"]
-    assert set(resumed) == set(whole)
-    for key in whole:
-        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=1e-6)
+    _assert_resumed_equals_whole("unetr_prato", uninterrupted, str(tmp_path / "resumed"), acdc_dir, 2, EPOCHS)
+
+
+def test_a_resumed_random_pruner_draws_what_the_uninterrupted_one_draws(acdc_dir, tmp_path):
+    """RandomPruner seeds each training draw from a count of its calls, which the resume restores too."""
+    whole = str(tmp_path / "whole")
+    run_bundle("unetr_random", "train", whole, dataset_dir=acdc_dir, epochs=3)
+    _assert_resumed_equals_whole("unetr_random", whole, str(tmp_path / "resumed"), acdc_dir, 1, 3)
 
 
 def test_checkpoints_keep_the_weights_under_one_key(uninterrupted):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.transforms import Randomizable, Transform
@@ -68,6 +69,8 @@ LEGACY_WEIGHTS_KEYS = ("network", "state_dict")
 RUN_FILES = ("last.pt", "model.pt", "model_final.pt", "model.pt2", "best_metric.txt", "val_per_class.json", "run.json")
 """What a training run writes into ``models/`` (the split, ``datalist_*.json``, is shared by every run and stays)."""
 RUN_RECORD = "run.json"
+STREAM_COUNTERS = ("_train_calls",)
+"""Module attributes that seed a module's own random stream and live outside its state dict (``RandomPruner``)."""
 LEGACY_RUN = "legacy"
 """The run id of a ``last.pt`` or ``best_metric.txt`` written before runs had ids."""
 
@@ -194,13 +197,24 @@ def _generators(loader: Any) -> dict[str, torch.Generator]:
     return {k: g for k, g in found.items() if isinstance(g, torch.Generator)}
 
 
-def random_state(loader: Any = None) -> dict:
+def _stream_counters(network: torch.nn.Module | None) -> dict[str, dict[str, int]]:
+    """``{module name: {counter: value}}`` for the modules of ``network`` that seed a random stream of their own from
+    a counter kept outside their state dict (:data:`STREAM_COUNTERS`)."""
+    if network is None:
+        return {}
+    return {name: {c: int(getattr(m, c)) for c in STREAM_COUNTERS if isinstance(getattr(m, c, None), int)}
+            for name, m in unwrap(network).named_modules() if any(hasattr(m, c) for c in STREAM_COUNTERS)}
+
+
+def random_state(loader: Any = None, network: torch.nn.Module | None = None) -> dict:
     """Every random state a training epoch draws from: torch (CPU and CUDA), numpy, python ``random``, the data
-    loader's own generators and the streams of the randomizable transforms of its dataset (those draw in the main
-    process when ``num_workers`` is 0; worker processes are seeded from torch's generator)."""
+    loader's own generators, the streams of the randomizable transforms of its dataset (those draw in the main
+    process when ``num_workers`` is 0; worker processes are seeded from torch's generator) and the stream counters
+    of ``network``'s modules (``RandomPruner`` seeds each training draw from a call count)."""
     transforms = _randomizables(getattr(getattr(loader, "dataset", None), "transform", None))
     python = random.getstate()
     return {
+        "modules": _stream_counters(network),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "numpy": _numpy_state(np.random.get_state()),
@@ -210,9 +224,14 @@ def random_state(loader: Any = None) -> dict:
     }
 
 
-def restore_random_state(state: Mapping, loader: Any = None) -> None:
+def restore_random_state(state: Mapping, loader: Any = None, network: torch.nn.Module | None = None) -> None:
     """Set the random states recorded by :func:`random_state`; a warning where the transforms differ in number
     (another pipeline: their streams stay as seeded)."""
+    modules = dict(unwrap(network).named_modules()) if network is not None else {}
+    for name, counters in state.get("modules", {}).items():
+        for counter, value in counters.items():
+            if name in modules:
+                setattr(modules[name], counter, value)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -271,6 +290,29 @@ def set_aside_previous_run(save_dir: str) -> str | None:
     logger.warning("a new run starts in %s: the previous run's outputs (%s) were moved to %s", save_dir,
                    ", ".join(present), target)
     return target
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _every_rank(state: dict) -> list[dict]:
+    """``[state of rank 0, state of rank 1, ...]`` (a collective under torchrun: every rank calls it)."""
+    if not _distributed():
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _this_rank(states: list[dict] | dict) -> dict:
+    states = states if isinstance(states, list) else [states]
+    rank = dist.get_rank() if _distributed() else 0
+    if len(states) != (dist.get_world_size() if _distributed() else 1):
+        logger.warning("the checkpoint records the random states of %d processes, this run has %d: each process "
+                       "restores those of process %d", len(states), dist.get_world_size() if _distributed() else 1,
+                       min(rank, len(states) - 1))
+    return states[min(rank, len(states) - 1)]
 
 
 class TrainingCheckpoint:
@@ -343,7 +385,8 @@ class TrainingCheckpoint:
         Checkpoint.load_objects(to_load=objects, checkpoint=checkpoint)
         engine.state.max_epochs = max_epochs
         if "random_state" in checkpoint:
-            restore_random_state(checkpoint["random_state"], engine.state.dataloader)
+            restore_random_state(_this_rank(checkpoint["random_state"]), engine.state.dataloader,
+                                 self.save_dict.get(self.network_key))
         else:
             logger.warning("%s records no random states (written by an older version): the resumed run draws other "
                            "augmentations and data order than an uninterrupted one would", self.path)
@@ -358,9 +401,10 @@ class TrainingCheckpoint:
         atomic_write_text(json.dumps(record, indent=1, default=str), os.path.join(self.save_dir, RUN_RECORD))
 
     def save(self, engine: Engine) -> None:
+        states = _every_rank(random_state(engine.state.dataloader, self.save_dict.get(self.network_key)))
         if is_writer_rank():
             atomic_save({**_state_dicts(self.save_dict), "network_settings": self.settings, "run_id": self.run_id,
-                         "random_state": random_state(engine.state.dataloader)}, self.path)
+                         "random_state": states}, self.path)
 
     def save_final(self, engine: Engine) -> None:
         if is_writer_rank():
