@@ -44,7 +44,7 @@ def uninterrupted(acdc_dir, tmp_path_factory) -> str:
     return root
 
 
-def _assert_resumed_equals_whole(bundle: str, whole: str, root: str, acdc_dir: str, stop: int, epochs: int) -> None:
+def _assert_resumed_equals_whole(bundle: str, whole: str, root: str, acdc_dir: str, stop: int, epochs: int):
     """Train ``bundle`` in ``root`` stopped after epoch ``stop`` of ``epochs`` (the schedule of the whole run), resume it
     in a new run, and compare the validation Dice per epoch and the final weights with the run in ``whole``."""
     run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=stop, **{"lr_scheduler#T_max": epochs})

@@ -87,12 +87,12 @@ def _weights_file(network: torch.nn.Module, settings: Mapping | None) -> dict:
     return {WEIGHTS_KEY: unwrap(network).state_dict(), "network_settings": dict(settings or {})}
 
 
-def read_checkpoint(path: str, fix: str, what: str = "checkpoint", weights_only: bool = True, **kwargs: Any) -> Any:
-    """``torch.load(path)``; an :class:`~prato_components.errors.InputError` (a ``UserError`` and a ``ValueError``)
-    naming ``path`` and saying how to proceed (``fix``) when it is not a readable checkpoint (torch's own error
-    for a truncated file, ``PytorchStreamReader failed reading zip archive``, names neither)."""
+def read_checkpoint(path: str, fix: str, what: str = "checkpoint", **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True)``; an :class:`~prato_components.errors.InputError` (a ``UserError``
+    and a ``ValueError``) naming ``path`` and saying how to proceed (``fix``) when it is not a readable checkpoint
+    (torch's own error for a truncated file, ``PytorchStreamReader failed reading zip archive``, names neither)."""
     try:
-        return torch.load(path, weights_only=weights_only, **kwargs)
+        return torch.load(path, weights_only=True, **kwargs)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
         raise InputError(f"{what} {path} is not a readable torch checkpoint (corrupt, truncated or another format?): "
                          f"{type(error).__name__}: {error}", fix=fix) from error
@@ -272,15 +272,13 @@ def set_aside_previous_run(save_dir: str) -> str | None:
     present = [f for f in RUN_FILES if os.path.lexists(os.path.join(save_dir, f))]
     if not [f for f in present if f != RUN_RECORD]:
         return None
-    stamp, target = time.strftime("%Y%m%d-%H%M%S"), ""
+    target = stem = os.path.join(save_dir, f"previous-{time.strftime('%Y%m%d-%H%M%S')}")
+    attempt = 1
+    while os.path.lexists(target):  # an earlier set in the same second
+        attempt += 1
+        target = f"{stem}-{attempt}"
     try:
-        for attempt in range(1000):
-            target = os.path.join(save_dir, f"previous-{stamp}" + (f"-{attempt}" if attempt else ""))
-            try:
-                os.mkdir(target)
-                break
-            except FileExistsError:
-                continue
+        os.mkdir(target)
         for name in present:
             os.replace(os.path.join(save_dir, name), os.path.join(target, name))
     except OSError as error:
@@ -292,26 +290,28 @@ def set_aside_previous_run(save_dir: str) -> str | None:
     return target
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+def _rank_and_size() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _every_rank(state: dict) -> list[dict]:
     """``[state of rank 0, state of rank 1, ...]`` (a collective under torchrun: every rank calls it)."""
-    if not _distributed():
+    size = _rank_and_size()[1]
+    if size == 1:
         return [state]
-    states: list = [None] * dist.get_world_size()
+    states: list = [None] * size
     dist.all_gather_object(states, state)
     return states
 
 
-def _this_rank(states: list[dict] | dict) -> dict:
-    states = states if isinstance(states, list) else [states]
-    rank = dist.get_rank() if _distributed() else 0
-    if len(states) != (dist.get_world_size() if _distributed() else 1):
-        logger.warning("the checkpoint records the random states of %d processes, this run has %d: each process "
-                       "restores those of process %d", len(states), dist.get_world_size() if _distributed() else 1,
-                       min(rank, len(states) - 1))
+def _this_rank(states: list[dict]) -> dict:
+    """This process's entry of :func:`_every_rank`'s list (the last one where the run has more processes)."""
+    rank, size = _rank_and_size()
+    if len(states) != size:
+        logger.warning("the checkpoint records the random states of %d processes, this run has %d: process %d "
+                       "restores those of process %d", len(states), size, rank, min(rank, len(states) - 1))
     return states[min(rank, len(states) - 1)]
 
 
@@ -331,7 +331,7 @@ class TrainingCheckpoint:
         engine_key: the engine the handler is attached to is saved too under this key (its state restores the
             epoch and iteration counters); ``None`` leaves it out.
         settings: the bundle's network settings, recorded in every file written; resuming from a ``last.pt``
-            whose shape-fixing settings differ is a ``ValueError`` naming them.
+            whose shape-fixing settings differ is an ``InputError`` (a ``ValueError``) naming them.
     """
 
     def __init__(
@@ -369,15 +369,15 @@ class TrainingCheckpoint:
                 self._record_run()
             return
         max_epochs = engine.state.max_epochs
-        checkpoint = read_checkpoint(self.path, what="resume checkpoint", weights_only=False, map_location="cpu",
+        checkpoint = read_checkpoint(self.path, what="resume checkpoint", map_location="cpu",
                                      fix=f"delete {self.path} to train from the start, or pass --resume False "
                                      "(the previous run's files are then moved to models/previous-<time>/)")
         differ = differing_settings(checkpoint.get("network_settings", {}), self.settings)
         if differ:
             listed = ", ".join(f"{k}={t!r} (this run: {c!r})" for k, (t, c) in differ.items())
-            raise ValueError(f"{self.path} was written by a run with {listed}; resume with those settings, train into "
-                             "another bundle_root, or pass --resume False to start afresh (the previous run's files "
-                             "are moved to models/previous-<time>/)")
+            raise InputError(f"{self.path} was written by a run with {listed}",
+                             fix="resume with those settings, train into another --bundle_root, or pass --resume False "
+                             "to start afresh (the previous run's files are then moved to models/previous-<time>/)")
         for key in LEGACY_WEIGHTS_KEYS:
             if self.network_key not in checkpoint and key in checkpoint:
                 checkpoint[self.network_key] = checkpoint[key]
