@@ -45,8 +45,8 @@ def uninterrupted(acdc_dir, tmp_path_factory) -> str:
 
 
 def _assert_resumed_equals_whole(bundle: str, whole: str, root: str, acdc_dir: str, stop: int, epochs: int):
-    """Train ``bundle`` in ``root`` stopped after epoch ``stop`` of ``epochs`` (the schedule of the whole run), resume it
-    in a new run, and compare the validation Dice per epoch and the final weights with the run in ``whole``."""
+    """Train ``bundle`` in ``root`` stopped after epoch ``stop`` of ``epochs`` (the schedule of the whole run), resume
+    it in a new run, and compare the validation Dice per epoch and the final weights with the run in ``whole``."""
     run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=stop, **{"lr_scheduler#T_max": epochs})
     run_bundle(bundle, "train", root, dataset_dir=acdc_dir, epochs=epochs)
     assert len(_dice(root)) == epochs
@@ -120,7 +120,7 @@ def test_a_new_run_moves_the_previous_runs_outputs_aside(acdc_dir, tmp_path, res
                **{"train#trainer#epoch_length": 1})
     for name in ("model.pt", "model_final.pt", "last.pt"):  # the new run's, at its own size
         assert trained_settings(os.path.join(models, name))["image_size"] == 32, name
-    run = read_json(os.path.join(models, "run.json"))["run_id"]
+    run = read_json(os.path.join(models, "training_run.json"))["run_id"]
     with open(os.path.join(models, "best_metric.txt")) as f:
         value, recorded = f.read().split()
     assert recorded == run and float(value) == _dice(str(tmp_path / "bundle"))[0] < 1.0
@@ -157,7 +157,7 @@ def test_set_aside_logs_where_and_keeps_earlier_sets(tmp_path, caplog, monkeypat
 
 def test_a_best_metric_of_another_run_is_not_compared_against(tmp_path):
     network = torch.nn.Linear(2, 2)
-    with open(tmp_path / "run.json", "w") as f:
+    with open(tmp_path / "training_run.json", "w") as f:
         json.dump({"run_id": "this-run"}, f)
     with open(tmp_path / "best_metric.txt", "w") as f:
         f.write("0.9 an-older-run\n")

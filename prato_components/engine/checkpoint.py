@@ -14,8 +14,8 @@ them. Older files that keep the weights under ``"network"`` (or under both keys)
 
 A **fresh run** (``resume`` false, or no ``last.pt``) first moves the outputs of the run that trained in the folder
 before (:data:`RUN_FILES`) into ``models/previous-<time>/``, so no older weights are left beside the new run's, and
-``best_metric.txt`` records the id of the run that wrote it (``run.json``): a best value of another run is never
-compared against. ``last.pt`` records every random state (torch, CUDA, numpy, python, the data loader's generators,
+``best_metric.txt`` records the id of the run that wrote it (``training_run.json``): a best value of another run is
+never compared against. ``last.pt`` records every random state (torch, CUDA, numpy, python, the data loader's generators,
 the streams of MONAI's randomizable transforms), so a resumed run continues exactly as an uninterrupted one.
 """
 
@@ -66,9 +66,10 @@ WEIGHTS_KEY = "model"
 """The one key under which every checkpoint keeps the network weights (MONAI's ``CheckpointLoader`` convention)."""
 LEGACY_WEIGHTS_KEYS = ("network", "state_dict")
 """Keys older checkpoints (or other tools) keep the weights under; read when ``"model"`` is absent."""
-RUN_FILES = ("last.pt", "model.pt", "model_final.pt", "model.pt2", "best_metric.txt", "val_per_class.json", "run.json")
+RUN_FILES = ("last.pt", "model.pt", "model_final.pt", "model.pt2", "best_metric.txt", "val_per_class.json",
+             "training_run.json")
 """What a training run writes into ``models/`` (the split, ``datalist_*.json``, is shared by every run and stays)."""
-RUN_RECORD = "run.json"
+RUN_RECORD = "training_run.json"
 STREAM_COUNTERS = ("_train_calls",)
 """Module attributes that seed a module's own random stream and live outside its state dict (``RandomPruner``)."""
 LEGACY_RUN = "legacy"
@@ -253,7 +254,7 @@ def restore_random_state(state: Mapping, loader: Any = None, network: torch.nn.M
 
 # -------------------------------------------------------------------------------------------------------- runs
 def run_id(save_dir: str) -> str:
-    """The id of the run training into ``save_dir`` (its ``run.json``); :data:`LEGACY_RUN` when there is none."""
+    """The id of the run training into ``save_dir`` (``training_run.json``); :data:`LEGACY_RUN` when there is none."""
     path = os.path.join(save_dir, RUN_RECORD)
     if not os.path.isfile(path):
         return LEGACY_RUN
@@ -268,7 +269,8 @@ def _new_run_id() -> str:
 def set_aside_previous_run(save_dir: str) -> str | None:
     """Move what an earlier run wrote into ``save_dir`` (:data:`RUN_FILES`) into ``save_dir/previous-<time>/``,
     one ``os.replace`` per file (each file is in one place or the other, never lost), and log where; the folder, or
-    ``None`` when there was nothing but a ``run.json``. A ``UserError`` saying how to proceed if moving fails."""
+    ``None`` when there was nothing but a ``training_run.json``. A ``UserError`` saying how to proceed if moving
+    fails."""
     present = [f for f in RUN_FILES if os.path.lexists(os.path.join(save_dir, f))]
     if not [f for f in present if f != RUN_RECORD]:
         return None
@@ -319,7 +321,8 @@ class TrainingCheckpoint:
     """Save everything needed to resume (``last.pt``) after every epoch, and resume from it at start.
 
     A run that does not resume (``resume`` false, or no ``last.pt``) is a new run: it first moves the outputs of
-    the previous run in ``save_dir`` aside (:func:`set_aside_previous_run`) and records its own id in ``run.json``.
+    the previous run in ``save_dir`` aside (:func:`set_aside_previous_run`) and records its own id in
+    ``training_run.json``.
 
     Args:
         save_dir: checkpoint folder.
@@ -415,7 +418,7 @@ class BestModelSaver:
     """Write the network weights to ``save_dir/filename`` whenever the evaluator's key metric improves.
 
     Attach to the validation evaluator. The best value survives resuming through ``best_metric.txt``, which records
-    the id of the run that wrote it (``run.json``, written by :class:`TrainingCheckpoint`): a value recorded by
+    the id of the run that wrote it (``training_run.json``, written by :class:`TrainingCheckpoint`): a value recorded by
     another run is never compared against. The file records ``settings`` (the bundle's network settings) beside the
     weights.
     """
