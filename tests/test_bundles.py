@@ -71,7 +71,7 @@ def test_acdc_train_evaluate_infer(bundle, acdc_dir, tmp_path):
     for name in ("last.pt", "model.pt", "model_final.pt", "datalist_acdc.json"):
         assert os.path.isfile(os.path.join(models, name)), name
     last = torch.load(os.path.join(models, "last.pt"), weights_only=False)
-    assert _epoch(last) == 2 and {"network", "optimizer", "lr_scheduler"} <= set(last)
+    assert _epoch(last) == 2 and {"model", "optimizer", "lr_scheduler"} <= set(last)
     splits = read_json(os.path.join(models, "datalist_acdc.json"))
     patients = [{item["patient"] for item in splits[k]} for k in ("training", "validation", "test")]
     assert all(patients) and not (patients[0] & patients[1] or patients[0] & patients[2])
@@ -127,15 +127,15 @@ def test_resume_continues_from_the_last_checkpoint(acdc_dir, tmp_path):
     interrupted = {"epochs": 1, "lr_scheduler#T_max": 2}  # a 2-epoch run stopped after its first epoch
     run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, val_interval=5, **interrupted)
     last = os.path.join(root, "models", "last.pt")
-    weights = torch.load(last, weights_only=False)["network"]
+    weights = torch.load(last, weights_only=False)["model"]
     run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, val_interval=5, **interrupted)  # done: no step
     again = torch.load(last, weights_only=False)
     assert _epoch(again) == 1
-    assert all(torch.equal(weights[k], again["network"][k]) for k in weights)
+    assert all(torch.equal(weights[k], again["model"][k]) for k in weights)
     run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=2, val_interval=5)
     resumed = torch.load(last, weights_only=False)
     assert _epoch(resumed) == 2 and resumed["trainer"]["iteration"] == 2 * again["trainer"]["iteration"]
-    assert any(not torch.equal(weights[k], resumed["network"][k]) for k in weights)
+    assert any(not torch.equal(weights[k], resumed["model"][k]) for k in weights)
 
 
 def test_kill_9_during_training_then_resume_finishes_every_epoch(acdc_dir, tmp_path):

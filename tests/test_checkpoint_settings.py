@@ -108,7 +108,7 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, content):
     path = tmp_path / "model.pt"
     path.write_bytes(content)
     for read in (load_weights, trained_settings):
-        with pytest.raises(ValueError, match=f"weights {path} are not a readable torch checkpoint"):
+        with pytest.raises(ValueError, match=f"checkpoint {path} is not a readable torch checkpoint"):
             read(str(path))
 
 

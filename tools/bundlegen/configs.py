@@ -264,7 +264,7 @@ def _train(pruned: bool) -> dict:
             {"_target_": "StatsHandler", "tag_name": "train_loss",
              "output_transform": "$monai.handlers.from_engine(['loss'], first=True)"},
             {"_target_": "prato_components.engine.TrainingCheckpoint", "save_dir": "@ckpt_dir",
-             "save_dict": {"network": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
+             "save_dict": {"model": "@network", "optimizer": "@optimizer", "lr_scheduler": "@lr_scheduler"},
              "resume": "@resume", "settings": "@network_settings"},
         ],
         "trainer": {
