@@ -69,14 +69,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 import prato_components
 from prato_components.engine import trained_settings
-from prato_components.interactive import (
-    IMAGE_SUFFIXES,
-    BoxPromptSegmenter,
-    boxes_from_request,
-    check_image_file,
-    margin_from_request,
-    slice_from_request,
-)
+from prato_components.interactive import IMAGE_SUFFIXES, BoxPromptSegmenter, flag_from_request, margin_from_request
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +85,6 @@ def _value_error(error: BaseException) -> ValueError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
-
-
-def _strtobool(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class BoxPromptInferTask(InferTask):
@@ -140,13 +129,7 @@ class BoxPromptInferTask(InferTask):
     def __call__(self, request: dict) -> tuple[str, dict]:
         params = {**self._config, **request}
         try:
-            boxes = boxes_from_request(params, point_margin=margin_from_request(params))
-            slice_index = slice_from_request(params)
-            check_image_file(params["image"], name=params.get("image_name"))
-            label, affine, used = self._segmenter()(
-                params["image"], boxes, slice_index=slice_index,
-                restrict=_strtobool(params.get("restrict_to_box", True)),
-            )
+            label, affine, used = self._segmenter().segment_request(params)
         except HTTPException:
             raise
         except Exception as error:  # noqa: BLE001 - bad prompts become a 422 with the reason
@@ -193,6 +176,9 @@ class PratoBundlesApp(MONAILabelApp):
                 f"unknown bundle(s) {unknown} in --conf models; available in {self.bundles_dir}: {available}"
             )
         self.overrides = json.loads(conf.get("bundle_overrides", "{}"))
+        # --conf values, parsed as strictly as request parameters (a bad one stops the server at start)
+        self.point_margin = margin_from_request(conf)
+        self.restrict_to_box = flag_from_request(conf, "restrict_to_box", True)
         self.skipped: dict[str, str] = {}
         self.infer_concurrency = int(conf.get("infer_concurrency", 1))
         if self.infer_concurrency < 1:
@@ -218,8 +204,8 @@ class PratoBundlesApp(MONAILabelApp):
             try:
                 trained_settings(weights)  # a corrupt or truncated file is named here, not deep in the config
                 infers[name] = BoxPromptInferTask(
-                    bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
-                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,
+                    bundle_dir, overrides=self.overrides, point_margin=self.point_margin,
+                    restrict_to_box=self.restrict_to_box, name=name,
                 )
             except Exception as error:  # noqa: BLE001 - one bad bundle must not take the others down
                 logger.debug("loading %s failed", name, exc_info=True)
