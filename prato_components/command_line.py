@@ -12,24 +12,31 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import TypeVar
 
 from prato_components.errors import UserError
 
-__all__ = ["DEBUG_ENV", "user_error", "error_lines", "debug_requested", "excepthook", "install"]
+__all__ = ["DEBUG_ENV", "find_in_chain", "user_error", "error_lines", "debug_requested", "excepthook", "install"]
 
 DEBUG_ENV = "PRATO_DEBUG"
 _TRUE = ("1", "true", "yes", "on")
+E = TypeVar("E", bound=BaseException)
 
 
-def user_error(error: BaseException | None) -> UserError | None:
-    """The first ``UserError`` in ``error``'s chain (``__cause__``, else ``__context__``), or ``None``."""
+def find_in_chain(error: BaseException | None, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``error``'s chain (``__cause__``, else ``__context__``), or ``None``."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, UserError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def user_error(error: BaseException | None) -> UserError | None:
+    """The first ``UserError`` in ``error``'s chain, or ``None``."""
+    return find_in_chain(error, UserError)
 
 
 def error_lines(error: UserError) -> list[str]:

@@ -40,7 +40,12 @@ sys.path.insert(0, ROOT)
 
 from prato_components.atomic import atomic_write_text  # noqa: E402 - after the repository is on the path
 from prato_components.command_line import error_lines, user_error  # noqa: E402
-from prato_components.verification import acdc_inference_inputs, make_tiny_acdc, run_config, tiny_overrides  # noqa: E402
+from prato_components.verification import (  # noqa: E402
+    acdc_inference_inputs,
+    make_tiny_acdc,
+    run_config,
+    tiny_overrides,
+)
 
 BUNDLE = "unetr_prato"
 SIZE = 32
@@ -213,7 +218,8 @@ SERVER_CASES = [
     Case("box_nan", "server", "NaN", params={"box": [float("nan"), 18, 0, 29, 34, 2]}),
     Case("box_huge", "server", "1e308", params={"box": [0, 0, 0, 1e308, 4, 1]}),
     Case("box_outside", "server", "box outside the image", params={"box": [500, 500, 0, 600, 600, 2]}),
-    Case("boxes_8_values", "server", "a list of boxes, one of 8 values", params={"boxes": [BOX, [1, 2, 3, 4, 5, 6, 7, 8]]}),
+    Case("boxes_8_values", "server", "a list of boxes, one of 8 values",
+         params={"boxes": [BOX, [1, 2, 3, 4, 5, 6, 7, 8]]}),
     Case("boxes_dict", "server", "`boxes: {}`", params={"boxes": {"a": 1}}),
     Case("box_bad_json", "server", "`box: \"[1, 2\"`", params={"box": "[1, 2"}),
     Case("no_prompt", "server", "no prompt", params={"background": [[1, 1, 1]]}),
@@ -290,7 +296,8 @@ def _quiet() -> Iterator[None]:
 
 def run_cli_case(case: Case, work: Work) -> Outcome:
     """One command-line case in a fresh input folder (the two good inputs, then what ``prepare`` adds)."""
-    case_dir = tempfile.mkdtemp(prefix=f"{case.name}_", dir=work.folder)
+    case_dir = os.path.join(work.folder, "cases", case.name)
+    shutil.rmtree(case_dir, ignore_errors=True)
     input_dir, output_dir = os.path.join(case_dir, "inputs"), os.path.join(case_dir, "out")
     shutil.copytree(work.inputs, input_dir)
     if case.prepare is not None:
@@ -319,8 +326,8 @@ def run_cli_case(case: Case, work: Work) -> Outcome:
         if os.path.isfile(skipped):
             message += "; skipped.json: " + json.dumps(json.load(open(skipped))["skipped"])
         result, lines, known = "exit 0", 0, True
-    return Outcome(case, result, message.replace(work.folder, "<work>"), lines, known, before,
-                   checkpoints(work.folder))
+    message = message.replace(work.folder, "<work>").replace(ROOT, "<repo>")
+    return Outcome(case, result, message, lines, known, before, checkpoints(work.folder))
 
 
 def _server_image(case: Case, work: Work) -> tuple[str, str]:
@@ -329,7 +336,8 @@ def _server_image(case: Case, work: Work) -> tuple[str, str]:
     name = case.params.get("image")
     if name is None:
         return good, os.path.basename(good)
-    path = os.path.join(tempfile.mkdtemp(dir=work.folder), name)
+    os.makedirs(os.path.join(work.folder, "uploads"), exist_ok=True)
+    path = os.path.join(work.folder, "uploads", name)
     content = {"truncated.nii.gz": open(good, "rb").read()[:300], "broken.png": b"\x89PNG\r\n\x1a\n" + bytes(100),
                "notes.txt": b"just some text\n"}[name]
     _write(path, content)
@@ -395,7 +403,8 @@ def page(outcomes: list[Outcome], seconds: float) -> str:
         "parameter is a 422 whose `detail` names the parameter the client sent.",
         "",
         "**Checkpoints**: the sha256 of every `*.pt` under the work folder is taken before and after every case; "
-        f"*pt before* / *pt after* are a 12-digit digest of all of them. All unchanged: **{'yes' if unchanged else 'NO'}**.",
+        "*pt before* / *pt after* are a 12-digit digest of all of them. All unchanged: "
+        f"**{'yes' if unchanged else 'NO'}**.",
         "",
         "| *.pt file (at the start) | sha256 |",
         "|---|---|",
