@@ -47,7 +47,7 @@ from prato_components.data import (
 from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.data.readers import BTCV_DATALIST
 from prato_components.errors import InputError, UserError
-from prato_components.inputs import read_image_header
+from prato_components.inputs import MissingFileError, read_image_header
 from prato_components.prompts import BoxToMaskd, ClipBoxd, MaskToBoxd, PartialBoxd, ScaleBoxd, ShiftBoxd, ValidateBoxd
 from prato_components.prompts.boxes import padding_boxes, validate_boxes
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
@@ -266,10 +266,6 @@ def _stem(path: str) -> str:
 BOX_ORDER_FIX = "write each box as its min corner then its max corner: [x1, y1, x2, y2] or [x1, y1, z1, x2, y2, z2]"
 SKIPPED_FILE = "skipped.json"
 """Written to the output folder by folder inference with ``skip_bad_inputs``: the images left out and why."""
-
-
-class MissingFileError(UserError, FileNotFoundError):
-    """A file the run needs does not exist (still a ``FileNotFoundError`` for callers that catch those)."""
 
 
 def _box_value(value: Any) -> float:

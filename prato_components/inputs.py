@@ -10,11 +10,19 @@ import os
 
 import numpy as np
 
-from prato_components.errors import InputError
+from prato_components.errors import InputError, UserError
 
-__all__ = ["IMAGE_SUFFIXES", "read_image_header", "check_image_file"]
+__all__ = ["IMAGE_SUFFIXES", "MissingFileError", "UnreadableFileError", "read_image_header", "check_image_file"]
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the run needs does not exist (still a ``FileNotFoundError`` for callers that catch those)."""
+
+
+class UnreadableFileError(UserError, RuntimeError):
+    """A data file exists but cannot be read (still the ``RuntimeError`` the loading transforms raised before)."""
 
 
 def read_image_header(path: str, name: str | None = None) -> tuple[tuple[int, ...], int]:
