@@ -276,7 +276,8 @@ def _describe(error: BaseException) -> tuple[str, int, bool]:
     """The message as the command line shows it, its number of lines and whether it is a known error."""
     known = user_error(error)
     if known is not None:
-        return "\n".join(error_lines(known)), len(error_lines(known)), True
+        text = "\n".join(error_lines(known))
+        return text, len(text.splitlines()), True
     root = error
     while root.__cause__ or root.__context__:
         root = root.__cause__ or root.__context__

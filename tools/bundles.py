@@ -971,7 +971,9 @@ Multi-GPU (or several CPU processes with gloo):
 boxes plus `decode_margin` pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),
 `decode_margin`, `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
-`allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
+`allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`.
+Every input is checked before anything is segmented. An error in the settings or the inputs prints as one or two
+lines (the problem, the fix); `--debug True` or `PRATO_DEBUG=1` print the traceback. `bundle_root` defaults to `bundles/{name}` when run from the repository
 root and to `.` otherwise. An unknown key stops the run at start and names the closest known one (`--epoch` ->
 `epochs`). The defaults are the paper's network at 224 x 224 (a GPU job); on a CPU train a smaller one (the
 repository README's `SMALL`). Checkpoints record the network settings, so `evaluate.json` and `inference.json` build
@@ -1312,8 +1314,8 @@ modality's entry of `intensity_by_modality`.
 per step), `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`, `output_dir`, `ckpt_dir`,
 {pruning_keys}`decode_region`, `decode_margin` (voxels around the boxes that the decoder runs on, and that decide
 which windows are computed), `resume`; in `evaluate.json` also `prompt`, `prompt_factor`, `split`; in
-`inference.json` `input_dir`, `boxes_file`, `allow_missing_boxes`, `ckpt_path`. An unknown key stops the run at
-start and names the closest known one.
+`inference.json` `input_dir`, `boxes_file`, `allow_missing_boxes`, `skip_bad_inputs`, `ckpt_path`; `debug` (the
+full traceback of an error). An unknown key stops the run at start and names the closest known one.
 
 ## Data and preprocessing
 
