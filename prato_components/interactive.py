@@ -116,7 +116,7 @@ def flag_from_request(params: Mapping[str, Any], name: str, default: bool) -> bo
     if value is None or value == "":
         return default
     key = value.strip().lower() if isinstance(value, str) else value
-    if isinstance(key, (bool, int, str)) and not isinstance(key, float) and key in FLAG_VALUES:
+    if isinstance(key, (bool, int, str)) and key in FLAG_VALUES:
         return FLAG_VALUES[key]
     raise InputError(f"parameter {name!r} must be true or false, got {value!r}")
 
