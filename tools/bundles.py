@@ -974,10 +974,11 @@ boxes plus `decode_margin` pixels, background outside; default `box` in PrATo bu
 `allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`.
 Every input is checked before anything is segmented. An error in the settings or the inputs prints as one or two
 lines (the problem, the fix); `--debug True` or `PRATO_DEBUG=1` print the traceback. `bundle_root` defaults to
-`bundles/{name}` when run from the repository root and to `.` otherwise. An unknown key stops the run at start
-and names the closest known one (`--epoch` -> `epochs`). The defaults are the paper's network at 224 x 224 (a GPU
-job); on a CPU train a smaller one (the repository README's `SMALL`). Checkpoints record the network settings, so `evaluate.json` and `inference.json` build
-the trained network without repeating them (a contradicting override stops the run and names the keys).
+`bundles/{name}` when run from the repository root and to `.` otherwise. An unknown key stops the run at start and
+names the closest known one (`--epoch` -> `epochs`). The defaults are the paper's network at 224 x 224 (a GPU job);
+on a CPU train a smaller one (the repository README's `SMALL`). Checkpoints record the network settings, so
+`evaluate.json` and `inference.json` build the trained network without repeating them (a contradicting override
+stops the run and names the keys).
 
 ## Configs
 
