@@ -25,8 +25,9 @@ holding the prompt: ``box`` (``[x1, y1, x2, y2]`` / ``[x1, y1, z1, x2, y2, z2]``
 image as loaded (NIfTI: i, j, k = array axes = Slicer IJK; PNG/JPG: x = column, y = row); see
 :mod:`prato_components.interactive`.
 
-Failures the client sees (``{"detail": reason}``): a missing or invalid prompt or parameter (``slice``,
-``point_margin``, ``params`` not JSON), an image that cannot be read (corrupt, truncated, another format under a
+Failures the client sees (``{"detail": reason}``): a missing or invalid prompt or parameter (every parameter is
+parsed strictly: ``box`` values, ``slice``, ``point_margin``, ``restrict_to_box``, ``params`` not JSON; a slice or a
+click outside the image is named as such), an image that cannot be read (corrupt, truncated, another format under a
 ``.nii.gz`` name) -> 422; a file type other than NIfTI/PNG/JPG -> 415; an unknown model or image id -> 404. The
 uploaded file is removed whether the request succeeds or fails. A bundle that cannot be loaded (no weights, corrupt
 or mismatched weights, a bad config) is skipped at start with its reason in the log and in ``/info/`` under
@@ -68,34 +69,13 @@ from monailabel.interfaces.utils.app import app_instance
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 import prato_components
+from prato_components.command_line import find_in_chain
 from prato_components.engine import trained_settings
-from prato_components.interactive import (
-    IMAGE_SUFFIXES,
-    BoxPromptSegmenter,
-    boxes_from_request,
-    check_image_file,
-    margin_from_request,
-    slice_from_request,
-)
+from prato_components.interactive import IMAGE_SUFFIXES, BoxPromptSegmenter, flag_from_request, margin_from_request
 
 logger = logging.getLogger(__name__)
 
 REPO_BUNDLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles")
-
-
-def _value_error(error: BaseException) -> ValueError | None:
-    """The first ``ValueError`` in an exception chain (MONAI wraps transform errors in ``RuntimeError``)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, ValueError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _strtobool(value: Any) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 class BoxPromptInferTask(InferTask):
@@ -140,17 +120,11 @@ class BoxPromptInferTask(InferTask):
     def __call__(self, request: dict) -> tuple[str, dict]:
         params = {**self._config, **request}
         try:
-            boxes = boxes_from_request(params, point_margin=margin_from_request(params))
-            slice_index = slice_from_request(params)
-            check_image_file(params["image"], name=params.get("image_name"))
-            label, affine, used = self._segmenter()(
-                params["image"], boxes, slice_index=slice_index,
-                restrict=_strtobool(params.get("restrict_to_box", True)),
-            )
+            label, affine, used = self._segmenter().segment_request(params)
         except HTTPException:
             raise
         except Exception as error:  # noqa: BLE001 - bad prompts become a 422 with the reason
-            reason = _value_error(error)
+            reason = find_in_chain(error, ValueError)  # MONAI wraps transform errors
             if reason is None:  # not the request's fault as far as we can tell: a 500, with the reason for the client
                 logger.exception("%s: inference failed", self.name)
                 raise HTTPException(
@@ -193,6 +167,9 @@ class PratoBundlesApp(MONAILabelApp):
                 f"unknown bundle(s) {unknown} in --conf models; available in {self.bundles_dir}: {available}"
             )
         self.overrides = json.loads(conf.get("bundle_overrides", "{}"))
+        # --conf values, parsed as strictly as request parameters (a bad one stops the server at start)
+        self.point_margin = margin_from_request(conf)
+        self.restrict_to_box = flag_from_request(conf, "restrict_to_box", True)
         self.skipped: dict[str, str] = {}
         self.infer_concurrency = int(conf.get("infer_concurrency", 1))
         if self.infer_concurrency < 1:
@@ -218,8 +195,8 @@ class PratoBundlesApp(MONAILabelApp):
             try:
                 trained_settings(weights)  # a corrupt or truncated file is named here, not deep in the config
                 infers[name] = BoxPromptInferTask(
-                    bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
-                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,
+                    bundle_dir, overrides=self.overrides, point_margin=self.point_margin,
+                    restrict_to_box=self.restrict_to_box, name=name,
                 )
             except Exception as error:  # noqa: BLE001 - one bad bundle must not take the others down
                 logger.debug("loading %s failed", name, exc_info=True)

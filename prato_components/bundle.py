@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import monai.bundle
+import numpy as np
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.transforms import (
@@ -34,6 +35,8 @@ from monai.transforms import (
     Spacingd,
 )
 
+from prato_components import command_line
+from prato_components.atomic import atomic_write_text
 from prato_components.data import (
     DATASETS,
     BinarizeMaskd,
@@ -45,6 +48,8 @@ from prato_components.data import (
 )
 from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.data.readers import BTCV_DATALIST
+from prato_components.errors import InputError, UserError
+from prato_components.inputs import MissingFileError, read_image_header
 from prato_components.prompts import (
     BoxToRegionMaskd,
     ClipBoxd,
@@ -54,6 +59,7 @@ from prato_components.prompts import (
     ShiftBoxd,
     ValidateBoxd,
 )
+from prato_components.prompts.boxes import padding_boxes, validate_boxes
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
 from prato_components.networks.region import DECODE_REGIONS
 
@@ -73,6 +79,8 @@ __all__ = [
     "inference_datalist",
     "read_boxes_file",
     "require_file",
+    "MissingFileError",
+    "SKIPPED_FILE",
     "default_num_workers",
     "unknown_override_keys",
     "check_overrides",
@@ -83,6 +91,8 @@ __all__ = [
     "trained_bundle_config",
 ]
 
+command_line.install()  # every bundle config imports this module: known errors print without a traceback
+
 PROMPTS = ("tight", "oversized", "partial", "misleading")
 PROMPT_BOXES = ("union", "per_class")
 
@@ -91,7 +101,7 @@ def per_class_prompt(prompt_boxes: str) -> bool:
     """The bundles' ``prompt_boxes`` key: ``"union"`` (one box around all structures, the paper) or ``"per_class"``
     (one box per foreground class, absent classes as padding rows). Returns whether it is per class."""
     if prompt_boxes not in PROMPT_BOXES:
-        raise ValueError(f"prompt_boxes must be one of {PROMPT_BOXES}, got {prompt_boxes!r}")
+        raise InputError(f"prompt_boxes must be one of {PROMPT_BOXES}, got {prompt_boxes!r}")
     return prompt_boxes == "per_class"
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".png", ".jpg", ".jpeg")
 _NOT_IMAGES = ("_gt.nii.gz", "_gt.nii", "_4d.nii.gz", "_4d.nii", "_segmentation.png")
@@ -145,10 +155,10 @@ def dataset_spec(dataset: str, dataset_dir: str | None = None) -> dict[str, Any]
         return _volume_spec(info, BTCV_LABELS, {"0": "CT"})
     if name == "decathlon":
         if dataset_dir is None:
-            raise ValueError("the decathlon spec is read from its dataset description in dataset_dir: give dataset_dir")
+            raise InputError("the decathlon spec is read from its dataset description in dataset_dir: give dataset_dir")
         return _volume_spec(_read_description(os.path.join(dataset_dir, "dataset.json")),
                             {"0": "background", "1": "foreground"}, {"0": "image"})
-    raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
+    raise InputError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASETS)}")
 
 
 def bundle_splits(dataset: str, dataset_dir: str, datalist_path: str | None, seed: int = 0) -> dict[str, list[dict]]:
@@ -159,7 +169,7 @@ def bundle_splits(dataset: str, dataset_dir: str, datalist_path: str | None, see
         splits = {k: slice_datalist(v) for k, v in splits.items()}
     empty = [k for k, v in splits.items() if not v]
     if empty:
-        raise ValueError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
+        raise InputError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
     return splits
 
 
@@ -187,11 +197,11 @@ def load_transforms(dataset: str, keys: Sequence[str] = ("image", "label"), slic
 def bundle_splits_3d(dataset: str, dataset_dir: str, datalist_path: str | None, seed: int = 0) -> dict[str, list[dict]]:
     """Training/validation/test items for the 3D bundles: whole volumes (ACDC, decathlon, BTCV)."""
     if str(dataset).lower() == "isic":
-        raise ValueError("dataset isic holds 2D images; the 3D bundles need volumes (acdc, decathlon, btcv)")
+        raise InputError("dataset isic holds 2D images; the 3D bundles need volumes (acdc, decathlon, btcv)")
     splits = load_or_create_split(dataset, dataset_dir, datalist_path, seed=seed, slice_level=False)
     empty = [k for k, v in splits.items() if not v]
     if empty:
-        raise ValueError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
+        raise InputError(f"the {dataset} data in {dataset_dir} leave the split(s) {empty} empty; add more cases")
     return splits
 
 
@@ -262,7 +272,7 @@ def prompt_transforms(prompt: str = "tight", factor: float | None = None, box_ke
     (default 1.0) times its size. The result is clipped to the image.
     """
     if prompt not in PROMPTS:
-        raise ValueError(f"unknown prompt {prompt!r}; choose one of {PROMPTS}")
+        raise InputError(f"unknown prompt {prompt!r}; choose one of {PROMPTS}")
     chosen = {
         "tight": [],
         "oversized": [ScaleBoxd(box_key=box_key, factor=1.5 if factor is None else factor)],
@@ -280,56 +290,125 @@ def _stem(path: str) -> str:
     return os.path.splitext(name)[0]
 
 
+BOX_ORDER_FIX = "write each box as its min corner then its max corner: [x1, y1, x2, y2] or [x1, y1, z1, x2, y2, z2]"
+SKIPPED_FILE = "skipped.json"
+"""Written to the output folder by folder inference with ``skip_bad_inputs``: the images left out and why."""
+
+
+def _box_value(value: Any) -> float:
+    """A box coordinate: a real number (a JSON ``true`` is not 1), finite and within the float32 range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    number = float(value)
+    if not np.isfinite(number) or abs(number) > np.finfo(np.float32).max:
+        raise ValueError(value)
+    return number
+
+
+def _check_file_box(values: Sequence[Any], where: str) -> list[float]:
+    """One box of a box file: 4 or 6 finite numbers, min corner then max corner, not empty on any axis. Box files
+    hold no padding rows (those exist only in the Python API), so an inverted box is an error, not "no prompt"."""
+    try:
+        box = [_box_value(v) for v in values]
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: box values must be finite numbers, got {list(values)!r}", BOX_ORDER_FIX) from None
+    if len(box) not in (4, 6):
+        raise InputError(f"{where}: a box has 4 values (2D) or 6 (3D), got {len(box)}: {box}", BOX_ORDER_FIX)
+    dims = len(box) // 2
+    for axis in range(dims):
+        if box[dims + axis] <= box[axis]:
+            kind = "empty" if box[dims + axis] == box[axis] else "inverted"
+            raise InputError(f"{where}: box {box} is {kind} (max <= min on axis {axis})", BOX_ORDER_FIX)
+    return box
+
+
 def _parse_boxes(value: Any, source: str) -> list[list[float]]:
+    """The boxes of one image in a JSON box file: one box, a list of boxes, or ``{"boxes": [...]}``."""
     if isinstance(value, dict):
         value = value.get("boxes", value.get("box"))
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{source}: expected a box [v1, ..] or a list of boxes, got {value!r}")
-    boxes = value if isinstance(value[0], list) else [value]
-    try:
-        return [[float(v) for v in box] for box in boxes]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: boxes must be numbers, got {value!r}") from err
+        raise InputError(f"{source}: expected a box [v1, ..] or a list of boxes, got {value!r}", BOX_ORDER_FIX)
+    rows = value if all(isinstance(row, list) for row in value) else [value]
+    return [_check_file_box(row, f"{source}, row {i + 1}") for i, row in enumerate(rows)]
+
+
+def _read_json(path: str) -> Any:
+    """A JSON file's content; ``InputError`` naming the file and the place of a syntax error."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}",
+                             'write {"boxes": [[x1, y1, x2, y2], ...]} (or a list of boxes)') from None
 
 
 def read_boxes_file(path: str) -> dict[str, list[list[float]]]:
     """Boxes per image from one file: JSON ``{"image name or stem": [[...], ...]}`` or CSV rows
-    ``image,v1,..,v2D`` (several rows per image for several boxes; a header row is skipped)."""
+    ``image,v1,..,v2D`` (several rows per image for several boxes; a header row is skipped). Every box follows the
+    rules of the server and the network (finite numbers, min corner then max corner, not empty); ``InputError``
+    names the file and the row of the first that does not."""
     require_file(path, "boxes file")
     boxes: dict[str, list[list[float]]] = {}
     if path.lower().endswith(".json"):
-        with open(path) as f:
-            content = json.load(f)
+        content = _read_json(path)
         if not isinstance(content, dict):
-            raise ValueError(f"{path}: expected a JSON object mapping image names to boxes")
-        return {_stem(k): _parse_boxes(v, f"{path}[{k!r}]") for k, v in content.items()}
+            raise InputError(f"{path}: expected a JSON object mapping image names to boxes",
+                             'write {"image.nii.gz": [[x1, y1, z1, x2, y2, z2], ...], ...}')
+        return {_stem(k): _parse_boxes(v, f"{path} [{k!r}]") for k, v in content.items()}
     with open(path, newline="") as f:
         for row_number, row in enumerate(csv.reader(f)):
             if not row or row[0].strip().startswith("#"):
                 continue
-            try:
-                values = [float(v) for v in row[1:]]
-            except ValueError:
-                if row_number == 0:
-                    continue  # header
-                raise ValueError(f"{path}, row {row_number + 1}: box values must be numbers, got {row[1:]}") from None
-            boxes.setdefault(_stem(row[0].strip()), []).append(values)
+            if row_number == 0 and not _numeric(row[1:]):
+                continue  # header
+            box = _check_file_box(row[1:], f"{path}, row {row_number + 1}")
+            boxes.setdefault(_stem(row[0].strip()), []).append(box)
     return boxes
+
+
+def _numeric(values: Sequence[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
 
 
 def _sidecar_boxes(image: str) -> list[list[float]] | None:
     base = os.path.join(os.path.dirname(image), _stem(image))
     if os.path.isfile(base + ".box.json"):
-        with open(base + ".box.json") as f:
-            return _parse_boxes(json.load(f), base + ".box.json")
+        return _parse_boxes(_read_json(base + ".box.json"), base + ".box.json")
     if os.path.isfile(base + ".box.csv"):
         rows = read_boxes_file(base + ".box.csv")
         return [box for boxes in rows.values() for box in boxes] or None
     return None
 
 
-def inference_datalist(input_dir: str, boxes_file: str | None = None, allow_missing_boxes: bool = False) -> list[dict]:
-    """Images under ``input_dir`` with their box prompts, for ``inference.json``.
+def _inference_item(image: str, listed: Mapping[str, list[list[float]]], allow_missing_boxes: bool,
+                    in_channels: int | None) -> dict:
+    """``{"image", "box"}`` for one input after checking it: readable, the network's channels, a box prompt (or
+    ``allow_missing_boxes``: a padding row) of the image's dimensionality that overlaps the image."""
+    shape, channels = read_image_header(image, image)
+    if in_channels is not None and channels != in_channels:
+        raise InputError(f"image {image} has {channels} channel(s); the network takes {in_channels}")
+    boxes = listed.get(_stem(image)) or listed.get(os.path.basename(image)) or _sidecar_boxes(image)
+    if boxes is None:
+        if not allow_missing_boxes:
+            stem = os.path.join(os.path.dirname(image), _stem(image))
+            raise InputError(f"image {image} has no box prompt: add {stem}.box.json (or .box.csv), list it in a "
+                             "boxes file, or set --allow_missing_boxes True to segment it without a prompt")
+        return {"image": image, "box": padding_boxes(1, len(shape), like=np.zeros(0)).tolist()}
+    try:
+        validate_boxes(np.asarray(boxes, dtype=np.float64), shape, name=f"the box prompt of image {image}")
+    except ValueError as err:
+        raise InputError(str(err), BOX_ORDER_FIX) from None
+    return {"image": image, "box": boxes}
+
+
+def inference_datalist(input_dir: str, boxes_file: str | None = None, allow_missing_boxes: bool = False,
+                       skip_bad_inputs: bool = False, output_dir: str | None = None,
+                       in_channels: int | None = None) -> list[dict]:
+    """Images under ``input_dir`` with their box prompts, for ``inference.json``, after checking every one.
 
     Boxes are in **voxel coordinates of the original image as loaded by MONAI** (axis ``i`` of the array;
     for PNG/JPG that is ``(x, y)`` = (column, row), MONAI's PIL convention), min corner then max corner, voxel
@@ -338,36 +417,44 @@ def inference_datalist(input_dir: str, boxes_file: str | None = None, allow_miss
     boxes or one box) or ``<stem>.box.csv`` (``image,v1,..`` rows), or from ``boxes_file`` (see
     :func:`read_boxes_file`), which takes precedence. An image without boxes is an error unless
     ``allow_missing_boxes``: then it gets a padding row (no prompt: PrATo uses the whole image).
+
+    Every image is checked before anything is segmented (readable, ``in_channels`` channels, a box prompt that
+    overlaps it); one ``InputError`` lists every problem. With ``skip_bad_inputs`` the bad images are left out
+    instead and listed, with the reason, in ``output_dir/skipped.json`` (written atomically).
     """
     if not os.path.isdir(input_dir):
-        raise FileNotFoundError(f"input directory {input_dir} does not exist")
+        raise InputError(f"input directory {input_dir} does not exist", "set --input_dir to a folder of images")
     images = sorted(
         p for p in glob.glob(os.path.join(input_dir, "*"))
         if p.lower().endswith(IMAGE_EXTENSIONS) and not p.lower().endswith(_NOT_IMAGES)
     )
     if not images:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {input_dir}")
+        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {input_dir}",
+                         "set --input_dir to a folder of images")
     listed = read_boxes_file(boxes_file) if boxes_file else {}
-    items = []
+    items, problems = [], {}
     for image in images:
-        boxes = listed.get(_stem(image)) or listed.get(os.path.basename(image)) or _sidecar_boxes(image)
-        if boxes is None:
-            if not allow_missing_boxes:
-                stem = os.path.join(os.path.dirname(image), _stem(image))
-                raise ValueError(
-                    f"image {image} has no box prompt: add {stem}.box.json (or .box.csv), list it in a boxes file, "
-                    "or set allow_missing_boxes=True to segment it without a prompt"
-                )
-            dims = 3 if image.lower().endswith((".nii", ".nii.gz")) else 2
-            boxes = [[0.0] * dims + [-1.0] * dims]
-        items.append({"image": image, "box": boxes})
+        try:
+            items.append(_inference_item(image, listed, allow_missing_boxes, in_channels))
+        except UserError as err:
+            problems[os.path.basename(image)] = err.message
+    if skip_bad_inputs and output_dir is not None:
+        skipped = [{"image": name, "reason": reason} for name, reason in problems.items()]
+        atomic_write_text(json.dumps({"input_dir": input_dir, "skipped": skipped}, indent=2) + "\n",
+                          os.path.join(output_dir, SKIPPED_FILE))
+    if problems and (not skip_bad_inputs or not items):
+        listing = "".join(f"\n  {name}: {reason}" for name, reason in problems.items())
+        raise InputError(f"{len(problems)} of {len(images)} images in {input_dir} cannot be segmented (nothing was "
+                         f"segmented):{listing}",
+                         "fix them, or pass --skip_bad_inputs True to segment the others (the skipped images are "
+                         f"listed in {SKIPPED_FILE} in the output folder)" if not skip_bad_inputs else None)
     return items
 
 
 def require_file(path: str, what: str = "file") -> str:
-    """``path`` if it is a file, else ``FileNotFoundError`` naming what is missing."""
+    """``path`` if it is a file, else ``MissingFileError`` (a ``FileNotFoundError``) naming what is missing."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist")
+        raise MissingFileError(f"{what} {path} does not exist")
     return path
 
 
@@ -525,16 +612,19 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
+    "allow_missing_boxes": (lambda v: isinstance(v, bool), "true or false"),
+    "skip_bad_inputs": (lambda v: isinstance(v, bool), "true or false"),
+    "debug": (lambda v: isinstance(v, bool), "true or false (print the full traceback of an error)"),
 }
 
 
 def check_settings(settings: Mapping[str, Any]) -> None:
-    """``ValueError`` naming every bundle setting of the wrong type or out of range (see :data:`SETTING_RULES`),
+    """``InputError`` naming every bundle setting of the wrong type or out of range (see :data:`SETTING_RULES`),
     at the start of a run rather than deep inside a transform or the network. Keys without a rule pass."""
     wrong = [f"{key} must be {SETTING_RULES[key][1]}, got {value!r}" for key, value in settings.items()
              if key in SETTING_RULES and not SETTING_RULES[key][0](value)]
     if wrong:
-        raise ValueError("; ".join(wrong))
+        raise InputError("; ".join(wrong))
 
 
 def trained_bundle_config(bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,

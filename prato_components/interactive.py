@@ -15,7 +15,11 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
 - ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
   2D box applies to every slice.
 
-A missing or malformed prompt raises ``ValueError`` naming the parameter (the app answers HTTP 422).
+- ``restrict_to_box``: true or false (default true): set the label to 0 outside the boxes.
+
+Every parameter is parsed strictly (a ``true`` is not a coordinate, ``"maybe"`` is not false); a missing or malformed
+parameter, a slice or a click outside the image raises ``InputError`` (a ``ValueError``) naming the parameter the
+client sent (the app answers HTTP 422).
 """
 
 from __future__ import annotations
@@ -32,14 +36,18 @@ import torch
 
 from prato_components.bundle import trained_bundle_config
 from prato_components.engine.checkpoint import load_weights
+from prato_components.errors import InputError
+from prato_components.inputs import IMAGE_SUFFIXES, check_image_file
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
 __all__ = [
     "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
-    "check_image_file", "boxes_for_image", "restrict_to_boxes", "BoxPromptSegmenter",
+    "flag_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image", "restrict_to_boxes",
+    "BoxPromptSegmenter",
 ]
 
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".png", ".jpg", ".jpeg")
+PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")  # where a prompt is read from, in this order
+FLAG_VALUES = {True: True, False: False, "true": True, "false": False, 1: True, 0: False, "1": True, "0": False}
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # boxes become float32 tensors; larger values would turn into inf
 
 
@@ -48,19 +56,20 @@ def _loads(value: Any, name: str) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as err:
-            raise ValueError(f"parameter {name!r} is not valid JSON: {value!r}") from err
+            raise InputError(f"parameter {name!r} is not valid JSON: {value!r}") from err
     return value
 
 
 def _numbers(values: Any, name: str) -> list[float]:
-    try:
-        out = [float(v) for v in values]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"parameter {name!r}: box values must be numbers, got {values!r}") from err
+    """JSON numbers (a ``true`` is not 1, a ``"5"`` is not 5)."""
+    if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                    for v in values):
+        raise InputError(f"parameter {name!r}: box values must be numbers, got {values!r}")
+    out = [float(v) for v in values]
     if not all(math.isfinite(v) for v in out):
-        raise ValueError(f"parameter {name!r}: box values must be finite, got {values!r}")
+        raise InputError(f"parameter {name!r}: box values must be finite, got {values!r}")
     if any(abs(v) > FLOAT32_MAX for v in out):
-        raise ValueError(
+        raise InputError(
             f"parameter {name!r}: box values must lie within +-{FLOAT32_MAX:.3g} (float32; voxel coordinates), "
             f"got {values!r}"
         )
@@ -73,11 +82,13 @@ def margin_from_request(params: Mapping[str, Any], default: float = 5.0) -> floa
     if value is None or value == "":
         return float(default)
     try:
+        if isinstance(value, bool):
+            raise TypeError(value)
         margin = float(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"parameter 'point_margin' must be a number of voxels >= 0, got {value!r}") from err
+        raise InputError(f"parameter 'point_margin' must be a number of voxels >= 0, got {value!r}") from err
     if not math.isfinite(margin) or margin < 0 or margin > FLOAT32_MAX:
-        raise ValueError(f"parameter 'point_margin' must be a finite number of voxels >= 0, got {value!r}")
+        raise InputError(f"parameter 'point_margin' must be a finite number of voxels >= 0, got {value!r}")
     return margin
 
 
@@ -86,67 +97,52 @@ def slice_from_request(params: Mapping[str, Any]) -> int | None:
     value = params.get("slice")
     if value is None or value == "" or value == -1 or value == "-1":
         return None
+    message = f"parameter 'slice' must be an integer slice index >= 0, got {value!r}"
     if isinstance(value, bool):
-        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}")
+        raise InputError(message)
     try:
         number = float(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}") from err
+        raise InputError(message) from err
     if not math.isfinite(number) or number != int(number) or number < 0:
-        raise ValueError(f"parameter 'slice' must be an integer slice index >= 0, got {value!r}")
+        raise InputError(message)
     return int(number)
 
 
-def check_image_file(path: str, name: str | None = None) -> tuple[int, ...]:
-    """Check that ``path`` is an image this module reads (NIfTI, PNG/JPG), reading it whole; its spatial shape.
-
-    Args:
-        path: the image file.
-        name: how the image is called in messages (e.g. the uploaded file name); default the base name of ``path``.
-
-    Raises:
-        ValueError: an unsupported file type, or a file that cannot be read as its type (corrupt, truncated, another
-            format under this name), with the reason.
-    """
-    name = name or os.path.basename(path)
-    lower = path.lower()
-    if not lower.endswith(IMAGE_SUFFIXES):
-        raise ValueError(
-            f"image {name!r}: unsupported file type (send NIfTI .nii/.nii.gz or PNG/JPG; the type is taken from the "
-            "file name ending)"
-        )
-    try:
-        if lower.endswith((".nii", ".nii.gz")):
-            import nibabel as nib
-
-            image = nib.load(path)
-            data = np.asarray(image.dataobj)  # reads the whole file: a truncated one fails here, not in the network
-            if data.ndim < 2 or data.size == 0:
-                raise ValueError(f"the image has shape {data.shape}")
-            return tuple(int(s) for s in data.shape[:3])
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image.load()
-            return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
-    except Exception as err:  # noqa: BLE001 - every reader error means "this file is not a readable image"
-        kind = "NIfTI" if lower.endswith((".nii", ".nii.gz")) else "PNG/JPG"
-        reason = str(err).replace(path, name)  # the client's name, not the server's temp path
-        raise ValueError(f"image {name!r} cannot be read as {kind}: {type(err).__name__}: {reason}") from err
+def flag_from_request(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A true/false parameter: JSON ``true``/``false``, ``"true"``/``"false"`` (any case), ``1``/``0``; absent or
+    ``""`` for ``default``. Anything else (``"maybe"``, ``2``) is an ``InputError`` naming the parameter."""
+    value = params.get(name)
+    if value is None or value == "":
+        return default
+    key = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(key, (bool, int, str)) and key in FLAG_VALUES:
+        return FLAG_VALUES[key]
+    raise InputError(f"parameter {name!r} must be true or false, got {value!r}")
 
 
 def _check_box(box: list[float], name: str) -> list[float]:
     if len(box) not in (4, 6):
-        raise ValueError(
+        raise InputError(
             f"parameter {name!r}: a box has 4 values [x1, y1, x2, y2] or 6 [x1, y1, z1, x2, y2, z2], got {len(box)}: "
             f"{box}"
         )
     dims = len(box) // 2
     if any(box[dims + i] <= box[i] for i in range(dims)):
-        raise ValueError(
+        raise InputError(
             f"parameter {name!r}: box {box} is empty (max <= min on an axis; order is min then max corner)"
         )
     return box
+
+
+def _prompt_parameter(params: Mapping[str, Any]) -> str | None:
+    """The parameter the prompt is read from: the first of ``box``/``boxes``, ``roi``, ``foreground`` that is present
+    and not empty."""
+    for name in PROMPT_PARAMS:
+        value = _loads(params.get(name), name)
+        if value is not None and value != [] and (name != "foreground" or value):
+            return name
+    return None
 
 
 def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = None) -> list[list[float]]:
@@ -155,35 +151,60 @@ def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = N
     The first of ``box``/``boxes``, ``roi``, ``foreground`` that is present and not empty is used.
     """
     margin = margin_from_request(params if point_margin is None else {"point_margin": point_margin})
-    for name in ("box", "boxes"):
-        value = _loads(params.get(name), name)
-        if value is not None and value != []:
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"parameter {name!r} must be a box or a list of boxes, got {value!r}")
-            rows = value if isinstance(value[0], (list, tuple)) else [value]
-            return [_check_box(_numbers(row, name), name) for row in rows]
-    roi = _loads(params.get("roi"), "roi")
-    if roi is not None and roi != []:
-        flat = _numbers(np.asarray(roi, dtype=object).reshape(-1).tolist(), "roi")
+    name = _prompt_parameter(params)
+    value = _loads(params.get(name), name) if name else None
+    if name in ("box", "boxes"):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"parameter {name!r} must be a box or a list of boxes, got {value!r}")
+        rows = value if isinstance(value[0], (list, tuple)) else [value]
+        return [_check_box(_numbers(row, name), name) for row in rows]
+    if name == "roi":
+        flat = _numbers(np.asarray(value, dtype=object).reshape(-1).tolist(), "roi")
         if len(flat) == 6:  # 3D Slicer: [i0, i1, j0, j1, k0, k1]; the IJK direction may flip an axis pair
             pairs = [sorted(flat[2 * a : 2 * a + 2]) for a in range(3)]
             return [_check_box([p[0] for p in pairs] + [p[1] for p in pairs], "roi")]
         if len(flat) == 4:  # CVAT: [x1, y1, x2, y2]
             return [_check_box(flat, "roi")]
-        raise ValueError(f"parameter 'roi' must have 6 values [i0, i1, j0, j1, k0, k1] (3D Slicer) or 4, got {roi!r}")
-    points = _loads(params.get("foreground"), "foreground")
-    if points:
-        rows = [_numbers(p, "foreground") for p in points]
-        if len({len(p) for p in rows}) != 1 or len(rows[0]) not in (2, 3):
-            raise ValueError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {points!r}")
-        pts = np.asarray(rows)
+        raise InputError(f"parameter 'roi' must have 6 values [i0, i1, j0, j1, k0, k1] (3D Slicer) or 4, got {value!r}")
+    if name == "foreground":
+        pts = _points(value)
         lo, hi = pts.min(0), pts.max(0) + 1.0
         lo[:2], hi[:2] = lo[:2] - margin, hi[:2] + margin
         return [_check_box(lo.tolist() + hi.tolist(), "foreground")]
-    raise ValueError(
+    raise InputError(
         "no box prompt in the request: send params 'box' ([x1, y1, x2, y2] or [x1, y1, z1, x2, y2, z2] in image "
         "voxel coordinates, min then max corner), 'roi' (3D Slicer ROI) or 'foreground' click points"
     )
+
+
+def _points(value: Any) -> np.ndarray:
+    """``foreground`` click points ``[N, 2 | 3]``."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in value):
+        raise InputError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {value!r}")
+    rows = [_numbers(p, "foreground") for p in value]
+    if len({len(p) for p in rows}) != 1 or len(rows[0]) not in (2, 3):
+        raise InputError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {value!r}")
+    return np.asarray(rows)
+
+
+def request_boxes_for_image(params: Mapping[str, Any], spatial_shape: Sequence[int]) -> list[list[float]]:
+    """The boxes of a request fitted to an image of ``spatial_shape`` (:func:`boxes_for_image`); a slice or a click
+    outside the image, or a box that does not fit it, is an ``InputError`` naming the parameter the client sent."""
+    boxes = boxes_from_request(params)
+    name = _prompt_parameter(params)
+    slice_index = slice_from_request(params)
+    if slice_index is not None and len(spatial_shape) == 3 and slice_index >= spatial_shape[2]:
+        raise InputError(f"parameter 'slice' is {slice_index}, but the image has {spatial_shape[2]} slices "
+                         f"(0 to {spatial_shape[2] - 1})")
+    if name == "foreground":
+        for point in _points(_loads(params["foreground"], "foreground")).tolist():
+            if len(point) != len(spatial_shape) or any(not 0 <= v < s for v, s in zip(point, spatial_shape)):
+                raise InputError(f"parameter 'foreground': point {point} lies outside the image of shape "
+                                 f"{tuple(spatial_shape)} (voxel coordinates from 0)")
+    try:
+        return boxes_for_image(boxes, spatial_shape, slice_index)
+    except ValueError as err:
+        raise InputError(f"parameter {name!r}: {err}") from None
 
 
 def boxes_for_image(boxes: Sequence[Sequence[float]], spatial_shape: Sequence[int], slice_index: int | None = None
@@ -250,6 +271,14 @@ class BoxPromptSegmenter:
         self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, (SaveImaged, Lambdad))])
         self.labels = {name: i + 1 for i, name in enumerate(self.spec["class_names"])}
         self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 2))  # 3: a volumetric bundle
+
+    def segment_request(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
+        """Segment ``params["image"]`` with the prompt of MONAI Label ``/infer`` parameters, each parsed strictly
+        (``InputError`` naming the parameter); see :meth:`__call__` for what it returns."""
+        restrict = flag_from_request(params, "restrict_to_box", True)
+        shape = check_image_file(params["image"], name=params.get("image_name"))
+        boxes = request_boxes_for_image(params, shape)
+        return self(params["image"], boxes, restrict=restrict)
 
     @staticmethod
     def image_shape(image_path: str) -> tuple[int, ...]:

@@ -25,6 +25,7 @@ LOCAL = {"prato_components", "tools", "conftest", "monailabel_app", "lib", "main
 # tools/monailabel_env.sh's environment (tests/conftest.py).
 TOOL_SUBJECTS = {
     "tests/test_3d.py": {"make_data"},
+    "tests/test_bad_inputs.py": {"bad_inputs"},
     "tests/test_data.py": {"make_data"},
     "tests/test_benchmark.py": {"benchmark"},
     "tests/test_bundle_configs.py": {"bundlegen"},

@@ -29,6 +29,9 @@ import numpy as np
 from monai.config import PathLike
 from monai.data import load_decathlon_datalist
 
+from prato_components.errors import InputError
+from prato_components.inputs import MissingFileError, UnreadableFileError
+
 __all__ = [
     "ACDC_LABELS",
     "DATASETS",
@@ -76,7 +79,7 @@ _IMAGE_EXTS = (".jpg", ".jpeg")
 def _require_dir(path: str, what: str) -> None:
     """``FileNotFoundError`` naming ``path`` when it is not a directory."""
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} directory {path} does not exist.")
+        raise MissingFileError(f"{what} directory {path} does not exist.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -112,7 +115,7 @@ def _acdc_split_dir(dataset_dir: PathLike, split: str) -> str:
             return cand
     if any(_ACDC_PATIENT.match(n) for n in os.listdir(dataset_dir)):
         return dataset_dir  # pointed at the split folder itself
-    raise ValueError(f"{dataset_dir} does not look like an ACDC dataset: {_ACDC_EXPECTED.format(split=split)}.")
+    raise InputError(f"{dataset_dir} does not look like an ACDC dataset: {_ACDC_EXPECTED.format(split=split)}.")
 
 
 def _acdc_phase(frame: int, info: dict[str, str]) -> str:
@@ -134,7 +137,7 @@ def _acdc_patient_items(pdir: str) -> list[dict[str, Any]]:
         image = os.path.join(pdir, name)
         label = os.path.join(pdir, f"{m.group(1)}_frame{m.group(2)}_gt{m.group(3)}")
         if not os.path.isfile(label):
-            raise FileNotFoundError(f"ACDC image {image} has no ground truth: {label} is missing.")
+            raise MissingFileError(f"ACDC image {image} has no ground truth: {label} is missing.")
         frame = int(m.group(2))
         patient = os.path.basename(pdir)
         items.append(
@@ -169,7 +172,7 @@ def acdc_datalist(dataset_dir: PathLike, split: str = "training") -> list[dict[s
         if _ACDC_PATIENT.match(name) and os.path.isdir(pdir):
             items += _acdc_patient_items(pdir)
     if not items:
-        raise ValueError(f"{dataset_dir} does not look like an ACDC dataset: {_ACDC_EXPECTED.format(split=split)}.")
+        raise InputError(f"{dataset_dir} does not look like an ACDC dataset: {_ACDC_EXPECTED.format(split=split)}.")
     return items
 
 
@@ -180,7 +183,7 @@ def _nifti_shape(path: str) -> tuple[int, ...]:
     except FileNotFoundError:
         raise
     except Exception as err:
-        raise RuntimeError(f"could not read {path}: {type(err).__name__}: {err}") from err
+        raise UnreadableFileError(f"could not read {path}: {type(err).__name__}: {err}") from err
 
 
 def _nonempty_slices(path: str, axis: int) -> np.ndarray:
@@ -188,7 +191,7 @@ def _nonempty_slices(path: str, axis: int) -> np.ndarray:
     try:
         data = np.asarray(nib.load(path).dataobj)
     except Exception as err:
-        raise RuntimeError(f"could not read {path}: {type(err).__name__}: {err}") from err
+        raise UnreadableFileError(f"could not read {path}: {type(err).__name__}: {err}") from err
     other = tuple(a for a in range(data.ndim) if a != axis % data.ndim)
     return np.any(data != 0, axis=other)
 
@@ -260,7 +263,7 @@ def _isic_pairs_in(img_dir: str, gt_dir: str) -> list[dict[str, str]]:
             continue  # LICENSE.txt, metadata CSV, 2017 superpixel PNGs
         mask = os.path.join(gt_dir, stem + _ISIC_MASK_SUFFIX)
         if not os.path.isfile(mask):
-            raise FileNotFoundError(f"ISIC image {os.path.join(img_dir, name)} has no mask: {mask} is missing.")
+            raise MissingFileError(f"ISIC image {os.path.join(img_dir, name)} has no mask: {mask} is missing.")
         items.append({"image": os.path.join(img_dir, name), "label": mask})
     return items
 
@@ -363,7 +366,7 @@ def _datalist_section(path: str, section: str, dataset_dir: PathLike) -> list[di
     items = load_decathlon_datalist(path, is_segmentation=True, data_list_key=section, base_dir=dataset_dir)
     missing = _missing_files(items)
     if missing:
-        raise FileNotFoundError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
+        raise MissingFileError(f"{path} lists {len(missing)} missing files, e.g. {missing[0]}.")
     return items
 
 
@@ -385,7 +388,7 @@ def decathlon_datalist(dataset_dir: PathLike, section: str = "training") -> list
     _require_dir(dataset_dir, "decathlon dataset")
     path = os.path.join(dataset_dir, "dataset.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{dataset_dir} does not look like an MSD/decathlon dataset: expected dataset.json.")
+        raise InputError(f"{dataset_dir} does not look like an MSD/decathlon dataset: expected dataset.json.")
     return _datalist_section(path, section, dataset_dir)
 
 
@@ -409,7 +412,7 @@ def _btcv_pairs(dataset_dir: str) -> list[dict[str, str]]:
             continue
         label = os.path.join(dataset_dir, "labelsTr", f"label{m.group(1)}{m.group(2)}")
         if not os.path.isfile(label):
-            raise FileNotFoundError(f"BTCV image {os.path.join(folder, name)} has no label: {label} is missing.")
+            raise MissingFileError(f"BTCV image {os.path.join(folder, name)} has no label: {label} is missing.")
         items.append({"image": os.path.join(folder, name), "label": label})
     return items
 
@@ -441,7 +444,7 @@ def btcv_datalist(
     if not os.path.isfile(path):
         items = _btcv_pairs(dataset_dir) if section == "training" else []
         if not items:
-            raise ValueError(f"{dataset_dir} does not look like a BTCV dataset: expected {datalist} or "
+            raise InputError(f"{dataset_dir} does not look like a BTCV dataset: expected {datalist} or "
                              "imagesTr/imgNNNN.nii.gz with labelsTr/labelNNNN.nii.gz.")
         return items
     return _datalist_section(path, section, dataset_dir)

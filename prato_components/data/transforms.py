@@ -30,6 +30,9 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged, MapTransform, Transform
 
+from prato_components.errors import InputError
+from prato_components.inputs import MissingFileError, UnreadableFileError
+
 __all__ = [
     "BinarizeMaskd",
     "CheckLabelValuesd",
@@ -55,8 +58,9 @@ class SafeLoadImaged(LoadImaged):
     MONAI's readers raise the underlying library's error, which for a truncated ``.nii.gz``
     (``EOFError: Compressed file ended before the end-of-stream marker was reached``) or a truncated
     PNG/JPG (``OSError: image file is truncated``) does not say which file. This subclass re-raises
-    ``FileNotFoundError`` for a missing path and ``RuntimeError("could not read <path>: ...")`` (the
-    original error chained) for anything else. Arguments are those of ``monai.transforms.LoadImaged``.
+    ``MissingFileError`` (a ``FileNotFoundError``) for a missing path and ``UnreadableFileError("could not read
+    <path>: ...")`` (a ``RuntimeError``; the original error chained) for anything else; both are ``UserError``s,
+    which the command line prints without a traceback. Arguments are those of ``monai.transforms.LoadImaged``.
     Inside ``Compose`` MONAI wraps it once more in ``RuntimeError("applying transform ...")``; the
     message naming the file is the ``__cause__``, printed in the traceback.
     """
@@ -76,13 +80,13 @@ class SafeLoadImaged(LoadImaged):
             paths += list(value) if isinstance(value, (list, tuple)) else [value]
         for path in paths:
             if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
-                return FileNotFoundError(f"could not read {path}: no such file")
+                return MissingFileError(f"could not read {path}: no such file")
         for path in paths:
             try:
                 self._loader(path, reader)
             except Exception as one:  # noqa: BLE001 - the culprit, whatever the reader raised
-                return RuntimeError(f"could not read {path}: {type(one).__name__}: {one}")
-        return RuntimeError(f"could not read {', '.join(map(str, paths))}: {type(err).__name__}: {err}")
+                return UnreadableFileError(f"could not read {path}: {type(one).__name__}: {one}")
+        return UnreadableFileError(f"could not read {', '.join(map(str, paths))}: {type(err).__name__}: {err}")
 
 
 class ExtractSlice(Transform):
@@ -179,7 +183,7 @@ class ExtractSliced(MapTransform):
 
 
 class CheckLabelValuesd(MapTransform):
-    """Raise ``ValueError`` naming the file when a label holds values outside ``allowed``.
+    """Raise ``InputError`` (a ``ValueError``) naming the file when a label holds values outside ``allowed``.
 
     Run it right after loading (before any interpolating transform). Non-integer values count as
     unexpected too.
@@ -204,7 +208,7 @@ class CheckLabelValuesd(MapTransform):
             bad = values[~torch.isin(values, torch.tensor(self.allowed, dtype=torch.float64))]
             if bad.numel():
                 shown = ", ".join(f"{v:g}" for v in bad[:10].tolist()) + (", ..." if bad.numel() > 10 else "")
-                raise ValueError(
+                raise InputError(
                     f"{describe_source(d[key], str(key))}: unexpected label values {{{shown}}}; "
                     f"allowed {{{', '.join(f'{a:g}' for a in self.allowed)}}}."
                 )

@@ -74,6 +74,7 @@ def common(name: str, trained: bool = False) -> dict:
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
+        "debug": False,
         **({"ckpt_path": CKPT_PATH, "trained": TRAINED} if trained else {}),
         "dataset": "acdc",
         "dataset_dir": "/data/ACDC",
@@ -377,8 +378,10 @@ def inference_config(name: str) -> dict:
         "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
         "boxes_file": None,
         "allow_missing_boxes": False,
+        "skip_bad_inputs": False,
         "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
-        "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
+        "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes, "
+                    "@skip_bad_inputs, @output_dir, @in_channels)",
         "preprocessing": {
             "_target_": "Compose",
             "transforms": [

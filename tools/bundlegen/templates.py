@@ -148,8 +148,10 @@ Multi-GPU (or several CPU processes with gloo):
 {datasets}, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
 `output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
-`allow_missing_boxes`, `ckpt_path`. An unknown key stops the run at start and names the closest known one
-(`--epoch` -> `epochs`). The defaults are the paper's network (a GPU job); on a CPU train a smaller one.
+`allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`;
+`debug` (the full traceback of an error, also `PRATO_DEBUG=1`). Every input is checked before anything is segmented,
+and an error in the settings or the inputs prints as one or two lines (the problem, the fix). An unknown key stops
+the run at start and names the closest known one (`--epoch` -> `epochs`). The defaults are the paper's network (a GPU job); on a CPU train a smaller one.
 Checkpoints record the network settings, so `evaluate.json` and `inference.json` build the trained network without
 repeating them (a contradicting override stops the run and names the keys).
 
