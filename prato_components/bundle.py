@@ -558,8 +558,8 @@ def check_overrides(config_file: str | Sequence[str] | None = None, overrides: M
     command line of this process when that is MONAI's (``python -m monai.bundle run ...``); in-process runs are
     checked by :func:`run`, which passes ``config_file`` and the ``overrides``. The workflow's own arguments
     (``meta_file``, ``logging_file``, ``tracking``, ...; :data:`WORKFLOW_ARGUMENTS`) are not overrides, and
-    ``tracking`` adds the keys of its settings. Raises ``ValueError`` naming every unknown key with the closest
-    known one.
+    ``tracking`` adds the keys of its settings. Raises ``InputError`` (a ``ValueError``) naming every unknown key with
+    the closest known one.
     """
     if config_file is None:
         arguments = _monai_command_line()
@@ -575,7 +575,8 @@ def check_overrides(config_file: str | Sequence[str] | None = None, overrides: M
         config = {**settings.get("configs", {}), **config}
     messages = unknown_override_keys(config, keys)
     if messages:
-        raise ValueError(f"{'; '.join(messages)} (config: {config_file})")
+        raise InputError(f"{'; '.join(messages)} (config: {config_file})",
+                         fix="override only keys the config defines (python -m monai.bundle run ... --key value)")
 
 
 def run(config_file: str | Sequence[str], **arguments: Any) -> None:
