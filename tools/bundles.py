@@ -321,6 +321,7 @@ DECODE_MARGIN = 16
 
 # first in every "initialize": unknown override keys (``--epoch`` for ``--epochs``) stop the run with a suggestion
 CHECK_OVERRIDES = "$prato_components.bundle.check_overrides()"
+AMP = "$@device.type == 'cuda'"  # mixed precision (MONAI's trainer / evaluators) wherever the device is a GPU
 
 
 def check_settings(config: dict) -> str:
@@ -367,6 +368,7 @@ def common(name: str, trained: bool = False) -> dict:
         "imports": IMPORTS,
         "bundle_root": f"$'bundles/{name}' if os.path.isdir('bundles/{name}/configs') else '.'",
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "amp": AMP,
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         **({"ckpt_path": CKPT_PATH, "trained": TRAINED} if trained else {}),
@@ -513,6 +515,7 @@ def _validate() -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@validate#dataloader",
             "network": "@network",
             "inferer": "@validate#inferer",
@@ -566,6 +569,7 @@ def _train(pruned: bool) -> dict:
             "_target_": "SupervisedTrainer",
             "max_epochs": "@epochs",
             "device": "@device",
+            "amp": "@amp",
             "train_data_loader": "@train#dataloader",
             "network": "@network",
             "optimizer": "@optimizer",
@@ -648,6 +652,7 @@ def evaluate_config(name: str) -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@test#dataloader",
             "network": "@network",
             "inferer": "@inferer",
@@ -714,6 +719,7 @@ def inference_config(name: str) -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@infer#dataloader",
             "network": "@network",
             "inferer": "@inferer",
@@ -966,7 +972,7 @@ Multi-GPU (or several CPU processes with gloo):
 `image_size`, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
 `output_dir`, `ckpt_dir`, {pruning_keys}`decode_region` (`full` | `box`: run the decoder only over the prompt
 boxes plus `decode_margin` pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),
-`decode_margin`, `resume`; in `evaluate.json` also `prompt` (`tight` |
+`decode_margin`, `resume`, `amp` (mixed precision; default: on with CUDA); in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `ckpt_path`. `bundle_root` defaults to `bundles/{name}` when run from the repository
 root and to `.` otherwise. An unknown key stops the run at start and names the closest known one (`--epoch` ->
@@ -1308,7 +1314,8 @@ modality's entry of `intensity_by_modality`.
 `sw_overlap`, `sw_mode` (`constant` | `gaussian`), `num_samples` (crops per volume), `epochs`, `batch_size` (volumes
 per step), `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`, `output_dir`, `ckpt_dir`,
 {pruning_keys}`decode_region`, `decode_margin` (voxels around the boxes that the decoder runs on, and that decide
-which windows are computed), `resume`; in `evaluate.json` also `prompt`, `prompt_factor`, `split`; in
+which windows are computed), `resume`, `amp` (mixed precision; default: on with CUDA); in `evaluate.json` also
+`prompt`, `prompt_factor`, `split`; in
 `inference.json` `input_dir`, `boxes_file`, `allow_missing_boxes`, `ckpt_path`. An unknown key stops the run at
 start and names the closest known one.
 
