@@ -1,5 +1,6 @@
 """Mixed precision: every bundle network (backbone x pruner, tiny widths) under ``torch.autocast("cpu", bfloat16)``
-matches float32, and the bundles' ``amp`` key reaches MONAI's trainer and evaluators.
+(and a few under float16, the dtype of MONAI's CUDA autocast) matches float32, and the bundles' ``amp`` key reaches
+MONAI's trainer and evaluators.
 
 Tolerances. bfloat16 keeps 8 significant bits (relative rounding 2^-9 = 0.2 % per operation); through the tiny
 networks' 10-30 matmuls / convolutions the logits' relative L2 error measures 0.2-1.8 % (UNETR with TRAM 8 %: its
@@ -53,8 +54,8 @@ def _record_topk(monkeypatch) -> list:
 
 
 def _logits(network, image, boxes, dtype) -> torch.Tensor:
-    """Eval-mode logits (float32) under bf16 autocast (``dtype``) or in float32 (``None``)."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+    """Eval-mode logits (float32) under autocast to ``dtype`` or in float32 (``None``)."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         return network.eval()(image, boxes=boxes).float()
 
 
@@ -62,7 +63,7 @@ def _gradient(network, image, boxes, dtype, train: bool) -> torch.Tensor:
     """The flat parameter gradient of ``mean(logits^2)`` in training (``train``) or eval mode."""
     network.train(train)
     torch.manual_seed(2)  # the same draws (random pruner, DynamicViT's Gumbel noise) in both runs
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         logits = network(image, boxes=boxes)
     logits.float().square().mean().backward()
     return torch.cat([p.grad.flatten() for p in network.parameters() if p.grad is not None])
@@ -86,8 +87,14 @@ def _check_selections(full: list, half: list) -> None:
         return
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_bf16_autocast_matches_float32(name, monkeypatch):
+FLOAT16_CASES = ("unetr_prato", "unetr_tram", "segformer_evovit", "swin_unetr_dtop", "transunet_dynamicvit")
+
+
+@pytest.mark.parametrize("name, dtype", [pytest.param(n, torch.bfloat16, id=f"{n}-bf16") for n in CASES]
+                         + [pytest.param(n, torch.float16, id=f"{n}-fp16") for n in FLOAT16_CASES])
+def test_autocast_matches_float32(name, dtype, monkeypatch):
+    """bf16 everywhere; float16 (MONAI's CUDA autocast dtype, here on the CPU) on the pruners that score from
+    attention, relevance or auxiliary heads."""
     bundle_dir = os.path.join(BUNDLES_DIR, name)
     torch.manual_seed(0)
     network, in_channels, size = _network(bundle_dir, None, _network_overrides(bundle_dir))
@@ -99,17 +106,18 @@ def test_bf16_autocast_matches_float32(name, monkeypatch):
     logits32 = _logits(network, image, boxes, None)
     full = list(calls)
     calls.clear()
-    logits16 = _logits(network, image, boxes, torch.bfloat16)
+    logits16 = _logits(network, image, boxes, dtype)
     rel = ((logits16 - logits32).norm() / logits32.norm()).item()
     assert rel < REL_LOGITS, f"relative logits error {rel:.4f}"
     if "baseline" not in name:
         assert full and len(full) == len(calls)
         _check_selections(full, calls)
+    assert logits16.isfinite().all()
     # the tiny 3D Swin UNETR's bottleneck has 2^3 voxels: MONAI's instance norm on 8 values overflows in a bf16
     # backward in training mode (at the bundle's 96^3 window the gradients' cosine is 1.0000); checked in eval mode
     train = name != "swin_unetr3d_prato"
     grads32 = _gradient(copy.deepcopy(network), image, boxes, None, train)
-    grads16 = _gradient(copy.deepcopy(network), image, boxes, torch.bfloat16, train)
+    grads16 = _gradient(copy.deepcopy(network), image, boxes, dtype, train)
     cosine = torch.nn.functional.cosine_similarity(grads16, grads32, dim=0).item()
     assert cosine > MIN_GRAD_COSINE, f"gradient cosine {cosine:.4f}"
 
