@@ -13,7 +13,7 @@ from tools.gpu_benchmark import cpu_step_memory, run
 def test_tiny_cpu_run_writes_json_and_markdown(tmp_path):
     text = run(device="cpu", size="tiny", out_dir=str(tmp_path), markdown_name="table.md",
                backbones="segformer,unetr3d", pruners="baseline,prato_box", batches=[1, 2], train_batch=2,
-               train_batch_3d=1, warmup=0, repeats=1, threads=1, settings_3d=[[32, 0.9]])
+               train_batch_3d=1, warmup=0, repeats=1, threads=1, settings_3d=[[32, 0.9]], amp=True)
     report = json.loads((tmp_path / "gpu_benchmark.json").read_text())
     assert (tmp_path / "table.md").read_text() == text
     assert report["environment"]["torch"] == torch.__version__ and report["amp"] is True

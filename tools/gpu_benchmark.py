@@ -9,13 +9,15 @@
 4. a training step (forward, ``PrunedSegLoss``, backward, AdamW; autocast and a ``GradScaler`` as MONAI's trainer
    uses them) of the same rows: median time and peak memory.
 
-Writes ``gpu_benchmark.json`` and a Markdown table (``--markdown``) to ``--out_dir``::
+Writes ``gpu_benchmark.json`` and a Markdown table (``--markdown_name``) to ``--out_dir``::
 
     python tools/gpu_benchmark.py run --out_dir gpu_results                 # CUDA, paper-size networks, < 10 min
     python tools/gpu_benchmark.py run --device cpu --size tiny --out_dir /tmp/gb   # the same path on a CPU, tiny
-    python tools/gpu_benchmark.py run --device cpu --parts train --pruners baseline,prato_box --train_batch 2
+    python tools/gpu_benchmark.py run --device cpu --parts train --pruners baseline,prato_box --train_batch 2 \
+        --train_batch_3d 1 --settings_3d '[[96,0.9]]' --threads 2   # CPU training step, float32 (amp off)
 
-Autocast dtype: float16 on CUDA (MONAI's ``torch.autocast("cuda")`` default), bfloat16 on a CPU. Peak memory: on
+Autocast dtype: float16 on CUDA (MONAI's ``torch.autocast("cuda")`` default), bfloat16 on a CPU (``--amp True``;
+off by default there, as in the bundles). Peak memory: on
 CUDA ``torch.cuda.max_memory_allocated`` during the row's first step above what was allocated before it; on a CPU
 the peak resident memory (``VmHWM``, reset through ``/proc/self/clear_refs``) of one step in a fresh subprocess
 per row above its resident memory once the network, optimiser and batch exist (glibc's ``mmap`` threshold fixed
@@ -266,8 +268,9 @@ def bundle_check(backbone: str, size: str, device: torch.device, work_dir: str) 
 def markdown(report: dict) -> str:
     """The Markdown tables of a :func:`run` report."""
     env = report["environment"]
+    dtype = "float16" if env["device"].startswith("cuda") else "bfloat16"
     lines = [f"Device: {env['name']} ({env['device']}), torch {env['torch']}, MONAI {env['monai']}, "
-             f"amp {report['amp']} ({'float16' if env['device'].startswith('cuda') else 'bfloat16'}), "
+             f"measured with amp {report['amp']}{f' ({dtype})' if report['amp'] else ''}, "
              f"size {report['size']}, central box {report['box_fraction']:g} of each side.", ""]
     if report["bundle_checks"]:
         lines += ["| bundle | train 2 iterations + validation (s) | evaluate 1 batch (s) | ok |", "|---|---|---|---|"]
@@ -290,16 +293,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(device: str = "cuda", size: str = "paper", out_dir: str = "gpu_benchmark", markdown_name: str = "gpu_benchmark.md",
-        parts: str | Sequence[str] = "check,inference,train", backbones: str | Sequence[str] = BACKBONES + ("unetr3d",),
-        pruners: str | Sequence[str] = tuple(ROWS), amp: bool = True, batches: Sequence[int] = (1, 8),
+def run(device: str = "cuda", size: str = "paper", out_dir: str = "gpu_benchmark",
+        markdown_name: str = "gpu_benchmark.md", parts: str | Sequence[str] = "check,inference,train",
+        backbones: str | Sequence[str] = BACKBONES + ("unetr3d",), pruners: str | Sequence[str] = tuple(ROWS),
+        amp: bool | None = None, batches: Sequence[int] = (1, 8),
         train_batch: int = 8, train_batch_3d: int = 2, box_fraction: float = 0.4, warmup: int | None = None,
         repeats: int | None = None, threads: int | None = None, settings_3d: Sequence | None = None) -> str:
     """Run the checks and measurements; writes ``<out_dir>/gpu_benchmark.json`` and ``<out_dir>/<markdown_name>``
     and returns the Markdown. ``pruners``: the rows (``baseline``, ``prato_box``, ``prato_full``, ``stp``,
     ``dynamicvit``, ``random``; UNETR-3D runs those of baseline, STP and PrATo (box)). Warm-up and repeats default to
-    5 and 20 on CUDA, 1 and 3 on a CPU. ``settings_3d``: UNETR-3D's ``[[window side, keep ratio], ...]`` instead of
-    the size's (``[[96, 0.9], [128, 0.75]]`` at paper size)."""
+    5 and 20 on CUDA, 1 and 3 on a CPU. ``amp``: as the bundles' default, on with CUDA (float16), off on a CPU (CPUs
+    without native bfloat16 emulate it slowly); the bundle check always runs with ``amp`` on. ``settings_3d``:
+    UNETR-3D's ``[[window side, keep ratio], ...]`` instead of the size's (paper: ``[[96, 0.9], [128, 0.75]]``)."""
     def names(value) -> list[str]:
         return value.split(",") if isinstance(value, str) else list(value)
 
@@ -314,6 +319,7 @@ def run(device: str = "cuda", size: str = "paper", out_dir: str = "gpu_benchmark
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("CUDA is not available here; run with --device cpu")
+    amp = dev.type == "cuda" if amp is None else amp
     warmup = warmup if warmup is not None else (5 if dev.type == "cuda" else 1)
     repeats = repeats if repeats is not None else (20 if dev.type == "cuda" else 3)
     os.makedirs(out_dir, exist_ok=True)
