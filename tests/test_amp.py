@@ -27,6 +27,7 @@ from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
 import prato_components.pruners as pruners_package
+from prato_components.engine import PromptedInferer
 from prato_components.pruners import PrATo, base
 from prato_components.verification import _network, _network_overrides
 
@@ -183,3 +184,19 @@ def test_monai_amp_on_cpu_computes_in_float32():
                                     torch.nn.MSELoss(), amp=True)
         trainer.run()
     assert trainer.amp and seen == [torch.float32]
+
+
+def test_prompted_inferer_gives_float32_logits_under_autocast():
+    """The 2D inferer (images and volumes slice by slice) returns logits in the image's dtype under autocast, as
+    MONAI's sliding window does for the 3D bundles, so the postprocessing (softmax, inversion, saving) sees float32."""
+    bundle_dir = os.path.join(BUNDLES_DIR, "segformer_prato")
+    network, in_channels, size = _network(bundle_dir, None, _network_overrides(bundle_dir))
+    inferer = PromptedInferer(spatial_dims=2, slice_batch_size=2)
+    box = torch.tensor([[[10.0, 12.0, 40.0, 50.0]]])
+    for image in (torch.randn(1, in_channels, size, size), torch.randn(1, in_channels, size, size, 3)):
+        with torch.no_grad():
+            reference = inferer(image, network, boxes=box)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                logits = inferer(image, network, boxes=box)
+        assert logits.dtype == torch.float32 and logits.shape == reference.shape
+        assert ((logits - reference).norm() / reference.norm()).item() < REL_LOGITS
