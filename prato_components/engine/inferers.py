@@ -64,8 +64,8 @@ class PromptedInferer(Inferer):
         if isinstance(boxes, MetaTensor):
             boxes = boxes.as_tensor()
         image_dims = inputs.ndim - 2
-        if image_dims == self.spatial_dims:
-            return network(inputs, *args, boxes=boxes, **kwargs)
+        if image_dims == self.spatial_dims:  # float32 logits under autocast, as MONAI's sliding window gives
+            return network(inputs, *args, boxes=boxes, **kwargs).to(inputs.dtype)
         if image_dims != self.spatial_dims + 1:
             raise ValueError(
                 f"a {self.spatial_dims}D network cannot segment an input of shape {tuple(inputs.shape)} "
@@ -81,7 +81,7 @@ class PromptedInferer(Inferer):
             part = slice(start, start + self.slice_batch_size)
             part_boxes = None if slice_boxes is None else slice_boxes[part]
             outputs.append(network(slices[part], *args, boxes=part_boxes, **kwargs))
-        out = torch.cat(outputs)
+        out = torch.cat(outputs).to(slices.dtype)
         out = out.reshape(batch, num_slices, *out.shape[1:]).movedim(1, -1)
         if source is None:
             return out

@@ -10,6 +10,7 @@ The data types and token helpers live in the neutral core :mod:`prato_components
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -20,7 +21,8 @@ from prato_components.tokens.attention import ReducedAttention, WindowAttention,
 from prato_components.tokens.blocks import transformer_block_forward
 from prato_components.tokens.stage import StageInput, TokenSelection
 
-__all__ = ["TokenPruner", "attention_scores_on_grid", "keep_count", "select_threshold", "select_topk"]
+__all__ = ["TokenPruner", "attention_scores_on_grid", "float32_inputs", "keep_count", "select_threshold",
+           "select_topk"]
 
 
 def keep_count(num_tokens: int, keep_ratio: float) -> int:
@@ -67,6 +69,15 @@ def select_threshold(scores: torch.Tensor, threshold: float, valid: torch.Tensor
     return TokenSelection(keep_mask=keep, keep_index=None, scores=scores)
 
 
+def float32_inputs(inputs: StageInput) -> StageInput:
+    """``inputs`` with its tokens, feature map and attention probabilities in float32 (``memory`` is shared)."""
+    feature_map = inputs.feature_map
+    attentions = [a.float() if isinstance(a, torch.Tensor) else dataclasses.replace(a, probs=a.probs.float())
+                  for a in inputs.attentions]
+    return dataclasses.replace(inputs, tokens=inputs.tokens.float(), feature_map=lambda: feature_map().float(),
+                               attentions=attentions)
+
+
 def attention_scores_on_grid(
     inputs: StageInput,
     attention,
@@ -94,7 +105,7 @@ def attention_scores_on_grid(
         return pad_column(reduced(attention)), pad_column(attention.live_grid()), attention.grid_shape
     index, query_valid = inputs.attention_positions(attention)
     scores = dense(attention.detach().float(), query_valid)
-    grid = torch.zeros(scores.shape[0], math.prod(inputs.grid_shape) + 1, device=scores.device)
+    grid = scores.new_zeros(scores.shape[0], math.prod(inputs.grid_shape) + 1)
     return grid.scatter(1, index, scores), pad_column(inputs.live_grid()), inputs.grid_shape
 
 
@@ -123,6 +134,18 @@ class TokenPruner(nn.Module):
         super().__init__()
         keep_count(1, keep_ratio)  # validates the ratio
         self.keep_ratio = keep_ratio
+
+    def __call__(self, inputs: StageInput) -> TokenSelection:
+        """Under autocast the pruner scores in float32 (softmax, entropy, sigmoid, RoIAlign box coordinates and top-k
+        ties are not resolved in half precision); its differentiable scores come back in the tokens' dtype."""
+        device_type = inputs.tokens.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return super().__call__(inputs)
+        with torch.autocast(device_type, enabled=False):
+            selection = super().__call__(float32_inputs(inputs))
+        if selection.scores is not None:
+            selection.scores = selection.scores.to(inputs.tokens.dtype)
+        return selection
 
     def forward(self, inputs: StageInput) -> TokenSelection:  # pragma: no cover - interface
         raise NotImplementedError(f"{type(self).__name__} must implement forward(StageInput) -> TokenSelection")

@@ -27,6 +27,9 @@ DECODE_MARGIN = 16
 # first in every "initialize": unknown override keys (``--epoch`` for ``--epochs``) stop the run with a suggestion
 CHECK_OVERRIDES = "$prato_components.bundle.check_overrides()"
 
+# mixed precision through MONAI's trainer and evaluators: on with CUDA, off on a CPU
+AMP = "$@device.type == 'cuda'"
+
 
 def check_settings(config: dict) -> str:
     """Second in every "initialize": the values of ``config``'s user settings (types, ranges, names), so that
@@ -72,6 +75,7 @@ def common(name: str, trained: bool = False) -> dict:
         "imports": IMPORTS,
         "bundle_root": ".",  # the bundle's folder, as in the MONAI Model Zoo (--bundle_root from elsewhere)
         "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+        "amp": AMP,
         "ckpt_dir": "$os.path.join(@bundle_root, 'models')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "debug": False,
@@ -219,6 +223,7 @@ def _validate() -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@validate#dataloader",
             "network": "@network",
             "inferer": "@validate#inferer",
@@ -272,6 +277,7 @@ def _train(pruned: bool) -> dict:
             "_target_": "SupervisedTrainer",
             "max_epochs": "@epochs",
             "device": "@device",
+            "amp": "@amp",
             "train_data_loader": "@train#dataloader",
             "network": "@network",
             "optimizer": "@optimizer",
@@ -354,6 +360,7 @@ def evaluate_config(name: str) -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@test#dataloader",
             "network": "@network",
             "inferer": "@inferer",
@@ -422,6 +429,7 @@ def inference_config(name: str) -> dict:
         "evaluator": {
             "_target_": "SupervisedEvaluator",
             "device": "@device",
+            "amp": "@amp",
             "val_data_loader": "@infer#dataloader",
             "network": "@network",
             "inferer": "@inferer",

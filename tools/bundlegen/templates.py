@@ -146,7 +146,8 @@ Multi-GPU (or several CPU processes with gloo):
 ## Keys to override
 
 {datasets}, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
-`output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`; in `evaluate.json` also `prompt` (`tight` |
+`output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`, `amp` (mixed precision;
+default: on with CUDA); in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`;
 `debug` (the full traceback of an error, also `PRATO_DEBUG=1`). Every input is checked before anything is segmented,
