@@ -114,7 +114,7 @@ def test_one_pruner_block_above_the_network(bundle):
             assert "keep_ratio" not in json.dumps(config)
         else:
             assert config["pruner_def"]["_target_"].lower().endswith("." + pruner.replace("random", "randompruner"))
-            assert config["pruner_def"]["keep_ratio"] == "@keep_ratio"
+            assert config["pruner_def"]["keep_ratio"] == "$@network_settings['keep_ratio']"
 
 
 def test_a_backbones_pruned_bundles_differ_in_pruner_def():

@@ -118,7 +118,7 @@ def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE) -> str:
     parser = ConfigParser()
     parser.read_config([os.path.join(bundle, "configs", "train.json"), os.path.join(bundle, "configs", "evaluate.json")])
     parser["ckpt_path"] = ckpt_path
-    return parser.get_parsed_content("decode_region")
+    return parser.get_parsed_content("network_settings")["decode_region"]
 
 
 def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whole(trained, tmp_path):

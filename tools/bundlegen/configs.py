@@ -35,33 +35,38 @@ def check_settings(config: dict) -> str:
     return f"$prato_components.bundle.check_settings({{{values}}})"
 
 
-def network_settings(config: dict) -> dict:
-    """``{key: "@key"}`` for the top-level keys ``network_def`` and its ``pruner_def`` read: what every checkpoint
-    records."""
-    blocks = [config["network_def"], config.get("pruner_def"), config.get("completion_def")]
-    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
-    return {key: f"@{key}" for key in config if key in read and key not in ("pruner_def", "completion_def")}
-
-
-# network settings added after checkpoints were first written: the value such a checkpoint was trained with
-LEGACY_SETTINGS = {"decode_region": "full"}
+SETTINGS = "network_settings"
+# what evaluate.json and inference.json add to ``network_settings``: the settings the checkpoint at ``ckpt_path``
+# records, and the keys this run overrides (they win over the checkpoint's)
+FROM_CHECKPOINT = {"trained": "@trained", "overridden": "$prato_components.bundle.override_keys()"}
 CKPT_PATH = "$os.path.join(@ckpt_dir, 'model.pt')"
 TRAINED = "$prato_components.engine.trained_settings(@ckpt_path)"
 CHECK_TRAINED = "$prato_components.engine.check_trained_settings(@trained, @network_settings, @ckpt_path)"
 
 
-def trained_settings(config: dict) -> dict:
-    """Each network setting of ``config`` as the checkpoint at ``ckpt_path`` records it (the literal default when it
-    records none), for evaluate / inference: they build the network the checkpoint was trained with, and a run whose
-    overrides contradict it stops at start naming the keys (``CHECK_TRAINED``; channels and classes follow the data
-    set and are checked the same way)."""
-    out = {}
-    for key in network_settings(config):
-        if key in LEGACY_SETTINGS:  # a checkpoint from before the setting existed was trained the old way
-            out[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
-        elif key not in ("in_channels", "out_channels"):
-            out[key] = f"$@trained.get({key!r}, {config[key]!r})"
-    return out
+def network_settings(config: dict, blocks: dict, trained: bool = False) -> dict:
+    """The ``network_settings`` block: the top-level keys of ``config`` that the network ``blocks`` (``pruner_def``,
+    ``completion_def``, ``network_def``) read, listed once, as ``prato_components.bundle.resolved_settings`` returns
+    them. Every checkpoint records them; ``trained`` (evaluation, inference): each follows the checkpoint at
+    ``ckpt_path`` unless this run overrides it, and ``CHECK_TRAINED`` names overrides that contradict it."""
+    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
+    settings = {key: f"@{key}" for key in config if key in read}
+    return {"_target_": "prato_components.bundle.resolved_settings", "settings": settings,
+            **(FROM_CHECKPOINT if trained else {})}
+
+
+def read_from_settings(node: object, keys: set[str]) -> object:
+    """``node`` with every ``@key`` of a network setting in ``keys`` read from ``network_settings`` instead
+    (``"$@network_settings['key']"``): the network is built from the resolved settings, never the top-level keys."""
+    if isinstance(node, dict):
+        return {key: read_from_settings(value, keys) for key, value in node.items()}
+    if isinstance(node, list):
+        return [read_from_settings(value, keys) for value in node]
+    if not isinstance(node, str) or "@" not in node:
+        return node
+    expression = node if node.startswith("$") else f"${node}"
+    replaced = re.sub(r"@(\w+)(?![\w#])", lambda m: f"@{SETTINGS}[{m[1]!r}]" if m[1] in keys else m[0], expression)
+    return replaced if replaced != expression else node
 
 
 def common(name: str, trained: bool = False) -> dict:
@@ -95,20 +100,23 @@ def common(name: str, trained: bool = False) -> dict:
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],
-        "pruner_def": pruner_def(name),
-        **completion_def(name),
-        "network_def": network_def(name),
-        "network": "$@network_def.to(@device)",
     }
-    # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
-    config["network_settings"] = network_settings(config)
+    blocks = {"pruner_def": pruner_def(name), **completion_def(name), "network_def": network_def(name)}
+    # the settings the network is built from, listed once and recorded in every checkpoint
+    # (prato_components.engine.checkpoint), so a trained network knows how it was built
+    config[SETTINGS] = network_settings(config, blocks, trained)
+    config.update(read_from_settings(blocks, set(config[SETTINGS]["settings"])))
+    config["network"] = "$@network_def.to(@device)"
     config["prepare_batch"] = {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}}
     config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2}
     if backbone in BACKBONES_3D:
         config = _common_3d(config)
-    if trained:
-        config.update(trained_settings(config))
     return config
+
+
+# the network input's side: what the data is resized to (2D), the training crops and sliding windows (3D)
+IMAGE_2D = f"$[@{SETTINGS}['image_size']] * 2"
+WINDOW = f"$[@{SETTINGS}['image_size']] * 3"
 
 
 def _load(keys: list[str]) -> dict:
@@ -147,7 +155,7 @@ def _labelled_preprocessing() -> dict:
         "loading_by_dataset": _loading_by_dataset(),
         "preprocessing": [
             {"_target_": "Compose", "transforms": "$@loading_by_dataset[@dataset.lower()]"},
-            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], ["@image_size", "@image_size"]),
+            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], IMAGE_2D),
         ],
     }
 
@@ -325,7 +333,7 @@ def evaluate_config(name: str) -> dict:
     config = {
         "ckpt_path": CKPT_PATH,
         "trained": TRAINED,
-        **trained_settings(train),
+        **{f"{SETTINGS}#{key}": value for key, value in FROM_CHECKPOINT.items()},
         "prompt": "tight",
         "prompt_factor": None,
         "split": "test",
@@ -347,7 +355,7 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
-             "network": "@network", "input_shape": "$[@in_channels, @image_size, @image_size]",
+             "network": "@network", "input_shape": f"$[@{SETTINGS}['in_channels']] + {IMAGE_2D[1:]}",
              "latency_repeats": "@latency_repeats"},
         ],
         "evaluator": {
@@ -377,7 +385,7 @@ def inference_config(name: str) -> dict:
         "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
         "boxes_file": None,
         "allow_missing_boxes": False,
-        "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
+        "spatial_size": f"{IMAGE_2D} + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
         "preprocessing": {
             "_target_": "Compose",
@@ -474,9 +482,6 @@ def multi_gpu_config(name: str) -> dict:
     }
 
 
-WINDOW = "$[@image_size] * 3"  # the cubic network input: training crops and sliding windows
-
-
 def _with_keys_after(config: dict, after: str, keys: dict) -> dict:
     """``config`` with ``keys`` inserted right after ``after`` (the generated JSON keeps a readable order)."""
     out = {}
@@ -495,4 +500,4 @@ def _common_3d(config: dict) -> dict:
     config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 3}
     return _with_keys_after(config, "inferer", {"sw_inferer": {
         "_target_": "prato_components.engine.PromptedSlidingWindowInferer", "roi_size": WINDOW,
-        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": "@decode_margin"}})
+        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": f"$@{SETTINGS}['decode_margin']"}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prato_components.bundle import CT_INTENSITY_RANGE
 
-from .configs import WINDOW, _load, _with_keys_after, evaluate_config, inference_config, train_config
+from .configs import SETTINGS, WINDOW, _load, _with_keys_after, evaluate_config, inference_config, train_config
 
 SPLITS_3D = "$prato_components.bundle.bundle_splits_3d(@dataset, @dataset_dir, @datalist_path, @seed)"
 # the intensity normalisation of the data set's modality (prato_components.bundle.intensity_transforms_3d)
@@ -58,7 +58,7 @@ def _sliding_window_handlers(handlers: list) -> None:
         if handler["_target_"] == "prato_components.engine.TokenSparsityHandler":
             handler["inferer"] = "@sw_inferer"
         if handler["_target_"] == "prato_components.engine.EvaluationReport":
-            handler["input_shape"] = "$[@in_channels] + [@image_size] * 3"
+            handler["input_shape"] = f"$[@{SETTINGS}['in_channels']] + {WINDOW[1:]}"
 
 
 def train_config_3d(name: str) -> dict:

@@ -117,7 +117,7 @@ BACKBONES: dict[str, dict] = {
             "_target_": "prato_components.networks.TransUNet",
             "in_channels": "@in_channels",
             "out_channels": "@out_channels",
-            "img_size": "$[@image_size, @image_size]",
+            "img_size": "$[@image_size] * 2",
             "cnn_layers": "@cnn_layers",
             "cnn_width": "@cnn_width",
             "hidden_size": "@hidden_size",
