@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from prato_components.bundle import SETTING_RULES
+from prato_components.bundle import DATA_SETTINGS, SETTING_RULES
 from prato_components.verification import split_bundle_name
 
 from .spec import BACKBONES_3D, PRUNER_CONFIGS, backbone_spec, completion_def, network_def, pruner_def
@@ -69,6 +69,22 @@ def read_from_settings(node: object, keys: set[str]) -> object:
     return replaced if replaced != expression else node
 
 
+NETWORK_BLOCKS = ("pruner_def", "completion_def", "network_def")
+
+
+def settings_read_once(config: dict, name: str) -> dict:
+    """``config`` (a config of bundle ``name``) with every use of a network setting read from ``network_settings``
+    (:func:`read_from_settings`): all of them in the network blocks, the sizes elsewhere (the data's channels and
+    classes, ``DATA_SETTINGS``, are the same either way). Left as written: the settings' own top-level keys (the
+    values as given, defaults or overrides), ``network_settings`` itself and ``initialize`` (``check_settings``
+    checks the values as given)."""
+    keys = set(common(name)[SETTINGS]["settings"])
+    kept = keys | {"initialize"}
+    return {key: value if key in kept or key.split("#")[0] == SETTINGS else
+            read_from_settings(value, keys if key in NETWORK_BLOCKS else keys - set(DATA_SETTINGS))
+            for key, value in config.items()}
+
+
 def common(name: str, trained: bool = False) -> dict:
     """Keys shared by train and inference, in dependency order; ``trained``: the network settings follow the
     checkpoint at ``ckpt_path`` (inference)."""
@@ -105,18 +121,13 @@ def common(name: str, trained: bool = False) -> dict:
     # the settings the network is built from, listed once and recorded in every checkpoint
     # (prato_components.engine.checkpoint), so a trained network knows how it was built
     config[SETTINGS] = network_settings(config, blocks, trained)
-    config.update(read_from_settings(blocks, set(config[SETTINGS]["settings"])))
+    config.update(blocks)
     config["network"] = "$@network_def.to(@device)"
     config["prepare_batch"] = {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}}
     config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2}
     if backbone in BACKBONES_3D:
         config = _common_3d(config)
     return config
-
-
-# the network input's side: what the data is resized to (2D), the training crops and sliding windows (3D)
-IMAGE_2D = f"$[@{SETTINGS}['image_size']] * 2"
-WINDOW = f"$[@{SETTINGS}['image_size']] * 3"
 
 
 def _load(keys: list[str]) -> dict:
@@ -155,7 +166,7 @@ def _labelled_preprocessing() -> dict:
         "loading_by_dataset": _loading_by_dataset(),
         "preprocessing": [
             {"_target_": "Compose", "transforms": "$@loading_by_dataset[@dataset.lower()]"},
-            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], IMAGE_2D),
+            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], "$[@image_size] * 2"),
         ],
     }
 
@@ -322,7 +333,7 @@ def train_config(name: str) -> dict:
         "run": ["$@train#trainer.run()"],
     })
     config["initialize"].insert(1, check_settings(config))
-    return config
+    return settings_read_once(config, name)
 
 
 def evaluate_config(name: str) -> dict:
@@ -355,7 +366,7 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
-             "network": "@network", "input_shape": f"$[@{SETTINGS}['in_channels']] + {IMAGE_2D[1:]}",
+             "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
              "latency_repeats": "@latency_repeats"},
         ],
         "evaluator": {
@@ -373,7 +384,7 @@ def evaluate_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     }
     config["initialize"][1:1] = [check_settings({**train, **config}), CHECK_TRAINED]
-    return config
+    return settings_read_once(config, name)
 
 
 def inference_config(name: str) -> dict:
@@ -385,7 +396,7 @@ def inference_config(name: str) -> dict:
         "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
         "boxes_file": None,
         "allow_missing_boxes": False,
-        "spatial_size": f"{IMAGE_2D} + ([-1] if @spec['volumetric'] else [])",
+        "spatial_size": "$[@image_size] * 2 + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
         "preprocessing": {
             "_target_": "Compose",
@@ -438,7 +449,7 @@ def inference_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     })
     config["initialize"][1:1] = [check_settings(config), CHECK_TRAINED]
-    return config
+    return settings_read_once(config, name)
 
 
 def multi_gpu_config(name: str) -> dict:
@@ -482,6 +493,9 @@ def multi_gpu_config(name: str) -> dict:
     }
 
 
+WINDOW = "$[@image_size] * 3"  # the cubic network input: training crops and sliding windows
+
+
 def _with_keys_after(config: dict, after: str, keys: dict) -> dict:
     """``config`` with ``keys`` inserted right after ``after`` (the generated JSON keeps a readable order)."""
     out = {}
@@ -500,4 +514,4 @@ def _common_3d(config: dict) -> dict:
     config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 3}
     return _with_keys_after(config, "inferer", {"sw_inferer": {
         "_target_": "prato_components.engine.PromptedSlidingWindowInferer", "roi_size": WINDOW,
-        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": f"$@{SETTINGS}['decode_margin']"}})
+        "sw_batch_size": "@sw_batch_size", "overlap": "@sw_overlap", "mode": "@sw_mode", "margin": "@decode_margin"}})
