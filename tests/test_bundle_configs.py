@@ -15,7 +15,14 @@ from conftest import ROOT, read_json
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from prato_components.bundle import BTCV_LABELS, DATA_SETTINGS, SETTING_RULES, dataset_spec, load_transforms, load_transforms_3d
+from prato_components.bundle import (
+    BTCV_LABELS,
+    DATA_SETTINGS,
+    SETTING_RULES,
+    dataset_spec,
+    load_transforms,
+    load_transforms_3d,
+)
 from prato_components.data import make_btcv_like
 from prato_components.data.splits import load_or_create_split
 from prato_components.verification import TINY_NETWORKS, config_chain, split_bundle_name, tiny_overrides
@@ -129,18 +136,17 @@ def test_network_settings_are_written_once(bundle):
     assert inference["network_settings"] == {**train["network_settings"], "trained": "@trained",
                                              "overridden": "$prato_components.bundle.override_keys()"}
     assert {k: v for k, v in evaluate.items() if k.startswith("network_settings")} == {
-        "network_settings#trained": "@trained", "network_settings#overridden": "$prato_components.bundle.override_keys()"}
-    for config in (train, inference):
-        assert [config[key] for key in settings] == [train[key] for key in settings]  # the same defaults
-    assert not set(settings) & set(evaluate)
-    for name, config in {"train": train, "evaluate": evaluate, "inference": inference}.items():
-        text = json.dumps({k: v for k, v in config.items() if k not in ("network_settings", "initialize")})
+        "network_settings#trained": "@trained",
+        "network_settings#overridden": "$prato_components.bundle.override_keys()"}
+    assert [inference[key] for key in settings] == [train[key] for key in settings]  # the same defaults
+    assert not set(settings) & set(evaluate)  # evaluation changes none: it takes the checkpoint's through the block
+    for name, config, listed in (("train", train, 1), ("evaluate", evaluate, 0), ("inference", inference, 1)):
+        text = json.dumps(config)
+        assert "trained.get" not in text
+        # each setting is read once (in network_settings), and by check_settings, which checks the values as given;
         # channels and classes follow the data set (DATA_SETTINGS): the labels' one-hot and boxes read them too
-        direct = {key: len(re.findall(rf"@{key}(?![\w#\[])", text)) for key in settings if key not in DATA_SETTINGS}
-        assert {k: n for k, n in direct.items() if n} == {}, (name, "reads a setting past network_settings")
-        assert "trained.get" not in json.dumps(config)
-        checked = [item for item in config.get("initialize", []) if "check_settings" in item]
-        assert all(f"@{key}" in checked[0] for key in settings if key in SETTING_RULES)  # the values as given
+        uses = {key: len(re.findall(rf"@{key}(?![\w#\[])", text)) for key in settings if key not in DATA_SETTINGS}
+        assert uses == {key: listed + (key in SETTING_RULES) for key in uses}, name
 
 
 def test_a_backbones_pruned_bundles_differ_in_pruner_def():
