@@ -339,7 +339,8 @@ def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     if checkpoint is not None:
         network.load_state_dict(load_weights(checkpoint)[0])
     settings = parser.get_parsed_content("network_settings")  # as resolved: the checkpoint's unless overridden
-    return network.eval(), settings["in_channels"], settings["image_size"]
+    size = settings["image_size"] if "image_size" in settings else parser.get_parsed_content("image_size")
+    return network.eval(), settings["in_channels"], size
 
 
 # what an exported program computes: box decoding cuts windows of data-dependent size, which torch.export cannot
