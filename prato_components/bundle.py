@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import monai.bundle
@@ -84,6 +85,10 @@ __all__ = [
     "default_num_workers",
     "unknown_override_keys",
     "check_overrides",
+    "override_keys",
+    "DATA_SETTINGS",
+    "LEGACY_SETTINGS",
+    "resolved_settings",
     "command_line_arguments",
     "run",
     "SETTING_RULES",
@@ -579,11 +584,52 @@ def check_overrides(config_file: str | Sequence[str] | None = None, overrides: M
                          fix="override only keys the config defines (python -m monai.bundle run ... --key value)")
 
 
+# the arguments of the :func:`run` in progress (``None``: no such run; MONAI's command line is read instead)
+_RUN_ARGUMENTS: ContextVar[dict[str, Any] | None] = ContextVar("_RUN_ARGUMENTS", default=None)
+
+
+def override_keys() -> list[str]:
+    """The config ids this run overrides: the arguments of the :func:`run` in progress, else those of MONAI's command
+    line (``python -m monai.bundle run ...``, as :func:`check_overrides` reads it), without the workflow's own
+    (:data:`WORKFLOW_ARGUMENTS`); ``[]`` in any other process."""
+    arguments = _RUN_ARGUMENTS.get()
+    if arguments is None:
+        arguments = _monai_command_line() or {}
+    return [key for key in arguments if key not in WORKFLOW_ARGUMENTS]
+
+
+DATA_SETTINGS = ("in_channels", "out_channels")
+"""Network settings that follow the data set (``dataset_spec``): never taken from a checkpoint, only checked
+against it (``engine.check_trained_settings``), so a checkpoint trained on other data is named, not misused."""
+
+LEGACY_SETTINGS = {"decode_region": "full"}
+"""Network settings added after checkpoints were first written: the value a checkpoint that records settings but
+not this one was trained with (box decoding did not exist before ``decode_region``)."""
+
+
+def resolved_settings(settings: Mapping[str, Any], trained: Mapping[str, Any] | None = None,
+                      overridden: Sequence[str] = ()) -> dict[str, Any]:
+    """The network settings a run builds its network with: each of ``settings`` (the bundle's top-level keys: default
+    or override) unless ``trained`` (the settings a checkpoint records, ``engine.trained_settings``) holds it and the
+    run does not override it (``overridden``: :func:`override_keys`). Data settings (:data:`DATA_SETTINGS`) always
+    follow the data set; a setting the checkpoint predates is its :data:`LEGACY_SETTINGS` value. Without ``trained``
+    settings (training, or no checkpoint yet) it is ``settings``."""
+    if not trained:
+        return dict(settings)
+    keep = set(overridden) | set(DATA_SETTINGS)
+    return {key: value if key in keep else trained.get(key, LEGACY_SETTINGS.get(key, value))
+            for key, value in settings.items()}
+
+
 def run(config_file: str | Sequence[str], **arguments: Any) -> None:
     """``monai.bundle.run`` with the override keys checked first (:func:`check_overrides`): the in-process
     counterpart of ``python -m monai.bundle run``, e.g. ``run("configs/train.json", bundle_root=".", epochs=1)``."""
     check_overrides(config_file, arguments, arguments.get("tracking"))
-    monai.bundle.run(config_file=config_file, **arguments)
+    token = _RUN_ARGUMENTS.set(dict(arguments))
+    try:
+        monai.bundle.run(config_file=config_file, **arguments)
+    finally:
+        _RUN_ARGUMENTS.reset(token)
 
 
 def _integer(value: Any, low: int) -> bool:
@@ -631,8 +677,9 @@ def check_settings(settings: Mapping[str, Any]) -> None:
 def trained_bundle_config(bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,
                           config: str = "inference.json"):
     """A ``ConfigParser`` of ``bundle_dir/configs/<config>`` (with ``metadata.json``) that builds the network
-    ``checkpoint`` was trained with: ``ckpt_path`` points to it, so each network setting defaults to the one it
-    records, and ``overrides`` that contradict it raise ``ValueError`` naming the keys (as the bundle's own
+    ``checkpoint`` was trained with: ``ckpt_path`` points to it, so each network setting (``network_settings``)
+    defaults to the one it records, ``overrides`` win over it (``network_settings#overridden``, as the command line's
+    do in a bundle run) and those that contradict it raise ``ValueError`` naming the keys (as the bundle's own
     ``initialize`` does). Used where a bundle network is built outside ``monai.bundle run`` (export, MONAI Label)."""
     parser = ConfigParser()
     parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
@@ -642,6 +689,7 @@ def trained_bundle_config(bundle_dir: str, checkpoint: str | None = None, overri
         parser["ckpt_path"] = checkpoint
     for key, value in (overrides or {}).items():
         parser[key] = value
+    parser["network_settings#overridden"] = list(overrides or {})  # these win over the checkpoint's settings
     if checkpoint is not None:
         check_trained_settings(parser.get_parsed_content("trained"), parser.get_parsed_content("network_settings"),
                                checkpoint)

@@ -338,7 +338,9 @@ def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
     network = parser.get_parsed_content("network_def")
     if checkpoint is not None:
         network.load_state_dict(load_weights(checkpoint)[0])
-    return network.eval(), parser.get_parsed_content("in_channels"), parser.get_parsed_content("image_size")
+    settings = parser.get_parsed_content("network_settings")  # as resolved: the checkpoint's unless overridden
+    size = settings["image_size"] if "image_size" in settings else parser.get_parsed_content("image_size")
+    return network.eval(), settings["in_channels"], size
 
 
 # what an exported program computes: box decoding cuts windows of data-dependent size, which torch.export cannot

@@ -15,7 +15,14 @@ from conftest import ROOT, read_json
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from prato_components.bundle import BTCV_LABELS, dataset_spec, load_transforms, load_transforms_3d
+from prato_components.bundle import (
+    BTCV_LABELS,
+    DATA_SETTINGS,
+    SETTING_RULES,
+    dataset_spec,
+    load_transforms,
+    load_transforms_3d,
+)
 from prato_components.data import make_btcv_like
 from prato_components.data.splits import load_or_create_split
 from prato_components.verification import TINY_NETWORKS, config_chain, split_bundle_name, tiny_overrides
@@ -114,7 +121,32 @@ def test_one_pruner_block_above_the_network(bundle):
             assert "keep_ratio" not in json.dumps(config)
         else:
             assert config["pruner_def"]["_target_"].lower().endswith("." + pruner.replace("random", "randompruner"))
-            assert config["pruner_def"]["keep_ratio"] == "@keep_ratio"
+            assert config["pruner_def"]["keep_ratio"] == "$@network_settings['keep_ratio']"
+
+
+@pytest.mark.parametrize("bundle", ALL_BUNDLES)
+def test_network_settings_are_written_once(bundle):
+    """Each network setting is one top-level key (the value, overridden on the command line) and one entry of
+    ``network_settings`` that refers to it; the network and everything sized by it read ``network_settings``, and
+    ``evaluate.json`` / ``inference.json`` take the checkpoint's settings through it, not one expression each."""
+    train, evaluate, inference = (read_json(os.path.join(_configs(bundle), f"{c}.json"))
+                                  for c in ("train", "evaluate", "inference"))
+    settings = train["network_settings"]["settings"]
+    assert settings == {key: f"@{key}" for key in settings} and {"in_channels", "decode_region"} <= set(settings)
+    assert inference["network_settings"] == {**train["network_settings"], "trained": "@trained",
+                                             "overridden": "$prato_components.bundle.override_keys()"}
+    assert {k: v for k, v in evaluate.items() if k.startswith("network_settings")} == {
+        "network_settings#trained": "@trained",
+        "network_settings#overridden": "$prato_components.bundle.override_keys()"}
+    assert [inference[key] for key in settings] == [train[key] for key in settings]  # the same defaults
+    assert not set(settings) & set(evaluate)  # evaluation changes none: it takes the checkpoint's through the block
+    for name, config, listed in (("train", train, 1), ("evaluate", evaluate, 0), ("inference", inference, 1)):
+        text = json.dumps(config)
+        assert "trained.get" not in text
+        # each setting is read once (in network_settings), and by check_settings, which checks the values as given;
+        # channels and classes follow the data set (DATA_SETTINGS): the labels' one-hot and boxes read them too
+        uses = {key: len(re.findall(rf"@{key}(?![\w#\[])", text)) for key in settings if key not in DATA_SETTINGS}
+        assert uses == {key: listed + (key in SETTING_RULES) for key in uses}, name
 
 
 def test_a_backbones_pruned_bundles_differ_in_pruner_def():

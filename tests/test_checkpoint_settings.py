@@ -4,11 +4,16 @@ MONAI Label segmenter rebuild that network without the training overrides, and c
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import types
 
 import pytest
 import torch
 from conftest import ROOT, error_text, read_json, run_bundle
 
+import prato_components.bundle
+from prato_components.bundle import override_keys, resolved_settings, trained_bundle_config
 from prato_components.engine import differing_settings, load_weights, trained_settings
 from prato_components.verification import acdc_inference_inputs, export, run_config
 
@@ -118,7 +123,7 @@ def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE) -> str:
     parser = ConfigParser()
     parser.read_config([os.path.join(bundle, "configs", "train.json"), os.path.join(bundle, "configs", "evaluate.json")])
     parser["ckpt_path"] = ckpt_path
-    return parser.get_parsed_content("decode_region")
+    return parser.get_parsed_content("network_settings")["decode_region"]
 
 
 def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whole(trained, tmp_path):
@@ -131,3 +136,56 @@ def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whol
     assert _decode_region_of(str(tmp_path / "legacy.pt")) == "full"  # trained before box decoding existed
     assert _decode_region_of(str(tmp_path / "missing.pt")) == "box"  # no checkpoint: the bundle's default
     assert _decode_region_of(str(tmp_path / "missing.pt"), os.path.join(ROOT, "bundles", "unetr_baseline")) == "full"
+
+
+def test_resolved_settings_take_an_override_then_the_checkpoint_then_the_default():
+    given = {"in_channels": 3, "image_size": 224, "keep_ratio": 0.75, "decode_region": "box", "hidden_size": 768}
+    trained = {"in_channels": 1, "image_size": 32, "keep_ratio": 0.5, "hidden_size": 32}
+    assert resolved_settings(given) == resolved_settings(given, {}, ["image_size"]) == given  # training, no checkpoint
+    assert resolved_settings(given, trained) == {  # channels follow the data; a setting the checkpoint predates is
+        "in_channels": 3, "image_size": 32, "keep_ratio": 0.5, "decode_region": "full", "hidden_size": 32}  # legacy
+    assert resolved_settings(given, trained, ["keep_ratio", "image_size", "epochs"]) == {
+        "in_channels": 3, "image_size": 224, "keep_ratio": 0.75, "decode_region": "full", "hidden_size": 32}
+    assert resolved_settings({"image_size": 224, "depths": [2, 2]}, {"image_size": 32})["depths"] == [2, 2]
+
+
+def test_override_keys_are_the_runs_or_monai_command_lines(monkeypatch, tmp_path):
+    assert override_keys() == []  # pytest: neither a bundle run nor MONAI's command line
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", types.SimpleNamespace(name="monai.bundle.__main__"))
+    monkeypatch.setattr(sys, "argv", ["monai", "run", "--config_file", "c.json", "--meta_file", "m.json",
+                                      "--image_size", "64", "--keep-ratio=0.5", "--bundle_root", "."])
+    assert override_keys() == ["image_size", "keep_ratio", "bundle_root"]  # not the workflow's own arguments
+    args_file = tmp_path / "args.json"
+    args_file.write_text('{"config_file": "c.json", "hidden_size": 32, "image_size": 96}')
+    monkeypatch.setattr(sys, "argv", ["monai", "run", "--args_file", str(args_file), "--image_size", "64"])
+    assert sorted(override_keys()) == ["hidden_size", "image_size"]
+    seen = []
+    monkeypatch.setattr(prato_components.bundle.monai.bundle, "run", lambda **kwargs: seen.append(override_keys()))
+    prato_components.bundle.run(os.path.join(BUNDLE, "configs", "train.json"), meta_file="m.json", epochs=1)
+    assert seen == [["epochs"]] and sorted(override_keys()) == ["hidden_size", "image_size"]  # the run's, then not
+
+
+def test_an_override_wins_over_the_checkpoint_even_at_the_default(trained):
+    weights = os.path.join(trained, "models", "model.pt")
+    settings = trained_bundle_config(BUNDLE, weights).get_parsed_content("network_settings")
+    assert (settings["keep_ratio"], settings["image_size"], settings["in_channels"]) == (0.5, 32, 1)
+    explicit = trained_bundle_config(BUNDLE, weights, {"keep_ratio": 0.75})  # the bundle's default, asked for
+    assert explicit.get_parsed_content("network_settings")["keep_ratio"] == 0.75
+    assert explicit.get_parsed_content("network_def").pruners["1"].keep_ratio == 0.75
+    with pytest.raises(ValueError, match=r"trained with image_size=32 \(this run: 224\); .* pass --image_size 32"):
+        trained_bundle_config(BUNDLE, weights, {"image_size": 224})
+
+
+def test_command_line_overrides_meet_the_checkpoint(trained, acdc_dir, tmp_path):
+    """Through ``python -m monai.bundle run``: a run-time override is taken, a shape override that contradicts the
+    checkpoint stops the run before anything is read or written."""
+    inputs = str(tmp_path / "inputs")
+    acdc_inference_inputs(acdc_dir, inputs, count=1)
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(BUNDLE, "configs",
+               "inference.json"), "--bundle_root", trained, "--input_dir", inputs, "--num_workers", "0",
+               "--output_dir", str(tmp_path / "out"), "--keep_ratio", "1.0", "--hidden_size", "48"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode != 0
+    assert "holds a network trained with hidden_size=32 (this run: 48); drop those overrides" in done.stderr
+    assert "keep_ratio" not in done.stderr.split("holds a network")[-1]  # a run-time setting may differ
+    assert not os.path.exists(tmp_path / "out")

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from prato_components.bundle import trained_bundle_config  # noqa: E402
 from prato_components.efficiency import count_flops, count_parameters, interleaved_latency  # noqa: E402
 
 UNETR_2D = {
@@ -176,13 +177,7 @@ def _instantiate(config: dict) -> nn.Module:
 
 
 def _bundle_network(bundle_dir: str, overrides: dict) -> tuple[nn.Module, list[int]]:
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(os.path.join(bundle_dir, "configs", "inference.json"))
-    parser.read_meta(os.path.join(bundle_dir, "configs", "metadata.json"))
-    parser["bundle_root"] = bundle_dir
-    parser.update(overrides)
+    parser = trained_bundle_config(bundle_dir, None, overrides)  # the overrides win over a checkpoint's settings
     image = parser.get("_meta_#network_data_format#inputs#image")
     spatial = [int(parser.get("image_size"))] * len(image["spatial_shape"]) if "image_size" in overrides else image["spatial_shape"]
     return parser.get_parsed_content("network_def"), [int(image["num_channels"]), *spatial]

@@ -86,6 +86,7 @@ def _evaluation_network(run: Run, common: dict):
     parser = ConfigParser()
     parser.read_config(evaluation_configs(run.bundle))
     parser.update(common)
+    parser["network_settings#overridden"] = list(common)  # as in the run: these win over the checkpoint's settings
     network = parser.get_parsed_content("network")
     network.load_state_dict(load_weights(os.path.join(run.folder, "models", "model.pt"))[0])
     return parser, network.eval()

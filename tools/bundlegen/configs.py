@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from prato_components.bundle import SETTING_RULES
+from prato_components.bundle import DATA_SETTINGS, SETTING_RULES
 from prato_components.verification import split_bundle_name
 
 from .spec import BACKBONES_3D, PRUNER_CONFIGS, backbone_spec, completion_def, network_def, pruner_def
@@ -38,33 +38,54 @@ def check_settings(config: dict) -> str:
     return f"$prato_components.bundle.check_settings({{{values}}})"
 
 
-def network_settings(config: dict) -> dict:
-    """``{key: "@key"}`` for the top-level keys ``network_def`` and its ``pruner_def`` read: what every checkpoint
-    records."""
-    blocks = [config["network_def"], config.get("pruner_def"), config.get("completion_def")]
-    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
-    return {key: f"@{key}" for key in config if key in read and key not in ("pruner_def", "completion_def")}
-
-
-# network settings added after checkpoints were first written: the value such a checkpoint was trained with
-LEGACY_SETTINGS = {"decode_region": "full"}
+SETTINGS = "network_settings"
+# what evaluate.json and inference.json add to ``network_settings``: the settings the checkpoint at ``ckpt_path``
+# records, and the keys this run overrides (they win over the checkpoint's)
+FROM_CHECKPOINT = {"trained": "@trained", "overridden": "$prato_components.bundle.override_keys()"}
 CKPT_PATH = "$os.path.join(@ckpt_dir, 'model.pt')"
 TRAINED = "$prato_components.engine.trained_settings(@ckpt_path)"
 CHECK_TRAINED = "$prato_components.engine.check_trained_settings(@trained, @network_settings, @ckpt_path)"
 
 
-def trained_settings(config: dict) -> dict:
-    """Each network setting of ``config`` as the checkpoint at ``ckpt_path`` records it (the literal default when it
-    records none), for evaluate / inference: they build the network the checkpoint was trained with, and a run whose
-    overrides contradict it stops at start naming the keys (``CHECK_TRAINED``; channels and classes follow the data
-    set and are checked the same way)."""
-    out = {}
-    for key in network_settings(config):
-        if key in LEGACY_SETTINGS:  # a checkpoint from before the setting existed was trained the old way
-            out[key] = f"$@trained.get({key!r}, {LEGACY_SETTINGS[key]!r} if @trained else {config[key]!r})"
-        elif key not in ("in_channels", "out_channels"):
-            out[key] = f"$@trained.get({key!r}, {config[key]!r})"
-    return out
+def network_settings(config: dict, blocks: dict, trained: bool = False) -> dict:
+    """The ``network_settings`` block: the top-level keys of ``config`` that the network ``blocks`` (``pruner_def``,
+    ``completion_def``, ``network_def``) read, listed once, as ``prato_components.bundle.resolved_settings`` returns
+    them. Every checkpoint records them; ``trained`` (evaluation, inference): each follows the checkpoint at
+    ``ckpt_path`` unless this run overrides it, and ``CHECK_TRAINED`` names overrides that contradict it."""
+    read = set(re.findall(r"@(\w+)", json.dumps(blocks)))
+    settings = {key: f"@{key}" for key in config if key in read}
+    return {"_target_": "prato_components.bundle.resolved_settings", "settings": settings,
+            **(FROM_CHECKPOINT if trained else {})}
+
+
+def read_from_settings(node: object, keys: set[str]) -> object:
+    """``node`` with every ``@key`` of a network setting in ``keys`` read from ``network_settings`` instead
+    (``"$@network_settings['key']"``): the network is built from the resolved settings, never the top-level keys."""
+    if isinstance(node, dict):
+        return {key: read_from_settings(value, keys) for key, value in node.items()}
+    if isinstance(node, list):
+        return [read_from_settings(value, keys) for value in node]
+    if not isinstance(node, str) or "@" not in node:
+        return node
+    expression = node if node.startswith("$") else f"${node}"
+    replaced = re.sub(r"@(\w+)(?![\w#])", lambda m: f"@{SETTINGS}[{m[1]!r}]" if m[1] in keys else m[0], expression)
+    return replaced if replaced != expression else node
+
+
+NETWORK_BLOCKS = ("pruner_def", "completion_def", "network_def")
+
+
+def settings_read_once(config: dict, name: str) -> dict:
+    """``config`` (a config of bundle ``name``) with every use of a network setting read from ``network_settings``
+    (:func:`read_from_settings`): all of them in the network blocks, the sizes elsewhere (the data's channels and
+    classes, ``DATA_SETTINGS``, are the same either way). Left as written: the settings' own top-level keys (the
+    values as given, defaults or overrides), ``network_settings`` itself and ``initialize`` (``check_settings``
+    checks the values as given)."""
+    keys = set(common(name)[SETTINGS]["settings"])
+    kept = keys | {"initialize"}
+    return {key: value if key in kept or key.split("#")[0] == SETTINGS else
+            read_from_settings(value, keys if key in NETWORK_BLOCKS else keys - set(DATA_SETTINGS))
+            for key, value in config.items()}
 
 
 def common(name: str, trained: bool = False) -> dict:
@@ -100,19 +121,17 @@ def common(name: str, trained: bool = False) -> dict:
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],
-        "pruner_def": pruner_def(name),
-        **completion_def(name),
-        "network_def": network_def(name),
-        "network": "$@network_def.to(@device)",
     }
-    # recorded in every checkpoint (prato_components.engine.checkpoint), so a trained network knows how it was built
-    config["network_settings"] = network_settings(config)
+    blocks = {"pruner_def": pruner_def(name), **completion_def(name), "network_def": network_def(name)}
+    # the settings the network is built from, listed once and recorded in every checkpoint
+    # (prato_components.engine.checkpoint), so a trained network knows how it was built
+    config[SETTINGS] = network_settings(config, blocks, trained)
+    config.update(blocks)
+    config["network"] = "$@network_def.to(@device)"
     config["prepare_batch"] = {"_target_": "PrepareBatchExtraInput", "extra_keys": {"boxes": "box"}}
     config["inferer"] = {"_target_": "prato_components.engine.PromptedInferer", "spatial_dims": 2}
     if backbone in BACKBONES_3D:
         config = _common_3d(config)
-    if trained:
-        config.update(trained_settings(config))
     return config
 
 
@@ -152,7 +171,7 @@ def _labelled_preprocessing() -> dict:
         "loading_by_dataset": _loading_by_dataset(),
         "preprocessing": [
             {"_target_": "Compose", "transforms": "$@loading_by_dataset[@dataset.lower()]"},
-            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], ["@image_size", "@image_size"]),
+            *_intensity_and_size(["image", "label"], ["bilinear", "nearest"], "$[@image_size] * 2"),
         ],
     }
 
@@ -321,7 +340,7 @@ def train_config(name: str) -> dict:
         "run": ["$@train#trainer.run()"],
     })
     config["initialize"].insert(1, check_settings(config))
-    return config
+    return settings_read_once(config, name)
 
 
 def evaluate_config(name: str) -> dict:
@@ -332,7 +351,7 @@ def evaluate_config(name: str) -> dict:
     config = {
         "ckpt_path": CKPT_PATH,
         "trained": TRAINED,
-        **trained_settings(train),
+        **{f"{SETTINGS}#{key}": value for key, value in FROM_CHECKPOINT.items()},
         "prompt": "tight",
         "prompt_factor": None,
         "split": "test",
@@ -354,7 +373,7 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "StatsHandler", "iteration_log": False},
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
-             "network": "@network", "input_shape": "$[@in_channels, @image_size, @image_size]",
+             "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
              "latency_repeats": "@latency_repeats"},
         ],
         "evaluator": {
@@ -373,7 +392,7 @@ def evaluate_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     }
     config["initialize"][1:1] = [check_settings({**train, **config}), CHECK_TRAINED]
-    return config
+    return settings_read_once(config, name)
 
 
 def inference_config(name: str) -> dict:
@@ -386,7 +405,7 @@ def inference_config(name: str) -> dict:
         "boxes_file": None,
         "allow_missing_boxes": False,
         "skip_bad_inputs": False,
-        "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
+        "spatial_size": "$[@image_size] * 2 + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes, "
                     "@skip_bad_inputs, @output_dir, @in_channels)",
         "preprocessing": {
@@ -441,7 +460,7 @@ def inference_config(name: str) -> dict:
         "run": ["$@evaluator.run()"],
     })
     config["initialize"][1:1] = [check_settings(config), CHECK_TRAINED]
-    return config
+    return settings_read_once(config, name)
 
 
 def multi_gpu_config(name: str) -> dict:

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from prato_components.bundle import CT_INTENSITY_RANGE
 
-from .configs import WINDOW, _load, _with_keys_after, evaluate_config, inference_config, train_config
+from .configs import (
+    WINDOW,
+    _load,
+    _with_keys_after,
+    evaluate_config,
+    inference_config,
+    settings_read_once,
+    train_config,
+)
 
 SPLITS_3D = "$prato_components.bundle.bundle_splits_3d(@dataset, @dataset_dir, @datalist_path, @seed)"
 # the intensity normalisation of the data set's modality (prato_components.bundle.intensity_transforms_3d)
@@ -84,7 +92,7 @@ def train_config_3d(name: str) -> dict:
     config["validate"]["dataloader"]["batch_size"] = 1  # whole volumes differ in size
     config["validate"]["inferer"] = "@sw_inferer"
     _sliding_window_handlers(config["validate"]["handlers"])
-    return config
+    return settings_read_once(config, name)
 
 
 def evaluate_config_3d(name: str) -> dict:
@@ -93,7 +101,7 @@ def evaluate_config_3d(name: str) -> dict:
     config = _with_keys_after(evaluate_config(name), "latency_repeats", {"batch_size": 1})
     config["evaluator"]["inferer"] = "@sw_inferer"
     _sliding_window_handlers(config["handlers"])
-    return config
+    return settings_read_once(config, name)
 
 
 def inference_config_3d(name: str) -> dict:
@@ -115,4 +123,4 @@ def inference_config_3d(name: str) -> dict:
         {"_target_": "EnsureTyped", "keys": "box", "track_meta": False},
     ]
     config["evaluator"]["inferer"] = "@sw_inferer"
-    return config
+    return settings_read_once(config, name)

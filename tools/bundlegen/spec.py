@@ -17,7 +17,12 @@ CHANGELOG = {
     "dataset_0.json says otherwise), so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and "
     "BTCV volumes share one loading entry; unknown override keys are found from MONAI's command line (or "
     "prato_components.bundle.run), not its call stack; the README is one template for 2D and 3D and links only to "
-    "what the bundle holds",
+    "what the bundle holds; the network settings are written once (network_settings resolves override, then "
+    "checkpoint, then default; network_def reads it); checkpoints keep the weights under one key, model, and "
+    "last.pt every random state (an exact resume); a new run moves the previous run's outputs to "
+    "models/previous-<time>/; box files follow the server's box rules; folder inference checks every input first "
+    "(skip_bad_inputs); errors print as one or two lines (debug for the traceback); amp (mixed precision, on with "
+    "CUDA)",
     "0.4.2": "pruner_def (and stp's completion_def) is a factory (_mode_: callable) on every backbone: the network "
     "builds its pruners and completion at each stage's width on a random stream of their own, so at one seed a "
     "pruned bundle starts from its baseline's backbone weights and draws the same data order (a paired comparison); "
@@ -117,7 +122,7 @@ BACKBONES: dict[str, dict] = {
             "_target_": "prato_components.networks.TransUNet",
             "in_channels": "@in_channels",
             "out_channels": "@out_channels",
-            "img_size": "$[@image_size, @image_size]",
+            "img_size": "$[@image_size] * 2",
             "cnn_layers": "@cnn_layers",
             "cnn_width": "@cnn_width",
             "hidden_size": "@hidden_size",
