@@ -75,11 +75,15 @@ def tiny_overrides(bundle: str, config: str = "train") -> dict:
 
 def run_bundle(bundle: str, config: str, bundle_root: str, **overrides):
     """``python -m monai.bundle run`` in-process for ``bundles/<bundle>/configs/<config>.json``, tiny sizes."""
-    return run_config(os.path.join(BUNDLES_DIR, bundle), config, bundle_root, **{**tiny_overrides(bundle, config), **overrides})
+    return run_config(
+        os.path.join(BUNDLES_DIR, bundle), config, bundle_root, **{**tiny_overrides(bundle, config), **overrides}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tiny UNETR and inputs
-UNETR_TINY = dict(in_channels=1, out_channels=3, img_size=64, spatial_dims=2, hidden_size=32, mlp_dim=64, num_heads=2, feature_size=8)
+UNETR_TINY = dict(
+    in_channels=1, out_channels=3, img_size=64, spatial_dims=2, hidden_size=32, mlp_dim=64, num_heads=2, feature_size=8
+)
 UNETR_GRID = (4, 4)  # the tiny UNETR's token grid: 64 / 16 per axis
 UNETR_TOKENS = 16
 UNETR_BOXES = torch.tensor([[16.0, 16.0, 48.0, 40.0], [0.0, 8.0, 30.0, 64.0]])  # one box per image of a batch of 2
@@ -167,7 +171,9 @@ def reduced_example(valid: bool = True):
 
 
 SEGFORMER_TINY = dict(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4), decoder_dim=16)
-SWIN_TINY = dict(in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(2, 2, 2, 2), num_heads=(3, 3, 3, 3))
+SWIN_TINY = dict(
+    in_channels=1, out_channels=3, feature_size=12, spatial_dims=2, depths=(2, 2, 2, 2), num_heads=(3, 3, 3, 3)
+)
 TRANSUNET_IMG = (96, 96)  # a 6x6 token grid at stride 16
 
 

@@ -66,7 +66,9 @@ def test_link_parser_finds_links_and_images_but_not_code():
     text = "See [a](a.md#x) and ![fig](f.png).\n`[not](code.md)`\n```\n[nor](fenced.md)\n```\n[web](https://x.org)\n"
     assert links(text) == ["a.md#x", "f.png", "https://x.org"]
     assert anchor("The paper's tables at the `cpu` size") == "the-papers-tables-at-the-cpu-size"
-    assert anchor("12. 3D: box mapping, prompt-aware sliding windows") == "12-3d-box-mapping-prompt-aware-sliding-windows"
+    assert (
+        anchor("12. 3D: box mapping, prompt-aware sliding windows") == "12-3d-box-mapping-prompt-aware-sliding-windows"
+    )
 
 
 def test_broken_links_are_reported(tmp_path):

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from conftest import UNETR_BOXES as BOXES
 from conftest import UNETR_TINY as TINY
 from conftest import tiny_unetr
+
 from prato_components.engine import PrunedSegLoss, label_on_grid, summarise_token_reports
 from prato_components.networks import PrunedUNETR
 

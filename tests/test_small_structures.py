@@ -8,9 +8,9 @@ import os
 
 import pytest
 import torch
+from conftest import read_json, run_bundle
 from ignite.engine import Engine, Events
 
-from conftest import read_json, run_bundle
 from prato_components.engine import PerClassHistory, PruningWarmup, keep_ratio_schedule
 from prato_components.networks import PrunedUNETR
 from prato_components.prompts import BoxFromLabeld, padding_boxes
@@ -92,7 +92,8 @@ def test_pruning_warmup_handler_trains_with_the_schedule_and_validates_at_the_ta
                       num_heads=2, feature_size=8, pruner=PrATo(32, keep_ratio=0.6))
     pruners = [net.pruners["1"], net.pruners["2"]]
     seen: dict[int, list[float]] = {}
-    trainer = Engine(lambda engine, batch: seen.setdefault(engine.state.epoch, []).extend(p.keep_ratio for p in pruners))
+    trainer = Engine(
+        lambda engine, batch: seen.setdefault(engine.state.epoch, []).extend(p.keep_ratio for p in pruners))
     PruningWarmup(net, warmup_epochs=1, ramp_epochs=2).attach(trainer)
     between: list[float] = []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: between.extend(p.keep_ratio for p in pruners))

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from prato_components.efficiency import interleaved_latency  # noqa: E402
-from prato_components.verification import TINY_NETWORKS, make_tiny_acdc, run_config, tiny_overrides  # noqa: E402
+from prato_components.verification import make_tiny_acdc, run_config, tiny_overrides  # noqa: E402
 from tools.benchmark import _bundle_network, central_box  # noqa: E402
 
 BACKBONES = ("unetr", "transunet", "swin_unetr", "segformer")

@@ -15,8 +15,8 @@ them. Older files that keep the weights under ``"network"`` (or under both keys)
 A **fresh run** (``resume`` false, or no ``last.pt``) first moves the outputs of the run that trained in the folder
 before (:data:`RUN_FILES`) into ``models/previous-<time>/``, so no older weights are left beside the new run's, and
 ``best_metric.txt`` records the id of the run that wrote it (``training_run.json``): a best value of another run is
-never compared against. ``last.pt`` records every random state (torch, CUDA, numpy, python, the data loader's generators,
-the streams of MONAI's randomizable transforms), so a resumed run continues exactly as an uninterrupted one.
+never compared against. ``last.pt`` records every random state (torch, CUDA, numpy, python, the data loader's
+generators, the streams of MONAI's randomizable transforms), so a resumed run continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import image
+
 from prato_components.efficiency import count_flops
 from prato_components.networks import PrunedSwinUNETR, PrunedUNETR, SegFormer, TransUNet
 from prato_components.networks.region import BACKGROUND_LOGIT_GAP, decode_window
@@ -13,11 +13,15 @@ from prato_components.networks.region import BACKGROUND_LOGIT_GAP, decode_window
 SIZE = (128, 128)
 NET_SIZE = (192, 192)  # the backbones: large enough that a 32-voxel margin leaves part of the image undecoded
 # image 0: a box in the upper left; image 1: a box and a padding row (max < min)
-BOXES = torch.tensor([[[20.0, 24.0, 50.0, 60.0], [0.0, 0.0, -1.0, -1.0]], [[70.0, 60.0, 100.0, 90.0], [1.0, 1.0, 0.0, 0.0]]])
+BOXES = torch.tensor(
+    [[[20.0, 24.0, 50.0, 60.0], [0.0, 0.0, -1.0, -1.0]], [[70.0, 60.0, 100.0, 90.0], [1.0, 1.0, 0.0, 0.0]]]
+)
 
 
 def test_window_is_the_boxes_union_plus_margin_snapped_and_common_to_the_batch():
-    boxes = torch.tensor([[[20.0, 24.0, 50.0, 60.0], [40.0, 10.0, 60.0, 30.0]], [[70.0, 60.0, 100.0, 90.0], [1, 1, 0, 0]]])
+    boxes = torch.tensor(
+        [[[20.0, 24.0, 50.0, 60.0], [40.0, 10.0, 60.0, 30.0]], [[70.0, 60.0, 100.0, 90.0], [1, 1, 0, 0]]]
+    )
     window = decode_window(boxes, SIZE, 16, 8)
     # image 0: union (20, 10)-(60, 60), +8 -> (12, 2)-(68, 68) -> snapped (0, 0)-(80, 80); image 1: (62, 52)-(108, 98)
     # -> (48, 48)-(112, 112): 64 x 64. Common size 80 x 80; image 1's window starts at (48, 48) and still fits.
@@ -72,27 +76,68 @@ def test_paste_says_background_outside_and_keeps_the_window():
 
 def _unetr(**kwargs):
     torch.manual_seed(0)
-    return PrunedUNETR(in_channels=1, out_channels=3, img_size=NET_SIZE, spatial_dims=2, hidden_size=32, mlp_dim=64,
-                       num_heads=2, feature_size=8, norm_name="batch", pruner="prato", **kwargs)
+    return PrunedUNETR(
+        in_channels=1,
+        out_channels=3,
+        img_size=NET_SIZE,
+        spatial_dims=2,
+        hidden_size=32,
+        mlp_dim=64,
+        num_heads=2,
+        feature_size=8,
+        norm_name="batch",
+        pruner="prato",
+        **kwargs,
+    )
 
 
 def _swin(**kwargs):
     torch.manual_seed(0)
-    return PrunedSwinUNETR(in_channels=1, out_channels=3, spatial_dims=2, feature_size=12, depths=(1, 1, 1, 1),
-                           num_heads=(1, 1, 2, 2), norm_name="batch", pruner="prato", **kwargs)
+    return PrunedSwinUNETR(
+        in_channels=1,
+        out_channels=3,
+        spatial_dims=2,
+        feature_size=12,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 2, 2),
+        norm_name="batch",
+        pruner="prato",
+        **kwargs,
+    )
 
 
 def _transunet(**kwargs):
     torch.manual_seed(0)
-    return TransUNet(in_channels=1, out_channels=3, img_size=NET_SIZE, cnn_layers=(1, 1, 1), cnn_width=8,
-                     cnn_norm=("group", {"num_groups": 4}), hidden_size=32, mlp_dim=64, num_layers=4, num_heads=2,
-                     head_channels=16, decoder_channels=(16, 8, 8, 4), pruner="prato", **kwargs)
+    return TransUNet(
+        in_channels=1,
+        out_channels=3,
+        img_size=NET_SIZE,
+        cnn_layers=(1, 1, 1),
+        cnn_width=8,
+        cnn_norm=("group", {"num_groups": 4}),
+        hidden_size=32,
+        mlp_dim=64,
+        num_layers=4,
+        num_heads=2,
+        head_channels=16,
+        decoder_channels=(16, 8, 8, 4),
+        pruner="prato",
+        **kwargs,
+    )
 
 
 def _segformer(**kwargs):
     torch.manual_seed(0)
-    return SegFormer(in_channels=1, out_channels=3, embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1),
-                     num_heads=(1, 1, 1, 1), decoder_dim=16, pruner="prato", **kwargs)
+    return SegFormer(
+        in_channels=1,
+        out_channels=3,
+        embed_dims=(8, 16, 24, 32),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        decoder_dim=16,
+        pruner="prato",
+        **kwargs,
+    )
 
 
 # (builder, margin covering the decoder's receptive field, tolerance inside the box). TransUNet's bilinear
@@ -120,8 +165,12 @@ def test_box_decoding_equals_the_full_network_inside_the_box_and_is_background_o
         inside = (slice(None), slice(box[0], box[2]), slice(box[1], box[3]))
         assert float((boxed[index][inside] - full[index][inside]).abs().max()) < tolerance
         (r, c), (h, w) = window.starts[window.images.index(index)], window.size
-        assert bool((boxed[index, :, :r].argmax(0) == 0).all()) and bool((boxed[index, :, r + h :].argmax(0) == 0).all())
-        assert bool((boxed[index, :, :, :c].argmax(0) == 0).all()) and bool((boxed[index, :, :, c + w :].argmax(0) == 0).all())
+        assert bool((boxed[index, :, :r].argmax(0) == 0).all()) and bool(
+            (boxed[index, :, r + h :].argmax(0) == 0).all()
+        )
+        assert bool((boxed[index, :, :, :c].argmax(0) == 0).all()) and bool(
+            (boxed[index, :, :, c + w :].argmax(0) == 0).all()
+        )
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -146,14 +195,34 @@ def test_box_decoding_trains(name):
 
 def _unetr_3d(**kwargs):
     torch.manual_seed(0)
-    return PrunedUNETR(in_channels=1, out_channels=2, img_size=(64, 64, 64), spatial_dims=3, hidden_size=32,
-                       mlp_dim=64, num_heads=2, feature_size=4, norm_name="batch", pruner="prato", **kwargs).eval()
+    return PrunedUNETR(
+        in_channels=1,
+        out_channels=2,
+        img_size=(64, 64, 64),
+        spatial_dims=3,
+        hidden_size=32,
+        mlp_dim=64,
+        num_heads=2,
+        feature_size=4,
+        norm_name="batch",
+        pruner="prato",
+        **kwargs,
+    ).eval()
 
 
 def _swin_3d(**kwargs):  # the window aligns to 32 voxels: a 96^3 volume leaves room outside it
     torch.manual_seed(0)
-    return PrunedSwinUNETR(in_channels=1, out_channels=2, spatial_dims=3, feature_size=12, depths=(1, 1, 1, 1),
-                           num_heads=(1, 1, 2, 2), norm_name="batch", pruner="prato", **kwargs).eval()
+    return PrunedSwinUNETR(
+        in_channels=1,
+        out_channels=2,
+        spatial_dims=3,
+        feature_size=12,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 2, 2),
+        norm_name="batch",
+        pruner="prato",
+        **kwargs,
+    ).eval()
 
 
 @pytest.mark.parametrize("build, side", [(_unetr_3d, 64), (_swin_3d, 96)], ids=["unetr", "swin_unetr"])
@@ -167,7 +236,7 @@ def test_3d_box_decoding_matches_inside_the_box(build, side):
     assert window.starts == ((0, 0, 0),) and math.prod(window.size) < side**3
     inside = (0, slice(None), slice(8, 24), slice(10, 26), slice(12, 28))
     assert float((boxed[inside] - full[inside]).abs().max()) < 1e-3
-    assert bool((boxed[0, :, window.size[0]:].argmax(0) == 0).all())
+    assert bool((boxed[0, :, window.size[0] :].argmax(0) == 0).all())
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
-
 from conftest import SEGFORMER_TINY as TINY
 from conftest import image
 from conftest import tiny_segformer as make
+from monai.networks.blocks import Convolution
+
 from prato_components.efficiency import count_flops
 from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
 from prato_components.pruners import MultiLayerTokenAssembly
@@ -81,7 +81,11 @@ def test_kept_counts_and_strides_per_stage():
     with torch.no_grad():
         net(image(), BOXES)
     seen = [p.seen[0] for p in net.pruners.values()]
-    assert [(s[0], s[1], s[2]) for s in seen] == [(1, (8, 8), (8.0, 8.0)), (2, (4, 4), (16.0, 16.0)), (3, (2, 2), (32.0, 32.0))]
+    assert [(s[0], s[1], s[2]) for s in seen] == [
+        (1, (8, 8), (8.0, 8.0)),
+        (2, (4, 4), (16.0, 16.0)),
+        (3, (2, 2), (32.0, 32.0)),
+    ]
     assert [s[3] for s in seen] == [(2, 64, 16), (2, 16, 24), (2, 4, 32)]  # every stage's own grid and width
 
 
@@ -165,7 +169,11 @@ def test_pruning_lowers_flops():
     full, per_full = count_flops(base, image(1), by_module=True)
     fewer, per_pruned = count_flops(pruned, image(1), BOXES[:1], by_module=True)
     assert fewer < full
-    for name in ("SegFormer.stages.1.blocks.0.attn.q", "SegFormer.stages.1.blocks.0.mlp.fc1", "SegFormer.stages.2.blocks.0.mlp.fc2"):
+    for name in (
+        "SegFormer.stages.1.blocks.0.attn.q",
+        "SegFormer.stages.1.blocks.0.mlp.fc1",
+        "SegFormer.stages.2.blocks.0.mlp.fc2",
+    ):
         assert per_pruned[name] == per_full[name] // 2  # kept tokens only
     for name in ("SegFormer.stages.1.blocks.0.attn.sr", "SegFormer.stages.1.blocks.0.mlp.dwconv", "SegFormer.head"):
         assert per_pruned[name] == per_full[name]  # on the restored grid
@@ -216,7 +224,9 @@ class UnfoldedHead(nn.Module):
     def __init__(self, in_dims, decoder_dim, out_channels, dropout=0.1):
         super().__init__()
         self.linear_c = nn.ModuleList(nn.Linear(d, decoder_dim) for d in in_dims)
-        self.fuse = Convolution(2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False)
+        self.fuse = Convolution(
+            2, decoder_dim * len(in_dims), decoder_dim, kernel_size=1, norm="batch", act="relu", bias=False
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.pred = nn.Conv2d(decoder_dim, out_channels, kernel_size=1)
 

@@ -6,12 +6,12 @@ from functools import partial
 
 import pytest
 import torch
+from conftest import SWIN_TINY as TINY
+from conftest import tiny_swin_unetr as tiny
 from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import compute_mask, get_window_size
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
-from conftest import SWIN_TINY as TINY
-from conftest import tiny_swin_unetr as tiny
 from prato_components.efficiency import count_flops
 from prato_components.networks.swin import block_layout, plan_windows, swin_block_forward, swin_block_forward_masked
 from prato_components.networks.swin.blocks import swin_block_run
@@ -323,7 +323,8 @@ def test_new_pairings_gather_equals_attention_mask(name):
     reference.load_state_dict(gather.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(gather(x, BOXES), reference(x, BOXES), atol=1e-5, rtol=1e-5)
-    assert [r.tokens_kept.tolist() for r in gather.token_report] == [r.tokens_kept.tolist() for r in reference.token_report]
+    kept = [r.tokens_kept.tolist() for r in gather.token_report]
+    assert kept == [r.tokens_kept.tolist() for r in reference.token_report]
 
 
 def test_representative_attends_to_its_images_live_tokens_and_itself():
@@ -385,7 +386,10 @@ def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
     with torch.no_grad():
         completed, carried = net(x), plain(x)
     assert [(tap, shape, grid) for tap, shape, grid, _ in seen] == [
-        (2, (1, 256, 24), (16, 16)), (3, (1, 64, 48), (8, 8)), (4, (1, 16, 96), (4, 4))]
+        (2, (1, 256, 24), (16, 16)),
+        (3, (1, 64, 48), (8, 8)),
+        (4, (1, 16, 96), (4, 4)),
+    ]
     g1, g2, g3 = (stage_of.view(grid) for _, _, grid, stage_of in seen)
     assert g1[:4].eq(0).all() and g1[4:].eq(1).all()  # stage 1 keeps the first 64 of 16 x 16 cells
     assert g2[0, :4].eq(0).all() and g2[:2].flatten()[4:].eq(2).all() and g2[2:].eq(1).all()  # 4 of 16 kept
@@ -398,7 +402,9 @@ def test_completion_sees_where_each_cell_was_pruned_and_feeds_only_the_taps():
 
 
 # ---------------------------------------------------------------------------------------------- the shared executor
-@pytest.mark.parametrize("executor, mode", [("gather", "padded"), ("padded", "padded"), ("attention_mask", "attention_mask")])
+@pytest.mark.parametrize(
+    "executor, mode", [("gather", "padded"), ("padded", "padded"), ("attention_mask", "attention_mask")]
+)
 def test_pruning_goes_through_the_shared_token_state(monkeypatch, executor, mode):
     """Swin UNETR has no executor of its own (docs/design.md §5): every stage input a pruner sees is made by
     TokenState.stage_input, every selection is applied by TokenState.apply, and the reports are the state's."""

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
 from conftest import TRANSUNET_IMG as IMG
 from conftest import image
 from conftest import tiny_transunet as make
+
 from prato_components.efficiency import count_flops
 from prato_components.networks.transunet import TransUNet
 from prato_components.pruners.base import TokenPruner, keep_count, select_topk

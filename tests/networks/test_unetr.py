@@ -3,11 +3,11 @@
 
 import pytest
 import torch
-from monai.networks.nets import UNETR
-
 from conftest import UNETR_BOXES as BOXES
 from conftest import UNETR_TINY as TINY
 from conftest import tiny_unetr
+from monai.networks.nets import UNETR
+
 from prato_components.efficiency import count_flops
 from prato_components.networks import PrunedUNETR, patch_unetr
 

@@ -3,9 +3,9 @@ deterministic eval, padding rows never kept, fewer FLOPs than unpruned."""
 
 import pytest
 import torch
-
 from conftest import COMMON_PRUNERS as NAMES
 from conftest import image, record_selections, tiny_mta, tiny_unetr, tokens_after_stage1
+
 from prato_components.efficiency import count_flops
 from prato_components.pruners import create_pruner, keep_count, select_topk
 from prato_components.tokens import TokenSelection, TokenState

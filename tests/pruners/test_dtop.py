@@ -3,11 +3,11 @@
 import copy
 
 import torch
-from monai.losses import DiceCELoss
-
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
 from conftest import image, stage_input, tiny_unetr
+from monai.losses import DiceCELoss
+
 from prato_components.engine import PrunedSegLoss
 from prato_components.pruners import DToP, protected_tokens
 from prato_components.tokens import StageInput, TokenState

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import UNETR_TINY as TINY
+from conftest import image, record_selections, stage_input, tiny_unetr, tokens_after_stage1
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNETR
 
-from conftest import UNETR_TINY as TINY
-from conftest import image, record_selections, stage_input, tiny_unetr, tokens_after_stage1
 from prato_components.engine import DistillationLoss, PrunedSegLoss
 from prato_components.networks import PrunedUNETR
 from prato_components.pruners import DynamicViT
@@ -72,16 +72,23 @@ def test_distillation_from_an_unpruned_teacher(tmp_path):
     student = tiny_unetr("dynamicvit").train()
     teacher = PrunedUNETR(pruner=None, **TINY)
     seg = PrunedSegLoss(DiceCELoss(to_onehot_y=True, softmax=True), student)
-    loss = DistillationLoss(seg, student, teacher, teacher_checkpoint=str(tmp_path / "teacher.pt"), weight=0.5, temperature=2.0)
+    loss = DistillationLoss(
+        seg, student, teacher, teacher_checkpoint=str(tmp_path / "teacher.pt"), weight=0.5, temperature=2.0
+    )
     torch.testing.assert_close(teacher.vit.blocks[0].attn.qkv.weight, plain.vit.blocks[0].attn.qkv.weight)
     x, label = image(), torch.randint(0, 3, (2, 1, 64, 64))
     pred = student(x, boxes=None)
     value = loss(pred, label)
     with torch.no_grad():
         target = plain.eval()(x)
-    expected_kl = torch.nn.functional.kl_div(
-        (pred / 2).log_softmax(1), (target / 2).log_softmax(1), reduction="none", log_target=True
-    ).sum(1).mean() * 4
+    expected_kl = (
+        torch.nn.functional.kl_div(
+            (pred / 2).log_softmax(1), (target / 2).log_softmax(1), reduction="none", log_target=True
+        )
+        .sum(1)
+        .mean()
+        * 4
+    )
     torch.testing.assert_close(value, seg(pred, label) + 0.5 * expected_kl)
     value.backward()
     assert all(p.grad is None for p in teacher.parameters()) and not teacher.training

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
-
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
 from conftest import image, random_attention, reduced_example, stage_input, tiny_unetr, window_example
+
 from prato_components.pruners import (
     EvoViT,
     attention_received,

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from conftest import UNETR_BOXES as BOXES
 from conftest import stage_input, tiny_unetr
+
 from prato_components.pruners import PrATo, entropy_rank_weights, roi_align
 
 
@@ -13,7 +13,9 @@ def test_entropy_rank_weights():
     valid = torch.tensor([[True, True, True, False]])
     omega = entropy_rank_weights(entropy, valid)
     torch.testing.assert_close(omega, torch.tensor([[0.0, 1.0, 0.5, 0.0]]))
-    torch.testing.assert_close(entropy_rank_weights(torch.tensor([[2.0]]), torch.tensor([[True]])), torch.tensor([[1.0]]))
+    torch.testing.assert_close(
+        entropy_rank_weights(torch.tensor([[2.0]]), torch.tensor([[True]])), torch.tensor([[1.0]])
+    )
 
 
 def test_prato_relevance_matches_step_by_step_formula():
@@ -70,7 +72,9 @@ def test_prato_padding_rows_are_ignored():
     tokens = torch.randn(1, 16, 8)
     box = torch.tensor([[[8.0, 8.0, 40.0, 56.0]]])
     padded = torch.tensor([[[8.0, 8.0, 40.0, 56.0], [0.0, 0.0, -1.0, -1.0]]])
-    torch.testing.assert_close(pruner.relevance(stage_input(tokens, boxes=box)), pruner.relevance(stage_input(tokens, boxes=padded)))
+    torch.testing.assert_close(
+        pruner.relevance(stage_input(tokens, boxes=box)), pruner.relevance(stage_input(tokens, boxes=padded))
+    )
 
 
 def test_naive_crop_keeps_tokens_inside_the_box():

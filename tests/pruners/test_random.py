@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import stage_input
+
 from prato_components.pruners import RandomPruner
 
 

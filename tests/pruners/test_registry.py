@@ -2,12 +2,23 @@
 
 import pytest
 import torch
-
 from conftest import COMMON_PRUNERS as NAMES
 from conftest import UNETR_GRID as GRID
 from conftest import UNETR_TOKENS as N
 from conftest import image, random_attention, stage_input, tiny_unetr
-from prato_components.pruners import PRUNERS, STP, TRAM, DToP, DynamicViT, EvoViT, PrATo, RandomPruner, create_pruner, keep_count
+
+from prato_components.pruners import (
+    PRUNERS,
+    STP,
+    TRAM,
+    DToP,
+    DynamicViT,
+    EvoViT,
+    PrATo,
+    RandomPruner,
+    create_pruner,
+    keep_count,
+)
 from prato_components.tokens import TokenState
 
 

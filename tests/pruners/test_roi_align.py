@@ -52,7 +52,9 @@ def reference_roi_align(features, boxes, k, sampling_ratio, aligned):
             for cell in itertools.product(*(range(n) for n in ks)):
                 acc = torch.zeros(channels, dtype=features.dtype)
                 for sample in itertools.product(range(sampling_ratio), repeat=dims):
-                    point = [start[a] + cell[a] * bins[a] + (sample[a] + 0.5) * bins[a] / sampling_ratio for a in range(dims)]
+                    point = [
+                        start[a] + cell[a] * bins[a] + (sample[a] + 0.5) * bins[a] / sampling_ratio for a in range(dims)
+                    ]
                     acc = acc + _interpolate(features[b], point)
                 out[(b, m, slice(None), *cell)] = acc / sampling_ratio**dims
     return out

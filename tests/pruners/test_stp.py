@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import image, stage_input, tiny_mta, tiny_unetr
+
 from prato_components.efficiency import count_flops
 from prato_components.pruners import STP, MultiLayerTokenAssembly
 from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import image, record_selections, reduced_example, stage_input, tiny_unetr, window_example
+
 from prato_components.pruners import (
     TRAM,
     attention_graph_centrality,

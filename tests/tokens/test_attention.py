@@ -30,7 +30,9 @@ def test_coarsen_sums_or_averages_the_covered_cells():
     for b in range(2):
         for target in range(6):
             covered = [values[b, i] for i in range(20) if cells[i] == target]
-            assert total[b, target] == sum(covered) and mean[b, target] == pytest.approx(float(sum(covered)) / len(covered))
+            assert total[b, target] == sum(covered) and mean[b, target] == pytest.approx(
+                float(sum(covered)) / len(covered)
+            )
     assert coarsen(values, (5, 4), (5, 4), "mean") is values
 
 

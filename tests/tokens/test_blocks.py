@@ -1,9 +1,9 @@
 """Running a MONAI transformer block on a token subset (prato_components/tokens/blocks.py)."""
 
 import torch
+from conftest import UNETR_TINY as TINY
 from monai.networks.nets import UNETR
 
-from conftest import UNETR_TINY as TINY
 from prato_components.tokens import transformer_block_forward
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import UNETR_TINY as TINY
 from monai.data import MetaTensor, list_data_collate
 from monai.networks.nets import UNETR
 
-from conftest import UNETR_TINY as TINY
 from prato_components.pruners import select_topk
 from prato_components.tokens import TokenSelection, TokenState, transformer_block_forward
 
@@ -68,7 +68,9 @@ def test_gather_mode_restore_live_rows_and_zero_fill():
     assert torch.equal(carried[0, 1], tokens[0, 1]) and torch.equal(carried[1, 0], tokens[1, 0])  # pruned: carry
     assert torch.equal(carried[0, 2], hidden[0, 1, :2])  # live: the given rows
     # the next stage prunes image 0's cell 0 and image 1's cell 5: zero there now
-    state.apply(select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None))
+    state.apply(
+        select_topk(torch.tensor([[0.0, 1, 1, 1], [1.0, 1, 1, 0]]), 3 / 4), 2, state.stage_input(2, (1.0, 1.0), None)
+    )
     third = state.restore(torch.ones(2, 3, 3), fill="zero")
     assert third[..., 0].tolist() == [[0, 0, 1, 1, 0, 1], [0, 0, 1, 1, 1, 0]]
     grad_hidden = torch.ones(2, 3, 3, requires_grad=True)
@@ -92,7 +94,9 @@ def test_gather_mode_rejects_variable_counts():
     state = TokenState(torch.randn(1, 4, 2), (2, 2), mode="gather")
 
     with pytest.raises(ValueError, match="use mode 'padded'"):
-        state.apply(TokenSelection(keep_mask=torch.tensor([[True, False, True, True]])), 1, state.stage_input(1, (1, 1), None))
+        state.apply(
+            TokenSelection(keep_mask=torch.tensor([[True, False, True, True]])), 1, state.stage_input(1, (1, 1), None)
+        )
     with pytest.raises(ValueError, match="unknown executor mode"):
         TokenState(torch.randn(1, 4, 2), (2, 2), mode="fast")
     with pytest.raises(ValueError, match="unknown fill policy"):

@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import (
     SwinTransformerBlock,
-    WindowAttention,
     compute_mask,
     get_window_size,
     window_partition,
