@@ -520,8 +520,9 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
                      and len(set(v)) == len(v), "a list of distinct stage numbers >= 1, e.g. [1, 2]"),
     "executor": (lambda v: v in EXECUTOR_MODES, f"one of {list(EXECUTOR_MODES)}"),
     "fill": (lambda v: v in FILL_POLICIES, f"one of {list(FILL_POLICIES)}"),
-    "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image or only "
-                      "the prompt boxes plus decode_margin)"),
+    "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image, only "
+                      "the prompt boxes plus decode_margin, or also where the coarse head finds foreground)"),
+    "coarse_head": (lambda v: isinstance(v, bool), "true or false (the coarse head that decode_region 'guided' reads)"),
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
