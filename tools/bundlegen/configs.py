@@ -44,7 +44,7 @@ def network_settings(config: dict) -> dict:
 
 
 # network settings added after checkpoints were first written: the value such a checkpoint was trained with
-LEGACY_SETTINGS = {"decode_region": "full"}
+LEGACY_SETTINGS = {"decode_region": "full", "coarse_head": False}
 CKPT_PATH = "$os.path.join(@ckpt_dir, 'model.pt')"
 TRAINED = "$prato_components.engine.trained_settings(@ckpt_path)"
 CHECK_TRAINED = "$prato_components.engine.check_trained_settings(@trained, @network_settings, @ckpt_path)"
@@ -92,6 +92,7 @@ def common(name: str, trained: bool = False) -> dict:
         }),
         "decode_region": "full",
         "decode_margin": DECODE_MARGIN,
+        "coarse_head": False,
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],

@@ -62,7 +62,7 @@ CHANGELOG = {
 # a description and the stages pruned by default.
 # the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
 PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
-                                                   "decode_margin")}
+                                                   "decode_margin", "coarse_head")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
@@ -169,7 +169,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "scoring": "roi_align",
             "protect_boxes": "@protect_boxes",
         },
-        "keys": {"protect_boxes": True, "decode_region": "box"},
+        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",

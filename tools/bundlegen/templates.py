@@ -49,7 +49,10 @@ README_PARTS: dict[int, dict[str, str]] = {
         "datasets": "`dataset` (`acdc` | `isic` | `decathlon`; sets channels, classes, loading and output format), "
                     "`dataset_dir`,\n`image_size`",
         "decode": "`decode_region` (`full` | `box`: run the decoder only over the prompt\nboxes plus `decode_margin` "
-                  "pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),\n`decode_margin`",
+                  "pixels, background outside | `guided`: also where the coarse head finds\nforeground outside the "
+                  "boxes, so a wrong box does not erase a structure; default `guided` in PrATo\nbundles, `full` "
+                  "elsewhere), `decode_margin`, `coarse_head` (the light head `guided` reads,\ntrained alone on "
+                  "detached features)",
         "data": """## Data
 
 ACDC as shipped (`training/patientNNN/patientNNN_frameMM.nii.gz` + `_gt`), served as 2D short-axis slices and
