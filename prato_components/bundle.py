@@ -22,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import monai.bundle
+from torch.utils.data import ConcatDataset
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+from monai.data import Dataset
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -69,6 +71,9 @@ __all__ = [
     "intensity_transforms_3d",
     "CT_INTENSITY_RANGE",
     "prompt_transforms",
+    "TABLE_VI_PROMPTS",
+    "prompt_qualities",
+    "prompt_datasets",
     "per_class_prompt",
     "inference_datalist",
     "read_boxes_file",
@@ -84,6 +89,7 @@ __all__ = [
 ]
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
+TABLE_VI_PROMPTS = ("tight", "partial", "oversized", "misleading")  # the rows of the paper's Table VI, in its order
 PROMPT_BOXES = ("union", "per_class")
 
 
@@ -270,6 +276,24 @@ def prompt_transforms(prompt: str = "tight", factor: float | None = None, box_ke
         "misleading": [ShiftBoxd(box_key=box_key, offset_fraction=1.0 if factor is None else factor)],
     }[prompt]
     return chosen + [ClipBoxd(box_key=box_key, image_key="image")]
+
+
+def prompt_qualities(prompt: str | Sequence[str]) -> list[str]:
+    """The box qualities an evaluation runs: one name, a list of names, or ``"all"`` (the paper's Table VI rows,
+    :data:`TABLE_VI_PROMPTS`)."""
+    chosen = list(TABLE_VI_PROMPTS) if prompt == "all" else [prompt] if isinstance(prompt, str) else list(prompt)
+    unknown = [p for p in chosen if p not in PROMPTS]
+    if not chosen or unknown or len(set(chosen)) != len(chosen):
+        raise ValueError(f"prompt must be one of {PROMPTS}, 'all' or a list of distinct ones, got {prompt!r}")
+    return chosen
+
+
+def prompt_datasets(data: Sequence[dict], before: Sequence, after: Sequence, prompts: Sequence[str],
+                    factor: float | None = None) -> Dataset:
+    """The evaluation data once per box quality in ``prompts``, in that order (one MONAI ``Dataset`` for one
+    quality): ``before`` (loading, the tight box), the quality's :func:`prompt_transforms`, then ``after``."""
+    sets = [Dataset(list(data), Compose([*before, *prompt_transforms(p, factor), *after])) for p in prompts]
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
 def _stem(path: str) -> str:
