@@ -208,6 +208,19 @@ class RegionDecodingMixin:
         head = getattr(self, "coarse_head", None)
         self.coarse_logits = None if head is None else head(features)
 
+    def finds_foreground(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether the coarse pass finds foreground anywhere in each image of ``x`` (bool ``[B]``), without the
+        decoder: the encoder (no prompt) and the coarse head; for the prompt-aware sliding window."""
+        if getattr(self, "coarse_head", None) is None:
+            raise ValueError("finds_foreground needs the coarse head: build the network with coarse_head=True")
+        coarse = self._coarse_map(x)
+        found = coarse.argmax(1) > 0 if coarse.shape[1] > 1 else coarse[:, 0] > 0
+        return found.flatten(1).any(1)
+
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head's logits on ``x`` without decoding (a backbone that offers :meth:`finds_foreground`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no coarse pass without its decoder")
+
     def _decode_window(
         self, boxes: torch.Tensor | None, image_size: Sequence[int], align: int | Sequence[int]
     ) -> DecodeWindow | None:

@@ -217,6 +217,10 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         window = self._decode_window(boxes, size, strides[-1])
         return run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides])
 
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head on the deepest tap: the Swin encoder without a prompt, no decoder."""
+        return self.coarse_head(self._encode(x, None)[-1])
+
     def _decode(self, x_in: torch.Tensor, *taps: torch.Tensor) -> torch.Tensor:
         """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4``."""
         enc0 = self.encoder1(x_in)

@@ -116,6 +116,14 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         strides = [1, *[self.patch_size] * (len(maps) - 1)]
         return run_decoder(window, self._decode, maps, strides)
 
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head on the stage-1 tap, running only the ViT blocks before it (nothing is pruned there)."""
+        check_image(x, self.in_channels, self.img_size)
+        tokens = self.vit.patch_embedding(x)
+        for block in vit_layers(self.vit.blocks, {stage: 3 * stage for stage in UNETR_STAGES})[0]:
+            tokens = block(tokens)
+        return self.coarse_head(self.proj_feat(tokens))
+
     def _decode(self, x_in: torch.Tensor, tap1: torch.Tensor, tap2: torch.Tensor, tap3: torch.Tensor,
                 final: torch.Tensor) -> torch.Tensor:
         """UNETR's convolutional encoders 1-4 and decoders on the image and the channel-first restored grids."""
