@@ -193,6 +193,7 @@ def test_a_guided_network_computes_the_untouched_windows_its_coarse_pass_finds_f
     starts = {window_start(float(v)) for x, _ in net.calls for v in x}
     assert {s for s in starts if s[0] == 24} == {(24, y, z) for y in (0, 12, 24) for z in (0, 12, 24)}
     # labelled by the window at (24, 0, 0) where no other computed window overlaps it, not background
-    torch.testing.assert_close(out[..., 24:, :12, :12], net.conv(image[..., 24:, :16, :16])[..., :12, :12])
+    torch.testing.assert_close(out[..., 24:, :12, :12], net.conv(image[..., 24:, :16, :16])[..., :12, :12], rtol=1e-4,
+                               atol=1e-3)  # voxel values up to 4e5: float32 blending
     for _, boxes in net.calls[1:]:
         assert box_is_padding(boxes).all()  # the structure's windows run without a prompt
