@@ -13,8 +13,9 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
   ``python -m monai.bundle download``), else from ``<bundles>/<name>``; it needs ``models/model.pt``. Bundles
   without weights or that cannot be loaded are skipped (log line, ``/info/`` ``skipped_models``).
 - ``bundle_overrides``: JSON object of config overrides applied to every bundle (e.g. ``{"dataset": "isic"}``).
-- ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` (default)
-  sets the label to background outside the box(es).
+- ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` sets the
+  label to background outside the box(es); ``auto`` (default) does so unless the bundle decodes ``guided`` (a wrong
+  box then keeps the structure its coarse pass found).
 - ``infer_concurrency``: inferences run at once in one server process (default 1; see Concurrency below).
 - ``zoo_source``, ``sam2``: accepted for the usual MONAI Label command line; this app never downloads and offers
   no SAM2 model.
@@ -98,11 +99,16 @@ def _strtobool(value: Any) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _restrict(value: Any) -> bool | None:
+    """``restrict_to_box``: ``None`` (``auto``, absent) lets the bundle decide, else true / false."""
+    return None if value is None or str(value).strip().lower() == "auto" else _strtobool(value)
+
+
 class BoxPromptInferTask(InferTask):
     """A bundle as a MONAI Label segmentation model that takes a box prompt from the request params."""
 
     def __init__(self, bundle_dir: str, overrides: dict | None = None, point_margin: float = 5.0,
-                 restrict_to_box: bool = True, name: str | None = None) -> None:
+                 restrict_to_box: bool | None = None, name: str | None = None) -> None:
         self.segmenter = BoxPromptSegmenter(bundle_dir, overrides=overrides)
         self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
@@ -145,7 +151,7 @@ class BoxPromptInferTask(InferTask):
             check_image_file(params["image"], name=params.get("image_name"))
             label, affine, used = self._segmenter()(
                 params["image"], boxes, slice_index=slice_index,
-                restrict=_strtobool(params.get("restrict_to_box", True)),
+                restrict=_restrict(params.get("restrict_to_box")),
             )
         except HTTPException:
             raise
@@ -219,7 +225,7 @@ class PratoBundlesApp(MONAILabelApp):
                 trained_settings(weights)  # a corrupt or truncated file is named here, not deep in the config
                 infers[name] = BoxPromptInferTask(
                     bundle_dir, overrides=self.overrides, point_margin=float(self.conf.get("point_margin", 5)),
-                    restrict_to_box=_strtobool(self.conf.get("restrict_to_box", "true")), name=name,
+                    restrict_to_box=_restrict(self.conf.get("restrict_to_box")), name=name,
                 )
             except Exception as error:  # noqa: BLE001 - one bad bundle must not take the others down
                 logger.debug("loading %s failed", name, exc_info=True)

@@ -263,9 +263,17 @@ class BoxPromptSegmenter:
         with Image.open(image_path) as image:
             return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
 
+    @property
+    def restricts_to_boxes(self) -> bool:
+        """Whether the label is cut to the boxes unless told otherwise: not for a network that decodes
+        ``"guided"``, whose answer outside the boxes is where its coarse pass found the structure (a wrong box must
+        not erase it; docs/design.md §6.1)."""
+        return getattr(self.network, "decode_region", "full") != "guided"
+
     def __call__(self, image_path: str, boxes: Sequence[Sequence[float]], slice_index: int | None = None,
-                 restrict: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
-        """Segment ``image_path`` with ``boxes`` (image voxel coordinates).
+                 restrict: bool | None = None) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
+        """Segment ``image_path`` with ``boxes`` (image voxel coordinates); ``restrict``: set the label to
+        background outside the boxes (``None``: :attr:`restricts_to_boxes`).
 
         Returns:
             the label array (class indices, the image's spatial shape), the image affine (or ``None``) and the
@@ -283,7 +291,7 @@ class BoxPromptSegmenter:
         data["pred"] = pred[0].cpu()  # Invertd takes the inverse of the preprocessing from data["image"]
         data = self.postprocessing(data)
         label = np.asarray(torch.as_tensor(data["pred"]).cpu())[0].astype(np.uint8)
-        if restrict:
+        if self.restricts_to_boxes if restrict is None else restrict:
             label = restrict_to_boxes(label, boxes)
         affine = getattr(data["pred"], "affine", None)
         affine = None if affine is None else np.asarray(affine)

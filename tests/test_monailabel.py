@@ -158,7 +158,8 @@ def test_segmenter_in_process(served_bundles, acdc_dir):
     scores = {}
     for name in ("unetr_prato", "unetr_prato_untrained"):
         segmenter = BoxPromptSegmenter(os.path.join(served_bundles, name))  # sizes from the checkpoint
-        label, affine, used = segmenter(image, boxes_from_request({"box": box}))
+        assert not segmenter.restricts_to_boxes  # the PrATo bundles decode guided: a wrong box must not cut the label
+        label, affine, used = segmenter(image, boxes_from_request({"box": box}), restrict=True)
         assert label.shape == gt.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
         np.testing.assert_allclose(affine, nib.load(image).affine, atol=1e-4)
         outside = np.ones(gt.shape, bool)
