@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import monai.bundle
-from torch.utils.data import ConcatDataset
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 from monai.data import Dataset
@@ -35,6 +34,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from torch.utils.data import ConcatDataset
 
 from prato_components.data import (
     DATASETS,

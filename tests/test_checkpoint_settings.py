@@ -116,7 +116,8 @@ def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE, key: str = "decode_r
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([os.path.join(bundle, "configs", "train.json"), os.path.join(bundle, "configs", "evaluate.json")])
+    configs = os.path.join(bundle, "configs")
+    parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")])
     parser["ckpt_path"] = ckpt_path
     return parser.get_parsed_content(key)
 

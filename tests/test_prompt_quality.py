@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
+from conftest import error_text, read_json, run_bundle
 from ignite.engine import Engine
 
-from conftest import error_text, read_json, run_bundle
 from prato_components.bundle import TABLE_VI_PROMPTS, prompt_qualities
 from prato_components.engine import EvaluationReport
 
@@ -38,7 +38,8 @@ def test_the_report_gives_each_quality_its_rows_and_the_misleading_to_tight_rati
     assert rows["partial"]["mean_iou"]["mean"] == pytest.approx(0.25)  # (0.5 / 2 + 0.5 / 2) / 2
     assert report.summary["misleading_over_tight"] == pytest.approx(0.25 / 0.85)
     csv_text = open(os.path.join(tmp_path, "metrics.csv")).read()
-    assert "mean_dice@misleading" in csv_text and "misleading / tight mean_dice: 0.2941" in report.format(report.summary)
+    assert "mean_dice@misleading" in csv_text
+    assert "misleading / tight mean_dice: 0.2941" in report.format(report.summary)
 
 
 def test_the_report_refuses_details_that_are_not_one_run_per_quality(tmp_path):

@@ -16,10 +16,9 @@ structure; where they find none, the window is exactly the box window.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import math
 
 import torch
 import torch.nn as nn

@@ -4,12 +4,12 @@ outside it, and a coarse head that leaves the rest of the network as it trains w
 import pytest
 import torch
 import torch.nn as nn
-from monai.losses import DiceCELoss
-
 from conftest import image
+from monai.losses import DiceCELoss
+from test_region import BACKBONES, NET_SIZE, ONE_BOX, _unetr
+
 from prato_components.engine import PrunedSegLoss
 from prato_components.networks.region import BACKGROUND_LOGIT_GAP, coarse_boxes, decode_window
-from test_region import BACKBONES, NET_SIZE, ONE_BOX, _unetr
 
 # the last module of each backbone's decoder: one call per decoder run, on the decoded region
 LAST_MODULE = {"unetr": "out", "swin_unetr": "out", "transunet": "segmentation_head", "segformer": "head"}
