@@ -433,7 +433,9 @@ def served_3d(tmp_path_factory) -> tuple[str, str, dict]:
     os.makedirs(os.path.join(target, "models"))
     parser = ConfigParser()
     parser.read_config(os.path.join(target, "configs", "inference.json"))
-    for key, value in {**overrides, **TINY_3D, "decode_margin": MARGIN_3D}.items():
+    # box decoding: the windows a random network computes are those the box reaches (a guided network's random
+    # coarse head would add windows anywhere; guided scanning is tested in tests/test_inferers.py)
+    for key, value in {**overrides, **TINY_3D, "decode_margin": MARGIN_3D, "decode_region": "box"}.items():
         parser[key] = value
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")

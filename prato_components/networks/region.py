@@ -202,10 +202,30 @@ class RegionDecodingMixin:
             raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
         self.coarse_logits = None
 
-    def _coarse_pass(self, features: torch.Tensor) -> None:
-        """The coarse head's logits on the channel-first encoder map ``features`` (kept in :attr:`coarse_logits`)."""
+    def _coarse_pass(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
+                     image_size: Sequence[int] | None = None, align: int | Sequence[int] | None = None) -> None:
+        """The coarse head's logits on the channel-first encoder map ``features`` (kept in :attr:`coarse_logits`)
+        and, decoding ``"guided"`` in eval mode with ``boxes``, the box around the coarse foreground outside the box
+        window of images of ``image_size`` (decoder alignment ``align``; ``None``: no window): it joins the boxes
+        of the decoding window and, when the coarse pass runs before a pruned stage, of the pruners."""
         head = getattr(self, "coarse_head", None)
         self.coarse_logits = None if head is None else head(features)
+        self._guide_boxes = None
+        if self.decode_region != "guided" or self.training or boxes is None or align is None:
+            return
+        if self.coarse_logits is None:
+            raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
+        window = decode_window(boxes, image_size, align, self.decode_margin)
+        if window is not None:
+            extra, dims = coarse_boxes(self.coarse_logits, window), len(image_size)
+            if bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
+                self._guide_boxes = torch.cat([boxes, extra.to(boxes)], 1)
+
+    def _pruning_boxes(self, boxes: torch.Tensor | None) -> torch.Tensor | None:
+        """The boxes a pruned stage of this forward pass gets: the prompt and, once a guided coarse pass found
+        foreground outside it, that too."""
+        guided = getattr(self, "_guide_boxes", None)
+        return boxes if guided is None else guided
 
     def finds_foreground(self, x: torch.Tensor) -> torch.Tensor:
         """Whether the coarse pass finds foreground anywhere in each image of ``x`` (bool ``[B]``), without the
@@ -224,20 +244,12 @@ class RegionDecodingMixin:
         self, boxes: torch.Tensor | None, image_size: Sequence[int], align: int | Sequence[int]
     ) -> DecodeWindow | None:
         """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`.
-        ``"guided"`` widens the box window to the coarse foreground outside it, except while training (the boxes
-        are right there; the rest of the network then trains as with ``"box"``)."""
+        ``"guided"`` widens the box window to the coarse foreground outside it (:meth:`_coarse_pass`), except while
+        training (the boxes are right there; the rest of the network then trains as with ``"box"``)."""
         window = None
         if self.decode_region in ("box", "guided"):
-            window = decode_window(boxes, image_size, align, self.decode_margin)
-        if self.decode_region == "guided" and window is not None and not self.training:
-            if self.coarse_logits is None:
-                raise ValueError("decode_region 'guided' needs the coarse head: build the network with "
-                                 "coarse_head=True")
-            extra, dims = coarse_boxes(self.coarse_logits, window), len(image_size)
-            if bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
-                window = decode_window(torch.cat([boxes.to(extra.dtype), extra], 1), image_size, align,
-                                       self.decode_margin)
-        self.last_decode_window = window
+            window = decode_window(self._pruning_boxes(boxes), image_size, align, self.decode_margin)
+        self.last_decode_window, self._guide_boxes = window, None  # the guide is this forward pass's only
         return window
 
 

@@ -502,8 +502,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
         boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
         maps = self.encode(image, boxes)
-        self._coarse_pass(maps[-1])
         size = tuple(image.shape[2:])
+        self._coarse_pass(maps[-1], boxes, size, None if any(s % 32 for s in size) else 32)
         if any(s % 32 for s in size):  # the stage maps are not exactly 1/4 ... 1/32 of the image: decode it whole
             self.last_decode_window = None
             return self._decode(*maps, size=size)

@@ -211,9 +211,9 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         self._check_input_size(tuple(x_in.shape[2:]))
         boxes = check_network_boxes(boxes, x_in.shape[0], tuple(x_in.shape[2:]))
         hidden_states_out = self._encode(x_in, boxes)
-        self._coarse_pass(hidden_states_out[-1])
         size = tuple(x_in.shape[2:])
         strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
+        self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])
         window = self._decode_window(boxes, size, strides[-1])
         return run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides])
 

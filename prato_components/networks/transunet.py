@@ -263,7 +263,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         features, skips = self.cnn(image)
-        self._coarse_pass(features)
+        self._coarse_pass(features, boxes, self.img_size, self.patch_size)  # before pruning: its boxes reach it
         state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
         layers = vit_layers(self.blocks, self.stage_blocks)
         self._run_stages(

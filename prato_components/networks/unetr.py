@@ -110,7 +110,6 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
         taps, final, state = self._encode(x_in, boxes)
         self._take_reports(state)
-        self._coarse_pass(self.proj_feat(taps[1]))
         window = self._decode_window(boxes, self.img_size, self.patch_size)
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
         strides = [1, *[self.patch_size] * (len(maps) - 1)]
@@ -141,6 +140,8 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
 
         def tap(stage: int, current: TokenState, _) -> TokenState:  # the decoder sees the tokens before pruning
             taps[stage] = self._complete(current.restore(), current, stage)
+            if stage == 1:  # the coarse pass, before the first pruned stage, so its boxes reach the pruners
+                self._coarse_pass(self.proj_feat(taps[1]), boxes, self.img_size, self.patch_size)
             return current
 
         def run_layer(number: int, current: TokenState, attentions: list) -> None:

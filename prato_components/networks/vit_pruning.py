@@ -167,7 +167,8 @@ class PrunedNetworkMixin:
                 break
             state = next_grid(number, state, output)
             if number in self.prune_stages:
-                state.prune(self.pruners[str(number)], number, stride(number, state), boxes, attentions)
+                prompt = boxes if not hasattr(self, "_pruning_boxes") else self._pruning_boxes(boxes)  # §6.1 guided
+                state.prune(self.pruners[str(number)], number, stride(number, state), prompt, attentions)
                 attentions.clear()
         return state
 

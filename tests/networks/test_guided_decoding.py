@@ -85,7 +85,11 @@ def test_a_wrong_box_still_labels_what_the_coarse_pass_finds(name):
         far = tuple(slice(g - 2, g - 1) for g in grid)  # a coarse cell near the far corner
         guided.coarse_head = FixedCoarse(grid, {0: far})
         calls = _decoder_regions(guided, name)
-        out, full = guided(x, wrong), full_net(x, wrong)
+        # the coarse pass of UNETR and TransUNet runs before the first pruned stage: its box reaches the pruners too
+        stride = NET_SIZE[0] // grid[0]
+        found = torch.tensor([[[(g - 2) * stride for g in grid] + [(g - 1) * stride for g in grid]]])
+        prompt = torch.cat([wrong, found], 1) if name in ("unetr", "transunet") else wrong
+        out, full = guided(x, wrong), full_net(x, prompt)
         decoder_calls = list(calls)
         guided.decode_region = "box"
         boxed = guided(x, wrong)
