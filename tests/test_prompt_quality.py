@@ -8,7 +8,7 @@ from conftest import error_text, read_json, run_bundle
 from ignite.engine import Engine
 
 from prato_components.bundle import TABLE_VI_PROMPTS, prompt_qualities
-from prato_components.engine import EvaluationReport
+from prato_components.engine import EvaluationReport, load_weights
 
 
 def test_prompt_qualities_reads_all_a_name_or_a_list():
@@ -70,3 +70,17 @@ def test_evaluate_all_prompts_in_one_run_matches_single_prompt_runs(acdc_dir, tm
         run_bundle("unetr_prato", "evaluate", root, dataset_dir=acdc_dir, latency_repeats=0, prompt="wrong",
                    output_dir=str(tmp_path / "wrong"))
     assert "prompt must be one of" in error_text(caught.value)
+
+
+def test_the_bundle_trains_the_same_weights_with_and_without_the_coarse_head(acdc_dir, tmp_path):
+    """The coarse head reads detached features and is built on its own random stream: a short training of the
+    bundle default (guided) gives every shared weight of today's box-decoding bundle, bit for bit."""
+    weights = {}
+    for name, settings in (("guided", {}), ("box", {"decode_region": "box", "coarse_head": False})):
+        root = str(tmp_path / name)
+        run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=2, val_interval=2,
+                   **{"train#trainer#epoch_length": 2, **settings})
+        weights[name] = load_weights(os.path.join(root, "models", "model_final.pt"))[0]
+    assert set(weights["guided"]) - set(weights["box"]) == {"coarse_head.conv.weight", "coarse_head.conv.bias"}
+    for key, value in weights["box"].items():
+        assert torch.equal(weights["guided"][key], value), key
