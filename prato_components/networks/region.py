@@ -173,6 +173,17 @@ def coarse_boxes(coarse: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
     return torch.stack(lo + hi, -1).to(coarse.dtype)[:, None]
 
 
+def _with_found(boxes: torch.Tensor, coarse: torch.Tensor, region: DecodeWindow | None) -> torch.Tensor | None:
+    """``boxes`` plus one row per image around the coarse foreground outside ``region`` (:func:`coarse_boxes`);
+    ``None`` when there is none (or no region: the boxes cover the images)."""
+    if region is None:
+        return None
+    extra, dims = coarse_boxes(coarse, region), len(region.image_size)
+    if not bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
+        return None
+    return torch.cat([boxes, extra.to(boxes)], 1)
+
+
 class RegionDecodingMixin:
     """The ``decode_region`` / ``decode_margin`` options of a backbone and its optional coarse head
     (docs/design.md §6.1)."""
@@ -210,16 +221,15 @@ class RegionDecodingMixin:
         of the decoding window and, when the coarse pass runs before a pruned stage, of the pruners."""
         head = getattr(self, "coarse_head", None)
         self.coarse_logits = None if head is None else head(features)
-        self._guide_boxes = None
+        self._guide_boxes = self._guide_window = None
         if self.decode_region != "guided" or self.training or boxes is None or align is None:
             return
         if self.coarse_logits is None:
             raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
-        window = decode_window(boxes, image_size, align, self.decode_margin)
-        if window is not None:
-            extra, dims = coarse_boxes(self.coarse_logits, window), len(image_size)
-            if bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
-                self._guide_boxes = torch.cat([boxes, extra.to(boxes)], 1)
+        # the pruners: the foreground that no box overlaps; the decoder: the foreground outside the box window
+        self._guide_boxes = _with_found(boxes, self.coarse_logits, decode_window(boxes, image_size, 1, 0))
+        self._guide_window = _with_found(boxes, self.coarse_logits,
+                                         decode_window(boxes, image_size, align, self.decode_margin))
 
     def _pruning_boxes(self, boxes: torch.Tensor | None) -> torch.Tensor | None:
         """The boxes a pruned stage of this forward pass gets: the prompt and, once a guided coarse pass found
@@ -248,8 +258,10 @@ class RegionDecodingMixin:
         training (the boxes are right there; the rest of the network then trains as with ``"box"``)."""
         window = None
         if self.decode_region in ("box", "guided"):
-            window = decode_window(self._pruning_boxes(boxes), image_size, align, self.decode_margin)
-        self.last_decode_window, self._guide_boxes = window, None  # the guide is this forward pass's only
+            guided = getattr(self, "_guide_window", None)
+            window = decode_window(boxes if guided is None else guided, image_size, align, self.decode_margin)
+        self.last_decode_window = window
+        self._guide_boxes = self._guide_window = None  # this forward pass's only
         return window
 
 

@@ -63,7 +63,8 @@ def test_the_coarse_pass_adds_no_work_where_it_finds_nothing(name):
     with torch.no_grad():
         guided(x, ONE_BOX)
         grid = guided.coarse_logits.shape[2:]
-        guided.coarse_head = FixedCoarse(grid, {0: (slice(2, 3), slice(2, 3))})  # inside image 0's window only
+        cell = 64 * grid[0] // NET_SIZE[0]  # the cell at pixel (64, 64), inside image 0's box
+        guided.coarse_head = FixedCoarse(grid, {0: (slice(cell, cell + 1), slice(cell, cell + 1))})
         calls = _decoder_regions(guided, name)
         out, expected = guided(x, ONE_BOX), box_net(x, ONE_BOX)
     assert guided.last_decode_window == box_net.last_decode_window
