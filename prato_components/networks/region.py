@@ -28,7 +28,7 @@ from prato_components.networks.vit_pruning import own_random_stream
 
 __all__ = [
     "DECODE_REGIONS", "BACKGROUND_LOGIT_GAP", "DecodeWindow", "decode_window", "RegionDecodingMixin", "run_decoder",
-    "background_logits", "CoarseHead", "coarse_boxes",
+    "background_logits", "CoarseHead", "coarse_boxes", "coarse_foreground",
 ]
 
 DECODE_REGIONS = ("full", "box", "guided")
@@ -148,12 +148,20 @@ class CoarseHead(nn.Module):
         return self.conv(features.detach())
 
 
-def coarse_boxes(coarse: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
+def coarse_foreground(coarse: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The cells of coarse logits ``[B, C, *grid]`` whose foreground probability (1 - softmax of class 0, or the
+    sigmoid of a single channel) reaches ``threshold``: bool ``[B, *grid]``."""
+    if coarse.shape[1] > 1:
+        return 1 - coarse.softmax(1)[:, 0] >= threshold
+    return coarse[:, 0].sigmoid() >= threshold
+
+
+def coarse_boxes(coarse: torch.Tensor, window: DecodeWindow, threshold: float = 0.5) -> torch.Tensor:
     """One box per image ``[B, 1, 2D]`` (network-input voxels) around the coarse foreground cells of ``coarse``
-    (logits ``[B, C, *grid]``: argmax not 0, or a positive single channel) that lie outside the image's window;
+    (logits ``[B, C, *grid]``, :func:`coarse_foreground` at ``threshold``) that lie outside the image's window;
     a padding row (max < min) where there are none. Images that ``window`` decodes whole get padding rows."""
     dims = len(window.image_size)
-    found = coarse.argmax(1) > 0 if coarse.shape[1] > 1 else coarse[:, 0] > 0  # [B, *grid]
+    found = coarse_foreground(coarse, threshold)  # [B, *grid]
     grid = found.shape[1:]
     strides = [s / g for s, g in zip(window.image_size, grid)]
     outside = torch.zeros_like(found)
@@ -173,12 +181,13 @@ def coarse_boxes(coarse: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
     return torch.stack(lo + hi, -1).to(coarse.dtype)[:, None]
 
 
-def _with_found(boxes: torch.Tensor, coarse: torch.Tensor, region: DecodeWindow | None) -> torch.Tensor | None:
+def _with_found(boxes: torch.Tensor, coarse: torch.Tensor, region: DecodeWindow | None,
+                threshold: float) -> torch.Tensor | None:
     """``boxes`` plus one row per image around the coarse foreground outside ``region`` (:func:`coarse_boxes`);
     ``None`` when there is none (or no region: the boxes cover the images)."""
     if region is None:
         return None
-    extra, dims = coarse_boxes(coarse, region), len(region.image_size)
+    extra, dims = coarse_boxes(coarse, region, threshold), len(region.image_size)
     if not bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
         return None
     return torch.cat([boxes, extra.to(boxes)], 1)
@@ -193,6 +202,8 @@ class RegionDecodingMixin:
     last_decode_window: DecodeWindow | None = None
     #: the coarse logits of the last forward pass (``None`` without a coarse head), for the loss and the window
     coarse_logits: torch.Tensor | None = None
+    #: the foreground probability from which a coarse cell counts as foreground (:func:`coarse_foreground`)
+    coarse_threshold: float = 0.2
 
     def _setup_decoding(self, decode_region: str, decode_margin: int) -> None:
         if decode_region not in DECODE_REGIONS:
@@ -227,9 +238,10 @@ class RegionDecodingMixin:
         if self.coarse_logits is None:
             raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
         # the pruners: the foreground that no box overlaps; the decoder: the foreground outside the box window
-        self._guide_boxes = _with_found(boxes, self.coarse_logits, decode_window(boxes, image_size, 1, 0))
-        self._guide_window = _with_found(boxes, self.coarse_logits,
-                                         decode_window(boxes, image_size, align, self.decode_margin))
+        found = self.coarse_logits, self.coarse_threshold
+        self._guide_boxes = _with_found(boxes, found[0], decode_window(boxes, image_size, 1, 0), found[1])
+        self._guide_window = _with_found(boxes, found[0], decode_window(boxes, image_size, align, self.decode_margin),
+                                         found[1])
 
     def _pruning_boxes(self, boxes: torch.Tensor | None) -> torch.Tensor | None:
         """The boxes a pruned stage of this forward pass gets: the prompt and, once a guided coarse pass found
@@ -242,9 +254,7 @@ class RegionDecodingMixin:
         decoder: the encoder (no prompt) and the coarse head; for the prompt-aware sliding window."""
         if getattr(self, "coarse_head", None) is None:
             raise ValueError("finds_foreground needs the coarse head: build the network with coarse_head=True")
-        coarse = self._coarse_map(x)
-        found = coarse.argmax(1) > 0 if coarse.shape[1] > 1 else coarse[:, 0] > 0
-        return found.flatten(1).any(1)
+        return coarse_foreground(self._coarse_map(x), self.coarse_threshold).flatten(1).any(1)
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head's logits on ``x`` without decoding (a backbone that offers :meth:`finds_foreground`)."""
