@@ -41,11 +41,14 @@ def _decoder_regions(net, name):
 def test_coarse_boxes_bound_the_foreground_outside_the_window_only():
     window = decode_window(torch.tensor([[[8.0, 8.0, 20.0, 20.0]], [[8.0, 8.0, 20.0, 20.0]]]), (64, 64), 16, 0)
     assert window.starts == ((0, 0), (0, 0)) and window.size == (32, 32)
-    coarse = torch.zeros(2, 3, 4, 4)  # a 16-voxel grid; class 0 wins unless a cell says otherwise
-    coarse[0, 2, 3, 2] = coarse[0, 1, 2, 3] = 1.0  # image 0: two cells outside the window
-    coarse[1, 1, 1, 1] = 1.0  # image 1: one cell, inside the window
-    boxes = coarse_boxes(coarse, window)
+    coarse = torch.zeros(2, 3, 4, 4)  # a 16-voxel grid; background (probability 0.99) unless a cell says otherwise
+    coarse[:, 0] = 5.0
+    coarse[0, 2, 3, 2] = coarse[0, 1, 2, 3] = 5.0  # image 0: two cells outside the window (foreground 0.5)
+    coarse[0, 1, 0, 3] = 3.5  # foreground 0.19 < 0.2: not found
+    coarse[1, 1, 1, 1] = 6.0  # image 1: one cell, inside the window
+    boxes = coarse_boxes(coarse, window, threshold=0.2)
     assert boxes.tolist() == [[[32.0, 32.0, 64.0, 64.0]], [[64.0, 64.0, 0.0, 0.0]]]  # image 1: a padding row
+    assert coarse_boxes(coarse, window, threshold=0.6)[0].tolist() == [[64.0, 64.0, 0.0, 0.0]]  # 0.5 < 0.6
 
 
 def test_guided_decoding_needs_the_coarse_head():
