@@ -64,7 +64,8 @@ resolution (per slice for volumes).
 ## Box prompts
 
 Training derives one box around all foreground of the (augmented) label and jitters it; evaluation uses the
-tight box (or a perturbed one, `prompt`). At inference each image needs a box in **voxel coordinates of the
+tight box (or a perturbed one, `prompt`; `prompt all` evaluates the four boxes of the paper's Table VI in one
+run). At inference each image needs a box in **voxel coordinates of the
 image as loaded by MONAI** (axis i of the array; for PNG/JPG `(x, y)` = (column, row)), min corner then max
 corner: `[x1, y1, x2, y2]` for 2D images, `[x1, y1, z1, x2, y2, z2]` for volumes (a 2D network then segments
 every slice; slices outside the box's z-range get no prompt). Give them in a sidecar next to the image,
