@@ -13,8 +13,9 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
   ``python -m monai.bundle download``), else from ``<bundles>/<name>``; it needs ``models/model.pt``. Bundles
   without weights or that cannot be loaded are skipped (log line, ``/info/`` ``skipped_models``).
 - ``bundle_overrides``: JSON object of config overrides applied to every bundle (e.g. ``{"dataset": "isic"}``).
-- ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` (default)
-  sets the label to background outside the box(es).
+- ``point_margin``: voxels added around ``foreground`` clicks (default 5). ``restrict_to_box``: ``true`` sets the
+  label to background outside the box(es); ``auto`` (default) does so unless the bundle decodes ``guided`` (a wrong
+  box then keeps the structure its coarse pass found).
 - ``infer_concurrency``: inferences run at once in one server process (default 1; see Concurrency below).
 - ``zoo_source``, ``sam2``: accepted for the usual MONAI Label command line; this app never downloads and offers
   no SAM2 model.
@@ -65,13 +66,18 @@ from monailabel.endpoints import infer as monailabel_infer
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelException
-from monailabel.interfaces.utils.app import app_instance
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.utils.app import app_instance
 
 import prato_components
 from prato_components.command_line import find_in_chain
 from prato_components.engine import trained_settings
-from prato_components.interactive import IMAGE_SUFFIXES, BoxPromptSegmenter, flag_from_request, margin_from_request
+from prato_components.interactive import (
+    IMAGE_SUFFIXES,
+    BoxPromptSegmenter,
+    margin_from_request,
+    restrict_from_request,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +88,7 @@ class BoxPromptInferTask(InferTask):
     """A bundle as a MONAI Label segmentation model that takes a box prompt from the request params."""
 
     def __init__(self, bundle_dir: str, overrides: dict | None = None, point_margin: float = 5.0,
-                 restrict_to_box: bool = True, name: str | None = None) -> None:
+                 restrict_to_box: bool | None = None, name: str | None = None) -> None:
         self.segmenter = BoxPromptSegmenter(bundle_dir, overrides=overrides)
         self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
@@ -169,7 +175,7 @@ class PratoBundlesApp(MONAILabelApp):
         self.overrides = json.loads(conf.get("bundle_overrides", "{}"))
         # --conf values, parsed as strictly as request parameters (a bad one stops the server at start)
         self.point_margin = margin_from_request(conf)
-        self.restrict_to_box = flag_from_request(conf, "restrict_to_box", True)
+        self.restrict_to_box = restrict_from_request(conf)
         self.skipped: dict[str, str] = {}
         self.infer_concurrency = int(conf.get("infer_concurrency", 1))
         if self.infer_concurrency < 1:

@@ -26,6 +26,7 @@ import monai.bundle
 import numpy as np
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+from monai.data import Dataset
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -35,6 +36,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
+from torch.utils.data import ConcatDataset
 
 from prato_components import command_line
 from prato_components.atomic import atomic_write_text
@@ -47,10 +49,11 @@ from prato_components.data import (
     load_or_create_split,
     slice_datalist,
 )
-from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.data.readers import BTCV_DATALIST
+from prato_components.engine.checkpoint import check_trained_settings
 from prato_components.errors import InputError, UserError
 from prato_components.inputs import MissingFileError, read_image_header
+from prato_components.networks.region import DECODE_REGIONS
 from prato_components.prompts import (
     BoxToRegionMaskd,
     ClipBoxd,
@@ -62,7 +65,6 @@ from prato_components.prompts import (
 )
 from prato_components.prompts.boxes import padding_boxes, validate_boxes
 from prato_components.tokens.executor import EXECUTOR_MODES, FILL_POLICIES
-from prato_components.networks.region import DECODE_REGIONS
 
 __all__ = [
     "PROMPTS",
@@ -76,6 +78,9 @@ __all__ = [
     "intensity_transforms_3d",
     "CT_INTENSITY_RANGE",
     "prompt_transforms",
+    "TABLE_VI_PROMPTS",
+    "prompt_qualities",
+    "prompt_datasets",
     "per_class_prompt",
     "inference_datalist",
     "read_boxes_file",
@@ -99,6 +104,7 @@ __all__ = [
 command_line.install()  # every bundle config imports this module: known errors print without a traceback
 
 PROMPTS = ("tight", "oversized", "partial", "misleading")
+TABLE_VI_PROMPTS = ("tight", "partial", "oversized", "misleading")  # the rows of the paper's Table VI, in its order
 PROMPT_BOXES = ("union", "per_class")
 
 
@@ -285,6 +291,24 @@ def prompt_transforms(prompt: str = "tight", factor: float | None = None, box_ke
         "misleading": [ShiftBoxd(box_key=box_key, offset_fraction=1.0 if factor is None else factor)],
     }[prompt]
     return chosen + [ClipBoxd(box_key=box_key, image_key="image")]
+
+
+def prompt_qualities(prompt: str | Sequence[str]) -> list[str]:
+    """The box qualities an evaluation runs: one name, a list of names, or ``"all"`` (the paper's Table VI rows,
+    :data:`TABLE_VI_PROMPTS`)."""
+    chosen = list(TABLE_VI_PROMPTS) if prompt == "all" else [prompt] if isinstance(prompt, str) else list(prompt)
+    unknown = [p for p in chosen if p not in PROMPTS]
+    if not chosen or unknown or len(set(chosen)) != len(chosen):
+        raise ValueError(f"prompt must be one of {PROMPTS}, 'all' or a list of distinct ones, got {prompt!r}")
+    return chosen
+
+
+def prompt_datasets(data: Sequence[dict], before: Sequence, after: Sequence, prompts: Sequence[str],
+                    factor: float | None = None) -> Dataset:
+    """The evaluation data once per box quality in ``prompts``, in that order (one MONAI ``Dataset`` for one
+    quality): ``before`` (loading, the tight box), the quality's :func:`prompt_transforms`, then ``after``."""
+    sets = [Dataset(list(data), Compose([*before, *prompt_transforms(p, factor), *after])) for p in prompts]
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
 
 
 def _stem(path: str) -> str:
@@ -602,7 +626,7 @@ DATA_SETTINGS = ("in_channels", "out_channels")
 """Network settings that follow the data set (``dataset_spec``): never taken from a checkpoint, only checked
 against it (``engine.check_trained_settings``), so a checkpoint trained on other data is named, not misused."""
 
-LEGACY_SETTINGS = {"decode_region": "full"}
+LEGACY_SETTINGS = {"decode_region": "full", "coarse_head": False}
 """Network settings added after checkpoints were first written: the value a checkpoint that records settings but
 not this one was trained with (box decoding did not exist before ``decode_region``)."""
 
@@ -654,8 +678,9 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
                      and len(set(v)) == len(v), "a list of distinct stage numbers >= 1, e.g. [1, 2]"),
     "executor": (lambda v: v in EXECUTOR_MODES, f"one of {list(EXECUTOR_MODES)}"),
     "fill": (lambda v: v in FILL_POLICIES, f"one of {list(FILL_POLICIES)}"),
-    "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image or only "
-                      "the prompt boxes plus decode_margin)"),
+    "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image, only "
+                      "the prompt boxes plus decode_margin, or also where the coarse head finds foreground)"),
+    "coarse_head": (lambda v: isinstance(v, bool), "true or false (the coarse head that decode_region 'guided' reads)"),
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),

@@ -15,7 +15,8 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
 - ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
   2D box applies to every slice.
 
-- ``restrict_to_box``: true or false (default true): set the label to 0 outside the boxes.
+- ``restrict_to_box``: true, false or ``auto`` (default): set the label to 0 outside the boxes; ``auto`` does so
+  unless the bundle decodes ``guided`` (a wrong box must not erase what the network finds outside it).
 
 Every parameter is parsed strictly (a ``true`` is not a coordinate, ``"maybe"`` is not false); a missing or malformed
 parameter, a slice or a click outside the image raises ``InputError`` (a ``ValueError``) naming the parameter the
@@ -42,12 +43,12 @@ from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
 __all__ = [
     "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
-    "flag_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image", "restrict_to_boxes",
-    "BoxPromptSegmenter",
+    "flag_from_request", "restrict_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image",
+    "restrict_to_boxes", "BoxPromptSegmenter",
 ]
 
 PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")  # where a prompt is read from, in this order
-FLAG_VALUES = {True: True, False: False, "true": True, "false": False, 1: True, 0: False, "1": True, "0": False}
+FLAG_VALUES = {"true": True, "false": False, "1": True, "0": False}  # the lower-case text of a parameter
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # boxes become float32 tensors; larger values would turn into inf
 
 
@@ -109,16 +110,24 @@ def slice_from_request(params: Mapping[str, Any]) -> int | None:
     return int(number)
 
 
-def flag_from_request(params: Mapping[str, Any], name: str, default: bool) -> bool:
+def flag_from_request(params: Mapping[str, Any], name: str, default: bool | None) -> bool | None:
     """A true/false parameter: JSON ``true``/``false``, ``"true"``/``"false"`` (any case), ``1``/``0``; absent or
     ``""`` for ``default``. Anything else (``"maybe"``, ``2``) is an ``InputError`` naming the parameter."""
     value = params.get(name)
     if value is None or value == "":
         return default
-    key = value.strip().lower() if isinstance(value, str) else value
-    if isinstance(key, (bool, int, str)) and key in FLAG_VALUES:
-        return FLAG_VALUES[key]
+    if isinstance(value, (bool, int, str)) and str(value).strip().lower() in FLAG_VALUES:
+        return FLAG_VALUES[str(value).strip().lower()]
     raise InputError(f"parameter {name!r} must be true or false, got {value!r}")
+
+
+def restrict_from_request(params: Mapping[str, Any]) -> bool | None:
+    """``restrict_to_box``: true / false (as :func:`flag_from_request`), or ``"auto"`` / absent for ``None``: the
+    bundle decides (cut to the boxes unless it decodes ``guided``, :attr:`BoxPromptSegmenter.restricts_to_boxes`)."""
+    value = params.get("restrict_to_box")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    return flag_from_request(params, "restrict_to_box", None)
 
 
 def _check_box(box: list[float], name: str) -> list[float]:
@@ -275,7 +284,7 @@ class BoxPromptSegmenter:
     def segment_request(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
         """Segment ``params["image"]`` with the prompt of MONAI Label ``/infer`` parameters, each parsed strictly
         (``InputError`` naming the parameter); see :meth:`__call__` for what it returns."""
-        restrict = flag_from_request(params, "restrict_to_box", True)
+        restrict = restrict_from_request(params)
         shape = check_image_file(params["image"], name=params.get("image_name"))
         boxes = request_boxes_for_image(params, shape)
         return self(params["image"], boxes, restrict=restrict)
@@ -292,9 +301,17 @@ class BoxPromptSegmenter:
         with Image.open(image_path) as image:
             return tuple(image.size)  # MONAI's PIL reader: axis 0 = x (columns)
 
+    @property
+    def restricts_to_boxes(self) -> bool:
+        """Whether the label is cut to the boxes unless told otherwise: not for a network that decodes
+        ``"guided"``, whose answer outside the boxes is where its coarse pass found the structure (a wrong box must
+        not erase it; docs/design.md §6.1)."""
+        return getattr(self.network, "decode_region", "full") != "guided"
+
     def __call__(self, image_path: str, boxes: Sequence[Sequence[float]], slice_index: int | None = None,
-                 restrict: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
-        """Segment ``image_path`` with ``boxes`` (image voxel coordinates).
+                 restrict: bool | None = None) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
+        """Segment ``image_path`` with ``boxes`` (image voxel coordinates); ``restrict``: set the label to
+        background outside the boxes (``None``: :attr:`restricts_to_boxes`).
 
         Returns:
             the label array (class indices, the image's spatial shape), the image affine (or ``None``) and the
@@ -312,7 +329,7 @@ class BoxPromptSegmenter:
         data["pred"] = pred[0].cpu()  # Invertd takes the inverse of the preprocessing from data["image"]
         data = self.postprocessing(data)
         label = np.asarray(torch.as_tensor(data["pred"]).cpu())[0].astype(np.uint8)
-        if restrict:
+        if self.restricts_to_boxes if restrict is None else restrict:
             label = restrict_to_boxes(label, boxes)
         affine = getattr(data["pred"], "affine", None)
         affine = None if affine is None else np.asarray(affine)

@@ -117,7 +117,7 @@ def test_default_num_workers_never_exceeds_the_cpus():
     ("prune_stages", [1, 1], "prune_stages must be a list of distinct stage numbers"),
     ("executor", "sparse", "executor must be one of ['gather', 'padded', 'mask', 'attention_mask']"),
     ("fill", "mean", "fill must be one of ['zero', 'carry']"),
-    ("decode_region", "crop", "decode_region must be one of ['full', 'box']"),
+    ("decode_region", "crop", "decode_region must be one of ['full', 'box', 'guided']"),
     ("decode_margin", -8, "decode_margin must be an integer >= 0"),
     ("dataset", "brats", "dataset must be one of ['acdc', 'isic', 'decathlon', 'btcv']"),
     ("dataset_dir", "", "dataset_dir must be a folder path"),

@@ -117,24 +117,31 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, content):
             read(str(path))
 
 
-def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE) -> str:
+def _decode_region_of(ckpt_path: str, bundle: str = BUNDLE, key: str = "decode_region"):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([os.path.join(bundle, "configs", "train.json"), os.path.join(bundle, "configs", "evaluate.json")])
+    configs = os.path.join(bundle, "configs")
+    parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")])
     parser["ckpt_path"] = ckpt_path
-    return parser.get_parsed_content("network_settings")["decode_region"]
+    return parser.get_parsed_content("network_settings")[key]
 
 
 def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whole(trained, tmp_path):
     path = os.path.join(trained, "models", "model.pt")
-    assert trained_settings(path)["decode_region"] == "box"  # the PrATo bundle's default, recorded
-    assert _decode_region_of(path) == "box"
+    assert trained_settings(path)["decode_region"] == "guided"  # the PrATo bundle's default, recorded
+    assert _decode_region_of(path) == "guided" and _decode_region_of(path, key="coarse_head") is True
     state, settings = load_weights(path)
     settings.pop("decode_region")
     torch.save({"model": state, "network_settings": settings}, tmp_path / "legacy.pt")
     assert _decode_region_of(str(tmp_path / "legacy.pt")) == "full"  # trained before box decoding existed
-    assert _decode_region_of(str(tmp_path / "missing.pt")) == "box"  # no checkpoint: the bundle's default
+    assert _decode_region_of(str(tmp_path / "missing.pt")) == "guided"  # no checkpoint: the bundle's default
+    # trained with box decoding, before the coarse head existed: no head, box decoding, and its weights load
+    box_state = {k: v for k, v in state.items() if not k.startswith("coarse_head.")}
+    box_settings = {**{k: v for k, v in settings.items() if k != "coarse_head"}, "decode_region": "box"}
+    torch.save({"model": box_state, "network_settings": box_settings}, tmp_path / "box.pt")
+    assert _decode_region_of(str(tmp_path / "box.pt")) == "box"
+    assert _decode_region_of(str(tmp_path / "box.pt"), key="coarse_head") is False
     assert _decode_region_of(str(tmp_path / "missing.pt"), os.path.join(ROOT, "bundles", "unetr_baseline")) == "full"
 
 

@@ -164,3 +164,36 @@ def test_token_reports_of_every_window_reach_the_sparsity_handler():
     assert (metrics["windows_computed"], metrics["windows_total"]) == (2.0, 3.0)
     assert metrics["windows_computed_fraction"] == pytest.approx(2 / 3)
     assert metrics["kept_fraction/stage1"] == pytest.approx(0.75)  # 8 tokens per window, keep 6
+
+
+class GuidedRecorder(Recorder):
+    """A guided network whose coarse pass finds foreground where the volume's coordinates say so (``x >= 24``),
+    counting the windows it scans."""
+
+    decode_region = "guided"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scans = 0
+
+    def finds_foreground(self, x: torch.Tensor) -> torch.Tensor:
+        self.scans += x.shape[0]
+        return torch.tensor([window_start(float(v))[0] >= 24 for v in x[:, 0, 0, 0, 0]])
+
+
+def test_a_guided_network_computes_the_untouched_windows_its_coarse_pass_finds_foreground_in():
+    net, image = GuidedRecorder(), coordinates_volume()
+    inferer = PromptedSlidingWindowInferer(roi_size=16, sw_batch_size=4, overlap=0.25, margin=0)
+    box = torch.tensor([[[2.0, 2.0, 2.0, 10.0, 10.0, 10.0]]])  # a box at the origin; the "structure" at x >= 24
+    with torch.no_grad():
+        out = inferer(image, net, boxes=box)
+    report = inferer.last_report
+    assert report.scanned == (26,) and net.scans == 26  # every window the box does not touch, once
+    assert report.computed == (1 + 9,)  # the box's window and the nine windows starting at x = 24
+    starts = {window_start(float(v)) for x, _ in net.calls for v in x}
+    assert {s for s in starts if s[0] == 24} == {(24, y, z) for y in (0, 12, 24) for z in (0, 12, 24)}
+    # labelled by the window at (24, 0, 0) where no other computed window overlaps it, not background
+    torch.testing.assert_close(out[..., 24:, :12, :12], net.conv(image[..., 24:, :16, :16])[..., :12, :12], rtol=1e-4,
+                               atol=1e-3)  # voxel values up to 4e5: float32 blending
+    for _, boxes in net.calls[1:]:
+        assert box_is_padding(boxes).all()  # the structure's windows run without a prompt

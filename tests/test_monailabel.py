@@ -158,7 +158,8 @@ def test_segmenter_in_process(served_bundles, acdc_dir):
     scores = {}
     for name in ("unetr_prato", "unetr_prato_untrained"):
         segmenter = BoxPromptSegmenter(os.path.join(served_bundles, name))  # sizes from the checkpoint
-        label, affine, used = segmenter(image, boxes_from_request({"box": box}))
+        assert not segmenter.restricts_to_boxes  # the PrATo bundles decode guided: a wrong box must not cut the label
+        label, affine, used = segmenter(image, boxes_from_request({"box": box}), restrict=True)
         assert label.shape == gt.shape and label.dtype == np.uint8 and set(np.unique(label)) <= {0, 1, 2, 3}
         np.testing.assert_allclose(affine, nib.load(image).affine, atol=1e-4)
         outside = np.ones(gt.shape, bool)
@@ -440,7 +441,9 @@ def served_3d(tmp_path_factory) -> tuple[str, str, dict]:
     os.makedirs(os.path.join(target, "models"))
     parser = ConfigParser()
     parser.read_config(os.path.join(target, "configs", "inference.json"))
-    for key, value in {**overrides, **TINY_3D, "decode_margin": MARGIN_3D}.items():
+    # box decoding: the windows a random network computes are those the box reaches (a guided network's random
+    # coarse head would add windows anywhere; guided scanning is tested in tests/test_inferers.py)
+    for key, value in {**overrides, **TINY_3D, "decode_margin": MARGIN_3D, "decode_region": "box"}.items():
         parser[key] = value
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def")

@@ -14,6 +14,11 @@ times ``torch.compile``d networks instead (no per-operation Python overhead; the
 
     python tools/benchmark.py bundles bundles/segformer_baseline,bundles/segformer_prato --compile
 
+``guided`` times each backbone's PrATo bundle decoding ``guided`` against ``box`` (no coarse head), with the coarse
+pass finding nothing outside the box (a correct box) and finding a structure in the far corner (a misleading box)::
+
+    python tools/benchmark.py guided --backbones unetr,transunet,swin_unetr,segformer --image_size 224
+
 ``volume`` times whole-volume inference of 3D bundles with the prompt-aware sliding window (a box around one
 organ), against the first bundle computing every window (MONAI's plain sliding window)::
 
@@ -254,6 +259,21 @@ def compare_volume(
     return rows
 
 
+def force_coarse(net: nn.Module, far: bool) -> None:
+    """Make the coarse pass of a guided network find nothing (``far=False``) or foreground in the last cell of its
+    grid only (``far=True``), whatever its weights: what a trained head does with a correct box and with a box away
+    from the structure (the structure in the far corner)."""
+
+    def hook(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
+        fixed = torch.full_like(output, -20.0)
+        fixed[:, 0] = 20.0
+        if far:
+            fixed[(slice(None), 1, *([-1] * (output.ndim - 2)))] = 40.0
+        return fixed
+
+    net.coarse_head.register_forward_hook(hook)
+
+
 def format_volume_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`compare_volume` rows."""
     columns = [("run", "{}"), ("windows", "{}"), ("gflops", "{:.1f}"), ("flops_ratio", "{:.3f}"),
@@ -329,15 +349,39 @@ class Benchmark:
                              f"{row['pruner_gflops']:.4f} |")
         return "\n".join(lines)
 
+    def guided(self, backbones: str | Sequence[str] = "unetr,transunet,swin_unetr,segformer", image_size: int = 224,
+               threads: int = 2, repeats: int = 10, warmup: int = 3, box_fraction: float = 0.4) -> str:
+        """Per backbone, its PrATo bundle decoding ``box`` without a coarse head (the reference), ``guided`` with a
+        correct box (the coarse pass finds nothing outside it) and ``guided`` with a misleading box (the coarse pass
+        finds a structure in the far corner, :func:`force_coarse`); a central box covering ``box_fraction`` of each
+        side."""
+        backbones = backbones.split(",") if isinstance(backbones, str) else list(backbones)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = []
+        for backbone in backbones:
+            bundle = os.path.join(root, "bundles", f"{backbone}_prato")
+            networks, shape = {}, None
+            for label, settings, far in (("box", {"decode_region": "box", "coarse_head": False}, None),
+                                         ("guided, correct box", {}, False), ("guided, misleading box", {}, True)):
+                torch.manual_seed(0)
+                net, shape = _bundle_network(bundle, {"image_size": image_size, **settings})
+                if far is not None:
+                    force_coarse(net, far)
+                networks[f"{backbone}_prato {label}"] = net
+            out.append(self._report(networks, shape, 1, threads, repeats, warmup, None, box_fraction=box_fraction))
+        return "\n\n".join(out)
+
     def volume(self, dirs: str | Sequence[str] = "bundles/unetr3d_baseline,bundles/unetr3d_prato",
                volume_shape: Sequence[int] = (256, 256, 128), image_size: int | None = None, organ: str = "spleen",
                overlap: float = 0.25, sw_batch_size: int = 1, margin: int = 16, in_channels: int = 1,
                out_channels: int = 14, threads: int = 2, warmup: int = 0, repeats: int = 1, flops: bool = True,
-               json_out: str | None = None, overrides: dict | None = None) -> str:
+               json_out: str | None = None, overrides: dict | None = None, coarse_finds: str | None = None) -> str:
         """Whole-volume inference of 3D bundles (the first is the reference, also run on every window) with the
         prompt-aware sliding window and a box around ``organ`` (its mean position in the synthetic 3D data): windows
         computed, GFLOPs, latency and the throughput ratio to the reference's every-window run. Random weights and
-        a random volume (the work does not depend on them); ``in_channels`` / ``out_channels`` default to BTCV's."""
+        a random volume (the work does not depend on them); ``in_channels`` / ``out_channels`` default to BTCV's.
+        ``coarse_finds`` (``nothing`` | ``everywhere``): what the coarse pass of the guided networks finds in every
+        window (:func:`force_coarse`): a correct box, and the bound of a misleading one (every window computed)."""
         dirs = dirs.split(",") if isinstance(dirs, str) else list(dirs)
         overrides = {"in_channels": in_channels, "out_channels": out_channels, **dict(overrides or {})}
         if image_size:
@@ -347,6 +391,8 @@ class Benchmark:
             path, *settings = entry.split("@")
             torch.manual_seed(0)
             net, shape = _bundle_network(path, {**overrides, **dict(_setting(s) for s in settings)})
+            if coarse_finds is not None and getattr(net, "decode_region", None) == "guided":
+                force_coarse(net, {"nothing": False, "everywhere": True}[coarse_finds])
             networks["@".join([os.path.basename(os.path.normpath(path)), *settings])] = net
             roi = roi or shape[1]
         box = organ_box(volume_shape, organ)

@@ -6,7 +6,9 @@ The accuracy numbers come from MONAI's metric handlers (``MeanDice``, ``MeanIoUH
 found shows as 0 over a stated number of images rather than hiding in the mean),
 adds the token sparsity collected by :class:`~prato_components.engine.handlers.TokenSparsityHandler` and the
 network's GFLOPs and CPU latency on one input of the network's size, writes ``metrics.json`` and
-``metrics.csv`` to ``output_dir`` and prints a table.
+``metrics.csv`` to ``output_dir`` and prints a table. An evaluation of several box qualities (``prompts``, the
+data evaluated once per quality, in that order) adds the paper's Table VI: per quality the metrics, and the ratio of
+the misleading to the tight box's mean Dice.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
+from monai.metrics.utils import do_metric_reduction
+from monai.utils import MetricReduction
 
 from prato_components.atomic import atomic_write_text
 from prato_components.efficiency import count_flops, measure_latency
@@ -37,6 +41,14 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(values.mean()) if values.numel() else float("nan")
 
 
+def _ratio(prompts: dict, numerator: str, denominator: str, metric: str = "mean_dice") -> float:
+    """``prompts[numerator][metric]["mean"] / prompts[denominator][metric]["mean"]`` (NaN when either is missing)."""
+    try:
+        return prompts[numerator][metric]["mean"] / prompts[denominator][metric]["mean"]
+    except (KeyError, ZeroDivisionError):
+        return float("nan")
+
+
 class EvaluationReport:
     """Summarise an evaluation run.
 
@@ -49,6 +61,8 @@ class EvaluationReport:
         box_fraction: the central box used for the efficiency measurement.
         latency_repeats: timed repeats (median); 0 skips latency.
         threads: torch threads during the latency measurement.
+        prompts: the box qualities the data was evaluated with, in order (``evaluate.json``'s ``prompts``); with
+            more than one, the images are that many equal runs of the data, one per quality.
     """
 
     def __init__(
@@ -61,10 +75,12 @@ class EvaluationReport:
         box_fraction: float = 0.4,
         latency_repeats: int = 5,
         threads: int = 2,
+        prompts: Sequence[str] | None = None,
     ) -> None:
         self.output_dir, self.class_names, self.metric_names = output_dir, list(class_names), list(metric_names)
         self.network, self.input_shape = network, list(input_shape) if input_shape else None
         self.box_fraction, self.latency_repeats, self.threads = box_fraction, latency_repeats, threads
+        self.prompts = list(prompts or [])
         self.summary: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -117,6 +133,9 @@ class EvaluationReport:
             "metrics": per_class,
             "tokens": {k: float(v) for k, v in engine.state.metrics.items() if "kept_fraction" in k or "sparsity" in k},
         }
+        if len(self.prompts) > 1:
+            summary["prompts"] = self.by_prompt(details)
+            summary["misleading_over_tight"] = _ratio(summary["prompts"], "misleading", "tight")
         windows = {k: float(v) for k, v in engine.state.metrics.items() if k.startswith("windows_")}
         if windows:  # sliding-window evaluation (3D bundles): windows computed / skipped over the test images
             summary["windows"] = windows
@@ -130,8 +149,30 @@ class EvaluationReport:
             writer.writerow([name, *[values.get(c, float("nan")) for c in self.class_names], values["mean"]])
         if present:
             writer.writerow(["num_present", *[present.get(c, 0) for c in self.class_names], summary["num_images"]])
+        for prompt, metrics in summary.get("prompts", {}).items():
+            for name, values in metrics.items():
+                writer.writerow([f"{name}@{prompt}", *[values.get(c, float("nan")) for c in self.class_names],
+                                 values["mean"]])
         atomic_write_text(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
         print(self.format(summary), flush=True)
+
+    def by_prompt(self, details: dict) -> dict[str, dict[str, dict[str, float]]]:
+        """``{quality: {metric: {class: mean, "mean": mean}}}`` from the per-image details, whose rows are the data
+        once per quality of :attr:`prompts`, in order."""
+        out: dict[str, dict[str, dict[str, float]]] = {prompt: {} for prompt in self.prompts}
+        for name in self.metric_names:
+            if name not in details:
+                continue
+            values = torch.as_tensor(details[name], dtype=torch.float64)
+            values = values[:, None] if values.ndim == 1 else values
+            if values.shape[0] % len(self.prompts):
+                raise ValueError(f"{values.shape[0]} evaluated images are not {len(self.prompts)} equal runs of the "
+                                 f"data, one per box quality {self.prompts}")
+            for prompt, chunk in zip(self.prompts, values.chunk(len(self.prompts))):
+                classes = self.class_names[: chunk.shape[1]]
+                out[prompt][name] = {cls: _nanmean(chunk[:, i]) for i, cls in enumerate(classes)}
+                out[prompt][name]["mean"] = float(do_metric_reduction(chunk.clone(), MetricReduction.MEAN)[0])
+        return out
 
     def format(self, summary: dict) -> str:
         """A plain-text table of the summary."""
@@ -144,6 +185,12 @@ class EvaluationReport:
         if summary.get("num_present"):
             counts = [summary["num_present"].get(c, 0) for c in self.class_names] + [summary["num_images"]]
             lines.append(f"{'present':<10}" + "".join(f"{n:>{width + 2}d}" for n in counts))
+        if summary.get("prompts"):
+            names = [n for n in self.metric_names if any(n in m for m in summary["prompts"].values())]
+            lines.append(f"{'prompt':<12}" + "".join(f"{n:>12}" for n in names))
+            for prompt, metrics in summary["prompts"].items():
+                lines.append(f"{prompt:<12}" + "".join(f"{metrics[n]['mean']:>12.4f}" for n in names))
+            lines.append(f"misleading / tight mean_dice: {summary['misleading_over_tight']:.4f}")
         for key, value in {**summary["tokens"], **summary.get("windows", {})}.items():
             lines.append(f"{key}: {value:.4f}")
         for key in ("gflops", "latency_ms"):

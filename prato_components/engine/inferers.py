@@ -93,10 +93,13 @@ class PromptedInferer(Inferer):
 @dataclass(frozen=True)
 class WindowReport:
     """What the last call of :class:`PromptedSlidingWindowInferer` computed: ``windows`` per image (the sliding
-    window grid) and, per image of the batch, how many of them ran the network (``computed``)."""
+    window grid) and, per image of the batch, how many of them ran the network (``computed``) and how many windows
+    no box touches got the coarse scan of a guided network (``scanned``; those where it found foreground are among
+    the computed)."""
 
     windows: int
     computed: tuple[int, ...]
+    scanned: tuple[int, ...] = ()
 
     @property
     def total(self) -> int:
@@ -157,6 +160,10 @@ class PromptedSlidingWindowInferer(Inferer):
     - Every computed window gets ``network(window, boxes=...)`` with the boxes ``[M, 2D]`` shifted to the window's
       coordinates and clipped to it; a box that misses the window becomes a padding row (docs/design.md §3), so a
       window reached only through the margin runs with no prompt (PrATo: the whole window).
+    - A network that decodes ``"guided"`` (``decode_region``, docs/design.md §6.1) scans the windows no box touches
+      with its coarse pass (:meth:`~prato_components.networks.region.RegionDecodingMixin.finds_foreground`: the
+      encoder and the coarse head, no decoder) and computes those where it finds foreground, so a wrong box does
+      not leave a structure as background.
     - Without boxes (``boxes=None``), or for an image whose rows are all padding, every window is computed (no
       prompt says nothing about where the target is). Boxes are clipped to the image first, so a box lying
       entirely outside it counts as padding.
@@ -230,8 +237,9 @@ class PromptedSlidingWindowInferer(Inferer):
         starts = torch.tensor([[s.start for s in window] for window in slices], dtype=torch.float32)
         chosen = [windows_touching_boxes(starts, roi, None if boxes is None else boxes[b], self.margin)
                   for b in range(batch)]
+        scanned = self._coarse_scan(inputs, slices, chosen, network, sw_device)
         jobs = [(b, w) for b in range(batch) for w in chosen[b].nonzero()[:, 0].tolist()]
-        self.last_report = WindowReport(len(slices), tuple(int(c.sum()) for c in chosen))
+        self.last_report = WindowReport(len(slices), tuple(int(c.sum()) for c in chosen), scanned)
         self.network_reports = []
 
         importance = compute_importance_map(get_valid_patch_size(padded, roi), mode=self.mode,
@@ -269,6 +277,21 @@ class PromptedSlidingWindowInferer(Inferer):
         meta = MetaTensor(result)
         meta.copy_meta_from(source)
         return meta
+
+    def _coarse_scan(self, inputs: torch.Tensor, slices: Sequence, chosen: list[torch.Tensor],
+                     network: Callable[..., torch.Tensor], sw_device: torch.device | str) -> tuple[int, ...]:
+        """For a network that decodes ``"guided"``: mark (in ``chosen``, in place) the windows no box touches where
+        its coarse pass finds foreground; returns the windows scanned per image (none for other networks)."""
+        module = unwrap(network) if isinstance(network, nn.Module) else network
+        if getattr(module, "decode_region", None) != "guided":
+            return ()
+        jobs = [(b, w) for b, c in enumerate(chosen) for w in (~c).nonzero()[:, 0].tolist()]
+        for first in range(0, len(jobs), self.sw_batch_size):
+            part = jobs[first : first + self.sw_batch_size]
+            window = torch.cat([inputs[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part]).to(sw_device)
+            for (b, w), found in zip(part, module.finds_foreground(window).tolist()):
+                chosen[b][w] = found
+        return tuple(sum(1 for b, _ in jobs if b == image) for image in range(len(chosen)))
 
     def _keep_network_reports(self, network: Callable[..., torch.Tensor]) -> None:
         """Keep the token reports of the window batch just computed (networks without them: nothing)."""

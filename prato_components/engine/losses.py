@@ -2,8 +2,9 @@
 
 MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, label)`` right after ``network(image, boxes=...)``,
 so the wrapped loss reads what the pruned network stored in that forward pass: ``network.aux_loss``
-(e.g. DynamicViT's ratio loss) and ``network.aux_logits`` (e.g. DToP's auxiliary heads, supervised with the
-label reduced to their token grid).
+(e.g. DynamicViT's ratio loss), ``network.aux_logits`` (e.g. DToP's auxiliary heads, supervised with the
+label reduced to their token grid) and ``network.coarse_logits`` (the coarse head of guided decoding, supervised the
+same way; it reads detached features, so its term trains the head alone).
 """
 
 from __future__ import annotations
@@ -31,20 +32,23 @@ def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes:
 
 
 class PrunedSegLoss(nn.Module):
-    """``loss(pred, label) + aux_weight * network.aux_loss + logits_weight * mean_i loss(aux_logits_i, label_i)``.
+    """``loss(pred, label) + aux_weight * network.aux_loss + logits_weight * mean_i loss(aux_logits_i, label_i)
+    + coarse_weight * loss(coarse_logits, label on their grid)``.
 
     Args:
         loss: the segmentation loss, e.g. MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``.
         network: the (possibly DDP-wrapped) pruned network whose side terms are added.
         aux_weight: weight of ``network.aux_loss``.
         logits_weight: weight of the auxiliary segmentation losses.
+        coarse_weight: weight of the coarse head's loss (a network without a coarse head has none).
     """
 
-    def __init__(self, loss: nn.Module, network: nn.Module, aux_weight: float = 1.0, logits_weight: float = 0.4):
+    def __init__(self, loss: nn.Module, network: nn.Module, aux_weight: float = 1.0, logits_weight: float = 0.4,
+                 coarse_weight: float = 1.0):
         super().__init__()
         self.loss = loss
         self._network = [network]  # a list, so the network is not registered as a submodule of the loss
-        self.aux_weight, self.logits_weight = aux_weight, logits_weight
+        self.aux_weight, self.logits_weight, self.coarse_weight = aux_weight, logits_weight, coarse_weight
 
     @property
     def network(self) -> nn.Module:
@@ -57,12 +61,16 @@ class PrunedSegLoss(nn.Module):
             total = total + self.aux_weight * aux_loss
         aux_logits = getattr(self.network, "aux_logits", None) or []
         if aux_logits and self.logits_weight:
-            terms = [
-                self.loss(logits, label_on_grid(label, tuple(logits.shape[2:]), logits.shape[1]))
-                for logits in aux_logits
-            ]
+            terms = [self._on_grid(logits, label) for logits in aux_logits]
             total = total + self.logits_weight * torch.stack(terms).mean()
+        coarse = getattr(self.network, "coarse_logits", None)
+        if coarse is not None and self.coarse_weight:
+            total = total + self.coarse_weight * self._on_grid(coarse, label)
         return total
+
+    def _on_grid(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The segmentation loss of logits on a coarser grid against the label reduced to it."""
+        return self.loss(logits, label_on_grid(label, tuple(logits.shape[2:]), logits.shape[1]))
 
 
 class DistillationLoss(nn.Module):

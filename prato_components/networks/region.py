@@ -7,23 +7,31 @@ feature map of the decoder is cut at whole cells, and grown to one common size s
 :func:`run_decoder` runs a backbone's decoder over the windows and pastes the logits into a full-size output that
 says background outside; images without a real box (only padding rows) are decoded whole, in a second batched
 call. See docs/design.md §6.1 for when the logits inside the box equal the full network's.
+
+``decode_region="guided"`` adds a coarse pass: a light head (:class:`CoarseHead`, a 1x1 convolution on a detached
+encoder map, trained with its own loss) gives every position cheap logits, and where they find foreground outside
+the box window, its bounding box joins the prompt boxes (:func:`coarse_boxes`), so a wrong box does not erase the
+structure; where they find none, the window is exactly the box window.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import math
-
 import torch
+import torch.nn as nn
+from monai.networks.layers import Conv
+
+from prato_components.networks.vit_pruning import own_random_stream
 
 __all__ = [
     "DECODE_REGIONS", "BACKGROUND_LOGIT_GAP", "DecodeWindow", "decode_window", "RegionDecodingMixin", "run_decoder",
-    "background_logits",
+    "background_logits", "CoarseHead", "coarse_boxes", "coarse_foreground",
 ]
 
-DECODE_REGIONS = ("full", "box")
+DECODE_REGIONS = ("full", "box", "guided")
 BACKGROUND_LOGIT_GAP = 20.0  # outside the window: background logit 0, every other class -20 (softmax 1 - 2e-9)
 
 
@@ -127,12 +135,75 @@ def decode_window(
     )
 
 
+class CoarseHead(nn.Module):
+    """Cheap logits at every position of an encoder map: a 1x1 convolution from ``in_channels`` to ``out_channels``
+    on the *detached* map, so its own loss trains it and nothing else (the rest of the network trains as without
+    it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        self.conv = Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv(features.detach())
+
+
+def coarse_foreground(coarse: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The cells of coarse logits ``[B, C, *grid]`` whose foreground probability (1 - softmax of class 0, or the
+    sigmoid of a single channel) reaches ``threshold``: bool ``[B, *grid]``."""
+    if coarse.shape[1] > 1:
+        return 1 - coarse.softmax(1)[:, 0] >= threshold
+    return coarse[:, 0].sigmoid() >= threshold
+
+
+def coarse_boxes(coarse: torch.Tensor, window: DecodeWindow, threshold: float = 0.5) -> torch.Tensor:
+    """One box per image ``[B, 1, 2D]`` (network-input voxels) around the coarse foreground cells of ``coarse``
+    (logits ``[B, C, *grid]``, :func:`coarse_foreground` at ``threshold``) that lie outside the image's window;
+    a padding row (max < min) where there are none. Images that ``window`` decodes whole get padding rows."""
+    dims = len(window.image_size)
+    found = coarse_foreground(coarse, threshold)  # [B, *grid]
+    grid = found.shape[1:]
+    strides = [s / g for s, g in zip(window.image_size, grid)]
+    outside = torch.zeros_like(found)
+    for index, start in zip(window.images, window.starts):
+        inside = torch.zeros(grid, dtype=torch.bool, device=found.device)
+        cells = tuple(slice(int(s // st), math.ceil((s + n) / st)) for s, n, st in zip(start, window.size, strides))
+        inside[cells] = True
+        outside[index] = found[index] & ~inside
+    lo, hi = [], []
+    for axis in range(dims):
+        line = outside.any(dim=[d + 1 for d in range(dims) if d != axis])  # [B, cells along the axis]
+        cells = torch.arange(grid[axis], device=found.device)
+        first = torch.where(line, cells, grid[axis]).amin(1)
+        last = torch.where(line, cells, -1).amax(1)
+        lo.append(first * strides[axis])
+        hi.append((last + 1) * strides[axis])  # no cell: first * stride = image size > 0 = hi, a padding row
+    return torch.stack(lo + hi, -1).to(coarse.dtype)[:, None]
+
+
+def _with_found(boxes: torch.Tensor, coarse: torch.Tensor, region: DecodeWindow | None,
+                threshold: float) -> torch.Tensor | None:
+    """``boxes`` plus one row per image around the coarse foreground outside ``region`` (:func:`coarse_boxes`);
+    ``None`` when there is none (or no region: the boxes cover the images)."""
+    if region is None:
+        return None
+    extra, dims = coarse_boxes(coarse, region, threshold), len(region.image_size)
+    if not bool((extra[..., dims:] >= extra[..., :dims]).all(-1).any()):
+        return None
+    return torch.cat([boxes, extra.to(boxes)], 1)
+
+
 class RegionDecodingMixin:
-    """The ``decode_region`` / ``decode_margin`` options of a backbone (docs/design.md §6.1)."""
+    """The ``decode_region`` / ``decode_margin`` options of a backbone and its optional coarse head
+    (docs/design.md §6.1)."""
 
     decode_region: str = "full"
     decode_margin: int = 16
     last_decode_window: DecodeWindow | None = None
+    #: the coarse logits of the last forward pass (``None`` without a coarse head), for the loss and the window
+    coarse_logits: torch.Tensor | None = None
+    #: the foreground probability from which a coarse cell counts as foreground (:func:`coarse_foreground`)
+    coarse_threshold: float = 0.2
 
     def _setup_decoding(self, decode_region: str, decode_margin: int) -> None:
         if decode_region not in DECODE_REGIONS:
@@ -142,14 +213,65 @@ class RegionDecodingMixin:
         self.decode_region, self.decode_margin = decode_region, int(decode_margin)
         self.last_decode_window = None
 
+    def _setup_coarse_head(self, enabled: bool, in_channels: int, out_channels: int, spatial_dims: int) -> None:
+        """Build the coarse head (on its own random stream, so the other weights stay those of a network without
+        it) when ``enabled``; ``decode_region="guided"`` needs one."""
+        self.coarse_head = None
+        if enabled:
+            with own_random_stream():
+                self.coarse_head = CoarseHead(in_channels, out_channels, spatial_dims)
+        elif self.decode_region == "guided":
+            raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
+        self.coarse_logits = None
+
+    def _coarse_pass(self, features: torch.Tensor, boxes: torch.Tensor | None = None,
+                     image_size: Sequence[int] | None = None, align: int | Sequence[int] | None = None) -> None:
+        """The coarse head's logits on the channel-first encoder map ``features`` (kept in :attr:`coarse_logits`)
+        and, decoding ``"guided"`` in eval mode with ``boxes``, the box around the coarse foreground outside the box
+        window of images of ``image_size`` (decoder alignment ``align``; ``None``: no window): it joins the boxes
+        of the decoding window and, when the coarse pass runs before a pruned stage, of the pruners."""
+        head = getattr(self, "coarse_head", None)
+        self.coarse_logits = None if head is None else head(features)
+        self._guide_boxes = self._guide_window = None
+        if self.decode_region != "guided" or self.training or boxes is None or align is None:
+            return
+        if self.coarse_logits is None:
+            raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
+        # the pruners: the foreground that no box overlaps; the decoder: the foreground outside the box window
+        found = self.coarse_logits, self.coarse_threshold
+        self._guide_boxes = _with_found(boxes, found[0], decode_window(boxes, image_size, 1, 0), found[1])
+        self._guide_window = _with_found(boxes, found[0], decode_window(boxes, image_size, align, self.decode_margin),
+                                         found[1])
+
+    def _pruning_boxes(self, boxes: torch.Tensor | None) -> torch.Tensor | None:
+        """The boxes a pruned stage of this forward pass gets: the prompt and, once a guided coarse pass found
+        foreground outside it, that too."""
+        guided = getattr(self, "_guide_boxes", None)
+        return boxes if guided is None else guided
+
+    def finds_foreground(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether the coarse pass finds foreground anywhere in each image of ``x`` (bool ``[B]``), without the
+        decoder: the encoder (no prompt) and the coarse head; for the prompt-aware sliding window."""
+        if getattr(self, "coarse_head", None) is None:
+            raise ValueError("finds_foreground needs the coarse head: build the network with coarse_head=True")
+        return coarse_foreground(self._coarse_map(x), self.coarse_threshold).flatten(1).any(1)
+
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head's logits on ``x`` without decoding (a backbone that offers :meth:`finds_foreground`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no coarse pass without its decoder")
+
     def _decode_window(
         self, boxes: torch.Tensor | None, image_size: Sequence[int], align: int | Sequence[int]
     ) -> DecodeWindow | None:
-        """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`."""
+        """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`.
+        ``"guided"`` widens the box window to the coarse foreground outside it (:meth:`_coarse_pass`), except while
+        training (the boxes are right there; the rest of the network then trains as with ``"box"``)."""
         window = None
-        if self.decode_region == "box":
-            window = decode_window(boxes, image_size, align, self.decode_margin)
+        if self.decode_region in ("box", "guided"):
+            guided = getattr(self, "_guide_window", None)
+            window = decode_window(boxes if guided is None else guided, image_size, align, self.decode_margin)
         self.last_decode_window = window
+        self._guide_boxes = self._guide_window = None  # this forward pass's only
         return window
 
 

@@ -361,6 +361,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             boxes plus ``decode_margin`` pixels, snapped to the 32-pixel cells of the last stage, background outside
             (docs/design.md §6.1); an image size that is not a multiple of 32 decodes in full.
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
+        coarse_head: a 1x1 convolution on the (detached) last stage map, for ``decode_region="guided"`` (where the
+            coarse head finds foreground outside the boxes, the head runs too).
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -395,10 +397,11 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        coarse_head: bool = False,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin)
+                                   decode_margin, coarse_head)
         self._setup_decoding(settings.decode_region, settings.decode_margin)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
@@ -437,6 +440,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self._install_pruners(pruners, settings.executor, settings.fill, _EXECUTORS)
         self.completion = build_completions(settings.completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
+        self._setup_coarse_head(settings.coarse_head, self.embed_dims[-1], out_channels, 2)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -499,6 +503,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
         maps = self.encode(image, boxes)
         size = tuple(image.shape[2:])
+        self._coarse_pass(maps[-1], boxes, size, None if any(s % 32 for s in size) else 32)
         if any(s % 32 for s in size):  # the stage maps are not exactly 1/4 ... 1/32 of the image: decode it whole
             self.last_decode_window = None
             return self._decode(*maps, size=size)

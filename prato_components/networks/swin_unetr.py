@@ -138,6 +138,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             boxes plus ``decode_margin`` voxels (snapped to the deepest map's 32-voxel cells), background outside
             (docs/design.md §6.1); the Swin transformer still sees the whole image.
         decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
+        coarse_head: a 1x1 convolution on the (detached) deepest tap ``x4``, for ``decode_region="guided"``
+            (where the coarse head finds foreground outside the boxes, the decoder runs too).
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -163,13 +165,14 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         completion=None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        coarse_head: bool = False,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin)
-        self._setup_pruning(settings)
+                                   decode_margin, coarse_head)
         self._setup_decoding(settings.decode_region, settings.decode_margin)
+        self._setup_pruning(settings)
 
     def _setup_pruning(self, settings: PruningSettings) -> None:
         # the flat live-token list takes any count
@@ -189,6 +192,9 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         self.completion = build_completions(settings.completion, {t: int(vit.embed_dim * 2 ** (t - 1)) for t in taps})
         self.in_channels = vit.patch_embed.proj.in_channels
         self.spatial_dims = len(vit.window_size)
+        # the deepest tap x4: the output of the fourth layer, 16 x embed_dim channels at 1/32 of the input
+        self._setup_coarse_head(settings.coarse_head, 16 * int(vit.embed_dim), self.out.conv.conv.out_channels,
+                                self.spatial_dims)
         self.window_report: list[WindowReport] = []
         self.pruned_grid_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
@@ -207,8 +213,13 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         hidden_states_out = self._encode(x_in, boxes)
         size = tuple(x_in.shape[2:])
         strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
+        self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])
         window = self._decode_window(boxes, size, strides[-1])
         return run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides])
+
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head on the deepest tap: the Swin encoder without a prompt, no decoder."""
+        return self.coarse_head(self._encode(x, None)[-1])
 
     def _decode(self, x_in: torch.Tensor, *taps: torch.Tensor) -> torch.Tensor:
         """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4``."""
@@ -323,6 +334,6 @@ def patch_swin_unetr(model: SwinUNETR, pruner: PrunerSpec = None, **settings) ->
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
     config = PruningSettings(pruner, **settings)
     model.__class__ = patched_class(type(model), PrunedSwinUNETR)
-    model._setup_pruning(config)
     model._setup_decoding(config.decode_region, config.decode_margin)
+    model._setup_pruning(config)
     return model

@@ -175,8 +175,11 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             once tokens were pruned (e.g. STP's MTA); TransUNet has one tap, the final grid, numbered 4 as in UNETR.
             A factory is built here with ``dim=hidden_size`` (``vit_pruning.build_completion``).
         decode_region: ``"full"`` or ``"box"``: run the cascaded upsampler and head only over the prompt boxes plus
-            ``decode_margin`` pixels (snapped to the 16-pixel token grid), background outside (docs/design.md §6.1).
+            ``decode_margin`` pixels (snapped to the 16-pixel token grid), background outside; ``"guided"``: also
+            where the coarse head finds foreground outside them (docs/design.md §6.1).
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
+        coarse_head: a 1x1 convolution on the (detached) CNN features, computed before any pruning, for
+            ``decode_region="guided"``.
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
     :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
@@ -207,10 +210,11 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         completion: nn.Module | None = None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        coarse_head: bool = False,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin)
+                                   decode_margin, coarse_head)
         self._setup_decoding(settings.decode_region, settings.decode_margin)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
@@ -251,6 +255,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         )
         self._install_pruners(pruners, settings.executor, settings.fill)
         self.completion = build_completion(settings.completion, hidden_size)
+        self._setup_coarse_head(settings.coarse_head, self.cnn.out_channels, out_channels, 2)
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.
@@ -258,6 +263,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
         features, skips = self.cnn(image)
+        self._coarse_pass(features, boxes, self.img_size, self.patch_size)  # before pruning: its boxes reach it
         state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
         layers = vit_layers(self.blocks, self.stage_blocks)
         self._run_stages(

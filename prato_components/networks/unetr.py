@@ -53,9 +53,11 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
             ``tap`` is the stage (1-3) or 4 for the final ViT output. A factory (a bundle's ``_mode_: callable``
             block) is built here with ``dim=hidden_size`` (``vit_pruning.build_completion``).
         decode_region: ``"full"`` or ``"box"``: run the convolutional encoders 1-4 and the decoders only over the
-            prompt boxes plus ``decode_margin`` voxels (snapped to the patch grid), background outside
-            (docs/design.md §6.1).
+            prompt boxes plus ``decode_margin`` voxels (snapped to the patch grid), background outside; ``"guided"``:
+            also where the coarse head finds foreground outside them (docs/design.md §6.1).
         decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
+        coarse_head: a 1x1 convolution on the (detached) tap of stage 1, the deepest map computed before any
+            pruning, for ``decode_region="guided"``.
         unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
             ``spatial_dims``, ``hidden_size`` ...).
 
@@ -76,11 +78,12 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         completion: nn.Module | None = None,
         decode_region: str = "full",
         decode_margin: int = 16,
+        coarse_head: bool = False,
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin)
+                                   decode_margin, coarse_head)
         self._setup_decoding(settings.decode_region, settings.decode_margin)
         requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
@@ -98,6 +101,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         )
         self._install_pruners(pruners, settings.executor, settings.fill)
         self.completion = build_completion(settings.completion, self.hidden_size)
+        self._setup_coarse_head(settings.coarse_head, self.hidden_size, num_classes, len(self.patch_size))
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
 
@@ -110,6 +114,14 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
         strides = [1, *[self.patch_size] * (len(maps) - 1)]
         return run_decoder(window, self._decode, maps, strides)
+
+    def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The coarse head on the stage-1 tap, running only the ViT blocks before it (nothing is pruned there)."""
+        check_image(x, self.in_channels, self.img_size)
+        tokens = self.vit.patch_embedding(x)
+        for block in vit_layers(self.vit.blocks, {stage: 3 * stage for stage in UNETR_STAGES})[0]:
+            tokens = block(tokens)
+        return self.coarse_head(self.proj_feat(tokens))
 
     def _decode(self, x_in: torch.Tensor, tap1: torch.Tensor, tap2: torch.Tensor, tap3: torch.Tensor,
                 final: torch.Tensor) -> torch.Tensor:
@@ -128,6 +140,8 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
 
         def tap(stage: int, current: TokenState, _) -> TokenState:  # the decoder sees the tokens before pruning
             taps[stage] = self._complete(current.restore(), current, stage)
+            if stage == 1:  # the coarse pass, before the first pruned stage, so its boxes reach the pruners
+                self._coarse_pass(self.proj_feat(taps[1]), boxes, self.img_size, self.patch_size)
             return current
 
         def run_layer(number: int, current: TokenState, attentions: list) -> None:
@@ -156,6 +170,6 @@ def patch_unetr(model: UNETR, pruner: PrunerSpec = None, **settings) -> PrunedUN
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
     config = PruningSettings(pruner, **settings)
     model.__class__ = patched_class(type(model), PrunedUNETR)
-    model._setup_pruning(config)
     model._setup_decoding(config.decode_region, config.decode_margin)
+    model._setup_pruning(config)
     return model

@@ -61,8 +61,9 @@ class PruningSettings:
         fill: pruned positions of restored grids: ``"carry"`` or ``"zero"``.
         pruner_kwargs: keyword arguments for a pruner given by name or factory.
         completion: a learned fill of the pruned positions for the decoder (STP's MTA), or ``None``.
-        decode_region: ``"full"`` or ``"box"`` (docs/design.md §6.1).
-        decode_margin: input voxels added around the boxes' union for ``decode_region="box"``.
+        decode_region: ``"full"``, ``"box"`` or ``"guided"`` (docs/design.md §6.1).
+        decode_margin: input voxels added around the boxes' union for ``decode_region="box"`` / ``"guided"``.
+        coarse_head: build the coarse head that ``decode_region="guided"`` reads (trained on detached features).
     """
 
     pruner: PrunerSpec = None
@@ -73,6 +74,7 @@ class PruningSettings:
     completion: object = None
     decode_region: str = "full"
     decode_margin: int = 16
+    coarse_head: bool = False
 
 
 class PrunedNetworkMixin:
@@ -165,7 +167,8 @@ class PrunedNetworkMixin:
                 break
             state = next_grid(number, state, output)
             if number in self.prune_stages:
-                state.prune(self.pruners[str(number)], number, stride(number, state), boxes, attentions)
+                prompt = boxes if not hasattr(self, "_pruning_boxes") else self._pruning_boxes(boxes)  # §6.1 guided
+                state.prune(self.pruners[str(number)], number, stride(number, state), prompt, attentions)
                 attentions.clear()
         return state
 

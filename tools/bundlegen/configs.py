@@ -118,6 +118,7 @@ def common(name: str, trained: bool = False) -> dict:
         }),
         "decode_region": "full",
         "decode_margin": DECODE_MARGIN,
+        "coarse_head": False,
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],
@@ -352,15 +353,15 @@ def evaluate_config(name: str) -> dict:
         "ckpt_path": CKPT_PATH,
         "trained": TRAINED,
         **{f"{SETTINGS}#{key}": value for key, value in FROM_CHECKPOINT.items()},
+        # one box quality, a list of them or "all" (the paper's Table VI rows), evaluated one after the other
         "prompt": "tight",
         "prompt_factor": None,
+        "prompts": "$prato_components.bundle.prompt_qualities(@prompt)",
         "split": "test",
         "latency_repeats": 5,
         "test": {
-            "prompt": "$@validate#prompt + prato_components.bundle.prompt_transforms(@prompt, @prompt_factor)",
-            "preprocessing": {"_target_": "Compose",
-                              "transforms": "$@preprocessing + @test#prompt + @validate#to_tensor"},
-            "dataset": {"_target_": "Dataset", "data": "$@splits[@split]", "transform": "@test#preprocessing"},
+            "dataset": "$prato_components.bundle.prompt_datasets(@splits[@split], @preprocessing + @validate#prompt, "
+                       "@validate#to_tensor, @prompts, @prompt_factor)",
             "dataloader": {"_target_": "DataLoader", "dataset": "@test#dataset", "batch_size": "@batch_size",
                            "shuffle": False, "num_workers": "@num_workers"},
         },
@@ -374,7 +375,7 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
              "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
-             "latency_repeats": "@latency_repeats"},
+             "latency_repeats": "@latency_repeats", "prompts": "@prompts"},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",

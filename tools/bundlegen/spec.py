@@ -22,7 +22,8 @@ CHANGELOG = {
     "last.pt every random state (an exact resume); a new run moves the previous run's outputs to "
     "models/previous-<time>/; box files follow the server's box rules; folder inference checks every input first "
     "(skip_bad_inputs); errors print as one or two lines (debug for the traceback); amp (mixed precision, on with "
-    "CUDA)",
+    "CUDA); PrATo bundles decode guided (a coarse head finds the structure outside a wrong box; coarse_head); "
+    "evaluate.json takes prompt: all (the four box qualities in one run)",
     "0.4.2": "pruner_def (and stp's completion_def) is a factory (_mode_: callable) on every backbone: the network "
     "builds its pruners and completion at each stage's width on a random stream of their own, so at one seed a "
     "pruned bundle starts from its baseline's backbone weights and draws the same data order (a paired comparison); "
@@ -67,7 +68,7 @@ CHANGELOG = {
 # a description and the stages pruned by default.
 # the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
 PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
-                                                   "decode_margin")}
+                                                   "decode_margin", "coarse_head")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
@@ -174,7 +175,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "scoring": "roi_align",
             "protect_boxes": "@protect_boxes",
         },
-        "keys": {"protect_boxes": True, "decode_region": "box"},
+        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",

@@ -49,7 +49,10 @@ README_PARTS: dict[int, dict[str, str]] = {
         "datasets": "`dataset` (`acdc` | `isic` | `decathlon`; sets channels, classes, loading and output format), "
                     "`dataset_dir`,\n`image_size`",
         "decode": "`decode_region` (`full` | `box`: run the decoder only over the prompt\nboxes plus `decode_margin` "
-                  "pixels, background outside; default `box` in PrATo bundles, `full` elsewhere),\n`decode_margin`",
+                  "pixels, background outside | `guided`: also where the coarse head finds\nforeground outside the "
+                  "boxes, so a wrong box does not erase a structure; default `guided` in PrATo\nbundles, `full` "
+                  "elsewhere), `decode_margin`, `coarse_head` (the light head `guided` reads,\ntrained alone on "
+                  "detached features)",
         "data": """## Data
 
 ACDC as shipped (`training/patientNNN/patientNNN_frameMM.nii.gz` + `_gt`), served as 2D short-axis slices and
@@ -61,7 +64,8 @@ resolution (per slice for volumes).
 ## Box prompts
 
 Training derives one box around all foreground of the (augmented) label and jitters it; evaluation uses the
-tight box (or a perturbed one, `prompt`). At inference each image needs a box in **voxel coordinates of the
+tight box (or a perturbed one, `prompt`; `prompt all` evaluates the four boxes of the paper's Table VI in one
+run). At inference each image needs a box in **voxel coordinates of the
 image as loaded by MONAI** (axis i of the array; for PNG/JPG `(x, y)` = (column, row)), min corner then max
 corner: `[x1, y1, x2, y2]` for 2D images, `[x1, y1, z1, x2, y2, z2]` for volumes (a 2D network then segments
 every slice; slices outside the box's z-range get no prompt). Give them in a sidecar next to the image,
