@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from prato_components.tokens import tracing
+
 __all__ = [
     "DECODE_REGIONS", "BACKGROUND_LOGIT_GAP", "DecodeWindow", "decode_window", "RegionDecodingMixin", "run_decoder",
     "background_logits",
@@ -95,7 +97,7 @@ def decode_window(
     decoded whole. The windowed images share the largest window size, and a window that would then leave the
     image is shifted back inside (its boxes stay covered). ``image_size`` must be a multiple of ``align``.
     """
-    if boxes is None or torch.compiler.is_exporting():  # data-dependent shapes: exported programs decode in full
+    if boxes is None or tracing():  # data-dependent shapes: compiled programs decode the window planned eagerly
         return None
     dims = len(image_size)
     aligns, margins = _per_axis(align, dims), _per_axis(margin, dims)
@@ -133,6 +135,8 @@ class RegionDecodingMixin:
     decode_region: str = "full"
     decode_margin: int = 16
     last_decode_window: DecodeWindow | None = None
+    planned_window: DecodeWindow | None = None
+    decode_geometry: tuple[tuple[int, ...], int | tuple[int, ...]] | None = None
 
     def _setup_decoding(self, decode_region: str, decode_margin: int) -> None:
         if decode_region not in DECODE_REGIONS:
@@ -145,11 +149,25 @@ class RegionDecodingMixin:
     def _decode_window(
         self, boxes: torch.Tensor | None, image_size: Sequence[int], align: int | Sequence[int]
     ) -> DecodeWindow | None:
-        """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`."""
+        """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`.
+        While a compiler traces, the window is :attr:`planned_window` (:meth:`plan_decoding`, eager)."""
+        if tracing():
+            return self.planned_window if self.decode_region == "box" else None
         window = None
         if self.decode_region == "box":
+            self.decode_geometry = (tuple(int(s) for s in image_size), align)
             window = decode_window(boxes, image_size, align, self.decode_margin)
         self.last_decode_window = window
+        return window
+
+    def plan_decoding(self, boxes: torch.Tensor | None) -> DecodeWindow | None:
+        """Eagerly, before a compiled forward pass on checked ``boxes`` ``[B, M, 2D]``: the window it decodes, kept in
+        :attr:`planned_window` (a compiled program reads it as a constant and is recompiled for a new window). Needs
+        one eager forward pass first (it records the image size and decoder alignment, :attr:`decode_geometry`)."""
+        window = None
+        if self.decode_region == "box" and self.decode_geometry is not None:
+            window = decode_window(boxes, *self.decode_geometry, self.decode_margin)
+        self.planned_window = self.last_decode_window = window
         return window
 
 
