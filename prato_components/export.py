@@ -32,19 +32,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks import trt_compiler
+from monai.utils import optional_import
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.prompts.boxes import padding_boxes
 
-__all__ = ["MAX_DIM", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork"]
+__all__ = [
+    "MAX_DIM", "COMPILE_MODES", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork",
+    "CompiledNetwork", "compiled_network",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_DIM = 4096  # upper bound of the dynamic batch and box dimensions
+COMPILE_MODES = (False, True, "inductor", "trt")  # the bundle key ``compile``: eager, torch.compile, TensorRT
 
 
 def example_inputs(
@@ -221,3 +228,69 @@ def load_exported(path: str, extra_files: Sequence[str] = ("metadata.json",)) ->
     for name, text in files.items():
         parsed[name] = json.loads(text) if name.endswith(".json") and text else text
     return ExportedNetwork(program), parsed
+
+
+class CompiledNetwork(nn.Module):
+    """``network(image, boxes=None)`` through ``torch.compile(fullgraph=True)`` (``backend`` a torch.compile backend,
+    default ``"inductor"``) or TensorRT (``backend="trt"``, ``monai.networks.trt_compiler``, CUDA only), compiled on
+    the first call and reused.
+
+    The data-dependent input checks run here, eagerly (a compiled program skips them,
+    :func:`~prato_components.tokens.tracing`); so does the choice of the box decoding window
+    (``plan_decoding`` of the backbones, docs/design.md §6.1): a new window recompiles (windows snap to the decoder
+    alignment, so there are few). The first call also runs ``network`` once eagerly (it records the decoding
+    geometry and the random pruner's evaluation draws). The compile time is logged once.
+    """
+
+    def __init__(self, network: nn.Module, backend: str = "inductor", trt_path: str | None = None) -> None:
+        super().__init__()
+        if backend == "trt" and not torch.cuda.is_available():
+            raise RuntimeError("compile 'trt' needs a CUDA GPU (TensorRT); use compile true (torch.compile) on CPU")
+        self.network, self.backend, self.trt_path = network, backend, trt_path
+        self.compile_seconds: float | None = None
+        self._compiled = None
+
+    def _compile(self, image: torch.Tensor, boxes: torch.Tensor | None) -> None:
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.network(image, boxes=boxes)
+        if self.backend == "trt":
+            self._compiled = _trt_compiled(self.network, self.trt_path)
+        else:
+            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True)
+        if hasattr(self.network, "plan_decoding"):
+            self.network.plan_decoding(boxes)
+        # Swin UNETR's later boundaries keep a share of the live parents, a count that depends on the data (an
+        # unbacked size, as under torch.export); every other keep count is a constant of the input size
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+            self._compiled(image, boxes=boxes)
+        self.compile_seconds = time.perf_counter() - start
+        logger.info("compiled %s (%s) in %.1f s", type(self.network).__name__, self.backend, self.compile_seconds)
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        image = torch.as_tensor(image)
+        check_image(image, image.shape[1] if image.ndim > 1 else 0, image.shape[2:])  # NaN / inf
+        boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
+        if self._compiled is None:
+            self._compile(image, boxes)
+        if hasattr(self.network, "plan_decoding"):
+            self.network.plan_decoding(boxes)
+        with torch._dynamo.config.patch(capture_scalar_outputs=True):  # see _compile
+            return self._compiled(image, boxes=boxes)
+
+
+def _trt_compiled(network: nn.Module, path: str | None):
+    """``network`` with its forward run by TensorRT engines (``monai.networks.trt_compiler``, built on first call)."""
+    if not optional_import("tensorrt")[1]:
+        raise RuntimeError("compile 'trt' needs the tensorrt package (pip install tensorrt)")
+    return trt_compiler(network, path or os.path.join(os.getcwd(), "trt_engines"), args={"method": "onnx"})
+
+
+def compiled_network(network: nn.Module, compile: bool | str = False, trt_path: str | None = None) -> nn.Module:
+    """The bundle key ``compile``: ``network`` itself (``False``), a :class:`CompiledNetwork` with ``torch.compile``
+    (``True`` / ``"inductor"``) or TensorRT (``"trt"``)."""
+    if compile not in COMPILE_MODES or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    if compile is False:
+        return network
+    return CompiledNetwork(network, "trt" if compile == "trt" else "inductor", trt_path)
