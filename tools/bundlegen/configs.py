@@ -16,7 +16,11 @@ from .spec import BACKBONES_3D, PRUNER_CONFIGS, backbone_spec, completion_def, n
 # as transforms, loss and optimiser, validation, training, initialize / run. evaluate.json: an overlay on train.json
 # with what evaluation changes. inference.json: standalone, as in the MONAI Model Zoo.
 IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
-           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
+           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.export",
+           "$import prato_components.prompts"]
+# evaluation and inference: the bundle key ``compile`` (false, true = torch.compile, "trt" = TensorRT on a GPU) wraps
+# the evaluator's network (prato_components.export.compiled_network); handlers keep the eager network
+COMPILED_NETWORK = "$prato_components.export.compiled_network(@network, @compile)"
 
 
 # pixels around the prompt boxes that box decoding adds (docs/design.md §6.1: chosen from the measured Dice / latency
@@ -330,6 +334,7 @@ def evaluate_config(name: str) -> dict:
         "prompt_factor": None,
         "split": "test",
         "latency_repeats": 5,
+        "compile": False,
         "test": {
             "prompt": "$@validate#prompt + prato_components.bundle.prompt_transforms(@prompt, @prompt_factor)",
             "preprocessing": {"_target_": "Compose",
@@ -354,7 +359,7 @@ def evaluate_config(name: str) -> dict:
             "_target_": "SupervisedEvaluator",
             "device": "@device",
             "val_data_loader": "@test#dataloader",
-            "network": "@network",
+            "network": COMPILED_NETWORK,
             "inferer": "@inferer",
             "prepare_batch": "@prepare_batch",
             "postprocessing": "@validate#postprocessing",
@@ -377,6 +382,7 @@ def inference_config(name: str) -> dict:
         "input_dir": "$os.path.join(@bundle_root, 'sample_data')",
         "boxes_file": None,
         "allow_missing_boxes": False,
+        "compile": False,
         "spatial_size": "$[@image_size, @image_size] + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes)",
         "preprocessing": {
@@ -420,7 +426,7 @@ def inference_config(name: str) -> dict:
             "_target_": "SupervisedEvaluator",
             "device": "@device",
             "val_data_loader": "@infer#dataloader",
-            "network": "@network",
+            "network": COMPILED_NETWORK,
             "inferer": "@inferer",
             "prepare_batch": "@prepare_batch",
             "postprocessing": "@postprocessing",

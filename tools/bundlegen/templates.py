@@ -148,7 +148,8 @@ Multi-GPU (or several CPU processes with gloo):
 {datasets}, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
 `output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`; in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
-`allow_missing_boxes`, `ckpt_path`. An unknown key stops the run at start and names the closest known one
+`allow_missing_boxes`, `ckpt_path`; in both `compile` (`false`; `true`: `torch.compile`, compiled on the first
+batch and reused; `"trt"`: TensorRT, on a GPU). An unknown key stops the run at start and names the closest known one
 (`--epoch` -> `epochs`). The defaults are the paper's network (a GPU job); on a CPU train a smaller one.
 Checkpoints record the network settings, so `evaluate.json` and `inference.json` build the trained network without
 repeating them (a contradicting override stops the run and names the keys).
