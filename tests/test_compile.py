@@ -21,7 +21,9 @@ def _tiny(name: str):
     torch.manual_seed(0)
     network, channels, size = _network(bundle_dir, None, _network_overrides(bundle_dir))
     dims = spatial_dims(bundle_dir)
-    return network, channels, (tiny_window_3d(name) if dims == 3 else size,) * dims
+    if dims == 3:  # the window the 3D network is built for (UNETR's img_size, else the tiny window)
+        return network, channels, tuple(getattr(network, "img_size", (tiny_window_3d(name),) * 3))
+    return network, channels, (size, size)
 
 
 @pytest.mark.parametrize("name", ALL_BUNDLES)
