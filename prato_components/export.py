@@ -52,6 +52,10 @@ logger = logging.getLogger(__name__)
 
 MAX_DIM = 4096  # upper bound of the dynamic batch and box dimensions
 COMPILE_MODES = (False, True, "inductor", "trt")  # the bundle key ``compile``: eager, torch.compile, TensorRT
+# torch.compile settings of CompiledNetwork: Swin UNETR's later boundaries keep a share of the live parents, a count
+# that depends on the data (an unbacked size, as under torch.export; every other keep count is a constant of the input
+# size); each network instance, input size and decoding window is one more graph of the same forward code
+COMPILE_CONFIG = {"capture_scalar_outputs": True, "recompile_limit": 64}
 
 
 def example_inputs(
@@ -260,9 +264,7 @@ class CompiledNetwork(nn.Module):
             self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True)
         if hasattr(self.network, "plan_decoding"):
             self.network.plan_decoding(boxes)
-        # Swin UNETR's later boundaries keep a share of the live parents, a count that depends on the data (an
-        # unbacked size, as under torch.export); every other keep count is a constant of the input size
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):
             self._compiled(image, boxes=boxes)
         self.compile_seconds = time.perf_counter() - start
         logger.info("compiled %s (%s) in %.1f s", type(self.network).__name__, self.backend, self.compile_seconds)
@@ -275,7 +277,7 @@ class CompiledNetwork(nn.Module):
             self._compile(image, boxes)
         if hasattr(self.network, "plan_decoding"):
             self.network.plan_decoding(boxes)
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):  # see _compile
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):
             return self._compiled(image, boxes=boxes)
 
 

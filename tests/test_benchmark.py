@@ -79,3 +79,21 @@ def test_volume_counts_windows_flops_and_latency_of_the_prompted_sliding_window(
     assert [row["windows"] for row in rows] == ["6/6", "1/6", "1/6"]
     assert rows[1]["flops_ratio"] == pytest.approx(1 / 6, rel=0.01)  # one window of six, same network
     assert all(row["latency_s"] > 0 for row in rows)
+
+
+def test_compiled_reports_eager_and_compiled_columns_per_batch_and_threads(tmp_path):
+    """``compiled``: baseline, PrATo (box) and PrATo (full) of one backbone, eager and compiled in one run (the
+    ``eager`` backend here: the graph capture without an inductor build, which takes minutes on CI)."""
+    out = tmp_path / "rows.json"
+    text = Benchmark().compiled("unetr", image_size=32, batch_sizes=[1, 2], threads=[1], repeats=1, warmup=0,
+                                overrides={"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
+                                backend="eager", json_out=str(out))
+    rows = json.loads(out.read_text())
+    assert [(r["network"], r["batch"], r["threads"]) for r in rows] == [
+        (n, b, 1) for b in (1, 2) for n in ("baseline", "prato_box", "prato_full")]
+    for row in rows:
+        assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] > 0
+        assert row["compiled_images_s"] == pytest.approx(row["batch"] * 1e3 / row["compiled_ms"])
+    box, full = rows[1], rows[2]
+    assert rows[0]["flops_ratio"] == 1.0 and box["flops_ratio"] <= full["flops_ratio"]  # at 32 px the box window is whole
+    assert "compiled: torch.compile('eager', fullgraph=True)" in text.splitlines()[0]
