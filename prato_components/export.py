@@ -45,7 +45,7 @@ from prato_components.prompts.boxes import padding_boxes
 
 __all__ = [
     "MAX_DIM", "COMPILE_MODES", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork",
-    "CompiledNetwork", "compiled_network",
+    "CompiledNetwork", "compiled_network", "aoti_path", "save_aoti_package",
 ]
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,22 @@ def save_exported(
     return path
 
 
+def aoti_path(path: str) -> str:
+    """Where the AOTInductor package of the program ``path`` (``name.pt2``) lies: ``name.aoti.pt2`` beside it."""
+    return (path[: -len(".pt2")] if path.endswith(".pt2") else path) + ".aoti.pt2"
+
+
+def save_aoti_package(program: torch.export.ExportedProgram, path: str) -> str:
+    """Compile ``program`` ahead of time with AOTInductor (``torch._inductor.aoti_compile_and_package``: a shared
+    library for this machine's CPU / GPU, no Python tracing at load) into :func:`aoti_path` of ``path``, written to a
+    temporary file first so that an earlier package is never left half-written."""
+    target = aoti_path(path)
+    temporary = target[: -len(".pt2")] + ".tmp.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+    os.replace(temporary, target)
+    return target
+
+
 def _input_dims(program: torch.export.ExportedProgram) -> list[list[tuple[int, int | None]]]:
     """Per user input of ``program``, per dimension, the accepted ``(min, max)`` (``min == max`` when fixed)."""
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
@@ -179,10 +195,10 @@ class ExportedNetwork(nn.Module):
     (``(min, max)``; ``min == max`` when fixed at export).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram) -> None:
+    def __init__(self, program: torch.export.ExportedProgram, runner=None) -> None:
         super().__init__()
         image_dims, box_dims = _input_dims(program)
-        self.module_ = program.module()
+        self.module_ = program.module() if runner is None else runner  # runner: an AOTInductor package's model
         self.in_channels = image_dims[1][0]
         self.spatial_shape = tuple(lo for lo, _ in image_dims[2:])
         self.batch_range, self.boxes_range = image_dims[0], box_dims[1]
@@ -221,17 +237,22 @@ class ExportedNetwork(nn.Module):
         return self.module_(image, boxes)
 
 
-def load_exported(path: str, extra_files: Sequence[str] = ("metadata.json",)) -> tuple[ExportedNetwork, dict]:
+def load_exported(
+    path: str, extra_files: Sequence[str] = ("metadata.json",), aoti: bool = False
+) -> tuple[ExportedNetwork, dict]:
     """Load a ``.pt2`` written by :func:`save_exported`: the callable ``module(image, boxes)`` (an
-    :class:`ExportedNetwork`, which checks its inputs) and the requested extra files (JSON ones parsed)."""
+    :class:`ExportedNetwork`, which checks its inputs) and the requested extra files (JSON ones parsed). ``aoti``:
+    run the AOTInductor package beside it (:func:`save_aoti_package`) instead of the program, with the same checks."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported network {path} does not exist")
+    if aoti and not os.path.isfile(aoti_path(path)):
+        raise FileNotFoundError(f"AOTInductor package {aoti_path(path)} does not exist (export with aoti=True)")
     files = dict.fromkeys(extra_files, "")
     program = torch.export.load(path, extra_files=files)
     parsed = {}
     for name, text in files.items():
         parsed[name] = json.loads(text) if name.endswith(".json") and text else text
-    return ExportedNetwork(program), parsed
+    return ExportedNetwork(program, torch._inductor.aoti_load_package(aoti_path(path)) if aoti else None), parsed
 
 
 class CompiledNetwork(nn.Module):

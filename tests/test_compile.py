@@ -11,7 +11,16 @@ import pytest
 import torch
 from conftest import ALL_BUNDLES, BUNDLES_DIR, error_text
 
-from prato_components.export import CompiledNetwork, compiled_network, example_inputs
+from prato_components.export import (
+    CompiledNetwork,
+    compiled_network,
+    example_inputs,
+    export_network,
+    load_exported,
+    save_aoti_package,
+    save_exported,
+)
+from prato_components.networks import PrunedUNETR
 from prato_components.verification import _network, _network_overrides, spatial_dims, tiny_window_3d
 
 
@@ -93,3 +102,25 @@ def test_compile_key_values():
 def test_trt_needs_a_gpu():
     with pytest.raises(RuntimeError, match="compile 'trt' needs a CUDA GPU"):
         compiled_network(torch.nn.Identity(), "trt")
+
+
+def test_aoti_package_round_trip_keeps_the_input_checks(tmp_path):
+    """The one real inductor build of these tests: a tiny UNETR's export, its AOTInductor package beside the ``.pt2``
+    and ``load_exported(..., aoti=True)`` running it with the exported program's input checks."""
+    torch.manual_seed(0)
+    network = PrunedUNETR(in_channels=1, out_channels=2, img_size=32, spatial_dims=2, feature_size=4, hidden_size=16,
+                          mlp_dim=32, num_heads=2, pruner="prato", prune_stages=[1]).eval()
+    image, boxes = example_inputs(1, (32, 32), batch=2)
+    program, _ = export_network(network, image, boxes)
+    path = save_exported(program, str(tmp_path / "net.pt2"))
+    assert save_aoti_package(program, path) == str(tmp_path / "net.aoti.pt2")
+    module, _ = load_exported(path, (), aoti=True)
+    with torch.no_grad():
+        torch.testing.assert_close(module(image, boxes), network(image, boxes=boxes), rtol=1e-4, atol=1e-4)
+    bad = image.clone()
+    bad[1, 0, 3, 3] = float("inf")
+    with pytest.raises(ValueError) as err:
+        module(bad, boxes)
+    assert error_text(err.value) == "ValueError: the image contains NaN or infinite values"
+    with pytest.raises(FileNotFoundError, match="net2.aoti.pt2 does not exist"):
+        load_exported(save_exported(program, str(tmp_path / "net2.pt2")), (), aoti=True)
