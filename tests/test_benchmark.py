@@ -95,5 +95,6 @@ def test_compiled_reports_eager_and_compiled_columns_per_batch_and_threads(tmp_p
         assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] > 0
         assert row["compiled_images_s"] == pytest.approx(row["batch"] * 1e3 / row["compiled_ms"])
     box, full = rows[1], rows[2]
-    assert rows[0]["flops_ratio"] == 1.0 and box["flops_ratio"] <= full["flops_ratio"]  # at 32 px the box window is whole
+    # at 32 px the box's window is the whole image: no saving from box decoding at this size
+    assert rows[0]["flops_ratio"] == 1.0 and box["flops_ratio"] <= full["flops_ratio"]
     assert "compiled: torch.compile('eager', fullgraph=True)" in text.splitlines()[0]

@@ -95,7 +95,8 @@ def test_compile_key_values():
     for bad in ("tensorrt", 1, None):
         with pytest.raises(ValueError) as err:
             compiled_network(network, bad)
-        assert error_text(err.value) == f"ValueError: compile must be one of (False, True, 'inductor', 'trt'), got {bad!r}"
+        expected = f"ValueError: compile must be one of (False, True, 'inductor', 'trt'), got {bad!r}"
+        assert error_text(err.value) == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message; the GPU route is tested below")
