@@ -44,7 +44,7 @@ from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.prompts.boxes import padding_boxes
 
 __all__ = [
-    "MAX_DIM", "COMPILE_MODES", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork",
+    "MAX_DIM", "COMPILE_MODES", "COMPILE_CONFIG", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork",
     "CompiledNetwork", "compiled_network", "aoti_path", "save_aoti_package",
 ]
 
@@ -55,7 +55,7 @@ COMPILE_MODES = (False, True, "inductor", "trt")  # the bundle key ``compile``: 
 # torch.compile settings of CompiledNetwork: Swin UNETR's later boundaries keep a share of the live parents, a count
 # that depends on the data (an unbacked size, as under torch.export; every other keep count is a constant of the input
 # size); each network instance, input size and decoding window is one more graph of the same forward code
-COMPILE_CONFIG = {"capture_scalar_outputs": True, "recompile_limit": 64}
+COMPILE_CONFIG = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True, "recompile_limit": 64}
 
 
 def example_inputs(

@@ -12,6 +12,7 @@ import torch
 from conftest import ALL_BUNDLES, BUNDLES_DIR, error_text
 
 from prato_components.export import (
+    COMPILE_CONFIG,
     CompiledNetwork,
     compiled_network,
     example_inputs,
@@ -46,7 +47,7 @@ def test_forward_compiles_as_one_graph(name):
         if hasattr(network, "plan_decoding"):
             assert network.plan_decoding(boxes) == network.last_decode_window
         torch._dynamo.reset()
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):  # Swin's data-dependent count of live parents
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):  # Swin's data-dependent count of live parents
             compiled = torch.compile(network, backend="eager", fullgraph=True)(image, boxes=boxes)
     torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
 
@@ -59,7 +60,7 @@ def test_no_graph_break(name):
         network(image, boxes=boxes)
         network.plan_decoding(boxes)
         torch._dynamo.reset()
-        with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):
             explained = torch._dynamo.explain(network)(image, boxes=boxes)
     assert (explained.graph_break_count, explained.graph_count) == (0, 1), [b.reason for b in explained.break_reasons]
 
