@@ -181,7 +181,8 @@ class PratoBundlesApp(MONAILabelApp):
         if self.infer_concurrency < 1:
             raise ValueError(f"--conf infer_concurrency must be an integer >= 1, got {self.infer_concurrency}")
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="PrATo bundles",
-                         description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)", version=prato_components.__version__)
+                         description="Box-prompted, token-pruned ViT segmentation (MONAI bundles)",
+                         version=prato_components.__version__)
         if self._infers_threadpool is None:  # MONAI Label's own pool (MONAI_LABEL_INFER_CONCURRENCY) when set
             # inferences run on these threads only, in arrival order: a fixed few threads also keep the memory of
             # one process low (every thread that runs the network grows its own malloc arena)

@@ -32,19 +32,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks import trt_compiler
+from monai.utils import optional_import
 
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.prompts.boxes import padding_boxes
 
-__all__ = ["MAX_DIM", "example_inputs", "export_network", "save_exported", "load_exported", "ExportedNetwork"]
+__all__ = [
+    "MAX_DIM", "COMPILE_MODES", "COMPILE_CONFIG", "example_inputs", "export_network", "save_exported", "load_exported",
+    "ExportedNetwork", "CompiledNetwork", "compiled_network", "aoti_path", "save_aoti_package",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_DIM = 4096  # upper bound of the dynamic batch and box dimensions
+COMPILE_MODES = (False, True, "inductor", "trt")  # the bundle key ``compile``: eager, torch.compile, TensorRT
+# torch.compile settings of CompiledNetwork: Swin UNETR's later boundaries keep a share of the live parents, a count
+# that depends on the data (an unbacked size, as under torch.export; every other keep count is a constant of the input
+# size); each network instance, input size and decoding window is one more graph of the same forward code
+COMPILE_CONFIG = {"capture_scalar_outputs": True, "capture_dynamic_output_shape_ops": True, "recompile_limit": 64}
 
 
 def example_inputs(
@@ -137,6 +148,22 @@ def save_exported(
     return path
 
 
+def aoti_path(path: str) -> str:
+    """Where the AOTInductor package of the program ``path`` (``name.pt2``) lies: ``name.aoti.pt2`` beside it."""
+    return (path[: -len(".pt2")] if path.endswith(".pt2") else path) + ".aoti.pt2"
+
+
+def save_aoti_package(program: torch.export.ExportedProgram, path: str) -> str:
+    """Compile ``program`` ahead of time with AOTInductor (``torch._inductor.aoti_compile_and_package``: a shared
+    library for this machine's CPU / GPU, no Python tracing at load) into :func:`aoti_path` of ``path``, written to a
+    temporary file first so that an earlier package is never left half-written."""
+    target = aoti_path(path)
+    temporary = target[: -len(".pt2")] + ".tmp.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=temporary)
+    os.replace(temporary, target)
+    return target
+
+
 def _input_dims(program: torch.export.ExportedProgram) -> list[list[tuple[int, int | None]]]:
     """Per user input of ``program``, per dimension, the accepted ``(min, max)`` (``min == max`` when fixed)."""
     placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
@@ -168,10 +195,10 @@ class ExportedNetwork(nn.Module):
     (``(min, max)``; ``min == max`` when fixed at export).
     """
 
-    def __init__(self, program: torch.export.ExportedProgram) -> None:
+    def __init__(self, program: torch.export.ExportedProgram, runner=None) -> None:
         super().__init__()
         image_dims, box_dims = _input_dims(program)
-        self.module_ = program.module()
+        self.module_ = program.module() if runner is None else runner  # runner: an AOTInductor package's model
         self.in_channels = image_dims[1][0]
         self.spatial_shape = tuple(lo for lo, _ in image_dims[2:])
         self.batch_range, self.boxes_range = image_dims[0], box_dims[1]
@@ -210,14 +237,83 @@ class ExportedNetwork(nn.Module):
         return self.module_(image, boxes)
 
 
-def load_exported(path: str, extra_files: Sequence[str] = ("metadata.json",)) -> tuple[ExportedNetwork, dict]:
+def load_exported(
+    path: str, extra_files: Sequence[str] = ("metadata.json",), aoti: bool = False
+) -> tuple[ExportedNetwork, dict]:
     """Load a ``.pt2`` written by :func:`save_exported`: the callable ``module(image, boxes)`` (an
-    :class:`ExportedNetwork`, which checks its inputs) and the requested extra files (JSON ones parsed)."""
+    :class:`ExportedNetwork`, which checks its inputs) and the requested extra files (JSON ones parsed). ``aoti``:
+    run the AOTInductor package beside it (:func:`save_aoti_package`) instead of the program, with the same checks."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"exported network {path} does not exist")
+    if aoti and not os.path.isfile(aoti_path(path)):
+        raise FileNotFoundError(f"AOTInductor package {aoti_path(path)} does not exist (export with aoti=True)")
     files = dict.fromkeys(extra_files, "")
     program = torch.export.load(path, extra_files=files)
     parsed = {}
     for name, text in files.items():
         parsed[name] = json.loads(text) if name.endswith(".json") and text else text
-    return ExportedNetwork(program), parsed
+    return ExportedNetwork(program, torch._inductor.aoti_load_package(aoti_path(path)) if aoti else None), parsed
+
+
+class CompiledNetwork(nn.Module):
+    """``network(image, boxes=None)`` through ``torch.compile(fullgraph=True)`` (``backend`` a torch.compile backend,
+    default ``"inductor"``) or TensorRT (``backend="trt"``, ``monai.networks.trt_compiler``, CUDA only), compiled on
+    the first call and reused.
+
+    The data-dependent input checks run here, eagerly (a compiled program skips them,
+    :func:`~prato_components.tokens.tracing`); so does the choice of the box decoding window
+    (``plan_decoding`` of the backbones, docs/design.md §6.1): a new window recompiles (windows snap to the decoder
+    alignment, so there are few). The first call also runs ``network`` once eagerly (it records the decoding
+    geometry and the random pruner's evaluation draws). The compile time is logged once.
+    """
+
+    def __init__(self, network: nn.Module, backend: str = "inductor", trt_path: str | None = None) -> None:
+        super().__init__()
+        if backend == "trt" and not torch.cuda.is_available():
+            raise RuntimeError("compile 'trt' needs a CUDA GPU (TensorRT); use compile true (torch.compile) on CPU")
+        self.network, self.backend, self.trt_path = network, backend, trt_path
+        self.compile_seconds: float | None = None
+        self._compiled = None
+
+    def _compile(self, image: torch.Tensor, boxes: torch.Tensor | None) -> None:
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.network(image, boxes=boxes)
+        if self.backend == "trt":
+            self._compiled = _trt_compiled(self.network, self.trt_path)
+        else:
+            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True)
+        if hasattr(self.network, "plan_decoding"):
+            self.network.plan_decoding(boxes)
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):
+            self._compiled(image, boxes=boxes)
+        self.compile_seconds = time.perf_counter() - start
+        logger.info("compiled %s (%s) in %.1f s", type(self.network).__name__, self.backend, self.compile_seconds)
+
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        image = torch.as_tensor(image)
+        check_image(image, image.shape[1] if image.ndim > 1 else 0, image.shape[2:])  # NaN / inf
+        boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
+        if self._compiled is None:
+            self._compile(image, boxes)
+        if hasattr(self.network, "plan_decoding"):
+            self.network.plan_decoding(boxes)
+        with torch._dynamo.config.patch(**COMPILE_CONFIG):
+            return self._compiled(image, boxes=boxes)
+
+
+def _trt_compiled(network: nn.Module, path: str | None):
+    """``network`` with its forward run by TensorRT engines (``monai.networks.trt_compiler``, built on first call)."""
+    if not optional_import("tensorrt")[1]:
+        raise RuntimeError("compile 'trt' needs the tensorrt package (pip install tensorrt)")
+    return trt_compiler(network, path or os.path.join(os.getcwd(), "trt_engines"), args={"method": "onnx"})
+
+
+def compiled_network(network: nn.Module, compile: bool | str = False, trt_path: str | None = None) -> nn.Module:
+    """The bundle key ``compile``: ``network`` itself (``False``), a :class:`CompiledNetwork` with ``torch.compile``
+    (``True`` / ``"inductor"``) or TensorRT (``"trt"``)."""
+    if compile not in COMPILE_MODES or isinstance(compile, int) and not isinstance(compile, bool):
+        raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+    if compile is False:
+        return network
+    return CompiledNetwork(network, "trt" if compile == "trt" else "inductor", trt_path)

@@ -38,6 +38,7 @@ import torch
 from prato_components.bundle import trained_bundle_config
 from prato_components.engine.checkpoint import load_weights
 from prato_components.errors import InputError
+from prato_components.export import compiled_network
 from prato_components.inputs import IMAGE_SUFFIXES, check_image_file
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 
@@ -271,6 +272,8 @@ class BoxPromptSegmenter:
         self.network = parser.get_parsed_content("network")
         self.network.load_state_dict(load_weights(self.checkpoint, self.device)[0])
         self.network.eval()
+        # the bundle key compile: one compiled network (its first call compiles), reused by every call and thread
+        self.network = compiled_network(self.network, parser.get_parsed_content("compile", default=False))
         self.spec = parser.get_parsed_content("spec")
         self.preprocessing = parser.get_parsed_content("preprocessing")
         # the inferer the bundle's own inference runs (3D bundles: the prompt-aware sliding window)

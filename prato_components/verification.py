@@ -42,7 +42,7 @@ from monai.bundle import verify_metadata, verify_net_in_out
 from prato_components.bundle import run, trained_bundle_config
 from prato_components.data import make_acdc_like, make_btcv_like
 from prato_components.engine import load_weights, trained_settings
-from prato_components.export import example_inputs, export_network, load_exported, save_exported
+from prato_components.export import example_inputs, export_network, load_exported, save_aoti_package, save_exported
 from prato_components.prompts import boxes_from_label
 
 __all__ = [
@@ -348,9 +348,10 @@ def _network(bundle_dir: str, checkpoint: str | None, overrides: dict):
 EXPORT_SETTINGS = {"decode_region": "full"}
 
 
-def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
+def export(bundle_dir: str, checkpoint: str, filepath: str, aoti: bool = False, **overrides) -> str:
     """``torch.export`` the bundle network with the weights of ``checkpoint`` to ``filepath`` (``.pt2``), with the
-    bundle's metadata.json and inference.json inside. ``overrides``: config keys (e.g. ``image_size``)."""
+    bundle's metadata.json and inference.json inside; ``aoti``: also its AOTInductor package beside it
+    (``export.save_aoti_package``). ``overrides``: config keys (e.g. ``image_size``)."""
     overrides = {**EXPORT_SETTINGS, **overrides}
     network, channels, size = _network(bundle_dir, checkpoint, overrides)
     dims = spatial_dims(bundle_dir)
@@ -367,7 +368,10 @@ def export(bundle_dir: str, checkpoint: str, filepath: str, **overrides) -> str:
         "boxes_per_image": None if shapes["dynamic_boxes"] else int(boxes.shape[1]),
         "overrides": overrides,
     })
-    return save_exported(program, filepath, extra)
+    save_exported(program, filepath, extra)
+    if aoti:
+        save_aoti_package(program, filepath)
+    return filepath
 
 
 def check_export(bundle_dir: str, checkpoint: str, filepath: str, image_size: int = TINY_SIZE,

@@ -24,7 +24,8 @@ def test_setting_parses_json_values_and_rejects_bad_text():
 def test_bundle_entries_with_settings_compare_variants_of_one_bundle(tmp_path):
     prato = os.path.join(ROOT, "bundles", "segformer_prato")
     random_half = "@network_def#pruner=random@network_def#pruner_kwargs={\"keep_ratio\":0.5}"
-    table = Benchmark().bundles(f"{prato},{prato}{random_half}", image_size=64, repeats=1, warmup=0, json_out=str(tmp_path / "rows.json"))
+    table = Benchmark().bundles(f"{prato},{prato}{random_half}", image_size=64, repeats=1, warmup=0,
+                                json_out=str(tmp_path / "rows.json"))
     assert table.splitlines()[0].startswith("input [1, 1, 64, 64]")
     rows = {row["network"]: row for row in json.loads((tmp_path / "rows.json").read_text())}
     assert set(rows) == {"segformer_prato", "segformer_prato" + random_half}
@@ -57,7 +58,8 @@ def test_compare_compiled_networks_counts_eager_flops(tmp_path):
 
     tiny = {"embed_dims": (8, 16, 32, 64), "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1), "decoder_dim": 16}
     torch.manual_seed(0)
-    networks = {"base": SegFormer(**tiny), "random": SegFormer(**tiny, pruner="random", pruner_kwargs={"keep_ratio": 0.5})}
+    networks = {"base": SegFormer(**tiny),
+                "random": SegFormer(**tiny, pruner="random", pruner_kwargs={"keep_ratio": 0.5})}
     eager = compare(networks, [1, 64, 64], repeats=1, warmup=0)
     compiled = compare(networks, [1, 64, 64], repeats=1, warmup=0, compile=True)
     for e, c in zip(eager, compiled):
@@ -79,3 +81,22 @@ def test_volume_counts_windows_flops_and_latency_of_the_prompted_sliding_window(
     assert [row["windows"] for row in rows] == ["6/6", "1/6", "1/6"]
     assert rows[1]["flops_ratio"] == pytest.approx(1 / 6, rel=0.01)  # one window of six, same network
     assert all(row["latency_s"] > 0 for row in rows)
+
+
+def test_compiled_reports_eager_and_compiled_columns_per_batch_and_threads(tmp_path):
+    """``compiled``: baseline, PrATo (box) and PrATo (full) of one backbone, eager and compiled in one run (the
+    ``eager`` backend here: the graph capture without an inductor build, which takes minutes on CI)."""
+    out = tmp_path / "rows.json"
+    text = Benchmark().compiled("unetr", image_size=32, batch_sizes=[1, 2], threads=[1], repeats=1, warmup=0,
+                                overrides={"hidden_size": 32, "mlp_dim": 64, "num_heads": 2, "feature_size": 8},
+                                backend="eager", json_out=str(out))
+    rows = json.loads(out.read_text())
+    assert [(r["network"], r["batch"], r["threads"]) for r in rows] == [
+        (n, b, 1) for b in (1, 2) for n in ("baseline", "prato_box", "prato_full")]
+    for row in rows:
+        assert row["eager_ms"] > 0 and row["compiled_ms"] > 0 and row["compile_s"] > 0
+        assert row["compiled_images_s"] == pytest.approx(row["batch"] * 1e3 / row["compiled_ms"])
+    box, full = rows[1], rows[2]
+    # at 32 px the box's window is the whole image: no saving from box decoding at this size
+    assert rows[0]["flops_ratio"] == 1.0 and box["flops_ratio"] <= full["flops_ratio"]
+    assert "compiled: torch.compile('eager', fullgraph=True)" in text.splitlines()[0]

@@ -128,7 +128,8 @@ def served_bundles(acdc_dir, tmp_path_factory) -> str:
             torch.manual_seed(0)
             network = parser.get_parsed_content("network_def")
             # a weights file as training writes it: the state dict and the network settings it was built with
-            torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+            settings = parser.get_parsed_content("network_settings")
+            torch.save({"model": network.state_dict(), "network_settings": settings},
                        os.path.join(target, "models", "model.pt"))
         else:
             shutil.copy(weights, os.path.join(target, "models", "model.pt"))
@@ -372,8 +373,8 @@ def test_monailabel_server_concurrent_clients(monailabel_python, tiny_bundles, t
     studies = tmp_path / "studies"
     studies.mkdir()
     n = 6
-    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path,
-                 ["--conf", "models", "tiny", "--conf", "infer_concurrency", "2"], overrides=TINY) as (base, info, _log):
+    conf = ["--conf", "models", "tiny", "--conf", "infer_concurrency", "2"]
+    with _server(monailabel_python, tiny_bundles, str(studies), tmp_path, conf, overrides=TINY) as (base, info, _log):
         assert info["infer_concurrency"] == 2
         url = f"{base}/infer/tiny?output=image"
         results: list = []

@@ -7,8 +7,8 @@ Networks come from presets (paper-size UNETR-2D configurations) or from bundles 
     python tools/benchmark.py bundles bundles/unetr_baseline,bundles/unetr_prato --image_size 224
 
 The first network is the reference for the ratios; ``saving_in_latency`` is the latency saving divided by the
-FLOPs saving (1.0: every FLOP saved shows up in wall-clock time). Latency: eval mode, ``torch.inference_mode()``, warm-up,
-fixed thread count, median of interleaved repeats (docs/design.md §8). The pruners' own cost is timed with
+FLOPs saving (1.0: every FLOP saved shows up in wall-clock time). Latency: eval mode, ``torch.inference_mode()``,
+warm-up, fixed thread count, median of interleaved repeats (docs/design.md §8). The pruners' own cost is timed with
 forward hooks on ``network.pruners`` (and a ``completion`` module) during the same timed runs. ``--compile``
 times ``torch.compile``d networks instead (no per-operation Python overhead; the pruners' time is not measured)::
 
@@ -18,6 +18,12 @@ times ``torch.compile``d networks instead (no per-operation Python overhead; the
 pass finding nothing outside the box (a correct box) and finding a structure in the far corner (a misleading box)::
 
     python tools/benchmark.py guided --backbones unetr,transunet,swin_unetr,segformer --image_size 224
+
+``compiled`` times one backbone's baseline, PrATo decoding the box and PrATo decoding the whole image, each eager and
+compiled (:class:`~prato_components.export.CompiledNetwork`, what the bundle key ``compile`` runs), in one interleaved
+run per batch size and thread count; it reports median latency, images/s, the FLOPs ratio and the compile time::
+
+    python tools/benchmark.py compiled segformer --image_size 224 --batch_sizes "[1,8]" --threads "[1,2]"
 
 ``volume`` times whole-volume inference of 3D bundles with the prompt-aware sliding window (a box around one
 organ), against the first bundle computing every window (MONAI's plain sliding window)::
@@ -42,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from prato_components.bundle import trained_bundle_config  # noqa: E402
 from prato_components.efficiency import count_flops, count_parameters, interleaved_latency  # noqa: E402
+from prato_components.export import CompiledNetwork  # noqa: E402
 
 UNETR_2D = {
     "_target_": "prato_components.networks.PrunedUNETR",
@@ -155,10 +162,74 @@ def compare(
         row["pruner_ms"] = timers[name].seconds / runs * 1e3 if name in timers else float("nan")
         row["flops_ratio"] = row["gflops"] / reference["gflops"]
         row["latency_ratio"] = latency[name] / latency[reference["network"]]
-        row["pruner_share_of_ref_latency"] = row["pruner_ms"] / reference["latency_ms"] if name != reference["network"] else 0.0
+        own = name == reference["network"]
+        row["pruner_share_of_ref_latency"] = 0.0 if own else row["pruner_ms"] / reference["latency_ms"]
         flops_saving = 1.0 - row["flops_ratio"]
         row["saving_in_latency"] = (1.0 - row["latency_ratio"]) / flops_saving if flops_saving > 1e-9 else float("nan")
     return rows
+
+
+def _plain_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Rows as right-aligned text columns ``(key, format)`` under a header line."""
+    cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def compare_compiled(
+    networks: dict[str, nn.Module],
+    image_shape: Sequence[int],
+    batch_sizes: Sequence[int] = (1, 8),
+    threads: Sequence[int] = (1, 2),
+    box_fraction: float = 0.4,
+    warmup: int = 2,
+    repeats: int = 10,
+    backend: str = "inductor",
+) -> list[dict]:
+    """Every network eager and compiled, in one interleaved run per batch size and thread count; one row per network,
+    batch size and thread count (first network = reference of the ratios). The compile (first call of each batch
+    size) is timed apart, before the runs."""
+    rows = []
+    compiled = {name: CompiledNetwork(net.eval(), backend) for name, net in networks.items()}
+    for batch in batch_sizes:
+        torch.manual_seed(0)
+        image = torch.randn(batch, *image_shape)
+        boxes = central_box(image_shape[1:], box_fraction).expand(batch, -1).clone()
+        fns, work, compile_s = {}, {}, {}
+        for name, net in networks.items():
+            fns[f"{name}/eager"] = _call(net, image, boxes)
+            fns[f"{name}/compiled"] = _call(net, image, boxes, compiled[name])
+            work[name] = work_row(net, fns[f"{name}/eager"])
+            start = time.perf_counter()
+            with torch.inference_mode():
+                fns[f"{name}/compiled"]()
+            compile_s[name] = time.perf_counter() - start
+        reference = next(iter(networks))
+        for count in threads:
+            latency = interleaved_latency(fns, warmup=warmup, repeats=repeats, threads=count)
+            for name in networks:
+                eager, fast = latency[f"{name}/eager"], latency[f"{name}/compiled"]
+                rows.append({
+                    "network": name, "batch": batch, "threads": count, "gflops": work[name]["gflops"],
+                    "flops_ratio": work[name]["gflops"] / work[reference]["gflops"],
+                    "eager_ms": eager * 1e3, "compiled_ms": fast * 1e3,
+                    "eager_images_s": batch / eager, "compiled_images_s": batch / fast,
+                    "eager_ratio": eager / latency[f"{reference}/eager"],
+                    "compiled_ratio": fast / latency[f"{reference}/compiled"],
+                    "compile_s": compile_s[name],
+                })
+    return rows
+
+
+def format_compiled_table(rows: list[dict]) -> str:
+    """A plain-text table of :func:`compare_compiled` rows."""
+    columns = [("network", "{}"), ("batch", "{}"), ("threads", "{}"), ("flops_ratio", "{:.3f}"),
+               ("eager_ms", "{:.2f}"), ("compiled_ms", "{:.2f}"), ("eager_images_s", "{:.1f}"),
+               ("compiled_images_s", "{:.1f}"), ("eager_ratio", "{:.3f}"), ("compiled_ratio", "{:.3f}"),
+               ("compile_s", "{:.1f}")]
+    return _plain_table(rows, columns)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -167,11 +238,7 @@ def format_table(rows: list[dict]) -> str:
                ("kept_fraction", "{:.3f}"), ("latency_ms", "{:.1f}"), ("latency_ratio", "{:.3f}"),
                ("saving_in_latency", "{:.2f}"), ("pruner_gflops", "{:.4f}"), ("pruner_ms", "{:.2f}"),
                ("pruner_share_of_ref_latency", "{:.2%}")]
-    cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _plain_table(rows, columns)
 
 
 def _instantiate(config: dict) -> nn.Module:
@@ -184,7 +251,9 @@ def _instantiate(config: dict) -> nn.Module:
 def _bundle_network(bundle_dir: str, overrides: dict) -> tuple[nn.Module, list[int]]:
     parser = trained_bundle_config(bundle_dir, None, overrides)  # the overrides win over a checkpoint's settings
     image = parser.get("_meta_#network_data_format#inputs#image")
-    spatial = [int(parser.get("image_size"))] * len(image["spatial_shape"]) if "image_size" in overrides else image["spatial_shape"]
+    spatial = image["spatial_shape"]
+    if "image_size" in overrides:
+        spatial = [int(parser.get("image_size"))] * len(image["spatial_shape"])
     return parser.get_parsed_content("network_def"), [int(image["num_channels"]), *spatial]
 
 
@@ -278,11 +347,7 @@ def format_volume_table(rows: list[dict]) -> str:
     """A plain-text table of :func:`compare_volume` rows."""
     columns = [("run", "{}"), ("windows", "{}"), ("gflops", "{:.1f}"), ("flops_ratio", "{:.3f}"),
                ("latency_s", "{:.2f}"), ("throughput_ratio", "{:.2f}")]
-    cells = [[c for c, _ in columns]] + [[fmt.format(row[c]) for c, fmt in columns] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _plain_table(rows, columns)
 
 
 class Benchmark:
@@ -344,7 +409,8 @@ class Benchmark:
                 boxes = central_box(shape[1:], box_fraction)[None]
                 row = work_row(net, _call(net, image, boxes))
                 reference = reference or row["gflops"]
-                lines.append(f"| {backbone} | {pruner} | {getattr(net, 'decode_region', 'full')} | {row['gflops']:.2f} | "
+                region = getattr(net, "decode_region", "full")
+                lines.append(f"| {backbone} | {pruner} | {region} | {row['gflops']:.2f} | "
                              f"{row['gflops'] / reference:.3f} | {row['kept_fraction']:.3f} | "
                              f"{row['pruner_gflops']:.4f} |")
         return "\n".join(lines)
@@ -370,6 +436,29 @@ class Benchmark:
                 networks[f"{backbone}_prato {label}"] = net
             out.append(self._report(networks, shape, 1, threads, repeats, warmup, None, box_fraction=box_fraction))
         return "\n\n".join(out)
+
+    def compiled(self, backbone: str = "unetr", image_size: int = 224, batch_sizes: Sequence[int] = (1, 8),
+                 threads: Sequence[int] = (1, 2), repeats: int = 10, warmup: int = 2, box_fraction: float = 0.4,
+                 overrides: dict | None = None, backend: str = "inductor", json_out: str | None = None) -> str:
+        """``backbone``'s baseline, PrATo decoding the box and PrATo decoding the whole image (its
+        ``<backbone>_baseline`` and ``<backbone>_prato`` bundles), eager and compiled (:func:`compare_compiled`)."""
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        entries = {"baseline": ("baseline", {}), "prato_box": ("prato", {"decode_region": "box"}),
+                   "prato_full": ("prato", {"decode_region": "full"})}
+        networks, shape = {}, None
+        for name, (pruner, settings) in entries.items():
+            torch.manual_seed(0)
+            net, shape_d = _bundle_network(os.path.join(root, "bundles", f"{backbone}_{pruner}"),
+                                           {"image_size": image_size, **dict(overrides or {}), **settings})
+            networks[name], shape = net, shape or shape_d
+        rows = compare_compiled(networks, shape, list(batch_sizes), list(threads), box_fraction, warmup, repeats,
+                                backend)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(rows, f, indent=2)
+        header = (f"{backbone}, input [B, {', '.join(map(str, shape))}], central box {box_fraction:g} of each side, "
+                  f"repeats={repeats}, compiled: torch.compile({backend!r}, fullgraph=True), torch {torch.__version__}")
+        return header + "\n" + format_compiled_table(rows)
 
     def volume(self, dirs: str | Sequence[str] = "bundles/unetr3d_baseline,bundles/unetr3d_prato",
                volume_shape: Sequence[int] = (256, 256, 128), image_size: int | None = None, organ: str = "spleen",
@@ -408,9 +497,10 @@ class Benchmark:
         return header + "\n" + format_volume_table(rows)
 
     @staticmethod
-    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False, box_fraction=0.4) -> str:
-        rows = compare(networks, shape, batch_size=batch_size, box_fraction=box_fraction, threads=threads, repeats=repeats,
-                       warmup=warmup, compile=compile)
+    def _report(networks, shape, batch_size, threads, repeats, warmup, json_out, compile=False,
+                box_fraction=0.4) -> str:
+        rows = compare(networks, shape, batch_size=batch_size, box_fraction=box_fraction, threads=threads,
+                       repeats=repeats, warmup=warmup, compile=compile)
         if json_out:
             with open(json_out, "w") as f:
                 json.dump(rows, f, indent=2)

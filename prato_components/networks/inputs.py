@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from prato_components.prompts.boxes import validate_boxes
+from prato_components.tokens import tracing
 
 __all__ = ["check_image", "check_network_boxes"]
 
@@ -31,7 +32,7 @@ def check_image(
             f"the network was built for images of spatial shape {tuple(spatial_shape)}, got {tuple(image.shape[2:])}; "
             + size_remedy
         )
-    if torch.compiler.is_exporting():  # value checks are data-dependent: torch.export traces shapes only
+    if tracing():  # value checks are data-dependent: compilers trace shapes only (the callers check eagerly)
         return
     if image.is_floating_point() and not bool(torch.isfinite(image).all()):
         raise ValueError("the image contains NaN or infinite values")
@@ -59,7 +60,7 @@ def check_network_boxes(boxes: torch.Tensor | None, batch: int, spatial_shape: S
             f"a box has {boxes.shape[-1]} values but the image has {dims} spatial dims (expected {2 * dims}: "
             "min corner then max corner)"
         )
-    if torch.compiler.is_exporting():  # the value checks below are data-dependent (see check_image)
+    if tracing():  # the value checks below are data-dependent (see check_image)
         return boxes.float()
     flat = validate_boxes(
         boxes.reshape(-1, 2 * dims), spatial_shape, allow_padding=True, name="boxes (flattened [B*M, 2D])"

@@ -25,6 +25,7 @@ import torch.nn as nn
 from monai.networks.layers import Conv
 
 from prato_components.networks.vit_pruning import own_random_stream
+from prato_components.tokens import tracing
 
 __all__ = [
     "DECODE_REGIONS", "BACKGROUND_LOGIT_GAP", "DecodeWindow", "decode_window", "RegionDecodingMixin", "run_decoder",
@@ -103,7 +104,7 @@ def decode_window(
     decoded whole. The windowed images share the largest window size, and a window that would then leave the
     image is shifted back inside (its boxes stay covered). ``image_size`` must be a multiple of ``align``.
     """
-    if boxes is None or torch.compiler.is_exporting():  # data-dependent shapes: exported programs decode in full
+    if boxes is None or tracing():  # data-dependent shapes: compiled programs decode the window planned eagerly
         return None
     dims = len(image_size)
     aligns, margins = _per_axis(align, dims), _per_axis(margin, dims)
@@ -204,6 +205,8 @@ class RegionDecodingMixin:
     coarse_logits: torch.Tensor | None = None
     #: the foreground probability from which a coarse cell counts as foreground (:func:`coarse_foreground`)
     coarse_threshold: float = 0.2
+    planned_window: DecodeWindow | None = None
+    decode_geometry: tuple[tuple[int, ...], int | tuple[int, ...]] | None = None
 
     def _setup_decoding(self, decode_region: str, decode_margin: int) -> None:
         if decode_region not in DECODE_REGIONS:
@@ -233,8 +236,8 @@ class RegionDecodingMixin:
         head = getattr(self, "coarse_head", None)
         self.coarse_logits = None if head is None else head(features)
         self._guide_boxes = self._guide_window = None
-        if self.decode_region != "guided" or self.training or boxes is None or align is None:
-            return
+        if self.decode_region != "guided" or self.training or boxes is None or align is None or tracing():
+            return  # traced: the whole image is decoded (:meth:`_decode_window`)
         if self.coarse_logits is None:
             raise ValueError("decode_region 'guided' needs the coarse head: build the network with coarse_head=True")
         # the pruners: the foreground that no box overlaps; the decoder: the foreground outside the box window
@@ -265,13 +268,29 @@ class RegionDecodingMixin:
     ) -> DecodeWindow | None:
         """This forward pass's window (``None``: decode the whole image); kept in :attr:`last_decode_window`.
         ``"guided"`` widens the box window to the coarse foreground outside it (:meth:`_coarse_pass`), except while
-        training (the boxes are right there; the rest of the network then trains as with ``"box"``)."""
+        training (the boxes are right there; the rest of the network then trains as with ``"box"``). While a compiler
+        traces, the window is :attr:`planned_window` for ``"box"`` (:meth:`plan_decoding`, eager) and the whole image
+        for ``"guided"`` (a compiled program's window cannot follow its coarse pass; the whole image keeps what the
+        network finds outside a wrong box)."""
+        if tracing():
+            return self.planned_window if self.decode_region == "box" else None
         window = None
         if self.decode_region in ("box", "guided"):
+            self.decode_geometry = (tuple(int(s) for s in image_size), align)
             guided = getattr(self, "_guide_window", None)
             window = decode_window(boxes if guided is None else guided, image_size, align, self.decode_margin)
         self.last_decode_window = window
         self._guide_boxes = self._guide_window = None  # this forward pass's only
+        return window
+
+    def plan_decoding(self, boxes: torch.Tensor | None) -> DecodeWindow | None:
+        """Eagerly, before a compiled forward pass on checked ``boxes`` ``[B, M, 2D]``: the window it decodes, kept in
+        :attr:`planned_window` (a compiled program reads it as a constant and is recompiled for a new window). Needs
+        one eager forward pass first (it records the image size and decoder alignment, :attr:`decode_geometry`)."""
+        window = None
+        if self.decode_region == "box" and self.decode_geometry is not None:
+            window = decode_window(boxes, *self.decode_geometry, self.decode_margin)
+        self.planned_window = self.last_decode_window = window
         return window
 
 

@@ -208,7 +208,11 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             )
         if x_in.shape[1] != self.in_channels:
             raise ValueError(f"the network expects {self.in_channels} input channel(s), got {x_in.shape[1]}")
-        self._check_input_size(tuple(x_in.shape[2:]))
+        spatial_shape = tuple(x_in.shape[2:])  # MONAI's _check_input_size in plain ints (its numpy does not compile)
+        wrong_dims = [axis + 2 for axis, s in enumerate(spatial_shape) if s % self.patch_size**5]
+        if wrong_dims:
+            raise ValueError(f"spatial dimensions {wrong_dims} of input image (spatial shape: {spatial_shape}) must be "
+                             f"divisible by {self.patch_size}**5.")
         boxes = check_network_boxes(boxes, x_in.shape[0], tuple(x_in.shape[2:]))
         hidden_states_out = self._encode(x_in, boxes)
         size = tuple(x_in.shape[2:])

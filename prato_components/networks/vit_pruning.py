@@ -126,8 +126,8 @@ class PrunedNetworkMixin:
     def _evolving_pruner(self, number: int) -> TokenPruner | None:
         """The pruner of the last pruned stage boundary before layer ``number``: it says how the pruned tokens evolve
         through the layer's blocks (:meth:`TokenPruner.run_block`, :meth:`TokenPruner.placeholder_weights`)."""
-        stage = max((s for s in self.prune_stages if s < number), default=None)
-        return None if stage is None else self.pruners[str(stage)]
+        earlier = [s for s in self.prune_stages if s < number]  # max(..., default=) does not compile
+        return self.pruners[str(max(earlier))] if earlier else None
 
     def _placeholder_weights(self, number: int, state: TokenState) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For the blocks of layer ``number`` of a hierarchical backbone on ``state``: the pruned cells ``[B, N]`` and

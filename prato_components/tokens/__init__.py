@@ -29,7 +29,7 @@ from prato_components.tokens.executor import (
     check_executor,
     kept_token_work,
 )
-from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
+from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through, tracing
 
 __all__ = [
     "BlockOutput",
@@ -50,5 +50,6 @@ __all__ = [
     "kept_token_work",
     "scatter_to_grid",
     "straight_through",
+    "tracing",
     "transformer_block_forward",
 ]

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through
+from prato_components.tokens.stage import StageInput, TokenSelection, scatter_to_grid, straight_through, tracing
 
 __all__ = [
     "EXECUTOR_MODES",
@@ -370,11 +370,13 @@ class TokenState:
             k_max = counts.max().item()
             torch._check(k_max >= 0)
             torch._check(k_max <= keep.shape[1])
+        elif tracing():  # torch.compile: no data-dependent size; every row, the pruned ones marked invalid
+            k_max = keep.shape[1]
         else:
             k_max = int(counts.max())
         order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :k_max]
         valid = _gather_rows(keep, order)
-        if not exporting and bool(valid.all()):
+        if not tracing() and bool(valid.all()):
             return order, None
         return order.masked_fill(~valid, keep.shape[1]), valid
 

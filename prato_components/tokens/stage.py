@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["StageInput", "TokenSelection", "scatter_to_grid", "straight_through"]
+__all__ = ["StageInput", "TokenSelection", "scatter_to_grid", "straight_through", "tracing"]
+
+
+def tracing() -> bool:
+    """Whether a compiler traces the forward pass (``torch.compile`` or ``torch.export``): data-dependent checks are
+    skipped (the callers run them eagerly) and token counts must come from shapes, never from values."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def scatter_to_grid(index: torch.Tensor, values: torch.Tensor, num_grid: int) -> torch.Tensor:

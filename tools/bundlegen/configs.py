@@ -16,7 +16,11 @@ from .spec import BACKBONES_3D, PRUNER_CONFIGS, backbone_spec, completion_def, n
 # as transforms, loss and optimiser, validation, training, initialize / run. evaluate.json: an overlay on train.json
 # with what evaluation changes. inference.json: standalone, as in the MONAI Model Zoo.
 IMPORTS = ["$import os", "$import torch", "$import monai", "$import prato_components",
-           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.prompts"]
+           "$import prato_components.bundle", "$import prato_components.engine", "$import prato_components.export",
+           "$import prato_components.prompts"]
+# evaluation and inference: the bundle key ``compile`` (false, true = torch.compile, "trt" = TensorRT on a GPU) wraps
+# the evaluator's network (prato_components.export.compiled_network); handlers keep the eager network
+COMPILED_NETWORK = "$prato_components.export.compiled_network(@network, @compile)"
 
 
 # pixels around the prompt boxes that box decoding adds (docs/design.md §6.1: chosen from the measured Dice / latency
@@ -359,6 +363,7 @@ def evaluate_config(name: str) -> dict:
         "prompts": "$prato_components.bundle.prompt_qualities(@prompt)",
         "split": "test",
         "latency_repeats": 5,
+        "compile": False,
         "test": {
             "dataset": "$prato_components.bundle.prompt_datasets(@splits[@split], @preprocessing + @validate#prompt, "
                        "@validate#to_tensor, @prompts, @prompt_factor)",
@@ -382,7 +387,7 @@ def evaluate_config(name: str) -> dict:
             "device": "@device",
             "amp": "@amp",
             "val_data_loader": "@test#dataloader",
-            "network": "@network",
+            "network": COMPILED_NETWORK,
             "inferer": "@inferer",
             "prepare_batch": "@prepare_batch",
             "postprocessing": "@validate#postprocessing",
@@ -406,6 +411,7 @@ def inference_config(name: str) -> dict:
         "boxes_file": None,
         "allow_missing_boxes": False,
         "skip_bad_inputs": False,
+        "compile": False,
         "spatial_size": "$[@image_size] * 2 + ([-1] if @spec['volumetric'] else [])",
         "datalist": "$prato_components.bundle.inference_datalist(@input_dir, @boxes_file, @allow_missing_boxes, "
                     "@skip_bad_inputs, @output_dir, @in_channels)",
@@ -451,7 +457,7 @@ def inference_config(name: str) -> dict:
             "device": "@device",
             "amp": "@amp",
             "val_data_loader": "@infer#dataloader",
-            "network": "@network",
+            "network": COMPILED_NETWORK,
             "inferer": "@inferer",
             "prepare_batch": "@prepare_batch",
             "postprocessing": "@postprocessing",

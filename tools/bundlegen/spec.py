@@ -23,7 +23,8 @@ CHANGELOG = {
     "models/previous-<time>/; box files follow the server's box rules; folder inference checks every input first "
     "(skip_bad_inputs); errors print as one or two lines (debug for the traceback); amp (mixed precision, on with "
     "CUDA); PrATo bundles decode guided (a coarse head finds the structure outside a wrong box; coarse_head); "
-    "evaluate.json takes prompt: all (the four box qualities in one run)",
+    "evaluate.json takes prompt: all (the four box qualities in one run); compile (torch.compile of the evaluation and "
+    "inference network, one graph, reused; \"trt\" on a GPU)",
     "0.4.2": "pruner_def (and stp's completion_def) is a factory (_mode_: callable) on every backbone: the network "
     "builds its pruners and completion at each stage's width on a random stream of their own, so at one seed a "
     "pruned bundle starts from its baseline's backbone weights and draws the same data order (a paired comparison); "

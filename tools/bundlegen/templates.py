@@ -154,9 +154,11 @@ Multi-GPU (or several CPU processes with gloo):
 default: on with CUDA); in `evaluate.json` also `prompt` (`tight` |
 `oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`;
-`debug` (the full traceback of an error, also `PRATO_DEBUG=1`). Every input is checked before anything is segmented,
-and an error in the settings or the inputs prints as one or two lines (the problem, the fix). An unknown key stops
-the run at start and names the closest known one (`--epoch` -> `epochs`). The defaults are the paper's network (a GPU job); on a CPU train a smaller one.
+in both `compile` (`false`; `true`: `torch.compile`, compiled on the first batch and reused; `"trt"`: TensorRT, on a
+GPU); `debug` (the full traceback of an error, also `PRATO_DEBUG=1`). Every input is checked before anything is
+segmented, and an error in the settings or the inputs prints as one or two lines (the problem, the fix). An unknown
+key stops the run at start and names the closest known one (`--epoch` -> `epochs`). The defaults are the paper's
+network (a GPU job); on a CPU train a smaller one.
 Checkpoints record the network settings, so `evaluate.json` and `inference.json` build the trained network without
 repeating them (a contradicting override stops the run and names the keys).
 

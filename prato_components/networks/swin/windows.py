@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask, get_window_size, window_partition
 
+from prato_components.tokens import tracing
+
 __all__ = ["LayerWindows", "WindowLayout", "WindowPlan", "block_layout", "plan_windows", "window_layout"]
 
 
@@ -122,18 +124,24 @@ def plan_windows(
     slot = layout.slot_of[cell]
     occupied = torch.zeros(batch_size * per_image, dtype=torch.bool, device=flat_index.device)
     occupied[window] = True
-    windows = occupied.nonzero().squeeze(1)
-    row = (occupied.cumsum(0) - 1)[window]
+    compiling = tracing() and not torch.compiler.is_exporting()
+    if compiling:  # torch.compile: every window (a count from shapes); an empty one attends to all its slots, unread
+        windows, row = torch.arange(occupied.shape[0], device=flat_index.device), window
+    else:
+        windows = occupied.nonzero().squeeze(1)
+        row = (occupied.cumsum(0) - 1)[window]
     position = row * n + slot
     live = torch.zeros(windows.numel() * n, dtype=torch.bool, device=flat_index.device)
     live[position] = True
     live = live.view(-1, n)
     local = windows % per_image
     keys = live | layout.pad_slots[local]
+    if compiling:
+        keys = keys | ~occupied.unsqueeze(1)
     mask = None
     if layout.attn_mask is not None:
         mask = layout.attn_mask[local].unsqueeze(1)  # [W, 1, n, n]
-    if torch.compiler.is_exporting() or not bool(keys.all()):
+    if tracing() or not bool(keys.all()):
         key_bias = torch.zeros(keys.shape, device=flat_index.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
         mask = key_bias if mask is None else mask + key_bias
     return WindowPlan(position, windows, mask, batch_size * per_image, n)
