@@ -15,6 +15,7 @@ from conftest import ALL_BUNDLES, BUNDLE_VERSION, BUNDLES, BUNDLES_3D, ROOT, SCH
 
 from prato_components.export import example_inputs, load_exported
 from prato_components.verification import (
+    EXPORT_SETTINGS,
     _network,
     _network_overrides,
     check_export,
@@ -116,10 +117,11 @@ def test_a_failing_bundle_is_reported_and_the_others_still_run(tmp_path):
 
 def _export_tiny(bundle: str, size: int, folder) -> tuple:
     """Export bundle ``bundle`` (tiny widths, ``size`` px, random weights) through the verification's ``export``;
-    the eager network, the loaded export and its export.json."""
+    the eager network the program computes (``EXPORT_SETTINGS``: the whole image decoded), the loaded export and its
+    export.json."""
     bundle_dir = os.path.join(ROOT, "bundles", bundle)
     overrides = _network_overrides(bundle_dir, size)
-    network, _, _ = _network(bundle_dir, None, overrides)
+    network, _, _ = _network(bundle_dir, None, {**overrides, **EXPORT_SETTINGS})
     checkpoint = str(folder / "model.pt")
     torch.save(network.state_dict(), checkpoint)
     path = export(bundle_dir, checkpoint, str(folder / "model.pt2"), **overrides)
