@@ -111,6 +111,23 @@ def test_trt_needs_a_gpu():
         compiled_network(torch.nn.Identity(), "trt")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU (none on this machine)")
+def test_trt_route_matches_eager_on_a_gpu(tmp_path):
+    """``compile: "trt"`` through ``monai.networks.trt_compiler`` on a tiny PrATo UNETR (full decoding): the engine's
+    logits are the eager ones within TensorRT's fp32 tolerance."""
+    pytest.importorskip("tensorrt", reason="the TensorRT Python package is not installed")
+    pytest.importorskip("onnx", reason="MONAI's trt_compiler exports through ONNX, which is not installed")
+    torch.manual_seed(0)
+    network = PrunedUNETR(in_channels=1, out_channels=2, img_size=32, spatial_dims=2, feature_size=4, hidden_size=16,
+                          mlp_dim=32, num_heads=2, pruner="prato", prune_stages=[1]).cuda().eval()
+    image, boxes = example_inputs(1, (32, 32), batch=2)
+    image, boxes = image.cuda(), boxes.cuda()
+    with torch.no_grad():
+        expected = network(image, boxes=boxes)
+        got = compiled_network(network, "trt", trt_path=str(tmp_path / "net"))(image, boxes=boxes)
+    torch.testing.assert_close(got.float(), expected, atol=1e-3, rtol=1e-3)
+
+
 def test_aoti_package_round_trip_keeps_the_input_checks(tmp_path):
     """The one real inductor build of these tests: a tiny UNETR's export, its AOTInductor package beside the ``.pt2``
     and ``load_exported(..., aoti=True)`` running it with the exported program's input checks."""
