@@ -19,7 +19,8 @@ from conftest import ROOT
 # modules MONAI imports optionally that the bundles' components need at run time (``monai.utils.optional_import``
 # hides them from an import walk): HausdorffDistance (HD95) uses scipy.ndimage
 INDIRECT = {"scipy": "install_requires"}
-LOCAL = {"prato_components", "tools", "conftest", "monailabel_app", "lib", "main"}
+# local modules; test_region: the decoding tests' shared networks (tests/networks/)
+LOCAL = {"prato_components", "tools", "conftest", "monailabel_app", "lib", "main", "test_region"}
 # test module -> the tools it tests (imported, or run by path); any other use of tools/ by a test fails below.
 # test_monailabel.py is the one exception: it starts MONAI Label through tools/monailabel_load.py's launcher and
 # tools/monailabel_env.sh's environment (tests/conftest.py).
@@ -31,6 +32,7 @@ TOOL_SUBJECTS = {
     "tests/test_bundle_configs.py": {"bundlegen"},
     "tests/test_bundles_3d.py": {"demo"},
     "tests/test_experiments.py": {"experiment_plan", "experiments", "report"},
+    "tests/test_gpu_benchmark.py": {"gpu_benchmark"},
     "tests/test_monailabel.py": {"monailabel_load", "monailabel_env"},
     "tests/test_share_bundles.py": {"package_bundles"},
     "tests/test_verify_bundles.py": {"verify_bundles"},
