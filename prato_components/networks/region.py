@@ -246,6 +246,15 @@ class RegionDecodingMixin:
         self._guide_window = _with_found(boxes, found[0], decode_window(boxes, image_size, align, self.decode_margin),
                                          found[1])
 
+    def _with_coarse_in_graph(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits``, unchanged in value, joined to the coarse head's logits while training: the head then sits in
+        the output's graph, as ``DistributedDataParallel(find_unused_parameters=True)`` needs (a parameter it finds
+        unused at the end of forward must not receive a gradient from the loss's coarse term as well)."""
+        coarse = getattr(self, "coarse_logits", None)
+        if not self.training or coarse is None or not coarse.requires_grad:
+            return logits
+        return logits + 0.0 * coarse.sum()
+
     def _pruning_boxes(self, boxes: torch.Tensor | None) -> torch.Tensor | None:
         """The boxes a pruned stage of this forward pass gets: the prompt and, once a guided coarse pass found
         foreground outside it, that too."""

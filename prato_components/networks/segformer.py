@@ -508,7 +508,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             self.last_decode_window = None
             return self._decode(*maps, size=size)
         window = self._decode_window(boxes, size, 32)
-        return run_decoder(window, self._decode, maps, [4 * 2**index for index in range(len(maps))])
+        strides = [4 * 2**index for index in range(len(maps))]
+        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
 
     def _decode(self, *maps: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """The all-MLP head on the stage maps, upsampled to ``size`` (default: 4 x the first map)."""

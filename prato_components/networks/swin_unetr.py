@@ -219,7 +219,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
         self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])
         window = self._decode_window(boxes, size, strides[-1])
-        return run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides])
+        return self._with_coarse_in_graph(run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides]))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the deepest tap: the Swin encoder without a prompt, no decoder."""

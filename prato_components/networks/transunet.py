@@ -291,7 +291,7 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         def head(x: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
             return self.segmentation_head(self.decoder(x, skips))
 
-        return run_decoder(window, head, [x, *skips], strides)
+        return self._with_coarse_in_graph(run_decoder(window, head, [x, *skips], strides))
 
     @property
     def vit_tokens(self) -> int:

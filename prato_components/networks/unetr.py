@@ -113,7 +113,7 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         window = self._decode_window(boxes, self.img_size, self.patch_size)
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
         strides = [1, *[self.patch_size] * (len(maps) - 1)]
-        return run_decoder(window, self._decode, maps, strides)
+        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the stage-1 tap, running only the ViT blocks before it (nothing is pruned there)."""
