@@ -91,19 +91,10 @@ def _unetr(**kwargs):
     )
 
 
-def _swin(**kwargs):
+def _swin(spatial_dims: int = 2, out_channels: int = 3, **kwargs):
     torch.manual_seed(0)
-    return PrunedSwinUNETR(
-        in_channels=1,
-        out_channels=3,
-        spatial_dims=2,
-        feature_size=12,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 2, 2),
-        norm_name="batch",
-        pruner="prato",
-        **kwargs,
-    )
+    return PrunedSwinUNETR(in_channels=1, out_channels=out_channels, spatial_dims=spatial_dims, feature_size=12,
+                           depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), norm_name="batch", pruner="prato", **kwargs)
 
 
 def _transunet(**kwargs):
@@ -211,18 +202,7 @@ def _unetr_3d(**kwargs):
 
 
 def _swin_3d(**kwargs):  # the window aligns to 32 voxels: a 96^3 volume leaves room outside it
-    torch.manual_seed(0)
-    return PrunedSwinUNETR(
-        in_channels=1,
-        out_channels=2,
-        spatial_dims=3,
-        feature_size=12,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 2, 2),
-        norm_name="batch",
-        pruner="prato",
-        **kwargs,
-    ).eval()
+    return _swin(spatial_dims=3, out_channels=2, **kwargs).eval()
 
 
 @pytest.mark.parametrize("build, side", [(_unetr_3d, 64), (_swin_3d, 96)], ids=["unetr", "swin_unetr"])
