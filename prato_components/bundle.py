@@ -681,6 +681,8 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "decode_region": (lambda v: v in DECODE_REGIONS, f"one of {list(DECODE_REGIONS)} (decode the whole image, only "
                       "the prompt boxes plus decode_margin, or also where the coarse head finds foreground)"),
     "coarse_head": (lambda v: isinstance(v, bool), "true or false (the coarse head that decode_region 'guided' reads)"),
+    "coarse_threshold": (lambda v: _number(v, 0.0, 1.0) and v < 1.0,
+                         "a probability strictly between 0 and 1 (where guided decoding looks outside the box)"),
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),

@@ -204,16 +204,19 @@ class RegionDecodingMixin:
     #: the coarse logits of the last forward pass (``None`` without a coarse head), for the loss and the window
     coarse_logits: torch.Tensor | None = None
     #: the foreground probability from which a coarse cell counts as foreground (:func:`coarse_foreground`)
-    coarse_threshold: float = 0.2
+    coarse_threshold: float = 0.4
     planned_window: DecodeWindow | None = None
     decode_geometry: tuple[tuple[int, ...], int | tuple[int, ...]] | None = None
 
-    def _setup_decoding(self, decode_region: str, decode_margin: int) -> None:
+    def _setup_decoding(self, decode_region: str, decode_margin: int, coarse_threshold: float = 0.4) -> None:
         if decode_region not in DECODE_REGIONS:
             raise ValueError(f"unknown decode_region {decode_region!r}; choose one of {DECODE_REGIONS}")
         if int(decode_margin) < 0:
             raise ValueError(f"decode_margin must be >= 0 voxels, got {decode_margin}")
+        if not 0.0 < float(coarse_threshold) < 1.0:
+            raise ValueError(f"coarse_threshold must be a probability strictly between 0 and 1, got {coarse_threshold}")
         self.decode_region, self.decode_margin = decode_region, int(decode_margin)
+        self.coarse_threshold = float(coarse_threshold)
         self.last_decode_window = None
 
     def _setup_coarse_head(self, enabled: bool, in_channels: int, out_channels: int, spatial_dims: int) -> None:

@@ -363,6 +363,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
         coarse_head: a 1x1 convolution on the (detached) last stage map, for ``decode_region="guided"`` (where the
             coarse head finds foreground outside the boxes, the head runs too).
+        coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
+            window too (default 0.4; docs/design.md §6.1).
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -398,11 +400,12 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_region: str = "full",
         decode_margin: int = 16,
         coarse_head: bool = False,
+        coarse_threshold: float = 0.4,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head)
-        self._setup_decoding(settings.decode_region, settings.decode_margin)
+                                   decode_margin, coarse_head, coarse_threshold)
+        self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
         config = dict(SEGFORMER_VARIANTS[variant.lower()])

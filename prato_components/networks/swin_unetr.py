@@ -140,6 +140,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         coarse_head: a 1x1 convolution on the (detached) deepest tap ``x4``, for ``decode_region="guided"``
             (where the coarse head finds foreground outside the boxes, the decoder runs too).
+        coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
+            window too (default 0.4; docs/design.md §6.1).
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -166,12 +168,13 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         decode_region: str = "full",
         decode_margin: int = 16,
         coarse_head: bool = False,
+        coarse_threshold: float = 0.4,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head)
-        self._setup_decoding(settings.decode_region, settings.decode_margin)
+                                   decode_margin, coarse_head, coarse_threshold)
+        self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         self._setup_pruning(settings)
 
     def _setup_pruning(self, settings: PruningSettings) -> None:
@@ -338,6 +341,6 @@ def patch_swin_unetr(model: SwinUNETR, pruner: PrunerSpec = None, **settings) ->
         raise TypeError(f"patch_swin_unetr expects a monai SwinUNETR, got {type(model).__name__}")
     config = PruningSettings(pruner, **settings)
     model.__class__ = patched_class(type(model), PrunedSwinUNETR)
-    model._setup_decoding(config.decode_region, config.decode_margin)
+    model._setup_decoding(config.decode_region, config.decode_margin, config.coarse_threshold)
     model._setup_pruning(config)
     return model

@@ -180,6 +180,8 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: pixels added around the boxes' union for ``decode_region="box"``.
         coarse_head: a 1x1 convolution on the (detached) CNN features, computed before any pruning, for
             ``decode_region="guided"``.
+        coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
+            window too (default 0.4; docs/design.md §6.1).
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
     :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
@@ -211,11 +213,12 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_region: str = "full",
         decode_margin: int = 16,
         coarse_head: bool = False,
+        coarse_threshold: float = 0.4,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head)
-        self._setup_decoding(settings.decode_region, settings.decode_margin)
+                                   decode_margin, coarse_head, coarse_threshold)
+        self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
             raise ValueError(f"TransUNet is 2D: img_size must be two sizes divisible by 16, got {img_size}")

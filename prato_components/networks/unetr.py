@@ -58,6 +58,8 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         decode_margin: voxels added around the boxes' union for ``decode_region="box"``.
         coarse_head: a 1x1 convolution on the (detached) tap of stage 1, the deepest map computed before any
             pruning, for ``decode_region="guided"``.
+        coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
+            window too (default 0.4; docs/design.md §6.1).
         unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
             ``spatial_dims``, ``hidden_size`` ...).
 
@@ -79,12 +81,13 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         decode_region: str = "full",
         decode_margin: int = 16,
         coarse_head: bool = False,
+        coarse_threshold: float = 0.4,
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head)
-        self._setup_decoding(settings.decode_region, settings.decode_margin)
+                                   decode_margin, coarse_head, coarse_threshold)
+        self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
             raise ValueError(f"img_size {requested} must be a multiple of the ViT patch size {tuple(self.patch_size)} "
@@ -170,6 +173,6 @@ def patch_unetr(model: UNETR, pruner: PrunerSpec = None, **settings) -> PrunedUN
         raise TypeError(f"patch_unetr expects a monai UNETR, got {type(model).__name__}")
     config = PruningSettings(pruner, **settings)
     model.__class__ = patched_class(type(model), PrunedUNETR)
-    model._setup_decoding(config.decode_region, config.decode_margin)
+    model._setup_decoding(config.decode_region, config.decode_margin, config.coarse_threshold)
     model._setup_pruning(config)
     return model

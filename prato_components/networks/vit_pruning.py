@@ -64,6 +64,8 @@ class PruningSettings:
         decode_region: ``"full"``, ``"box"`` or ``"guided"`` (docs/design.md §6.1).
         decode_margin: input voxels added around the boxes' union for ``decode_region="box"`` / ``"guided"``.
         coarse_head: build the coarse head that ``decode_region="guided"`` reads (trained on detached features).
+        coarse_threshold: the foreground probability from which a coarse cell outside the box window widens what
+            ``decode_region="guided"`` decodes (docs/design.md §6.1).
     """
 
     pruner: PrunerSpec = None
@@ -75,6 +77,7 @@ class PruningSettings:
     decode_region: str = "full"
     decode_margin: int = 16
     coarse_head: bool = False
+    coarse_threshold: float = 0.4
 
 
 class PrunedNetworkMixin:

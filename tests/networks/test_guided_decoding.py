@@ -105,6 +105,47 @@ def test_a_wrong_box_still_labels_what_the_coarse_pass_finds(name):
     assert guided.last_decode_window is not None
 
 
+class ScaledCoarse(nn.Module):
+    """A coarse head whose class-1 logit in ``cells`` is ``logit`` (background 0): foreground probability
+    ``sigmoid(logit)`` there (a stand-in for a coarse pass of a given confidence)."""
+
+    def __init__(self, grid, cells, logit: float, out_channels: int = 3):
+        super().__init__()
+        self.grid, self.cells, self.logit, self.out_channels = tuple(grid), cells, logit, out_channels
+
+    def forward(self, features):
+        logits = torch.zeros(features.shape[0], self.out_channels, *self.grid)
+        logits[:, 1:] = -BACKGROUND_LOGIT_GAP
+        logits[(0, 1, *self.cells)] = self.logit
+        return logits
+
+
+def test_coarse_threshold_decides_where_guided_decoding_looks():
+    build, margin, _ = BACKBONES["unetr"]
+    net = build(decode_region="guided", decode_margin=margin, coarse_head=True).eval()
+    assert net.coarse_threshold == 0.4  # the default
+    wrong = torch.tensor([[[8.0, 8.0, 40.0, 40.0]]])
+    x = image(1, NET_SIZE)
+    with torch.no_grad():
+        net(x, wrong)
+        grid = net.coarse_logits.shape[2:]
+        net.coarse_head = ScaledCoarse(grid, tuple(slice(g - 2, g - 1) for g in grid), logit=-0.4)  # p = 0.40
+        net(x, wrong)
+        widened = net.last_decode_window
+        net.coarse_threshold = 0.45  # the same cell is no longer foreground: the box window alone
+        net(x, wrong)
+        boxed = net.last_decode_window
+    assert boxed is not None and boxed.size == (80, 80)  # 8..40 plus the 32-voxel margin, snapped to 16
+    assert widened is None or widened.size > boxed.size  # up to the far cell: here the whole image
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.1, 1.5])
+def test_coarse_threshold_must_be_a_probability(value):
+    build, margin, _ = BACKBONES["unetr"]
+    with pytest.raises(ValueError, match="coarse_threshold must be a probability strictly between 0 and 1"):
+        build(decode_region="guided", decode_margin=margin, coarse_head=True, coarse_threshold=value)
+
+
 def _train(net, steps: int = 3):
     loss = PrunedSegLoss(DiceCELoss(to_onehot_y=True, softmax=True), net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)

@@ -10,8 +10,11 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.5.0"
+BUNDLE_VERSION = "0.5.1"
 CHANGELOG = {
+    "0.5.1": "coarse_threshold (default 0.4): guided decoding widens the decoded window only where the coarse "
+    "head's foreground probability reaches it (0.2 before), so a correct box decodes as box decoding does more "
+    "often; measured in docs/accuracy.md",
     "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
     "--bundle_root); a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless "
     "dataset_0.json says otherwise), so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and "
@@ -69,7 +72,7 @@ CHANGELOG = {
 # a description and the stages pruned by default.
 # the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
 PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
-                                                   "decode_margin", "coarse_head")}
+                                                   "decode_margin", "coarse_head", "coarse_threshold")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
