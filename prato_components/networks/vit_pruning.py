@@ -64,6 +64,8 @@ class PruningSettings:
         decode_region: ``"full"``, ``"box"`` or ``"guided"`` (docs/design.md §6.1).
         decode_margin: input voxels added around the boxes' union for ``decode_region="box"`` / ``"guided"``.
         coarse_head: build the coarse head that ``decode_region="guided"`` reads (trained on detached features).
+        click_prompts: build the click encoder (``networks.clicks``, docs/design.md §6.2) so the network takes
+            ``points`` and ``point_labels``.
     """
 
     pruner: PrunerSpec = None
@@ -75,6 +77,7 @@ class PruningSettings:
     decode_region: str = "full"
     decode_margin: int = 16
     coarse_head: bool = False
+    click_prompts: bool = False
 
 
 class PrunedNetworkMixin:
