@@ -10,8 +10,15 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.5.0"
+BUNDLE_VERSION = "0.6.0"
 CHANGELOG = {
+    "0.6.0": "click prompts: every network takes network(image, boxes, points, point_labels) (VISTA3D's labels: 1 "
+    "foreground, 0 background, -1 padding; voxels of the network input) and, in an interactive session, the previous "
+    "mask; PrATo and baseline bundles build the click encoder (click_prompts, default true: click maps turned into a "
+    "token embedding at stage boundary 1 and a full-resolution guidance, both zero at the start, so a checkpoint "
+    "without them loads and answers as before); a foreground click keeps its token (protect_boxes) and widens the "
+    "decoded window; prato_components.networks.ClickSession reuses the image-only encoder work between the clicks "
+    "on one image",
     "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
     "--bundle_root); a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless "
     "dataset_0.json says otherwise), so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and "
@@ -69,7 +76,7 @@ CHANGELOG = {
 # a description and the stages pruned by default.
 # the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
 PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
-                                                   "decode_margin", "coarse_head")}
+                                                   "decode_margin", "coarse_head", "click_prompts")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",
@@ -162,7 +169,7 @@ BACKBONES: dict[str, dict] = {
 
 # Each pruner: its pruner_def block (a factory: the network fills in each stage's width), extra top-level keys.
 PRUNER_CONFIGS: dict[str, dict] = {
-    "baseline": {"pruner": None, "title": "no pruning (baseline)"},
+    "baseline": {"pruner": None, "title": "no pruning (baseline)", "keys": {"click_prompts": True}},
     "prato": {
         "title": "PrATo (prompt-based adaptive token pruning)",
         "pruner": {
@@ -176,7 +183,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "scoring": "roi_align",
             "protect_boxes": "@protect_boxes",
         },
-        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True},
+        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True, "click_prompts": True},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",
