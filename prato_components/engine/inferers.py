@@ -211,11 +211,11 @@ class PromptedSlidingWindowInferer(Inferer):
       encoder and the coarse head, no decoder) and computes those where it finds foreground, so a wrong box does
       not leave a structure as background.
     - Without boxes (``boxes=None``), or for an image whose rows are all padding, every window is computed (no
-      prompt says nothing about where the target is).
+      prompt says nothing about where the target is). Boxes are clipped to the image first, so a box lying
+      entirely outside it counts as padding.
     - Clicks (``points [B, N, D]``, ``point_labels [B, N]``, ``previous_mask``) reach every computed window in its
       coordinates (:func:`points_in_window`: a click outside it is padding there); the voxel under a foreground
-      click counts as a box when choosing the windows of an image that has a box (docs/design.md §6.2). Boxes are clipped to the image first, so a box lying
-      entirely outside it counts as padding.
+      click counts as a box when choosing the windows of an image that has a box (docs/design.md §6.2).
 
     Computed windows are batched ``sw_batch_size`` at a time, across the images of the batch. After each call
     :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped, and

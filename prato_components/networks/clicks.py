@@ -62,17 +62,16 @@ def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: 
 class ClickEncoder(nn.Module):
     """The click guidance: ``tokens`` turns the click maps into an embedding ``[B, token_dim, *grid]`` (kernel =
     stride = ``token_stride``), ``guide`` into a full-resolution map of ``guide_channels`` (3x3); both start at
-    zero."""
+    zero and have no bias, so empty click maps (an image whose clicks are all padding) add nothing."""
 
     def __init__(self, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int], guide_channels: int,
                  ) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
-        self.tokens = conv(CLICK_CHANNELS, token_dim, kernel_size=token_stride, stride=token_stride)
-        self.guide = conv(CLICK_CHANNELS, guide_channels, kernel_size=3, padding=1)
+        self.tokens = conv(CLICK_CHANNELS, token_dim, kernel_size=token_stride, stride=token_stride, bias=False)
+        self.guide = conv(CLICK_CHANNELS, guide_channels, kernel_size=3, padding=1, bias=False)
         for layer in (self.tokens, self.guide):
             nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
 
 
 @dataclass

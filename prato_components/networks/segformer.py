@@ -326,7 +326,8 @@ class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
     """SegFormer (MiT encoder + all-MLP head), 2D, with token pruning at chosen stage boundaries.
 
     Called as ``net(image [B, C, H, W], boxes=None, points=None, point_labels=None)`` with boxes ``[B, M, 4]`` (or
-    ``[B, 4]``) and clicks ``[B, N, 2]`` in input pixels (docs/design.md §6.2); returns logits ``[B, out_channels, H, W]``. Any image size works (no position embedding).
+    ``[B, 4]``) and clicks ``[B, N, 2]`` in input pixels (docs/design.md §6.2); returns logits ``[B, out_channels,
+    H, W]``. Any image size works (no position embedding).
 
     Args:
         variant: ``"b0"``, ``"b1"`` or ``"b2"`` (:data:`SEGFORMER_VARIANTS`).

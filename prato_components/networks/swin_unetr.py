@@ -115,7 +115,8 @@ def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
 
 class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     """MONAI ``SwinUNETR`` that drops tokens at patch-merging outputs and skips windows with no live token;
-    called as ``net(image, boxes=None, points=None, point_labels=None)`` (clicks: docs/design.md §6.2). See the module docstring for stages, window skipping and filling.
+    called as ``net(image, boxes=None, points=None, point_labels=None)`` (clicks: docs/design.md §6.2). See the
+    module docstring for stages, window skipping and filling.
 
     Args:
         pruner: a :class:`TokenPruner` (deep-copied to every pruned stage: it must accept every stage's width), a

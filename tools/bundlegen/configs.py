@@ -123,7 +123,7 @@ def common(name: str, trained: bool = False) -> dict:
         "decode_region": "full",
         "decode_margin": DECODE_MARGIN,
         "coarse_head": False,
-        "click_prompts": False,
+        "click_prompts": True,  # the click encoder in every bundle: methods compare with the same guidance
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],

@@ -14,9 +14,10 @@ BUNDLE_VERSION = "0.6.0"
 CHANGELOG = {
     "0.6.0": "click prompts: every network takes network(image, boxes, points, point_labels) (VISTA3D's labels: 1 "
     "foreground, 0 background, -1 padding; voxels of the network input) and, in an interactive session, the previous "
-    "mask; PrATo and baseline bundles build the click encoder (click_prompts, default true: click maps turned into a "
-    "token embedding at stage boundary 1 and a full-resolution guidance, both zero at the start, so a checkpoint "
-    "without them loads and answers as before); a foreground click keeps its token (protect_boxes) and widens the "
+    "mask; every bundle builds the click encoder (click_prompts, default true, the same in PrATo, the baseline and "
+    "the other methods, so they compare on one footing: click maps turned into a token embedding at stage boundary "
+    "1 and a full-resolution guidance, both zero at the start, so a checkpoint without them loads and answers as "
+    "before); a foreground click keeps its token (protect_boxes) and widens the "
     "decoded window; prato_components.networks.ClickSession reuses the image-only encoder work between the clicks "
     "on one image",
     "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
@@ -169,7 +170,7 @@ BACKBONES: dict[str, dict] = {
 
 # Each pruner: its pruner_def block (a factory: the network fills in each stage's width), extra top-level keys.
 PRUNER_CONFIGS: dict[str, dict] = {
-    "baseline": {"pruner": None, "title": "no pruning (baseline)", "keys": {"click_prompts": True}},
+    "baseline": {"pruner": None, "title": "no pruning (baseline)"},
     "prato": {
         "title": "PrATo (prompt-based adaptive token pruning)",
         "pruner": {
@@ -183,7 +184,7 @@ PRUNER_CONFIGS: dict[str, dict] = {
             "scoring": "roi_align",
             "protect_boxes": "@protect_boxes",
         },
-        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True, "click_prompts": True},
+        "keys": {"protect_boxes": True, "decode_region": "guided", "coarse_head": True},
     },
     "stp": {
         "title": "STP + MTA (sparse token pruning with multi-layer token assembly)",

@@ -53,7 +53,7 @@ README_PARTS: dict[int, dict[str, str]] = {
                   "boxes, so a wrong box does not erase a structure; default `guided` in PrATo\nbundles, `full` "
                   "elsewhere), `decode_margin`, `coarse_head` (the light head `guided` reads,\ntrained alone on "
                   "detached features), `click_prompts` (the network also takes clicks, `points` and\n`point_labels`; "
-                  "default `true` in PrATo and baseline bundles)",
+                  "default `true`)",
         "data": """## Data
 
 ACDC as shipped (`training/patientNNN/patientNNN_frameMM.nii.gz` + `_gt`), served as 2D short-axis slices and
