@@ -147,6 +147,12 @@ class ClickPromptMixin:
             return features
         return features + self.click_encoder.guide(click_maps.to(features.dtype))
 
+    def _clicks_done(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` of a forward pass, whose clicks are then forgotten (a later encoder-only pass, e.g.
+        ``finds_foreground``, runs without them)."""
+        self._clicks = None
+        return logits
+
     def _with_click_maps(self, maps: list, strides: list) -> tuple[list, list]:
         """The decoder's maps and strides with this pass's click maps (stride 1) at the end, when there are clicks."""
         if self._clicks is None:

@@ -529,9 +529,9 @@ class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         maps, strides = self._with_click_maps(maps, [4 * 2**index for index in range(len(maps))])
         if any(s % 32 for s in size):  # the stage maps are not exactly 1/4 ... 1/32 of the image: decode it whole
             self.last_decode_window = None
-            return self._decode(*maps, size=size)
+            return self._clicks_done(self._decode(*maps, size=size))
         window = self._decode_window(boxes, size, 32)
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _decode(self, *maps: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """The all-MLP head on the four stage maps, upsampled to ``size`` (default: 4 x the first map), plus the

@@ -230,7 +230,7 @@ class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin,
         self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])
         window = self._decode_window(boxes, size, strides[-1])
         maps, strides = self._with_click_maps([x_in, *hidden_states_out], [1, *strides])
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the deepest tap: the Swin encoder without a prompt, no decoder."""

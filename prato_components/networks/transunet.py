@@ -323,4 +323,4 @@ class TransUNet(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         boxes = check_network_boxes(boxes, image.shape[0], self.img_size)
         boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, image.shape[0])
         grid, skips = self.encode(image, boxes)
-        return self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size))
+        return self._clicks_done(self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size)))

@@ -122,7 +122,7 @@ class PrunedUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, UNE
         window = self._decode_window(boxes, self.img_size, self.patch_size)
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
         maps, strides = self._with_click_maps(maps, [1, *[self.patch_size] * (len(maps) - 1)])
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the stage-1 tap, running only the ViT blocks before it (nothing is pruned there)."""

@@ -301,3 +301,13 @@ def test_the_prompted_inferers_pass_the_clicks_on():
     assert float((direct - plain).abs().max()) > 1e-3
     torch.testing.assert_close(slices[..., 1], direct)  # four slices in one batch: equal up to rounding
     torch.testing.assert_close(slices[..., 0], plain)
+
+
+@pytest.mark.parametrize("name", ["unetr", "swin_unetr"])
+def test_the_coarse_scan_after_a_call_with_clicks_runs_without_them(name):
+    net = _with_click_weights(BACKBONES[name](click_prompts=True, coarse_head=True, decode_region="guided")).eval()
+    one = _image()[:1]
+    with torch.no_grad():
+        before = net._coarse_map(one)
+        net(_image(), BOX, points=POINTS, point_labels=LABELS)
+        assert torch.equal(net._coarse_map(one), before)  # a batch of one: the last call's clicks are gone
