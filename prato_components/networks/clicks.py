@@ -178,6 +178,13 @@ class ClickPromptMixin:
             cache[key] = compute()
         return cache[key]
 
+    def _reused_on_window(self, key: str, image_map: torch.Tensor, compute: Callable[[], torch.Tensor]
+                          ) -> torch.Tensor:
+        """``compute()``, a decoder path that reads only ``image_map`` (the image or an image-only tap, cut to this
+        forward pass's decoding window), or within :meth:`reusing` its value while the window stays the same."""
+        window = getattr(self, "last_decode_window", None)
+        return self._reused((key, window, tuple(image_map.shape)), compute)
+
     def _image_layer(self, state: TokenState, attentions: list, run: Callable[[], object]) -> object:
         """Layer 1 (before stage boundary 1: image only) on ``state``: ``run()`` (its blocks update ``state`` and
         may append attention maps), or within :meth:`reusing` a replay of its first run: the tokens, attention maps,

@@ -239,9 +239,10 @@ class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin,
     def _decode(self, x_in: torch.Tensor, *taps: torch.Tensor) -> torch.Tensor:
         """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4`` (and the click
         maps, a sixth, whose guidance joins ``encoder1``'s output)."""
-        enc0 = self._click_guide(self.encoder1(x_in), taps[5] if len(taps) > 5 else None)
-        enc1 = self.encoder2(taps[0])
-        enc2 = self.encoder3(taps[1])
+        enc0 = self._reused_on_window("encoder1", x_in, lambda: self.encoder1(x_in))  # image only
+        enc0 = self._click_guide(enc0, taps[5] if len(taps) > 5 else None)
+        enc1 = self._reused_on_window("encoder2", taps[0], lambda: self.encoder2(taps[0]))  # x0 and x1: before the
+        enc2 = self._reused_on_window("encoder3", taps[1], lambda: self.encoder3(taps[1]))  # clicks join
         enc3 = self.encoder4(taps[2])
         dec4 = self.encoder10(taps[4])
         dec3 = self.decoder5(dec4, taps[3])

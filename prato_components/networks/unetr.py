@@ -136,7 +136,9 @@ class PrunedUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, UNE
                 final: torch.Tensor, click_maps: torch.Tensor | None = None) -> torch.Tensor:
         """UNETR's convolutional encoders 1-4 and decoders on the image and the channel-first restored grids; the
         click guidance joins ``encoder1``'s output."""
-        enc1, enc2, enc3, enc4 = self.encoder1(x_in), self.encoder2(tap1), self.encoder3(tap2), self.encoder4(tap3)
+        enc1 = self._reused_on_window("encoder1", x_in, lambda: self.encoder1(x_in))  # image only
+        enc2 = self._reused_on_window("encoder2", tap1, lambda: self.encoder2(tap1))  # the tap before the clicks
+        enc3, enc4 = self.encoder3(tap2), self.encoder4(tap3)
         dec3 = self.decoder5(final, enc4)
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)

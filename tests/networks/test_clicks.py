@@ -55,6 +55,9 @@ REUSED = {
                   lambda n: n.stages[1].blocks[0].mlp),
 }
 
+# the image-only decoder paths a session reuses while the decoding window stays the same
+ON_WINDOW = {"unetr": ("encoder1", "encoder2"), "swin_unetr": ("encoder1", "encoder2", "encoder3")}
+
 
 def _with_click_weights(net):
     """``net`` with hand-set (non-zero) click encoder weights, as a trained one would have."""
@@ -253,18 +256,20 @@ def test_a_click_session_runs_the_image_only_work_once_for_three_clicks(name):
     net = _with_click_weights(BACKBONES[name](click_prompts=True, **settings)).eval()
     once, every = REUSED[name]
     calls = {}
-    for index, module in enumerate([*once(net), every(net)]):
+    for index, module in enumerate([*once(net), every(net), *(getattr(net, m) for m in ON_WINDOW.get(name, ()))]):
         module.register_forward_hook(lambda *_, index=index: calls.__setitem__(index, calls.get(index, 0) + 1))
     clicks = [(POINTS[:, :1], LABELS[:, :1]), (POINTS[:, :2], LABELS[:, :2]), (POINTS, LABELS)]
     masks = [torch.rand(2, *SIZE, generator=torch.Generator().manual_seed(i)) for i in range(len(clicks))]
     session = ClickSession(net, _image(), BOX)
-    answers, reports = [], []
+    answers, reports, windows = [], [], set()
     for (points, labels), mask in zip(clicks, masks):
         answers.append(session.segment(points, labels, previous_mask=mask))
         reports.append([r.tokens.tolist() for r in net.block_report])
+        windows.add(net.last_decode_window)
     reused = len(once(net))
     assert [calls[i] for i in range(reused)] == [1] * reused
     assert calls[reused] == 3
+    assert [calls[i] for i in range(reused + 1, len(calls))] == [len(windows)] * len(ON_WINDOW.get(name, ()))
     with torch.no_grad():  # the same answers and reports as calling the network
         for (points, labels), mask, answer, report in zip(clicks, masks, answers, reports):
             assert torch.equal(answer, net(_image(), BOX, points=points, point_labels=labels, previous_mask=mask))
@@ -311,3 +316,19 @@ def test_the_coarse_scan_after_a_call_with_clicks_runs_without_them(name):
         before = net._coarse_map(one)
         net(_image(), BOX, points=POINTS, point_labels=LABELS)
         assert torch.equal(net._coarse_map(one), before)  # a batch of one: the last call's clicks are gone
+
+
+def test_a_session_recomputes_the_image_only_decoder_paths_when_the_window_moves():
+    net = _with_click_weights(_unetr(click_prompts=True, decode_region="box", decode_margin=0, **PRATO)).eval()
+    calls = []
+    net.encoder1.register_forward_hook(lambda *_: calls.append(1))
+    box = torch.tensor([[[0.0, 0.0, 20.0, 20.0]]] * 2)
+    inside, outside = torch.tensor([[[10.0, 10.0]]] * 2), torch.tensor([[[10.0, 10.0], [50.0, 40.0]]] * 2)
+    session = ClickSession(net, _image(), box)
+    steps = [(inside, torch.tensor([[0]] * 2)), (inside, torch.tensor([[1]] * 2)),
+             (outside, torch.tensor([[1, 1]] * 2))]  # the third widens the window
+    answers = [session.segment(points, labels) for points, labels in steps]
+    assert len(calls) == 2
+    with torch.no_grad():
+        for (points, labels), answer in zip(steps, answers):
+            assert torch.equal(answer, net(_image(), box, points=points, point_labels=labels))
