@@ -20,6 +20,7 @@ import sys
 import torch
 from monai.bundle import ConfigParser
 
+from prato_components.atomic import atomic_write_text
 from prato_components.efficiency import count_flops, interleaved_latency
 from prato_components.export import example_inputs
 from prato_components.networks import ClickSession
@@ -84,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{flops['session'] / 1e9:>11.2f} {saved:>6.1%} {1e3 * seconds['direct']:>10.1f} "
               f"{1e3 * seconds['session']:>11.1f}")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"threads": args.threads, "repeats": args.repeats, "results": results}, f, indent=1)
+        atomic_write_text(json.dumps({"threads": args.threads, "repeats": args.repeats, "results": results}, indent=1),
+                          args.out)
     return 0
 
 

@@ -185,6 +185,18 @@ class ClickPromptMixin:
         window = getattr(self, "last_decode_window", None)
         return self._reused((key, window, tuple(image_map.shape)), compute)
 
+    def _run_vit_layer(self, layers: Sequence[Sequence[nn.Module]], number: int, state: TokenState,
+                       attentions: list) -> None:
+        """Layer ``number`` of a plain ViT (``layers``: :func:`~prato_components.networks.vit_pruning.vit_layers`)
+        on ``state``; layer 1, image only, through :meth:`_image_layer`."""
+        def run() -> None:
+            self._run_vit_blocks(layers[number - 1], number, state, attentions)
+
+        if number == 1:
+            self._image_layer(state, attentions, run)
+        else:
+            run()
+
     def _image_layer(self, state: TokenState, attentions: list, run: Callable[[], object]) -> object:
         """Layer 1 (before stage boundary 1: image only) on ``state``: ``run()`` (its blocks update ``state`` and
         may append attention maps), or within :meth:`reusing` a replay of its first run: the tokens, attention maps,

@@ -18,6 +18,7 @@ weight-standardised ones (those matter for transferring BiT weights; nothing is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -274,20 +275,12 @@ class TransUNet(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         state = TokenState(tokens, self.feat_size, self.executor_mode(), self.fill)
         layers = vit_layers(self.blocks, self.stage_blocks)
 
-        def run_layer(number: int, current: TokenState, attentions: list) -> None:
-            def run() -> None:
-                self._run_vit_blocks(layers[number - 1], number, current, attentions)
-
-            if number == 1:
-                self._image_layer(current, attentions, run)
-            else:
-                run()
-
         def next_grid(number: int, current: TokenState, _) -> TokenState:
             if number == 1:  # the clicks join before the first pruner; the layer before saw the image only
                 current.tokens = self._add_click_tokens(current.tokens)
             return current
 
+        run_layer = functools.partial(self._run_vit_layer, layers)
         self._run_stages(state, len(layers), run_layer, next_grid, lambda *_: self.patch_size, boxes)
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:

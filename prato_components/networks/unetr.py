@@ -9,6 +9,7 @@ blocks after it run on the kept tokens only.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -158,15 +159,7 @@ class PrunedUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, UNE
                 current.tokens = self._add_click_tokens(current.tokens)  # after the image-only tap, before pruning
             return current
 
-        def run_layer(number: int, current: TokenState, attentions: list) -> None:
-            def run() -> None:
-                self._run_vit_blocks(layers[number - 1], number, current, attentions)
-
-            if number == 1:
-                self._image_layer(current, attentions, run)
-            else:
-                run()
-
+        run_layer = functools.partial(self._run_vit_layer, layers)
         self._run_stages(state, len(layers), run_layer, tap, lambda *_: self.patch_size, boxes)
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state
