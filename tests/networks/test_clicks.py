@@ -332,3 +332,13 @@ def test_a_session_recomputes_the_image_only_decoder_paths_when_the_window_moves
     with torch.no_grad():
         for (points, labels), answer in zip(steps, answers):
             assert torch.equal(answer, net(_image(), box, points=points, point_labels=labels))
+
+
+def test_segformer_takes_clicks_on_an_image_size_off_its_strides():
+    net = _with_click_weights(_segformer(click_prompts=True, **PRATO)).eval()
+    x = image(1, (40, 52))
+    with torch.no_grad():
+        plain = net(x, torch.tensor([[[2.0, 4.0, 30.0, 40.0]]]))
+        clicked = net(x, torch.tensor([[[2.0, 4.0, 30.0, 40.0]]]), points=torch.tensor([[[39.0, 51.5]]]),
+                      point_labels=torch.tensor([[1]]))
+    assert clicked.shape == plain.shape == (1, 3, 40, 52) and float((clicked - plain).abs().max()) > 1e-3
