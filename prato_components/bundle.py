@@ -626,9 +626,11 @@ DATA_SETTINGS = ("in_channels", "out_channels")
 """Network settings that follow the data set (``dataset_spec``): never taken from a checkpoint, only checked
 against it (``engine.check_trained_settings``), so a checkpoint trained on other data is named, not misused."""
 
-LEGACY_SETTINGS = {"decode_region": "full", "coarse_head": False}
+LEGACY_SETTINGS = {"decode_region": "full", "coarse_head": False, "click_prompts": True}
 """Network settings added after checkpoints were first written: the value a checkpoint that records settings but
-not this one was trained with (box decoding did not exist before ``decode_region``)."""
+not this one was trained with (box decoding did not exist before ``decode_region``). A checkpoint from before
+``click_prompts`` builds the click encoder: its weights are missing and stay zero, which answers as a network
+without one (docs/design.md §6.2), and the network takes clicks."""
 
 
 def resolved_settings(settings: Mapping[str, Any], trained: Mapping[str, Any] | None = None,
@@ -683,6 +685,7 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "coarse_head": (lambda v: isinstance(v, bool), "true or false (the coarse head that decode_region 'guided' reads)"),
     "coarse_threshold": (lambda v: _number(v, 0.0, 1.0) and v < 1.0,
                          "a probability strictly between 0 and 1 (where guided decoding looks outside the box)"),
+    "click_prompts": (lambda v: isinstance(v, bool), "true or false (the click encoder: the network takes points)"),
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),

@@ -145,6 +145,20 @@ def test_decode_region_follows_the_checkpoint_and_legacy_checkpoints_decode_whol
     assert _decode_region_of(str(tmp_path / "missing.pt"), os.path.join(ROOT, "bundles", "unetr_baseline")) == "full"
 
 
+def test_a_checkpoint_from_before_click_prompts_evaluates_with_the_click_encoder_at_zero(trained, acdc_dir,
+                                                                                        tmp_path):
+    state, settings = load_weights(os.path.join(trained, "models", "model.pt"))
+    assert settings["click_prompts"] is True and any(k.startswith("click_encoder.") for k in state)
+    old_state = {k: v for k, v in state.items() if not k.startswith("click_encoder.")}
+    old_settings = {k: v for k, v in settings.items() if k != "click_prompts"}
+    legacy = str(tmp_path / "before_clicks.pt")
+    torch.save({"model": old_state, "network_settings": old_settings}, legacy)
+    assert _decode_region_of(legacy, key="click_prompts") is True  # built with the encoder, which stays zero
+    run_config(BUNDLE, "evaluate", trained, dataset_dir=acdc_dir, latency_repeats=0, batch_size=4, num_workers=0,
+               ckpt_path=legacy, output_dir=str(tmp_path / "eval"))
+    assert 0.0 <= read_json(os.path.join(tmp_path, "eval", "metrics.json"))["metrics"]["mean_dice"]["mean"] <= 1.0
+
+
 def test_resolved_settings_take_an_override_then_the_checkpoint_then_the_default():
     given = {"in_channels": 3, "image_size": 224, "keep_ratio": 0.75, "decode_region": "box", "hidden_size": 768}
     trained = {"in_channels": 1, "image_size": 32, "keep_ratio": 0.5, "hidden_size": 32}

@@ -1,5 +1,6 @@
-"""Inferers that pass box prompts to the network: whole images, the slices of a volume (:class:`PromptedInferer`)
-and sliding windows that skip the windows no box touches (:class:`PromptedSlidingWindowInferer`)."""
+"""Inferers that pass box prompts (and clicks: ``points``, ``point_labels``, ``previous_mask``) to the network: whole
+images, the slices of a volume (:class:`PromptedInferer`) and sliding windows that skip the windows no box touches
+(:class:`PromptedSlidingWindowInferer`)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,46 @@ from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_t
 from prato_components.engine.distributed import unwrap
 from prato_components.networks.region import background_logits
 from prato_components.prompts.boxes import box_is_padding, clip_boxes, padding_boxes
+from prato_components.prompts.points import FOREGROUND, PADDING, point_boxes
 
 __all__ = [
     "PromptedInferer", "PromptedSlidingWindowInferer", "WindowReport", "boxes_for_slices", "boxes_in_window",
-    "scan_interval", "windows_touching_boxes",
+    "points_for_slices", "points_in_window", "scan_interval", "windows_touching_boxes",
 ]
+
+
+def _plain(value: Any) -> Any:
+    """A MetaTensor as a plain tensor; anything else as is."""
+    return value.as_tensor() if isinstance(value, MetaTensor) else value
+
+
+def _clicks(points: Any, point_labels: Any, previous_mask: Any) -> dict:
+    """The network's click keywords that are given (a network without clicks is called as before)."""
+    given = {"points": _plain(points), "point_labels": _plain(point_labels), "previous_mask": _plain(previous_mask)}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def points_for_slices(points: torch.Tensor, point_labels: torch.Tensor,
+                      num_slices: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-plane clicks of every slice along the last axis: ``[B, N, 3]``, ``[B, N]`` -> ``[B*Z, N, 2]``,
+    ``[B*Z, N]``. A click belongs to the slice that holds it (``floor(z)``, the last slice for ``z = Z``); in the
+    other slices it is padding (label -1)."""
+    batch, count = point_labels.shape
+    slice_of = points[..., -1].floor().clamp(0, num_slices - 1)  # [B, N]
+    here = slice_of[:, None] == torch.arange(num_slices, device=points.device, dtype=points.dtype)[None, :, None]
+    labels = torch.where(here, point_labels[:, None], torch.full_like(point_labels[:, None], PADDING))
+    inplane = points[:, None, :, :-1].expand(batch, num_slices, count, points.shape[-1] - 1)
+    return inplane.reshape(batch * num_slices, count, -1), labels.reshape(batch * num_slices, count)
+
+
+def points_in_window(points: torch.Tensor, point_labels: torch.Tensor, start: torch.Tensor,
+                     roi_size: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clicks ``[N, D]``, ``[N]`` in the coordinates of the window whose first voxel is ``start [D]``; a click outside
+    the window is padding there (label -1, coordinates 0)."""
+    shifted = points - start.to(points)
+    inside = ((shifted >= 0) & (shifted <= torch.as_tensor(roi_size, dtype=points.dtype))).all(-1)
+    labels = torch.where(inside, point_labels, torch.full_like(point_labels, PADDING))
+    return torch.where(inside[:, None], shifted, torch.zeros_like(shifted)), labels
 
 
 def boxes_for_slices(boxes: torch.Tensor | None, num_slices: int) -> torch.Tensor | None:
@@ -49,7 +85,9 @@ def boxes_for_slices(boxes: torch.Tensor | None, num_slices: int) -> torch.Tenso
 
 class PromptedInferer(Inferer):
     """``network(image, boxes=boxes)`` for images with the network's dimensionality; a 2D network runs over
-    the slices (last axis) of a volume in batches of ``slice_batch_size``, each slice with its in-plane box.
+    the slices (last axis) of a volume in batches of ``slice_batch_size``, each slice with its in-plane box. Clicks
+    (``points``, ``point_labels``, ``previous_mask``) go to the network, a volume's to the slices that hold them
+    (:func:`points_for_slices`).
 
     Args:
         spatial_dims: the network's spatial dimensionality.
@@ -60,12 +98,13 @@ class PromptedInferer(Inferer):
         super().__init__()
         self.spatial_dims, self.slice_batch_size = spatial_dims, slice_batch_size
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, boxes: torch.Tensor | None = None, **kwargs):
-        if isinstance(boxes, MetaTensor):
-            boxes = boxes.as_tensor()
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, boxes: torch.Tensor | None = None,
+                 points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+                 previous_mask: torch.Tensor | None = None, **kwargs):
+        boxes, clicks = _plain(boxes), _clicks(points, point_labels, previous_mask)
         image_dims = inputs.ndim - 2
         if image_dims == self.spatial_dims:  # float32 logits under autocast, as MONAI's sliding window gives
-            return network(inputs, *args, boxes=boxes, **kwargs).to(inputs.dtype)
+            return network(inputs, *args, boxes=boxes, **clicks, **kwargs).to(inputs.dtype)
         if image_dims != self.spatial_dims + 1:
             raise ValueError(
                 f"a {self.spatial_dims}D network cannot segment an input of shape {tuple(inputs.shape)} "
@@ -76,11 +115,18 @@ class PromptedInferer(Inferer):
         batch, num_slices = inputs.shape[0], inputs.shape[-1]
         slices = inputs.movedim(-1, 1).reshape(batch * num_slices, *inputs.shape[1:-1])
         slice_boxes = boxes_for_slices(None if boxes is None else torch.as_tensor(boxes).float(), num_slices)
+        if "points" in clicks and "point_labels" in clicks:
+            clicks["points"], clicks["point_labels"] = points_for_slices(
+                torch.as_tensor(clicks["points"]).float(), torch.as_tensor(clicks["point_labels"]), num_slices)
+        if "previous_mask" in clicks:  # [B, 1, *spatial] or [B, *spatial] -> [B*Z, *in-plane]
+            mask = clicks["previous_mask"].reshape(batch, *inputs.shape[2:])
+            clicks["previous_mask"] = mask.movedim(-1, 1).reshape(batch * num_slices, *inputs.shape[2:-1])
         outputs = []
         for start in range(0, slices.shape[0], self.slice_batch_size):
             part = slice(start, start + self.slice_batch_size)
             part_boxes = None if slice_boxes is None else slice_boxes[part]
-            outputs.append(network(slices[part], *args, boxes=part_boxes, **kwargs))
+            part_clicks = {key: value[part] for key, value in clicks.items()}
+            outputs.append(network(slices[part], *args, boxes=part_boxes, **part_clicks, **kwargs))
         out = torch.cat(outputs).to(slices.dtype)
         out = out.reshape(batch, num_slices, *out.shape[1:]).movedim(1, -1)
         if source is None:
@@ -167,6 +213,9 @@ class PromptedSlidingWindowInferer(Inferer):
     - Without boxes (``boxes=None``), or for an image whose rows are all padding, every window is computed (no
       prompt says nothing about where the target is). Boxes are clipped to the image first, so a box lying
       entirely outside it counts as padding.
+    - Clicks (``points [B, N, D]``, ``point_labels [B, N]``, ``previous_mask``) reach every computed window in its
+      coordinates (:func:`points_in_window`: a click outside it is padding there); the voxel under a foreground
+      click counts as a box when choosing the windows of an image that has a box (docs/design.md §6.2).
 
     Computed windows are batched ``sw_batch_size`` at a time, across the images of the batch. After each call
     :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped, and
@@ -212,9 +261,11 @@ class PromptedSlidingWindowInferer(Inferer):
         self.network_reports: list[tuple[list, list]] = []
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
-                 boxes: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+                 boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                 point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
         """Blended logits ``[B, C, *spatial]`` of ``network`` over ``inputs [B, C_in, *spatial]`` with box prompts
-        ``boxes [B, M, 2D]`` or ``[B, 2D]`` (voxels of ``inputs``) or ``None``."""
+        ``boxes [B, M, 2D]`` or ``[B, 2D]`` (voxels of ``inputs``) or ``None``, and clicks, if any."""
         source = inputs if isinstance(inputs, MetaTensor) else None
         inputs = inputs.as_tensor() if source is not None else inputs
         batch, dims, image_size = inputs.shape[0], inputs.ndim - 2, tuple(inputs.shape[2:])
@@ -232,10 +283,20 @@ class PromptedSlidingWindowInferer(Inferer):
             pads = [v for axis in reversed(range(dims)) for v in (before[axis], after[axis])]
             inputs = F.pad(inputs, pads, mode=self.padding_mode, value=self.cval)
         boxes = self._image_boxes(boxes, batch, dims, image_size, before)
+        clicks = _clicks(points, point_labels, previous_mask)
+        if "points" in clicks and "point_labels" in clicks:
+            offset = torch.tensor(before, dtype=torch.float32)
+            clicks["points"] = torch.as_tensor(clicks["points"]).detach().float().cpu() + offset
+            clicks["point_labels"] = torch.as_tensor(clicks["point_labels"]).detach().cpu()
+        if "previous_mask" in clicks:
+            mask = clicks["previous_mask"].reshape(batch, 1, *image_size)
+            clicks["previous_mask"] = F.pad(mask, [v for b, p, s in zip(reversed(before), reversed(padded),
+                                                                         reversed(image_size)) for v in (b, p - s - b)])
+        choosing = self._choosing_boxes(boxes, clicks, padded)
 
         slices = dense_patch_slices(padded, roi, scan_interval(padded, roi, overlap))
         starts = torch.tensor([[s.start for s in window] for window in slices], dtype=torch.float32)
-        chosen = [windows_touching_boxes(starts, roi, None if boxes is None else boxes[b], self.margin)
+        chosen = [windows_touching_boxes(starts, roi, None if choosing is None else choosing[b], self.margin)
                   for b in range(batch)]
         scanned = self._coarse_scan(inputs, slices, chosen, network, sw_device)
         jobs = [(b, w) for b in range(batch) for w in chosen[b].nonzero()[:, 0].tolist()]
@@ -252,7 +313,8 @@ class PromptedSlidingWindowInferer(Inferer):
             window = torch.cat([inputs[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part]).to(sw_device)
             window_boxes = None if boxes is None else torch.stack(
                 [boxes_in_window(boxes[b], starts[w], roi) for b, w in part]).to(sw_device)
-            logits = network(window, *args, boxes=window_boxes, **kwargs)
+            logits = network(window, *args, boxes=window_boxes, **self._window_clicks(clicks, part, slices, starts, roi,
+                                                                                      sw_device), **kwargs)
             self._keep_network_reports(network)
             if isinstance(logits, MetaTensor):
                 logits = logits.as_tensor()
@@ -299,6 +361,32 @@ class PromptedSlidingWindowInferer(Inferer):
         if hasattr(module, "token_report") or hasattr(module, "block_report"):
             self.network_reports.append((list(getattr(module, "token_report", None) or []),
                                          list(getattr(module, "block_report", None) or [])))
+
+    @staticmethod
+    def _choosing_boxes(boxes: torch.Tensor | None, clicks: dict, image_size: Sequence[int]) -> torch.Tensor | None:
+        """The boxes that choose the windows: ``boxes`` and, in an image that has a box, the voxel under each
+        foreground click."""
+        if boxes is None or "points" not in clicks:
+            return boxes
+        extra = point_boxes(clicks["points"], clicks["point_labels"], image_size, FOREGROUND)
+        has_box = (~box_is_padding(boxes)).any(1)
+        return torch.cat([boxes, torch.where(has_box[:, None, None], extra, padding_boxes(1, len(image_size),
+                                                                                          like=extra))], 1)
+
+    @staticmethod
+    def _window_clicks(clicks: dict, part: Sequence[tuple[int, int]], slices: Sequence, starts: torch.Tensor,
+                       roi: Sequence[int], device: torch.device | str) -> dict:
+        """The click keywords of a batch of windows ``part`` (``(image, window)`` pairs), in window coordinates."""
+        out = {}
+        if "points" in clicks and "point_labels" in clicks:
+            moved = [points_in_window(clicks["points"][b], clicks["point_labels"][b], starts[w], roi) for b, w in part]
+            out["points"] = torch.stack([p for p, _ in moved]).to(device)
+            out["point_labels"] = torch.stack([labels for _, labels in moved]).to(device)
+        if "previous_mask" in clicks:
+            mask = clicks["previous_mask"]
+            out["previous_mask"] = torch.cat([mask[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part])
+            out["previous_mask"] = out["previous_mask"].to(device)
+        return out
 
     @staticmethod
     def _image_boxes(boxes: torch.Tensor | None, batch: int, dims: int, image_size: Sequence[int],

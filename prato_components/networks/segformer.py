@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers import DropPath
 
+from prato_components.networks.clicks import ClickPromptMixin
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
@@ -321,11 +322,12 @@ class AllMLPHead(nn.Module):
         return self.pred(self.dropout(self.fuse.adn(fused)))
 
 
-class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
+class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
     """SegFormer (MiT encoder + all-MLP head), 2D, with token pruning at chosen stage boundaries.
 
-    Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels;
-    returns logits ``[B, out_channels, H, W]``. Any image size works (no position embedding).
+    Called as ``net(image [B, C, H, W], boxes=None, points=None, point_labels=None)`` with boxes ``[B, M, 4]`` (or
+    ``[B, 4]``) and clicks ``[B, N, 2]`` in input pixels (docs/design.md §6.2); returns logits ``[B, out_channels,
+    H, W]``. Any image size works (no position embedding).
 
     Args:
         variant: ``"b0"``, ``"b1"`` or ``"b2"`` (:data:`SEGFORMER_VARIANTS`).
@@ -365,6 +367,8 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             coarse head finds foreground outside the boxes, the head runs too).
         coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
             window too (default 0.4; docs/design.md §6.1).
+        click_prompts: build the click encoder (``networks.clicks``): the click embedding joins the tokens of MiT
+            stage 2 (boundary 1, stride 8), the full-resolution guidance the upsampled logits.
 
     After each forward pass, :attr:`token_report` lists per pruned stage the tokens in and kept per image,
     :attr:`block_report` per MiT block (all four stages) the tokens it ran on (the token sparsity,
@@ -401,10 +405,12 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: int = 16,
         coarse_head: bool = False,
         coarse_threshold: float = 0.4,
+        click_prompts: bool = False,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head, coarse_threshold)
+                                   decode_margin, coarse_head, coarse_threshold,
+                                   click_prompts)
         self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         if variant.lower() not in SEGFORMER_VARIANTS:
             raise ValueError(f"unknown SegFormer variant {variant!r}; choose one of {sorted(SEGFORMER_VARIANTS)}")
@@ -444,6 +450,7 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.completion = build_completions(settings.completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
         self._setup_coarse_head(settings.coarse_head, self.embed_dims[-1], out_channels, 2)
+        self._setup_clicks(settings.click_prompts, 2, self.embed_dims[1], 8, out_channels)  # boundary 1: stride 8
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -466,11 +473,25 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         maps, states = [], []
 
         def embed(number: int, x: torch.Tensor) -> TokenState:
-            """The tokens of MiT stage ``number`` (1-4): its own state, so every boundary decides afresh."""
-            states.append(TokenState(*self.stages[number - 1].patch_embed(x), mode, self.fill))
+            """The tokens of MiT stage ``number`` (1-4): its own state, so every boundary decides afresh; the clicks
+            join stage 2's (boundary 1), whose embedding saw the image only."""
+            if number > 2:
+                tokens, grid = self.stages[number - 1].patch_embed(x)
+            else:
+                tokens, grid = self._reused(f"embedding{number}", lambda: self.stages[number - 1].patch_embed(x))
+            if number == 2:
+                tokens = self._add_click_tokens(tokens, grid)
+            states.append(TokenState(tokens, grid, mode, self.fill))
             return states[-1]
 
         def run_layer(number: int, state: TokenState, attentions: list) -> torch.Tensor:
+            if number > 1:
+                return run_stage(number, state, attentions)
+            x, first_map = self._image_layer(state, attentions, lambda: (run_stage(1, state, attentions), maps.pop()))
+            maps.append(first_map)
+            return x
+
+        def run_stage(number: int, state: TokenState, attentions: list) -> torch.Tensor:
             stage, grid = self.stages[number - 1], state.grid_shape
             fast_path = self._placeholder_weights(number, state)  # Evo-ViT's, after a pruned boundary
             want = self._wants_attention(number)
@@ -501,27 +522,31 @@ class SegFormer(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self.grid_shapes = [state.grid_shape for state in states]
         return maps
 
-    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
-        boxes = check_network_boxes(boxes, image.shape[0], image.shape[2:])
-        maps = self.encode(image, boxes)
         size = tuple(image.shape[2:])
+        boxes = check_network_boxes(boxes, image.shape[0], size)
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, image.shape[0])
+        maps = self.encode(image, boxes)
         self._coarse_pass(maps[-1], boxes, size, None if any(s % 32 for s in size) else 32)
+        maps, strides = self._with_click_maps(maps, [4 * 2**index for index in range(len(maps))])
         if any(s % 32 for s in size):  # the stage maps are not exactly 1/4 ... 1/32 of the image: decode it whole
             self.last_decode_window = None
-            return self._decode(*maps, size=size)
+            return self._clicks_done(self._decode(*maps, size=size))
         window = self._decode_window(boxes, size, 32)
-        strides = [4 * 2**index for index in range(len(maps))]
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _decode(self, *maps: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
-        """The all-MLP head on the stage maps, upsampled to ``size`` (default: 4 x the first map)."""
+        """The all-MLP head on the four stage maps, upsampled to ``size`` (default: 4 x the first map), plus the
+        click guidance of the click maps (a fifth map, full resolution), if any."""
+        maps, click_maps = maps[:4], (maps[4] if len(maps) > 4 else None)
         # the head's logits are channels-last (like the stage maps); making the small 1/4-resolution map contiguous
         # before upsampling hands MONAI a plain [B, C, H, W] tensor and is faster than upsampling channels-last with
         # few channels and copying the full-resolution result
         logits = self.head(list(maps)).contiguous()
         size = tuple(4 * s for s in maps[0].shape[2:]) if size is None else tuple(size)
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return self._click_guide(F.interpolate(logits, size=size, mode="bilinear", align_corners=False), click_maps)
 
     @property
     def pruned_grid_tokens(self) -> int:

@@ -70,6 +70,7 @@ from dataclasses import dataclass
 import torch
 from monai.networks.nets import SwinUNETR
 
+from prato_components.networks.clicks import ClickPromptMixin
 from prato_components.networks.inputs import check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.swin import (
@@ -112,9 +113,10 @@ def _grid_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
+class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
     """MONAI ``SwinUNETR`` that drops tokens at patch-merging outputs and skips windows with no live token;
-    called as ``net(image, boxes=None)``. See the module docstring for stages, window skipping and filling.
+    called as ``net(image, boxes=None, points=None, point_labels=None)`` (clicks: docs/design.md §6.2). See the
+    module docstring for stages, window skipping and filling.
 
     Args:
         pruner: a :class:`TokenPruner` (deep-copied to every pruned stage: it must accept every stage's width), a
@@ -142,6 +144,8 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
             (where the coarse head finds foreground outside the boxes, the decoder runs too).
         coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
             window too (default 0.4; docs/design.md §6.1).
+        click_prompts: build the click encoder (``networks.clicks``): the click embedding joins the merged grid of
+            stage 1 (after the tap ``x1``), the full-resolution guidance the output of ``encoder1``.
         swin_kwargs: everything MONAI's ``SwinUNETR`` takes (``in_channels``, ``out_channels``, ``feature_size``,
             ``spatial_dims``, ``depths``, ``num_heads``, ``window_size`` ...).
 
@@ -169,11 +173,13 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         decode_margin: int = 16,
         coarse_head: bool = False,
         coarse_threshold: float = 0.4,
+        click_prompts: bool = False,
         **swin_kwargs,
     ) -> None:
         super().__init__(**swin_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head, coarse_threshold)
+                                   decode_margin, coarse_head, coarse_threshold,
+                                   click_prompts)
         self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         self._setup_pruning(settings)
 
@@ -198,12 +204,16 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         # the deepest tap x4: the output of the fourth layer, 16 x embed_dim channels at 1/32 of the input
         self._setup_coarse_head(settings.coarse_head, 16 * int(vit.embed_dim), self.out.conv.conv.out_channels,
                                 self.spatial_dims)
+        # the clicks join stage 1: the merged grid at 2 x patch_size, 2 x embed_dim channels
+        self._setup_clicks(settings.click_prompts, self.spatial_dims, 2 * int(vit.embed_dim), 2 * self.patch_size,
+                           self.encoder1.layer.conv2.conv.out_channels)
         self.window_report: list[WindowReport] = []
         self.pruned_grid_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
         dims = self.spatial_dims
         if x_in.ndim != dims + 2:
             raise ValueError(
@@ -216,23 +226,27 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         if wrong_dims:
             raise ValueError(f"spatial dimensions {wrong_dims} of input image (spatial shape: {spatial_shape}) must be "
                              f"divisible by {self.patch_size}**5.")
-        boxes = check_network_boxes(boxes, x_in.shape[0], tuple(x_in.shape[2:]))
-        hidden_states_out = self._encode(x_in, boxes)
         size = tuple(x_in.shape[2:])
+        boxes = check_network_boxes(boxes, x_in.shape[0], size)
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, x_in.shape[0])
+        hidden_states_out = self._encode(x_in, boxes)
         strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
         self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])
         window = self._decode_window(boxes, size, strides[-1])
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, [x_in, *hidden_states_out], [1, *strides]))
+        maps, strides = self._with_click_maps([x_in, *hidden_states_out], [1, *strides])
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the deepest tap: the Swin encoder without a prompt, no decoder."""
         return self.coarse_head(self._encode(x, None)[-1])
 
     def _decode(self, x_in: torch.Tensor, *taps: torch.Tensor) -> torch.Tensor:
-        """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4``."""
-        enc0 = self.encoder1(x_in)
-        enc1 = self.encoder2(taps[0])
-        enc2 = self.encoder3(taps[1])
+        """MONAI's convolutional encoders and decoders on the image and the five taps ``x0 .. x4`` (and the click
+        maps, a sixth, whose guidance joins ``encoder1``'s output)."""
+        enc0 = self._reused_on_window("encoder1", x_in, lambda: self.encoder1(x_in))  # image only
+        enc0 = self._click_guide(enc0, taps[5] if len(taps) > 5 else None)
+        enc1 = self._reused_on_window("encoder2", taps[0], lambda: self.encoder2(taps[0]))  # x0 and x1: before the
+        enc2 = self._reused_on_window("encoder3", taps[1], lambda: self.encoder3(taps[1]))  # clicks join
         enc3 = self.encoder4(taps[2])
         dec4 = self.encoder10(taps[4])
         dec3 = self.decoder5(dec4, taps[3])
@@ -248,7 +262,7 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         (:meth:`TokenState.next_grid`), does what every backbone's executor does: the pruners' stage input, applying
         their selections, the stage and block reports, the side terms and restoring the grid (docs/design.md §5)."""
         vit = self.swinViT
-        merged = vit.pos_drop(vit.patch_embed(x_in))  # the map the next layer reads (channel first)
+        merged = self._reused("embedding", lambda: vit.pos_drop(vit.patch_embed(x_in)))  # the map the next layer reads
         outs = [vit.proj_out(merged, self.normalize)]
         state = TokenState(_grid_tokens(merged), tuple(merged.shape[2:]), self.executor_mode(), self.fill)
         self.window_report = []
@@ -257,20 +271,31 @@ class PrunedSwinUNETR(RegionDecodingMixin, PrunedNetworkMixin, SwinUNETR):
         def run_layer(number: int, current: TokenState, attentions: list) -> torch.Tensor | None:
             nonlocal merged
             layer = layers[number - 1]
-            if not current.pruned and not self._wants_attention(number):
-                merged = tap = layer(merged.contiguous())  # nothing pruned yet: MONAI's own layer
-                for _ in layer.blocks:
-                    current.record_block()
-                alive = None
+
+            def run() -> tuple:
+                if not current.pruned and not self._wants_attention(number):
+                    out = layer(merged.contiguous())  # nothing pruned yet: MONAI's own layer
+                    for _ in layer.blocks:
+                        current.record_block()
+                    return out, out, None, []
+                reports = len(self.window_report)
+                return (*self._pruned_layer(number, layer, current, attentions), self.window_report[reports:])
+
+            if number == 1:  # image only (the clicks join after it)
+                merged, tap, alive, windows = self._image_layer(current, attentions, run)
+                self.window_report = list(windows)  # layer 1's, also when replayed
             else:
-                merged, tap, alive = self._pruned_layer(number, layer, current, attentions)
+                merged, tap, alive, _ = run()
             outs.append(vit.proj_out(tap, self.normalize))
             return alive
 
         def next_grid(number: int, current: TokenState, alive: torch.Tensor | None) -> TokenState:
+            nonlocal merged
             pruned_before = None  # where the dead cells of the next grid were pruned, for a completion
             if alive is not None and self.completion is not None:
                 pruned_before = parent_stages(current.pruned_at(), current.grid_shape, alive)
+            if number == 1:  # the clicks join before the first pruner and layer 2 (the tap x1 saw the image only)
+                merged = self._add_click_tokens(merged, channels_first=True)
             state = current.next_grid(_grid_tokens(merged), tuple(merged.shape[2:]), alive, pruned_before)
             if number in self.prune_stages:
                 self.pruned_grid_tokens = state.grid_tokens

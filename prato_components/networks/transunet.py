@@ -18,6 +18,7 @@ weight-standardised ones (those matter for transferring BiT weights; nothing is 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -27,6 +28,7 @@ from monai.networks.blocks import Convolution, PatchEmbeddingBlock, TransformerB
 from monai.networks.layers.utils import get_norm_layer
 from monai.networks.nets.resnet import ResNetBottleneck
 
+from prato_components.networks.clicks import ClickPromptMixin
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import DecodeWindow, RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
@@ -148,10 +150,11 @@ class CascadedUpsampler(nn.Module):
         return x
 
 
-class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
+class TransUNet(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
     """TransUNet (R50 hybrid + ViT + cascaded upsampler) whose ViT drops tokens at chosen stage boundaries.
 
-    Called as ``net(image [B, C, H, W], boxes=None)`` with boxes ``[B, M, 4]`` (or ``[B, 4]``) in input pixels.
+    Called as ``net(image [B, C, H, W], boxes=None, points=None, point_labels=None)`` with boxes ``[B, M, 4]`` (or
+    ``[B, 4]``) and clicks ``[B, N, 2]`` in input pixels (docs/design.md §6.2).
 
     Args:
         in_channels: image channels.
@@ -182,6 +185,8 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
             ``decode_region="guided"``.
         coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
             window too (default 0.4; docs/design.md §6.1).
+        click_prompts: build the click encoder (``networks.clicks``): the click embedding joins the tokens at stage
+            boundary 1, the full-resolution guidance the last up-block's output, before the head.
 
     After each forward pass, :attr:`token_report` lists per stage the tokens in and kept per image,
     :attr:`block_report` per ViT block the tokens it ran on (the token sparsity, :meth:`kept_fraction`),
@@ -214,10 +219,12 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         decode_margin: int = 16,
         coarse_head: bool = False,
         coarse_threshold: float = 0.4,
+        click_prompts: bool = False,
     ) -> None:
         super().__init__()
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head, coarse_threshold)
+                                   decode_margin, coarse_head, coarse_threshold,
+                                   click_prompts)
         self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         img_size = tuple(int(s) for s in img_size)
         if len(img_size) != 2 or any(s % 16 or s < 16 for s in img_size):
@@ -259,24 +266,26 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self._install_pruners(pruners, settings.executor, settings.fill)
         self.completion = build_completion(settings.completion, hidden_size)
         self._setup_coarse_head(settings.coarse_head, self.cnn.out_channels, out_channels, 2)
+        self._setup_clicks(settings.click_prompts, 2, hidden_size, self.patch_size, decoder_channels[-1])
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.
 
         ``boxes`` must already be checked (``[B, M, 4]`` or ``None``). Sets the token report and side terms.
         """
-        features, skips = self.cnn(image)
+        features, skips = self._reused("cnn", lambda: self.cnn(image))  # image only
         self._coarse_pass(features, boxes, self.img_size, self.patch_size)  # before pruning: its boxes reach it
-        state = TokenState(self.patch_embedding(features), self.feat_size, self.executor_mode(), self.fill)
+        tokens = self._reused("embedding", lambda: self.patch_embedding(features))
+        state = TokenState(tokens, self.feat_size, self.executor_mode(), self.fill)
         layers = vit_layers(self.blocks, self.stage_blocks)
-        self._run_stages(
-            state,
-            len(layers),
-            lambda number, current, attentions: self._run_vit_blocks(layers[number - 1], number, current, attentions),
-            lambda number, current, _: current,
-            lambda *_: self.patch_size,
-            boxes,
-        )
+
+        def next_grid(number: int, current: TokenState, _) -> TokenState:
+            if number == 1:  # the clicks join before the first pruner; the layer before saw the image only
+                current.tokens = self._add_click_tokens(current.tokens)
+            return current
+
+        run_layer = functools.partial(self._run_vit_layer, layers)
+        self._run_stages(state, len(layers), run_layer, next_grid, lambda *_: self.patch_size, boxes)
         grid = state.restore(self.norm(state.tokens), carry_transform=self.norm)
         if self.completion is not None and state.pruned:
             grid = self.completion(grid, state, len(TRANSUNET_STAGES) + 1)
@@ -287,22 +296,28 @@ class TransUNet(RegionDecodingMixin, PrunedNetworkMixin, nn.Module):
         self, grid: torch.Tensor, skips: Sequence[torch.Tensor], window: DecodeWindow | None = None
     ) -> torch.Tensor:
         """The cascaded upsampler and head on the token grid ``[B, N, hidden]`` and the CNN skips (1/8, 1/4, 1/2),
-        over the whole image or only over ``window`` (background outside; docs/design.md §6.1)."""
+        over the whole image or only over ``window`` (background outside; docs/design.md §6.1); the click guidance
+        of this forward pass, if any, joins before the head."""
         x = grid.transpose(1, 2).reshape(grid.shape[0], self.hidden_size, *self.feat_size)
         strides = [self.patch_size, *(2 ** (3 - index) for index in range(len(skips)))]
+        count = len(skips)
 
-        def head(x: torch.Tensor, *skips: torch.Tensor) -> torch.Tensor:
-            return self.segmentation_head(self.decoder(x, skips))
+        def head(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+            click_maps = rest[count] if len(rest) > count else None
+            return self.segmentation_head(self._click_guide(self.decoder(x, rest[:count]), click_maps))
 
-        return self._with_coarse_in_graph(run_decoder(window, head, [x, *skips], strides))
+        maps, strides = self._with_click_maps([x, *skips], strides)
+        return self._with_coarse_in_graph(run_decoder(window, head, maps, strides))
 
     @property
     def vit_tokens(self) -> int:
         """Tokens on the ViT grid."""
         return math.prod(self.feat_size)
 
-    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, image.shape[0], self.img_size)
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, image.shape[0])
         grid, skips = self.encode(image, boxes)
-        return self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size))
+        return self._clicks_done(self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size)))

@@ -9,6 +9,7 @@ blocks after it run on the kept tokens only.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -17,6 +18,7 @@ import torch.nn as nn
 from monai.networks.nets import UNETR
 from monai.utils import ensure_tuple_rep
 
+from prato_components.networks.clicks import ClickPromptMixin
 from prato_components.networks.inputs import check_image, check_network_boxes
 from prato_components.networks.region import RegionDecodingMixin, run_decoder
 from prato_components.networks.vit_pruning import (
@@ -36,8 +38,9 @@ __all__ = ["PrunedUNETR", "patch_unetr", "UNETR_STAGES"]
 UNETR_STAGES = (1, 2, 3)
 
 
-class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
-    """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None)``.
+class PrunedUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, UNETR):
+    """MONAI ``UNETR`` whose ViT drops tokens at chosen stage boundaries; called as ``net(image, boxes=None,
+    points=None, point_labels=None)`` (clicks: docs/design.md §6.2).
 
     Args:
         pruner: a :class:`TokenPruner`, a registered pruner name or a factory (built with ``pruner_kwargs``; ``dim``
@@ -60,6 +63,8 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
             pruning, for ``decode_region="guided"``.
         coarse_threshold: the coarse foreground probability from which ``"guided"`` decodes outside the box
             window too (default 0.4; docs/design.md §6.1).
+        click_prompts: build the click encoder (``networks.clicks``): the click embedding joins the tokens at stage
+            boundary 1, the full-resolution guidance the output of ``encoder1``.
         unetr_kwargs: everything MONAI's ``UNETR`` takes (``in_channels``, ``out_channels``, ``img_size``,
             ``spatial_dims``, ``hidden_size`` ...).
 
@@ -82,11 +87,13 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         decode_margin: int = 16,
         coarse_head: bool = False,
         coarse_threshold: float = 0.4,
+        click_prompts: bool = False,
         **unetr_kwargs,
     ) -> None:
         super().__init__(**unetr_kwargs)
         settings = PruningSettings(pruner, prune_stages, executor, fill, pruner_kwargs, completion, decode_region,
-                                   decode_margin, coarse_head, coarse_threshold)
+                                   decode_margin, coarse_head, coarse_threshold,
+                                   click_prompts)
         self._setup_decoding(settings.decode_region, settings.decode_margin, settings.coarse_threshold)
         requested = tuple(ensure_tuple_rep(unetr_kwargs.get("img_size", ()), len(self.patch_size)))
         if requested != tuple(f * p for f, p in zip(self.feat_size, self.patch_size)):
@@ -105,18 +112,22 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         self._install_pruners(pruners, settings.executor, settings.fill)
         self.completion = build_completion(settings.completion, self.hidden_size)
         self._setup_coarse_head(settings.coarse_head, self.hidden_size, num_classes, len(self.patch_size))
+        self._setup_clicks(settings.click_prompts, len(self.patch_size), self.hidden_size, tuple(self.patch_size),
+                           self.encoder1.layer.conv2.conv.out_channels)
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
 
-    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
         check_image(x_in, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, x_in.shape[0])
         taps, final, state = self._encode(x_in, boxes)
         self._take_reports(state)
         window = self._decode_window(boxes, self.img_size, self.patch_size)
         maps = [x_in, *(self.proj_feat(taps[stage]) for stage in UNETR_STAGES), self.proj_feat(final)]
-        strides = [1, *[self.patch_size] * (len(maps) - 1)]
-        return self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides))
+        maps, strides = self._with_click_maps(maps, [1, *[self.patch_size] * (len(maps) - 1)])
+        return self._clicks_done(self._with_coarse_in_graph(run_decoder(window, self._decode, maps, strides)))
 
     def _coarse_map(self, x: torch.Tensor) -> torch.Tensor:
         """The coarse head on the stage-1 tap, running only the ViT blocks before it (nothing is pruned there)."""
@@ -127,17 +138,21 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
         return self.coarse_head(self.proj_feat(tokens))
 
     def _decode(self, x_in: torch.Tensor, tap1: torch.Tensor, tap2: torch.Tensor, tap3: torch.Tensor,
-                final: torch.Tensor) -> torch.Tensor:
-        """UNETR's convolutional encoders 1-4 and decoders on the image and the channel-first restored grids."""
-        enc1, enc2, enc3, enc4 = self.encoder1(x_in), self.encoder2(tap1), self.encoder3(tap2), self.encoder4(tap3)
+                final: torch.Tensor, click_maps: torch.Tensor | None = None) -> torch.Tensor:
+        """UNETR's convolutional encoders 1-4 and decoders on the image and the channel-first restored grids; the
+        click guidance joins ``encoder1``'s output."""
+        enc1 = self._reused_on_window("encoder1", x_in, lambda: self.encoder1(x_in))  # image only
+        enc2 = self._reused_on_window("encoder2", tap1, lambda: self.encoder2(tap1))  # the tap before the clicks
+        enc3, enc4 = self.encoder3(tap2), self.encoder4(tap3)
         dec3 = self.decoder5(final, enc4)
         dec2 = self.decoder4(dec3, enc3)
         dec1 = self.decoder3(dec2, enc2)
-        return self.out(self.decoder2(dec1, enc1))
+        return self.out(self.decoder2(dec1, self._click_guide(enc1, click_maps)))
 
     def _encode(self, x_in: torch.Tensor, boxes: torch.Tensor | None):
         """The ViT with pruning: the decoder taps (restored grids ``[B, N, C]``), the final grid, the state."""
-        state = TokenState(self.vit.patch_embedding(x_in), self.feat_size, self.executor_mode(), self.fill)
+        tokens = self._reused("embedding", lambda: self.vit.patch_embedding(x_in))  # image only
+        state = TokenState(tokens, self.feat_size, self.executor_mode(), self.fill)
         taps: dict[int, torch.Tensor] = {}
         layers = vit_layers(self.vit.blocks, {stage: 3 * stage for stage in UNETR_STAGES})
 
@@ -145,11 +160,10 @@ class PrunedUNETR(RegionDecodingMixin, PrunedNetworkMixin, UNETR):
             taps[stage] = self._complete(current.restore(), current, stage)
             if stage == 1:  # the coarse pass, before the first pruned stage, so its boxes reach the pruners
                 self._coarse_pass(self.proj_feat(taps[1]), boxes, self.img_size, self.patch_size)
+                current.tokens = self._add_click_tokens(current.tokens)  # after the image-only tap, before pruning
             return current
 
-        def run_layer(number: int, current: TokenState, attentions: list) -> None:
-            self._run_vit_blocks(layers[number - 1], number, current, attentions)
-
+        run_layer = functools.partial(self._run_vit_layer, layers)
         self._run_stages(state, len(layers), run_layer, tap, lambda *_: self.patch_size, boxes)
         final = state.restore(self.vit.norm(state.tokens), carry_transform=self.vit.norm)
         return taps, self._complete(final, state, len(UNETR_STAGES) + 1), state

@@ -66,6 +66,8 @@ class PruningSettings:
         coarse_head: build the coarse head that ``decode_region="guided"`` reads (trained on detached features).
         coarse_threshold: the foreground probability from which a coarse cell outside the box window widens what
             ``decode_region="guided"`` decodes (docs/design.md §6.1).
+        click_prompts: build the click encoder (``networks.clicks``, docs/design.md §6.2) so the network takes
+            ``points`` and ``point_labels``.
     """
 
     pruner: PrunerSpec = None
@@ -78,6 +80,7 @@ class PruningSettings:
     decode_margin: int = 16
     coarse_head: bool = False
     coarse_threshold: float = 0.4
+    click_prompts: bool = False
 
 
 class PrunedNetworkMixin:

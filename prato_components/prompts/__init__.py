@@ -18,6 +18,7 @@ from prato_components.prompts.boxes import (
     validate_boxes,
     whole_image_boxes,
 )
+from prato_components.prompts.points import BACKGROUND, FOREGROUND, PADDING, POINT_LABELS, point_boxes, validate_points
 from prato_components.prompts.transforms import (
     BoxFromLabeld,
     BoxToRegionMaskd,
@@ -49,6 +50,12 @@ __all__ = [
     "shift_boxes",
     "validate_boxes",
     "whole_image_boxes",
+    "FOREGROUND",
+    "BACKGROUND",
+    "PADDING",
+    "POINT_LABELS",
+    "point_boxes",
+    "validate_points",
     "BoxFromLabeld",
     "BoxToRegionMaskd",
     "ClipBoxd",

@@ -124,6 +124,7 @@ def common(name: str, trained: bool = False) -> dict:
         "decode_margin": DECODE_MARGIN,
         "coarse_head": False,
         "coarse_threshold": 0.4,
+        "click_prompts": True,  # the click encoder in every bundle: methods compare with the same guidance
         "prompt_boxes": "union",
         **PRUNER_CONFIGS[pruner].get("keys", {}),
         **backbone_spec(backbone)["keys"],

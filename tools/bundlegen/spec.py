@@ -10,11 +10,19 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.5.1"
+BUNDLE_VERSION = "0.6.0"
 CHANGELOG = {
-    "0.5.1": "coarse_threshold (default 0.4): guided decoding widens the decoded window only where the coarse "
-    "head's foreground probability reaches it (0.2 before), so a correct box decodes as box decoding does more "
-    "often; measured in docs/accuracy.md",
+    "0.6.0": "click prompts: every network takes network(image, boxes, points, point_labels) (VISTA3D's labels: 1 "
+    "foreground, 0 background, -1 padding; voxels of the network input) and, in an interactive session, the previous "
+    "mask; every bundle builds the click encoder (click_prompts, default true, the same in PrATo, the baseline and "
+    "the other methods, so they compare on one footing: click maps turned into a token embedding at stage boundary "
+    "1 and a full-resolution guidance, both zero at the start, so a checkpoint without them loads and answers as "
+    "before); a foreground click keeps its token (protect_boxes) and widens the "
+    "decoded window; prato_components.networks.ClickSession reuses the image-only encoder work between the clicks "
+    "on one image"
+    "; coarse_threshold (default 0.4): guided decoding widens the decoded window only where the coarse "
+    "head's foreground probability reaches it (0.2 before), so a correct box decodes as box decoding does; "
+    "measured in docs/accuracy.md",
     "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
     "--bundle_root); a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless "
     "dataset_0.json says otherwise), so MONAI's verify_net_in_out checks every bundle with fresh weights; MSD and "
@@ -72,7 +80,8 @@ CHANGELOG = {
 # a description and the stages pruned by default.
 # the last arguments of every backbone's network_def: pruning (``PRUNING_KEYS``, dropped in a baseline) and decoding
 PRUNING_AND_DECODING = {key: f"@{key}" for key in ("prune_stages", "executor", "fill", "decode_region",
-                                                   "decode_margin", "coarse_head", "coarse_threshold")}
+                                                   "decode_margin", "coarse_head", "coarse_threshold",
+                                                   "click_prompts")}
 BACKBONES: dict[str, dict] = {
     "unetr": {
         "title": "UNETR-2D (ViT-B/16)",

@@ -37,7 +37,8 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 # what differs between the 2D and the 3D bundles' README; the rest of ``BUNDLE_README`` is shared
 README_PARTS: dict[int, dict[str, str]] = {
     2: {
-        "what": "2D segmentation with a box prompt, called as\n`network(image, boxes)`.",
+        "what": "2D segmentation with a box prompt and optional clicks, called as\n`network(image, boxes)` or "
+                "`network(image, boxes, points, point_labels)`.",
         "train": "Train (writes `models/last.pt` every epoch, resumes from it, keeps the best as `models/model.pt`)",
         "data_args": "--dataset acdc --dataset_dir /data/ACDC",
         "evaluate": "Evaluate on the test split (per-class Dice, IoU, HD95, token sparsity, GFLOPs, CPU latency to\n"
@@ -53,7 +54,10 @@ README_PARTS: dict[int, dict[str, str]] = {
                   "boxes, so a wrong box does not erase a structure; default `guided` in PrATo\nbundles, `full` "
                   "elsewhere), `decode_margin`, `coarse_head` (the light head `guided` reads,\ntrained alone on "
                   "detached features), `coarse_threshold` (the coarse foreground probability from\nwhich `guided` "
-                  "decodes outside the box window too, default 0.4)",
+                  "decodes outside the box window too, default 0.4), "
+                  "`click_prompts` (the network also takes clicks, `points` and\n`point_labels`; "
+                  "default `true`)",
+
         "data": """## Data
 
 ACDC as shipped (`training/patientNNN/patientNNN_frameMM.nii.gz` + `_gt`), served as 2D short-axis slices and
@@ -75,7 +79,8 @@ file `--boxes_file boxes.json` (`{"<image file name>": [[...]]}`) or CSV. The pr
 the image (it is carried as a mask through the resize), so it lands on the same anatomy.""",
     },
     3: {
-        "what": "3D segmentation with a box prompt, called as\n`network(image, boxes)` on 96^3 windows. The 2D notes "
+        "what": "3D segmentation with a box prompt and optional clicks, called as\n`network(image, boxes)` or "
+                "`network(image, boxes, points, point_labels)` on 96^3 windows. The 2D notes "
                 "of the backbone and pruner are at the end; what is 3D is\ndescribed here.",
         "train": "Train (label-balanced crops, validation on whole volumes with the sliding window; `models/last.pt` "
                  "every epoch,\nresumed from; the best as `models/model.pt`)",

@@ -1,0 +1,264 @@
+"""Click prompts inside the networks (docs/design.md §6.2): the guidance encoder and reusing work between clicks.
+
+A network built with ``click_prompts=True`` takes ``network(image, boxes=None, points=None, point_labels=None,
+previous_mask=None)``. The clicks act three ways:
+
+- **Guidance** (:class:`ClickEncoder`): foreground and background click maps (Gaussians of :data:`CLICK_SIGMA`
+  voxels, DeepEdit's guidance signal) and the previous mask are turned into (a) an embedding added to the tokens
+  at stage boundary 1, before its pruner, by a convolution with the stride of that grid, and (b) a full-resolution
+  guidance added at the decoder's finest level. Both convolutions start at zero, so a fresh network, or one
+  loaded from a checkpoint without them, answers as without clicks.
+- **Pruning**: the voxel under each foreground click joins the pruners' boxes (PrATo with ``protect_boxes`` keeps
+  its token), for images that have a box.
+- **Decoding window**: the same boxes join the decoding window (``decode_region`` ``"box"`` / ``"guided"``), so a
+  foreground click outside the box widens what is decoded. A background click changes nothing structural.
+
+The work before stage boundary 1 sees only the image. :class:`ClickSession` keeps it for consecutive clicks on one
+image and box (the backbones read the session's cache through :meth:`ClickPromptMixin._reused` and
+:meth:`ClickPromptMixin._image_layer`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.layers import Conv
+
+from prato_components.networks.vit_pruning import own_random_stream
+from prato_components.prompts.points import BACKGROUND, FOREGROUND, point_boxes, validate_points
+from prato_components.tokens import tracing
+from prato_components.tokens.executor import TokenState
+
+__all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "click_maps"]
+
+CLICK_SIGMA = 3.0  # voxels: the standard deviation of a click's Gaussian in the guidance maps
+CLICK_CHANNELS = 3  # foreground clicks, background clicks, previous mask
+
+
+def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],
+               previous_mask: torch.Tensor | None = None, sigma: float = CLICK_SIGMA) -> torch.Tensor:
+    """The guidance maps ``[B, 3, *spatial_shape]`` of checked clicks: per voxel the largest Gaussian (peak 1,
+    ``sigma`` voxels) of the foreground clicks, of the background clicks, and the previous mask (0 without one)."""
+    centres = [torch.arange(s, device=points.device, dtype=points.dtype) + 0.5 for s in spatial_shape]
+    maps = []
+    for label in (FOREGROUND, BACKGROUND):
+        weight = (point_labels == label).to(points.dtype)  # [B, N]
+        gauss = weight.view(*weight.shape, *([1] * len(spatial_shape)))
+        for axis, centre in enumerate(centres):  # separable: one factor per axis
+            shape = [1] * len(spatial_shape)
+            shape[axis] = -1
+            factor = torch.exp(-((centre - points[..., axis : axis + 1]) ** 2) / (2 * sigma**2))  # [B, N, S_axis]
+            gauss = gauss * factor.view(*points.shape[:2], *shape)
+        maps.append(gauss.amax(1) if points.shape[1] else gauss.new_zeros(points.shape[0], *spatial_shape))
+    previous = torch.zeros_like(maps[0]) if previous_mask is None else previous_mask.reshape(maps[0].shape)
+    return torch.stack([*maps, previous.to(maps[0])], 1)
+
+
+class ClickEncoder(nn.Module):
+    """The click guidance: ``tokens`` turns the click maps into an embedding ``[B, token_dim, *grid]`` (kernel =
+    stride = ``token_stride``), ``guide`` into a full-resolution map of ``guide_channels`` (3x3); both start at
+    zero and have no bias, so empty click maps (an image whose clicks are all padding) add nothing."""
+
+    def __init__(self, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int], guide_channels: int,
+                 ) -> None:
+        super().__init__()
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.tokens = conv(CLICK_CHANNELS, token_dim, kernel_size=token_stride, stride=token_stride, bias=False)
+        self.guide = conv(CLICK_CHANNELS, guide_channels, kernel_size=3, padding=1, bias=False)
+        for layer in (self.tokens, self.guide):
+            nn.init.zeros_(layer.weight)
+
+
+@dataclass
+class ClickInputs:
+    """One forward pass's clicks: the guidance maps and each image's foreground-click boxes ``[B, N, 2D]``."""
+
+    maps: torch.Tensor
+    boxes: torch.Tensor
+
+
+class ClickPromptMixin:
+    """The ``click_prompts`` option of a backbone (docs/design.md §6.2)."""
+
+    _clicks: ClickInputs | None = None
+    _session_cache: dict | None = None
+
+    def _setup_clicks(self, enabled: bool, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int],
+                      guide_channels: int) -> None:
+        """Build the click encoder when ``enabled``, on its own random stream (the other weights stay those of a
+        network without it); a checkpoint without its weights loads (they stay zero)."""
+        self.click_encoder = None
+        if enabled:
+            with own_random_stream():
+                self.click_encoder = ClickEncoder(spatial_dims, token_dim, token_stride, guide_channels)
+            self.register_load_state_dict_post_hook(_tolerate_missing_click_encoder)
+        self._clicks = None
+
+    def _read_clicks(self, points, point_labels, previous_mask, boxes: torch.Tensor | None,
+                     spatial_shape: Sequence[int], batch: int) -> torch.Tensor | None:
+        """Check this forward pass's clicks, keep their guidance maps (:attr:`_clicks`) and return the prompt boxes
+        with the foreground clicks' boxes added to the images that have a real box (``boxes`` as is without
+        clicks)."""
+        points, labels = validate_points(points, point_labels, spatial_shape, batch, check_values=not tracing())
+        self._clicks = None
+        if points is None:
+            if previous_mask is not None:
+                raise ValueError("previous_mask was given without clicks (points and point_labels)")
+            return boxes
+        if getattr(self, "click_encoder", None) is None:
+            raise ValueError("this network takes no clicks: build it with click_prompts=True")
+        if previous_mask is not None:
+            previous_mask = _check_previous_mask(previous_mask, batch, spatial_shape)
+        maps = click_maps(points, labels, spatial_shape, previous_mask)
+        self._clicks = ClickInputs(maps, point_boxes(points, labels, spatial_shape))
+        if boxes is None:
+            return None
+        dims = len(spatial_shape)
+        has_box = (boxes[..., dims:] >= boxes[..., :dims]).all(-1).any(1)  # [B]
+        extra = torch.where(has_box[:, None, None], self._clicks.boxes.to(boxes), self._clicks.boxes.new_tensor(
+            [0.0] * dims + [-1.0] * dims).to(boxes))
+        return torch.cat([boxes, extra], 1)
+
+    def _add_click_tokens(self, tokens: torch.Tensor, grid_shape: Sequence[int] | None = None,
+                          channels_first: bool = False) -> torch.Tensor:
+        """``tokens`` at stage boundary 1 (``[B, N, C]``, or a map ``[B, C, *grid]`` with ``channels_first``) plus
+        the click embedding; ``tokens`` itself without clicks. A ``grid_shape`` whose cells reach past the image
+        (SegFormer's padded embeddings) sees the click maps padded with zeros."""
+        if self._clicks is None:
+            return tokens
+        maps = self._clicks.maps.to(tokens.dtype)
+        grid = tuple(tokens.shape[2:]) if channels_first else grid_shape
+        if grid is not None:
+            stride = self.click_encoder.tokens.stride
+            extra = [g * st - s for g, st, s in zip(grid, stride, maps.shape[2:])]
+            maps = F.pad(maps, [p for e in reversed(extra) for p in (0, max(e, 0))])
+        embedding = self.click_encoder.tokens(maps)  # [B, C, *grid]
+        return tokens + (embedding if channels_first else embedding.flatten(2).transpose(1, 2))
+
+    def _click_guide(self, features: torch.Tensor, click_maps: torch.Tensor | None) -> torch.Tensor:
+        """``features`` (the decoder's finest level, full resolution) plus the click guidance of the (cropped)
+        ``click_maps``; ``features`` itself without clicks."""
+        if click_maps is None:
+            return features
+        return features + self.click_encoder.guide(click_maps.to(features.dtype))
+
+    def _clicks_done(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` of a forward pass, whose clicks are then forgotten (a later encoder-only pass, e.g.
+        ``finds_foreground``, runs without them)."""
+        self._clicks = None
+        return logits
+
+    def _with_click_maps(self, maps: list, strides: list) -> tuple[list, list]:
+        """The decoder's maps and strides with this pass's click maps (stride 1) at the end, when there are clicks."""
+        if self._clicks is None:
+            return maps, strides
+        return [*maps, self._clicks.maps], [*strides, 1]
+
+    @contextlib.contextmanager
+    def reusing(self, cache: dict) -> Iterator[None]:
+        """Within: the work before stage boundary 1 (image only) is read from ``cache`` once it holds it
+        (:class:`ClickSession`: one cache per image)."""
+        self._session_cache = cache
+        try:
+            yield
+        finally:
+            self._session_cache = None
+
+    def _reused(self, key: str, compute: Callable[[], object]) -> object:
+        """``compute()``, or within :meth:`reusing` its value computed once for the session."""
+        cache = self._session_cache
+        if cache is None:
+            return compute()
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    def _reused_on_window(self, key: str, image_map: torch.Tensor, compute: Callable[[], torch.Tensor]
+                          ) -> torch.Tensor:
+        """``compute()``, a decoder path that reads only ``image_map`` (the image or an image-only tap, cut to this
+        forward pass's decoding window), or within :meth:`reusing` its value while the window stays the same."""
+        window = getattr(self, "last_decode_window", None)
+        return self._reused((key, window, tuple(image_map.shape)), compute)
+
+    def _run_vit_layer(self, layers: Sequence[Sequence[nn.Module]], number: int, state: TokenState,
+                       attentions: list) -> None:
+        """Layer ``number`` of a plain ViT (``layers``: :func:`~prato_components.networks.vit_pruning.vit_layers`)
+        on ``state``; layer 1, image only, through :meth:`_image_layer`."""
+        def run() -> None:
+            self._run_vit_blocks(layers[number - 1], number, state, attentions)
+
+        if number == 1:
+            self._image_layer(state, attentions, run)
+        else:
+            run()
+
+    def _image_layer(self, state: TokenState, attentions: list, run: Callable[[], object]) -> object:
+        """Layer 1 (before stage boundary 1: image only) on ``state``: ``run()`` (its blocks update ``state`` and
+        may append attention maps), or within :meth:`reusing` a replay of its first run: the tokens, attention maps,
+        block reports and ``run()``'s value."""
+        cache = self._session_cache
+        if cache is None:
+            return run()
+        if "layer1" not in cache:
+            attention_start, block_start = len(attentions), len(state.block_reports)
+            value = run()
+            cache["layer1"] = (value, state.tokens, attentions[attention_start:],
+                               len(state.block_reports) - block_start)
+            return value
+        value, tokens, maps, blocks = cache["layer1"]
+        state.tokens = tokens
+        attentions.extend(maps)
+        for _ in range(blocks):
+            state.record_block()
+        return value
+
+
+def _check_previous_mask(mask: torch.Tensor, batch: int, spatial_shape: Sequence[int]) -> torch.Tensor:
+    """``previous_mask`` ``[B, 1, *spatial]`` or ``[B, *spatial]``, finite, as float ``[B, *spatial]``."""
+    mask = torch.as_tensor(mask)
+    shapes = ((batch, 1, *spatial_shape), (batch, *spatial_shape))
+    if tuple(mask.shape) not in shapes:
+        raise ValueError(f"previous_mask must have shape {list(shapes[0])} or {list(shapes[1])}, got "
+                         f"{tuple(mask.shape)}")
+    mask = mask.float().reshape(shapes[1])
+    if not tracing() and not bool(torch.isfinite(mask).all()):
+        raise ValueError("previous_mask contains NaN or infinite values")
+    return mask
+
+
+def _tolerate_missing_click_encoder(module: nn.Module, incompatible_keys) -> None:
+    """A checkpoint saved without the click encoder loads: its weights stay zero (no guidance)."""
+    missing = [key for key in incompatible_keys.missing_keys if key.startswith("click_encoder.")]
+    for key in missing:
+        incompatible_keys.missing_keys.remove(key)
+
+
+class ClickSession:
+    """An interactive session on one image and box: ``segment`` runs the network with the clicks so far and does the
+    work before stage boundary 1 (which sees only the image) once for the session (docs/design.md §6.2).
+
+    Args:
+        network: a backbone of this package (built with ``click_prompts=True`` to take clicks).
+        image: ``[B, C, *spatial]``, the network's input.
+        boxes: the box prompt(s) of the session, as the network takes them, or ``None``.
+    """
+
+    def __init__(self, network: nn.Module, image: torch.Tensor, boxes: torch.Tensor | None = None) -> None:
+        if not isinstance(network, ClickPromptMixin):
+            raise TypeError(f"ClickSession needs a network of prato_components, got {type(network).__name__}")
+        self.network, self.image, self.boxes = network, image, boxes
+        self.cache: dict = {}
+
+    @torch.no_grad()
+    def segment(self, points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
+                previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits for the session's image and box with these clicks (all clicks so far, ``[B, N, D]`` and
+        ``[B, N]``) and the previous mask, if any."""
+        with self.network.reusing(self.cache):
+            return self.network(self.image, boxes=self.boxes, points=points, point_labels=point_labels,
+                                previous_mask=previous_mask)
