@@ -10,8 +10,13 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
   voxel ``v`` covers ``[v, v+1)``), or a list of such boxes (one per structure).
 - ``roi``: what 3D Slicer's MONAI Label module sends for a placed ROI: ``[i_min, i_max, j_min, j_max, k_min,
   k_max]`` (per-axis pairs); 4 values ``[x1, y1, x2, y2]`` as CVAT sends a rectangle.
-- ``foreground``: click points ``[[x, y(, z)], ...]`` (3D Slicer, OHIF): their bounding box grown by
-  ``point_margin`` voxels (default 5) in-plane; along z it spans the clicked slices.
+- Clicks, voxel indices ``[[x, y(, z)], ...]`` (one value per image axis): DeepEdit's ``foreground`` and
+  ``background`` (3D Slicer, OHIF), or VISTA3D's ``points`` with ``point_labels`` (1 foreground, 0 background).
+  They go to the network (``points`` / ``point_labels``, docs/design.md §6.2), mapped through the preprocessing as
+  the boxes are. Without a box, the box is the foreground clicks' bounding box grown by ``point_margin`` voxels
+  (default 5) in-plane; along z it spans the clicked slices.
+- ``label``: the previous label (a file on the image's grid, as MONAI Label passes the uploaded ``label``): its
+  nonzero voxels become the network's ``previous_mask``; it needs clicks.
 - ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
   2D box applies to every slice.
 
@@ -21,14 +26,20 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
 Every parameter is parsed strictly (a ``true`` is not a coordinate, ``"maybe"`` is not false); a missing or malformed
 parameter, a slice or a click outside the image raises ``InputError`` (a ``ValueError``) naming the parameter the
 client sent (the app answers HTTP 422).
+
+Consecutive requests on one image reuse the network's image-only work (:class:`ClickSessions`, one
+:class:`~prato_components.networks.clicks.ClickSession` per network input, keyed by the image file's content).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,15 +51,19 @@ from prato_components.engine.checkpoint import load_weights
 from prato_components.errors import InputError
 from prato_components.export import compiled_network
 from prato_components.inputs import IMAGE_SUFFIXES, check_image_file
+from prato_components.networks.clicks import ClickPromptMixin, ClickSession
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
+from prato_components.prompts.points import BACKGROUND, FOREGROUND
 
 __all__ = [
     "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
     "flag_from_request", "restrict_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image",
-    "restrict_to_boxes", "BoxPromptSegmenter",
+    "clicks_from_request", "request_clicks_for_image", "points_to_network", "restrict_to_boxes", "ClickSessions",
+    "BoxPromptSegmenter",
 ]
 
-PROMPT_PARAMS = ("box", "boxes", "roi", "foreground")  # where a prompt is read from, in this order
+PROMPT_PARAMS = ("box", "boxes", "roi", "foreground", "points")  # where a prompt is read from, in this order
+DEEPEDIT_CLICKS = {"foreground": FOREGROUND, "background": BACKGROUND}  # MONAI Label's DeepEdit keys -> labels
 FLAG_VALUES = {"true": True, "false": False, "1": True, "0": False}  # the lower-case text of a parameter
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # boxes become float32 tensors; larger values would turn into inf
 
@@ -146,11 +161,11 @@ def _check_box(box: list[float], name: str) -> list[float]:
 
 
 def _prompt_parameter(params: Mapping[str, Any]) -> str | None:
-    """The parameter the prompt is read from: the first of ``box``/``boxes``, ``roi``, ``foreground`` that is present
-    and not empty."""
+    """The parameter the prompt is read from: the first of ``box``/``boxes``, ``roi``, ``foreground``, ``points`` that
+    is present and not empty."""
     for name in PROMPT_PARAMS:
         value = _loads(params.get(name), name)
-        if value is not None and value != [] and (name != "foreground" or value):
+        if value is not None and value != [] and (name not in ("foreground", "points") or value):
             return name
     return None
 
@@ -176,41 +191,100 @@ def boxes_from_request(params: Mapping[str, Any], point_margin: float | None = N
         if len(flat) == 4:  # CVAT: [x1, y1, x2, y2]
             return [_check_box(flat, "roi")]
         raise InputError(f"parameter 'roi' must have 6 values [i0, i1, j0, j1, k0, k1] (3D Slicer) or 4, got {value!r}")
-    if name == "foreground":
-        pts = _points(value)
+    foreground = [row for _, _, row, label in clicks_from_request(params) if label == FOREGROUND]
+    if name in ("foreground", "points") and foreground:  # clicks alone: a box around the foreground clicks
+        pts = np.asarray(foreground)
         lo, hi = pts.min(0), pts.max(0) + 1.0
         lo[:2], hi[:2] = lo[:2] - margin, hi[:2] + margin
-        return [_check_box(lo.tolist() + hi.tolist(), "foreground")]
+        return [_check_box(lo.tolist() + hi.tolist(), name)]
     raise InputError(
         "no box prompt in the request: send params 'box' ([x1, y1, x2, y2] or [x1, y1, z1, x2, y2, z2] in image "
-        "voxel coordinates, min then max corner), 'roi' (3D Slicer ROI) or 'foreground' click points"
+        "voxel coordinates, min then max corner), 'roi' (3D Slicer ROI) or foreground clicks ('foreground', or "
+        "'points' with 'point_labels' 1)"
     )
 
 
-def _points(value: Any) -> np.ndarray:
-    """``foreground`` click points ``[N, 2 | 3]``."""
+def _fmt_point(row: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in row) + ")"
+
+
+def _click_rows(value: Any, name: str) -> list[list[float]]:
+    """The points of click parameter ``name``: finite numbers, 2 or 3 per point, the same number in every point."""
+    shape = f"parameter {name!r} must be points [[x, y], ...] or [[x, y, z], ...] (image voxels, one length)"
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, (list, tuple)) for p in value):
-        raise InputError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {value!r}")
-    rows = [_numbers(p, "foreground") for p in value]
-    if len({len(p) for p in rows}) != 1 or len(rows[0]) not in (2, 3):
-        raise InputError(f"parameter 'foreground' must be points [[x, y], ...] or [[x, y, z], ...], got {value!r}")
-    return np.asarray(rows)
+        raise InputError(f"{shape}, got {value!r}")
+    rows = []
+    for number, point in enumerate(value, 1):
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in point):
+            raise InputError(f"parameter {name!r} point {number} must be numbers [x, y(, z)] (image voxels), "
+                             f"got {list(point)!r}")
+        if not all(math.isfinite(v) for v in point):
+            raise InputError(f"parameter {name!r} point {number} is {_fmt_point(point)}: not a finite number")
+        rows.append([float(v) for v in point])
+    if len({len(p) for p in rows}) > 1 or any(len(p) not in (2, 3) for p in rows):
+        raise InputError(f"{shape}, got {value!r}")
+    return rows
+
+
+def clicks_from_request(params: Mapping[str, Any]) -> list[tuple[str, int, list[float], int]]:
+    """The clicks of MONAI Label ``/infer`` parameters: DeepEdit's ``foreground`` / ``background`` or VISTA3D's
+    ``points`` + ``point_labels`` (1 foreground, 0 background), as ``(parameter, number from 1, voxel indices,
+    label)``; ``[]`` without clicks. Malformed clicks are an ``InputError`` naming the parameter."""
+    deepedit = {name: _loads(params.get(name), name) for name in DEEPEDIT_CLICKS}
+    points, labels = _loads(params.get("points"), "points"), _loads(params.get("point_labels"), "point_labels")
+    vista = points not in (None, []) or labels not in (None, [])
+    if vista and any(value not in (None, []) for value in deepedit.values()):
+        raise InputError("send clicks either as 'foreground' / 'background' (DeepEdit) or as 'points' with "
+                         "'point_labels' (VISTA3D), not both")
+    if not vista:
+        return [(name, number, row, label) for name, label in DEEPEDIT_CLICKS.items()
+                if deepedit[name] not in (None, []) for number, row in enumerate(_click_rows(deepedit[name], name), 1)]
+    if labels in (None, []):
+        raise InputError("parameter 'points' was sent without 'point_labels' (one label per point: 1 foreground, "
+                         "0 background)")
+    if points in (None, []):
+        raise InputError("parameter 'point_labels' was sent without 'points'")
+    rows = _click_rows(points, "points")
+    if not isinstance(labels, (list, tuple)) or len(labels) != len(rows):
+        count = f"{len(labels)} label(s)" if isinstance(labels, (list, tuple)) else repr(labels)
+        raise InputError(f"parameter 'point_labels' must hold one label per point: 'points' holds {len(rows)} "
+                         f"point(s), 'point_labels' {count}")
+    for number, label in enumerate(labels, 1):
+        if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (FOREGROUND, BACKGROUND):
+            raise InputError(f"parameter 'point_labels' label {number} is {label!r}; a label is 1 (foreground) or 0 "
+                             "(background)")
+    return [("points", number, row, int(label)) for number, (row, label) in enumerate(zip(rows, labels), 1)]
+
+
+def request_clicks_for_image(params: Mapping[str, Any], spatial_shape: Sequence[int]
+                             ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The clicks of a request (:func:`clicks_from_request`) checked against an image of ``spatial_shape``: voxel
+    indices ``[N, D]`` and labels ``[N]``, or ``None`` without clicks. A point with another number of values than
+    the image has axes, or outside the image, is an ``InputError`` naming the parameter and the point."""
+    clicks = clicks_from_request(params)
+    if not clicks:
+        return None
+    dims, size = len(spatial_shape), " x ".join(str(int(s)) for s in spatial_shape)
+    for name, number, row, _ in clicks:
+        if len(row) != dims:
+            raise InputError(f"parameter {name!r} point {number} has {len(row)} values but the image has {dims} axes "
+                             f"({size}): send {dims} voxel indices per point")
+        if any(not 0 <= v < s for v, s in zip(row, spatial_shape)):
+            raise InputError(f"parameter {name!r} point {number} is {_fmt_point(row)} but the image is {size} "
+                             "(voxel indices from 0)")
+    return np.asarray([c[2] for c in clicks], dtype=np.float64), np.asarray([c[3] for c in clicks], dtype=np.int64)
 
 
 def request_boxes_for_image(params: Mapping[str, Any], spatial_shape: Sequence[int]) -> list[list[float]]:
     """The boxes of a request fitted to an image of ``spatial_shape`` (:func:`boxes_for_image`); a slice or a click
     outside the image, or a box that does not fit it, is an ``InputError`` naming the parameter the client sent."""
+    request_clicks_for_image(params, spatial_shape)  # a click outside the image is named as such
     boxes = boxes_from_request(params)
     name = _prompt_parameter(params)
     slice_index = slice_from_request(params)
     if slice_index is not None and len(spatial_shape) == 3 and slice_index >= spatial_shape[2]:
         raise InputError(f"parameter 'slice' is {slice_index}, but the image has {spatial_shape[2]} slices "
                          f"(0 to {spatial_shape[2] - 1})")
-    if name == "foreground":
-        for point in _points(_loads(params["foreground"], "foreground")).tolist():
-            if len(point) != len(spatial_shape) or any(not 0 <= v < s for v, s in zip(point, spatial_shape)):
-                raise InputError(f"parameter 'foreground': point {point} lies outside the image of shape "
-                                 f"{tuple(spatial_shape)} (voxel coordinates from 0)")
     try:
         return boxes_for_image(boxes, spatial_shape, slice_index)
     except ValueError as err:
@@ -243,6 +317,82 @@ def restrict_to_boxes(label: np.ndarray, boxes: Sequence[Sequence[float]]) -> np
     return np.where(inside, label, 0).astype(label.dtype)
 
 
+def points_to_network(points: np.ndarray, image: torch.Tensor) -> np.ndarray:
+    """Click voxel indices ``[N, D]`` of the image as loaded -> continuous coordinates ``[N, D']`` of the network
+    input ``image`` (a ``MetaTensor`` after the preprocessing; voxel ``v``'s centre is ``v + 0.5``, §3), through the
+    affines MONAI's transforms keep: the loaded image's ``original_affine`` (identity for PNG/JPG) and the input's
+    ``affine``, so resizing, spacing, orientation and cropping move the clicks as they move the image. A 2D picture
+    that loads with one more axis gets index 0 there; the result is clipped to the input."""
+    dims = image.ndim - 1
+    loaded = image.meta.get("original_affine") if hasattr(image, "meta") else None
+    loaded = np.eye(dims + 1) if loaded is None else np.asarray(loaded, dtype=np.float64)
+    current = np.asarray(image.affine, dtype=np.float64) if hasattr(image, "affine") else np.eye(dims + 1)
+    rows = np.zeros((len(points), dims + 1))
+    rows[:, : points.shape[1]], rows[:, -1] = points, 1.0
+    mapped = (np.linalg.solve(current, loaded @ rows.T)).T[:, :dims] + 0.5
+    return np.clip(mapped, 0.0, np.asarray(image.shape[1:], dtype=np.float64))
+
+
+class _SessionNetwork:
+    """The network as the inferers call it, each call through the :class:`ClickSession` of its input (a window, a
+    batch of slices or the whole image) and boxes; other attributes are the network's."""
+
+    def __init__(self, network: ClickPromptMixin, sessions: OrderedDict) -> None:
+        self.network, self.sessions = network, sessions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.network, name)
+
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None, **clicks: Any) -> torch.Tensor:
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (image, boxes):
+            if part is not None:
+                part = torch.as_tensor(part).detach().cpu().contiguous()
+                digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
+                digest.update(part.numpy().tobytes())
+        key = digest.hexdigest()
+        if key not in self.sessions:
+            self.sessions[key] = ClickSession(self.network, image, boxes)
+        return self.sessions[key].segment(**clicks)
+
+
+class ClickSessions:
+    """The :class:`~prato_components.networks.clicks.ClickSession` s of the last ``max_images`` images one network
+    segmented (least recently used dropped first), so consecutive requests on one image do the image-only work
+    once. ``lock`` is held for a whole inference: the network keeps a session's cache and the clicks on itself
+    during a call, so requests through one network's sessions run one at a time."""
+
+    def __init__(self, network: torch.nn.Module, max_images: int = 4) -> None:
+        self.network, self.max_images = network, max_images
+        self.lock = threading.Lock()
+        self._images: OrderedDict[str, OrderedDict] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the network can reuse work (a backbone of this package, not a compiled one)."""
+        return isinstance(self.network, ClickPromptMixin) and self.max_images > 0
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def network_for(self, image_key: str) -> _SessionNetwork:
+        """The network for an inference on the image ``image_key`` (call with :attr:`lock` held)."""
+        sessions = self._images.pop(image_key, None)
+        self._images[image_key] = OrderedDict() if sessions is None else sessions
+        while len(self._images) > self.max_images:
+            self._images.popitem(last=False)
+        return _SessionNetwork(self.network, self._images[image_key])
+
+
+def file_digest(path: str) -> str:
+    """The sha256 of a file: the identity of an image across requests (an upload gets a new path each time)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class BoxPromptSegmenter:
     """One bundle's ``inference.json`` pipeline for single images with box prompts.
 
@@ -252,10 +402,11 @@ class BoxPromptSegmenter:
             ``<bundle_dir>/models/model.pt``. The network is built with the settings the checkpoint records.
         overrides: config keys to override (e.g. ``{"dataset": "isic"}`` or smaller sizes).
         device: torch device for the network.
+        session_images: how many recent images keep their :class:`ClickSessions` (0: no reuse).
     """
 
     def __init__(self, bundle_dir: str, checkpoint: str | None = None, overrides: Mapping[str, Any] | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", session_images: int = 4) -> None:
         from monai.transforms import Compose, Lambdad, SaveImaged
 
         self.bundle_dir = bundle_dir
@@ -283,14 +434,26 @@ class BoxPromptSegmenter:
         self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, (SaveImaged, Lambdad))])
         self.labels = {name: i + 1 for i, name in enumerate(self.spec["class_names"])}
         self.spatial_dims = int(parser.get("network_def", {}).get("spatial_dims", 2))  # 3: a volumetric bundle
+        # consecutive requests on one image reuse the image-only work (shared by the app's per-thread copies)
+        self.sessions = ClickSessions(self.network, max_images=session_images)
 
     def segment_request(self, params: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
-        """Segment ``params["image"]`` with the prompt of MONAI Label ``/infer`` parameters, each parsed strictly
-        (``InputError`` naming the parameter); see :meth:`__call__` for what it returns."""
+        """Segment ``params["image"]`` with the prompt of MONAI Label ``/infer`` parameters (boxes, clicks, the
+        previous ``label``), each parsed strictly (``InputError`` naming the parameter); see :meth:`__call__` for
+        what it returns."""
         restrict = restrict_from_request(params)
         shape = check_image_file(params["image"], name=params.get("image_name"))
         boxes = request_boxes_for_image(params, shape)
-        return self(params["image"], boxes, restrict=restrict)
+        clicks = request_clicks_for_image(params, shape)
+        previous = params.get("label")
+        if previous not in (None, "") and clicks is None:
+            raise InputError("parameter 'label' (the previous label) needs clicks: send 'foreground' / 'background' "
+                             "or 'points' with 'point_labels'")
+        if previous not in (None, "") and (not isinstance(previous, str) or not os.path.isfile(previous)):
+            raise InputError(f"parameter 'label' must be the previous label's file, got {previous!r}")
+        points, point_labels = (None, None) if clicks is None else clicks
+        return self(params["image"], boxes, restrict=restrict, points=points, point_labels=point_labels,
+                    previous_label=previous or None, point_margin=margin_from_request(params))
 
     @staticmethod
     def image_shape(image_path: str) -> tuple[int, ...]:
@@ -312,9 +475,13 @@ class BoxPromptSegmenter:
         return getattr(self.network, "decode_region", "full") != "guided"
 
     def __call__(self, image_path: str, boxes: Sequence[Sequence[float]], slice_index: int | None = None,
-                 restrict: bool | None = None) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
-        """Segment ``image_path`` with ``boxes`` (image voxel coordinates); ``restrict``: set the label to
-        background outside the boxes (``None``: :attr:`restricts_to_boxes`).
+                 restrict: bool | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
+                 previous_label: str | None = None, point_margin: float = 5.0,
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
+        """Segment ``image_path`` with ``boxes`` (image voxel coordinates) and clicks: ``points`` ``[N, D]`` (voxel
+        indices of the image), ``point_labels`` ``[N]`` (1 foreground, 0 background) and the previous label's file
+        ``previous_label`` (its nonzero voxels). ``restrict``: set the label to background outside the boxes and the
+        foreground clicks grown by ``point_margin`` in-plane (``None``: :attr:`restricts_to_boxes`).
 
         Returns:
             the label array (class indices, the image's spatial shape), the image affine (or ``None``) and the
@@ -322,18 +489,43 @@ class BoxPromptSegmenter:
         """
         from monai.data import MetaTensor
 
-        boxes = boxes_for_image(boxes, self.image_shape(image_path), slice_index)
+        shape = self.image_shape(image_path)
+        boxes = boxes_for_image(boxes, shape, slice_index)
         data = self.preprocessing({"image": image_path, "box": copy.deepcopy(boxes)})
         image, box = data["image"], data["box"]
-        with torch.no_grad():
-            pred = self.inferer(image[None].to(self.device), self.network,
-                                boxes=torch.as_tensor(box, dtype=torch.float32)[None].to(self.device))
+        prompts = {"boxes": torch.as_tensor(box, dtype=torch.float32)[None].to(self.device)}
+        kept = list(boxes)
+        if points is not None:
+            points, point_labels = np.asarray(points, dtype=np.float64), np.asarray(point_labels)
+            prompts["points"] = torch.as_tensor(points_to_network(points, image), dtype=torch.float32)[None]
+            prompts["point_labels"] = torch.as_tensor(point_labels, dtype=torch.int64)[None]
+            if previous_label is not None:
+                prompts["previous_mask"] = self._previous_mask(previous_label, image, shape)[None]
+            kept += boxes_from_request({"foreground": points[point_labels == FOREGROUND].tolist()}, point_margin
+                                       ) if (point_labels == FOREGROUND).any() else []
+        prompts = {k: v.to(self.device) for k, v in prompts.items()}
+        with torch.no_grad(), self.sessions.lock:
+            network = self.sessions.network_for(file_digest(image_path)) if self.sessions.enabled else self.network
+            pred = self.inferer(image[None].to(self.device), network, **prompts)
         pred = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
         data["pred"] = pred[0].cpu()  # Invertd takes the inverse of the preprocessing from data["image"]
         data = self.postprocessing(data)
         label = np.asarray(torch.as_tensor(data["pred"]).cpu())[0].astype(np.uint8)
         if self.restricts_to_boxes if restrict is None else restrict:
-            label = restrict_to_boxes(label, boxes)
+            label = restrict_to_boxes(label, boxes_for_image(kept, shape, slice_index))
         affine = getattr(data["pred"], "affine", None)
         affine = None if affine is None else np.asarray(affine)
         return label, affine, boxes
+
+    def _previous_mask(self, path: str, image: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """The previous label ``path`` (on the grid of the image as loaded) as the network input's ``previous_mask``
+        ``[1, *spatial]``: loaded as the image is, resampled onto the input (nearest), nonzero -> 1."""
+        from monai.transforms import ResampleToMatch
+
+        label_shape = self.image_shape(path)
+        if tuple(label_shape) != tuple(shape):
+            raise InputError(f"parameter 'label': the previous label is {' x '.join(map(str, label_shape))} but the "
+                             f"image is {' x '.join(map(str, shape))}")
+        label = self.preprocessing.transforms[0]({"image": path})["image"][:1]  # the bundle's loader
+        label = ResampleToMatch(mode="nearest")(label, img_dst=image)
+        return (torch.as_tensor(label) > 0).float()

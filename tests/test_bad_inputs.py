@@ -201,7 +201,7 @@ def test_bad_flag_parameter_is_named(value):
     ({"box": [True, True, True, 79, 90, 9]}, "parameter 'box': box values must be numbers"),
     ({"box": ["1", 2, 0, 10, 12, 2]}, "parameter 'box': box values must be numbers"),
     ({"box": [2, 3, 10, 12], "slice": 99}, r"parameter 'slice' is 99, but the image has 3 slices \(0 to 2\)"),
-    ({"foreground": [[50, 5, 1]]}, r"parameter 'foreground': point \[50.0, 5.0, 1.0\] lies outside the image"),
+    ({"foreground": [[50, 5, 1]]}, r"parameter 'foreground' point 1 is \(50, 5, 1\) but the image is 20 x 16 x 3"),
     ({"roi": [50, 60, 0, 5, 0, 2]}, "parameter 'roi': .* lies outside the image"),
     ({"box": [50, 50, 0, 60, 60, 2]}, "parameter 'box': .* lies outside the image"),
 ])

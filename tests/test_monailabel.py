@@ -324,7 +324,7 @@ def test_monailabel_server_bad_requests(monailabel_python, tiny_bundles, acdc_di
              "parameter 'box': box values must be numbers"),
             (url, "img.nii.gz", good, {"box": box[:2] + box[3:5], "slice": 99}, 422, "parameter 'slice' is 99"),
             (url, "img.nii.gz", good, {"foreground": [[500, 500, 1]]}, 422,
-             "parameter 'foreground': point [500.0, 500.0, 1.0] lies outside the image"),
+             "parameter 'foreground' point 1 is (500, 500, 1) but the image is"),
             (url, "img.nii.gz", good, "not json", 422, "'params' must be a JSON object"),
             (f"{base}/infer/nosuchmodel?output=image", "img.nii.gz", good, ok_box, 404, "unknown model 'nosuchmodel'"),
             (f"{base}/infer/broken?output=image", "img.nii.gz", good, ok_box, 404, "model 'broken' is not served"),

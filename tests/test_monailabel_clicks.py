@@ -1,0 +1,203 @@
+"""Corrective clicks through the app's request path (``BoxPromptSegmenter.segment_request``): DeepEdit and VISTA3D
+keys, clicks alone, the previous label, the mapping into network-input voxels, errors naming the parameter, and the
+reuse of image-only work between requests on one image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+
+from prato_components.errors import InputError
+from prato_components.interactive import BoxPromptSegmenter, ClickSessions, points_to_network
+from prato_components.verification import tiny_overrides
+
+SHAPE = (40, 48, 3)  # the image as loaded; the tiny bundle resizes it in-plane to 32 x 32
+BOX = [5, 5, 0, 35, 40, 3]
+TINY = {k: v for k, v in tiny_overrides("unetr_prato", 32).items() if k not in ("num_workers", "batch_size")}
+
+
+@pytest.fixture(scope="module")
+def clicky(tmp_path_factory) -> tuple[str, str]:
+    """(a tiny untrained unetr_prato whose click guidance weights are set by hand, so clicks change the label; a
+    random 40 x 48 x 3 volume with an anisotropic affine)."""
+    out = str(tmp_path_factory.mktemp("clicks"))
+    target = os.path.join(out, "unetr_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
+    os.makedirs(os.path.join(target, "models"))
+    parser = ConfigParser()
+    parser.read_config(os.path.join(target, "configs", "inference.json"))
+    for key, value in TINY.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    with torch.no_grad():  # a fresh encoder is zero (no effect): give the guidance (all three maps) some weight
+        network.click_encoder.guide.weight.normal_(0.0, 5.0)
+    torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+               os.path.join(target, "models", "model.pt"))
+    image = os.path.join(out, "img.nii.gz")
+    volume = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, np.diag([1.2, 1.0, 5.0, 1.0])), image)
+    return target, image
+
+
+@pytest.fixture(scope="module")
+def segmenter(clicky) -> BoxPromptSegmenter:
+    return BoxPromptSegmenter(clicky[0])
+
+
+def _segment(segmenter: BoxPromptSegmenter, image: str, **params) -> np.ndarray:
+    return segmenter.segment_request({"image": image, **params})[0]
+
+
+def test_a_foreground_click_changes_the_label_where_it_is(segmenter, clicky):
+    image = clicky[1]
+    box_only = _segment(segmenter, image, box=BOX)
+    clicked = _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]])
+    assert box_only.shape == clicked.shape == SHAPE
+    changed = box_only != clicked
+    assert changed[:, :, 1].any()  # the clicked slice changes ...
+    assert not changed[:, :, 0].any() and not changed[:, :, 2].any()  # ... the 2D network's other slices do not
+    assert changed[16:25, 16:25, 1].any()  # around the click
+
+
+def test_deepedit_and_vista3d_keys_give_the_same_label(segmenter, clicky):
+    image = clicky[1]
+    deepedit = _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]], background=[[8, 30, 1]])
+    vista = _segment(segmenter, image, box=BOX, points=[[20, 20, 1], [8, 30, 1]], point_labels=[1, 0])
+    np.testing.assert_array_equal(deepedit, vista)
+    assert not np.array_equal(deepedit, _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]]))  # bg counts
+
+
+def test_clicks_alone_prompt_a_box_around_the_foreground_clicks(segmenter, clicky):
+    image = clicky[1]
+    label, _, used = segmenter.segment_request({"image": image, "points": [[20, 20, 1], [8, 30, 1]],
+                                                "point_labels": [1, 0], "point_margin": 4})
+    assert used == [[16.0, 16.0, 1.0, 25.0, 25.0, 2.0]]  # the foreground click grown by 4 in-plane, its slice
+    same = _segment(segmenter, image, box=used[0], points=[[20, 20, 1], [8, 30, 1]], point_labels=[1, 0],
+                    point_margin=4)
+    np.testing.assert_array_equal(label, same)
+
+
+def test_the_previous_label_reaches_the_network(segmenter, clicky, tmp_path):
+    image = clicky[1]
+    previous = np.zeros(SHAPE, np.uint8)
+    previous[10:30, 12:36, :] = 2
+    path = str(tmp_path / "previous.nii.gz")
+    nib.save(nib.Nifti1Image(previous, nib.load(image).affine), path)
+    seen = []
+    hook = segmenter.network.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("previous_mask")), with_kwargs=True)
+    try:
+        with_label = _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]], label=path)
+    finally:
+        hook.remove()
+    mask = seen[-1].reshape(3, 32, 32)  # the 2D network's slices: [B * Z, 32, 32]
+    expected = np.zeros((32, 32), np.float32)  # the block on the 32 x 32 input: x * 32 / 40, y * 32 / 48
+    expected[8:24, 8:24] = 1
+    for z in range(3):
+        np.testing.assert_array_equal(mask[z].numpy(), expected)
+    assert not np.array_equal(with_label, _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]]))
+
+
+def test_points_map_through_the_preprocessing_as_the_image_does():
+    image = MetaTensor(torch.zeros(1, 32, 32, 3), affine=torch.tensor(
+        [[1.5, 0, 0, 0.25], [0, 1.5, 0, 0.25], [0, 0, 5.0, 0], [0, 0, 0, 1]], dtype=torch.float64),
+        meta={"original_affine": np.diag([1.2, 1.0, 5.0, 1.0])})
+    # loaded 40 x 48 at 1.2 x 1.0 mm, resized to 32 x 32: world x = 1.2 * i, network index = (x - 0.25) / 1.5
+    mapped = points_to_network(np.array([[20.0, 24.0, 1.0], [0.0, 0.0, 0.0]]), image)
+    np.testing.assert_allclose(mapped, [[(24.0 - 0.25) / 1.5 + 0.5, (24.0 - 0.25) / 1.5 + 0.5, 1.5],
+                                        [0.5 - 0.25 / 1.5, 0.5 - 0.25 / 1.5, 0.5]])
+    picture = MetaTensor(torch.zeros(1, 32, 32, 1), affine=torch.diag(torch.tensor([1.5, 1.25, 1.0, 1.0])))
+    np.testing.assert_allclose(points_to_network(np.array([[6.0, 4.0]]), picture), [[4.5, 3.7, 0.5]])  # PNG
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"box": BOX, "foreground": [[1, 1, 1], [300, 10, 1]]},
+     r"parameter 'foreground' point 2 is \(300, 10, 1\) but the image is 40 x 48 x 3"),
+    ({"box": BOX, "background": [[-1, 10, 1]]}, r"parameter 'background' point 1 is \(-1, 10, 1\) but the image"),
+    ({"box": BOX, "points": [[1, 1, 3]], "point_labels": [1]}, r"parameter 'points' point 1 is \(1, 1, 3\) but"),
+    ({"box": BOX, "foreground": [[20, 20]]}, "parameter 'foreground' point 1 has 2 values but the image has 3 axes"),
+    ({"box": BOX, "background": [[float("nan"), 1, 1]]},
+     r"parameter 'background' point 1 is \(nan, 1, 1\): not a finite number"),
+    ({"box": BOX, "foreground": [[1, "a", 1]]}, "parameter 'foreground' point 1 must be numbers"),
+    ({"box": BOX, "foreground": [[True, 1, 1]]}, "parameter 'foreground' point 1 must be numbers"),
+    ({"box": BOX, "foreground": 5}, r"parameter 'foreground' must be points \[\[x, y\], ...\]"),
+    ({"box": BOX, "points": [[1, 1, 1]]}, "parameter 'points' was sent without 'point_labels'"),
+    ({"box": BOX, "point_labels": [1]}, "parameter 'point_labels' was sent without 'points'"),
+    ({"box": BOX, "points": [[1, 1, 1], [2, 2, 2]], "point_labels": [1]},
+     "'points' holds 2 point\\(s\\), 'point_labels' 1 label\\(s\\)"),
+    ({"box": BOX, "points": [[1, 1, 1]], "point_labels": [2]},
+     r"parameter 'point_labels' label 1 is 2; a label is 1 \(foreground\) or 0 \(background\)"),
+    ({"box": BOX, "points": [[1, 1, 1]], "point_labels": [True]}, "parameter 'point_labels' label 1 is True"),
+    ({"box": BOX, "points": [[1, 1, 1]], "point_labels": [-1]}, "parameter 'point_labels' label 1 is -1"),
+    ({"foreground": [[1, 1, 1]], "points": [[1, 1, 1]], "point_labels": [1]}, "not both"),
+    ({"points": [[1, 1, 1]], "point_labels": [0]}, "no box prompt in the request"),
+    ({"box": BOX, "label": "previous.nii.gz"}, r"parameter 'label' \(the previous label\) needs clicks"),
+    ({"box": BOX, "foreground": [[1, 1, 1]], "label": "no/such/file.nii.gz"},
+     "parameter 'label' must be the previous label's file"),
+])
+def test_bad_clicks_are_named(segmenter, clicky, params, message):
+    with pytest.raises(InputError, match=message):
+        segmenter.segment_request({"image": clicky[1], **params})
+
+
+def test_a_previous_label_of_another_shape_is_named(segmenter, clicky, tmp_path):
+    path = str(tmp_path / "small.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((20, 16, 3), np.uint8), np.eye(4)), path)
+    with pytest.raises(InputError, match="parameter 'label': the previous label is 20 x 16 x 3 but the image is "
+                                         "40 x 48 x 3"):
+        segmenter.segment_request({"image": clicky[1], "box": BOX, "foreground": [[1, 1, 1]], "label": path})
+
+
+def _embedding_runs(segmenter: BoxPromptSegmenter, image: str, requests: list[dict]) -> tuple[int, list]:
+    runs = []
+    hook = segmenter.network.vit.patch_embedding.register_forward_hook(lambda *args: runs.append(1))
+    try:
+        labels = [_segment(segmenter, image, **params) for params in requests]
+    finally:
+        hook.remove()
+    return len(runs), labels
+
+
+def test_requests_on_one_image_reuse_the_image_only_work(clicky, tmp_path):
+    bundle, image = clicky
+    copy = str(tmp_path / "same_content.nii.gz")  # an upload of the same image under another path
+    shutil.copy(image, copy)
+    requests = [{"box": BOX}, {"box": BOX, "foreground": [[20, 20, 1]]},
+                {"box": BOX, "foreground": [[20, 20, 1]], "background": [[8, 30, 1]]}]
+    direct_runs, direct = _embedding_runs(BoxPromptSegmenter(bundle, session_images=0), image, requests)
+    reusing = BoxPromptSegmenter(bundle)
+    first, _ = _embedding_runs(reusing, image, requests[:1])
+    later, labels = _embedding_runs(reusing, copy, requests)
+    assert direct_runs == 3 * first and first >= 1 and later == 0  # three requests, one run of the embedding
+    for a, b in zip(direct, labels):
+        np.testing.assert_array_equal(a, b)  # and the same answers
+
+
+def test_sessions_are_bounded_and_thread_safe(clicky, tmp_path):
+    bundle, image = clicky
+    segmenter = BoxPromptSegmenter(bundle, session_images=2)
+    paths = []
+    for i in range(3):
+        path = str(tmp_path / f"img{i}.nii.gz")
+        volume = np.random.default_rng(i + 1).random(SHAPE).astype(np.float32)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+        paths.append(path)
+    clicks = [{"box": BOX, "foreground": [[10 + 4 * i, 20, 1]]} for i in range(4)]
+    jobs = [(path, params) for path in paths for params in clicks]
+    expected = [_segment(BoxPromptSegmenter(bundle, session_images=0), p, **c) for p, c in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: _segment(segmenter, job[0], **job[1]), jobs))
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+    assert len(segmenter.sessions) == 2
+    assert not ClickSessions(torch.nn.Linear(1, 1)).enabled  # not a backbone of this package: no reuse
