@@ -22,17 +22,20 @@ Start (in the environment made by ``bash tools/monailabel_env.sh``; nothing is d
 
 ``POST /infer/<bundle name>`` with the image (``file`` upload or a datastore ``image`` id) and ``params`` JSON
 holding the prompt: ``box`` (``[x1, y1, x2, y2]`` / ``[x1, y1, z1, x2, y2, z2]`` or a list of boxes), ``roi``
-(3D Slicer's ROI: ``[i0, i1, j0, j1, k0, k1]``) or ``foreground`` click points, all in voxel coordinates of the
-image as loaded (NIfTI: i, j, k = array axes = Slicer IJK; PNG/JPG: x = column, y = row); see
+(3D Slicer's ROI: ``[i0, i1, j0, j1, k0, k1]``) and/or clicks, DeepEdit's ``foreground`` / ``background`` or
+VISTA3D's ``points`` + ``point_labels`` (1 foreground, 0 background), all in voxel coordinates of the image as
+loaded (NIfTI: i, j, k = array axes = Slicer IJK; PNG/JPG: x = column, y = row). The previous label, uploaded as
+form field ``label`` (or a ``label`` file path in ``params``), reaches the network as its ``previous_mask``.
+Consecutive requests on one image (same content) reuse the network's image-only work. See
 :mod:`prato_components.interactive`.
 
 Failures the client sees (``{"detail": reason}``): a missing or invalid prompt or parameter (every parameter is
-parsed strictly: ``box`` values, ``slice``, ``point_margin``, ``restrict_to_box``, ``params`` not JSON; a slice or a
-click outside the image is named as such), an image that cannot be read (corrupt, truncated, another format under a
-``.nii.gz`` name) -> 422; a file type other than NIfTI/PNG/JPG -> 415; an unknown model or image id -> 404. The
-uploaded file is removed whether the request succeeds or fails. A bundle that cannot be loaded (no weights, corrupt
-or mismatched weights, a bad config) is skipped at start with its reason in the log and in ``/info/`` under
-``skipped_models``; the others are served.
+parsed strictly: ``box`` values, ``slice``, ``point_margin``, ``restrict_to_box``, clicks and their labels,
+``params`` not JSON; a slice or a click outside the image is named as such), an image that cannot be read (corrupt,
+truncated, another format under a ``.nii.gz`` name) -> 422; a file type other than NIfTI/PNG/JPG -> 415; an unknown
+model or image id -> 404. The uploaded files are removed whether the request succeeds or fails. A bundle that cannot
+be loaded (no weights, corrupt or mismatched weights, a bad config) is skipped at start with its reason in the log and
+in ``/info/`` under ``skipped_models``; the others are served.
 
 Concurrency: the app replaces MONAI Label's ``POST /infer/{model}`` route (an ``async`` function that runs the
 inference on the event loop, so one request blocked every other one, ``/info/`` included) with one that runs in
@@ -92,7 +95,9 @@ class BoxPromptInferTask(InferTask):
         self.segmenter = BoxPromptSegmenter(bundle_dir, overrides=overrides)
         self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
-        description = f"{meta.get('task', meta.get('name'))}. Prompt: params 'box', 'roi' or 'foreground'."
+        description = (f"{meta.get('task', meta.get('name'))}. Prompt: params 'box' or 'roi' and/or clicks "
+                       "('foreground' / 'background' or 'points' + 'point_labels'); previous label: form field "
+                       "'label'.")
         super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels,
                          dimension=self.segmenter.spatial_dims,
                          description=description,
@@ -117,7 +122,8 @@ class BoxPromptInferTask(InferTask):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["version"] = self.version
-        info["prompt"] = "box [x1, y1, (z1,) x2, y2, (z2)] | roi (3D Slicer) | foreground points; image voxels"
+        info["prompt"] = ("box [x1, y1, (z1,) x2, y2, (z2)] | roi (3D Slicer), and/or clicks foreground / background "
+                          "or points + point_labels (1 fg, 0 bg); image voxels; form field label: previous label")
         return info
 
     def is_valid(self) -> bool:
@@ -240,12 +246,26 @@ class PratoBundlesApp(MONAILabelApp):
 
 
 # ---------------------------------------------------------------------------------------------- the /infer route
-def _remove(path: str | None) -> None:
-    if path:
-        try:
-            os.remove(path)
-        except FileNotFoundError:
-            pass
+def _remove(*paths: str | None) -> None:
+    for path in paths:
+        if path:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+
+
+def _upload(upload: UploadFile, field: str, default_name: str) -> str:
+    """Form field ``field`` (an image or a label file) saved to a temporary file of its type; 415 for another type."""
+    filename = upload.filename or default_name
+    suffix = "".join(pathlib.Path(filename).suffixes[-2:]).lower()
+    if not suffix.endswith(IMAGE_SUFFIXES):
+        raise HTTPException(status_code=415, detail=f"uploaded {field} {filename!r}: unsupported file type "
+                                                    "(send NIfTI .nii/.nii.gz or PNG/JPG)")
+    handle, path = tempfile.mkstemp(suffix=suffix, prefix="prato_upload_")
+    with os.fdopen(handle, "wb") as buffer:
+        shutil.copyfileobj(upload.file, buffer)
+    return path
 
 
 def install_infer_route(fastapi_app: Any) -> None:
@@ -253,8 +273,9 @@ def install_infer_route(fastapi_app: Any) -> None:
 
     Same parameters and responses as MONAI Label's route (it calls MONAI Label's ``run_inference``), but: a plain
     ``def`` (FastAPI runs it in its thread pool, so the event loop keeps answering other requests), at most
-    ``infer_concurrency`` inferences at once, the checks that answer 4xx before the model runs, and the uploaded
-    file removed on failure as well as on success.
+    ``infer_concurrency`` inferences at once, the checks that answer 4xx before the model runs, the previous label
+    (form field ``label``) passed on as ``params["label"]``, and the uploaded files removed on failure as well as on
+    success.
     """
     path = f"{settings.MONAI_LABEL_API_STR}/infer/{{model}}"
     routes = fastapi_app.router.routes
@@ -289,37 +310,33 @@ def install_infer_route(fastapi_app: Any) -> None:
                 and not instance.datastore().get_image_uri(image)):
             raise HTTPException(status_code=404, detail=f"unknown image id {image!r}: not in the datastore "
                                                         "(GET /datastore/?output=all lists the ids)")
-        uploaded = None
-        if file:
-            filename = file.filename or "upload.nii.gz"
-            suffix = "".join(pathlib.Path(filename).suffixes[-2:]).lower()
-            if not suffix.endswith(IMAGE_SUFFIXES):
-                raise HTTPException(status_code=415, detail=f"uploaded file {filename!r}: unsupported file type "
-                                                            "(send NIfTI .nii/.nii.gz or PNG/JPG)")
-            handle, uploaded = tempfile.mkstemp(suffix=suffix, prefix="prato_upload_")
-            with os.fdopen(handle, "wb") as buffer:
-                shutil.copyfileobj(file.file, buffer)
+        uploaded = _upload(file, "file", "upload.nii.gz") if file else None
+        if uploaded:
             image = uploaded
-            parsed["image_name"] = filename
+            parsed["image_name"] = file.filename or "upload.nii.gz"
         try:
-            if label:
-                raise HTTPException(status_code=422, detail="form field 'label' is not used by these models")
+            previous = _upload(label, "label", "label.nii.gz") if label else None  # the previous label
+        except BaseException:
+            _remove(uploaded)
+            raise
+        if previous:
+            parsed["label"] = previous
+        try:
             response = monailabel_infer.run_inference(
                 background_tasks, model, image, "" if uploaded else session_id, json.dumps(parsed), None, None, output,
             )
         except FutureTimeout as error:
-            _remove(uploaded)
+            _remove(uploaded, previous)
             raise HTTPException(status_code=503, detail=(
                 f"inference of {model!r} did not finish within {settings.MONAI_LABEL_INFER_TIMEOUT} s (waiting "
                 "included; server busy): retry later, or start the server with more --workers")) from error
         except MONAILabelException as error:
-            _remove(uploaded)
+            _remove(uploaded, previous)
             raise HTTPException(status_code=422, detail=f"{error.error.name}: {error.msg}") from error
         except BaseException:
-            _remove(uploaded)
+            _remove(uploaded, previous)
             raise
-        if uploaded:
-            background_tasks.add_task(_remove, uploaded)
+        background_tasks.add_task(_remove, uploaded, previous)
         return response
 
     route = APIRoute(path, prato_infer, methods=["POST"], name="prato_infer",

@@ -4,6 +4,7 @@ reuse of image-only work between requests on one image."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import nibabel as nib
 import numpy as np
 import pytest
+import test_monailabel
 import torch
 from conftest import ROOT
 from monai.bundle import ConfigParser
@@ -19,9 +21,11 @@ from monai.data import MetaTensor
 from prato_components.errors import InputError
 from prato_components.interactive import BoxPromptSegmenter, ClickSessions, points_to_network
 from prato_components.verification import tiny_overrides
+from tools.monailabel_load import monailabel_server, multipart_post
 
 SHAPE = (40, 48, 3)  # the image as loaded; the tiny bundle resizes it in-plane to 32 x 32
 BOX = [5, 5, 0, 35, 40, 3]
+monailabel_python = test_monailabel.monailabel_python  # the MONAI Label venv fixture
 TINY = {k: v for k, v in tiny_overrides("unetr_prato", 32).items() if k not in ("num_workers", "batch_size")}
 
 
@@ -201,3 +205,67 @@ def test_sessions_are_bounded_and_thread_safe(clicky, tmp_path):
         np.testing.assert_array_equal(a, b)
     assert len(segmenter.sessions) == 2
     assert not ClickSessions(torch.nn.Linear(1, 1)).enabled  # not a backbone of this package: no reuse
+
+
+@pytest.mark.slow
+def test_monailabel_server_takes_clicks_and_the_previous_label(monailabel_python, clicky, tmp_path):
+    """The real server: clicks and an uploaded previous label give the in-process answer; bad ones a 4xx."""
+    bundle, image = clicky
+    previous = np.zeros(SHAPE, np.uint8)
+    previous[10:30, 12:36, :] = 1
+    label_path = str(tmp_path / "previous.nii.gz")
+    nib.save(nib.Nifti1Image(previous, nib.load(image).affine), label_path)
+    content, label_content = open(image, "rb").read(), open(label_path, "rb").read()
+    local = BoxPromptSegmenter(bundle)
+    clicks = {"box": BOX, "foreground": [[20, 20, 1]], "background": [[8, 30, 1]]}
+    studies, server_tmp = tmp_path / "studies", tmp_path / "server_tmp"
+    studies.mkdir()
+    server_tmp.mkdir()
+    # this checkout's package (the venv's editable install may point to another one)
+    served = monailabel_server(monailabel_python, str(studies), os.path.dirname(bundle), str(tmp_path / "server.log"),
+                               cwd=str(tmp_path), env={"TMPDIR": str(server_tmp), "PYTHONPATH": ROOT},
+                               startup_timeout=240)
+    with served as (base, info, _process):
+        assert "point_labels" in info["models"]["unetr_prato"]["description"]
+        url = f"{base}/infer/unetr_prato?output=image"
+        for params, label, expected in (
+                (clicks, None, _segment(local, image, **clicks)),
+                (clicks, ("previous.nii.gz", label_content), _segment(local, image, **clicks, label=label_path))):
+            status, body, _ = multipart_post(url, content, "img.nii.gz", params, timeout=120, label=label)
+            assert status == 200, body[:500]
+            (tmp_path / "out.nii.gz").write_bytes(body)
+            np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "out.nii.gz")).dataobj), expected)
+        for params, label, code, message in (
+                ({"box": BOX, "foreground": [[300, 10, 1]]}, None, 422,
+                 "unetr_prato: parameter 'foreground' point 1 is (300, 10, 1) but the image is 40 x 48 x 3"),
+                ({"box": BOX, "points": [[1, 1, 1]], "point_labels": [2]}, None, 422, "'point_labels' label 1 is 2"),
+                (clicks, ("notes.txt", b"text"), 415, "uploaded label 'notes.txt': unsupported file type")):
+            status, body, _ = multipart_post(url, content, "img.nii.gz", params, timeout=120, label=label)
+            assert status == code and message in json.loads(body)["detail"], (status, body[:500])
+    assert not list(server_tmp.glob("prato_upload_*"))  # the uploads (images and labels) are removed
+
+
+served_3d = test_monailabel.served_3d  # a tiny unetr3d_prato and a rotated LPS volume of 0.8 x 0.8 x 2.5 mm
+
+
+def test_clicks_on_a_volume_follow_orientation_spacing_and_crop(served_3d):
+    """3D: a click maps into the box that the preprocessing makes of the voxels around it (rotated LPS affine,
+    2 mm resampling, foreground crop), and requests through the sliding window reuse work and answer as without."""
+    bundles, image, overrides = served_3d
+    bundle = os.path.join(bundles, "unetr3d_prato")
+    segmenter = BoxPromptSegmenter(bundle, overrides=overrides)
+    click = [25.0, 30.0, 10.0]
+    around = [[v - 3 for v in click] + [v + 4 for v in click]]  # voxels click +- 3
+    data = segmenter.preprocessing({"image": image, "box": around})
+    mapped = points_to_network(np.array([click]), data["image"])[0]
+    box = np.asarray(data["box"], dtype=np.float64).reshape(-1)
+    assert (box[:3] <= mapped).all() and (mapped <= box[3:]).all(), (mapped, box)
+    assert (box[3:] - box[:3] <= 7 * 1.25 + 2).all()  # the box of 7 voxels of at most 2.5 mm, at 2 mm, stays small
+    requests = [{"box": test_monailabel.BOX_3D}, {"box": test_monailabel.BOX_3D, "foreground": [click]},
+                {"box": test_monailabel.BOX_3D, "foreground": [click], "background": [[12.0, 14.0, 5.0]]}]
+    direct_runs, direct = _embedding_runs(BoxPromptSegmenter(bundle, overrides=overrides, session_images=0), image,
+                                          requests)
+    runs, labels = _embedding_runs(segmenter, image, requests)
+    assert runs >= 1 and direct_runs == 3 * runs, (runs, direct_runs)  # the clicks lie in the box's windows
+    for a, b in zip(direct, labels):
+        np.testing.assert_array_equal(a, b)

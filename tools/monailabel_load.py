@@ -46,15 +46,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def multipart_post(url: str, content: bytes, filename: str, params: dict, timeout: float) -> tuple[int, bytes, float]:
-    """``multipart/form-data`` POST of a file and ``params`` (what MONAI Label's ``/infer`` takes): the HTTP status
-    (0 when the request was refused or timed out), the body and the seconds it took."""
+def multipart_post(url: str, content: bytes, filename: str, params: dict, timeout: float,
+                   label: tuple[str, bytes] | None = None) -> tuple[int, bytes, float]:
+    """``multipart/form-data`` POST of a file and ``params`` (what MONAI Label's ``/infer`` takes), and the previous
+    label ``(filename, content)`` as form field ``label`` when given: the HTTP status (0 when the request was refused
+    or timed out), the body and the seconds it took."""
     boundary = uuid.uuid4().hex
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + content + f"\r\n--{boundary}--\r\n".encode()
+    files = [("file", filename, content)] + ([("label", *label)] if label else [])
+    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n".encode()
+    for field, name, data in files:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+                 "Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     start = time.monotonic()
