@@ -384,15 +384,6 @@ class ClickSessions:
         return _SessionNetwork(self.network, self._images[image_key])
 
 
-def file_digest(path: str) -> str:
-    """The sha256 of a file: the identity of an image across requests (an upload gets a new path each time)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class BoxPromptSegmenter:
     """One bundle's ``inference.json`` pipeline for single images with box prompts.
 
@@ -505,7 +496,11 @@ class BoxPromptSegmenter:
                                        ) if (point_labels == FOREGROUND).any() else []
         prompts = {k: v.to(self.device) for k, v in prompts.items()}
         with torch.no_grad(), self.sessions.lock:
-            network = self.sessions.network_for(file_digest(image_path)) if self.sessions.enabled else self.network
+            if self.sessions.enabled:  # keyed by the content: an upload of the same image gets a new path
+                with open(image_path, "rb") as stream:
+                    network = self.sessions.network_for(hashlib.file_digest(stream, "sha256").hexdigest())
+            else:
+                network = self.network
             pred = self.inferer(image[None].to(self.device), network, **prompts)
         pred = pred.as_tensor() if isinstance(pred, MetaTensor) else pred
         data["pred"] = pred[0].cpu()  # Invertd takes the inverse of the preprocessing from data["image"]

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 
 import nibabel as nib
 import numpy as np
@@ -105,6 +106,23 @@ def test_check_image_file(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the pipeline
+def save_untrained(bundle: str, overrides: dict, edit: Callable[[torch.nn.Module], None] | None = None) -> None:
+    """``<bundle>/models/model.pt``: the bundle's network built with ``overrides`` (seed 0; ``edit`` changes it), as
+    training writes a weights file: the state dict and the network settings it was built with."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(os.path.join(bundle, "configs", "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    if edit is not None:
+        edit(network)
+    torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
+               os.path.join(bundle, "models", "model.pt"))
+
+
 @pytest.fixture(scope="module")
 def served_bundles(acdc_dir, tmp_path_factory) -> str:
     """A bundles folder with unetr_prato (a tiny checkpoint trained briefly) and the same bundle untrained."""
@@ -119,18 +137,7 @@ def served_bundles(acdc_dir, tmp_path_factory) -> str:
         shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
         os.makedirs(os.path.join(target, "models"))
         if weights is None:
-            from monai.bundle import ConfigParser
-
-            parser = ConfigParser()
-            parser.read_config(os.path.join(target, "configs", "inference.json"))
-            for key, value in TINY.items():
-                parser[key] = value
-            torch.manual_seed(0)
-            network = parser.get_parsed_content("network_def")
-            # a weights file as training writes it: the state dict and the network settings it was built with
-            settings = parser.get_parsed_content("network_settings")
-            torch.save({"model": network.state_dict(), "network_settings": settings},
-                       os.path.join(target, "models", "model.pt"))
+            save_untrained(target, TINY)
         else:
             shutil.copy(weights, os.path.join(target, "models", "model.pt"))
     return os.path.join(out, "bundles")

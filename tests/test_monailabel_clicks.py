@@ -15,7 +15,6 @@ import pytest
 import test_monailabel
 import torch
 from conftest import ROOT
-from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from prato_components.errors import InputError
@@ -37,16 +36,8 @@ def clicky(tmp_path_factory) -> tuple[str, str]:
     target = os.path.join(out, "unetr_prato")
     shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
     os.makedirs(os.path.join(target, "models"))
-    parser = ConfigParser()
-    parser.read_config(os.path.join(target, "configs", "inference.json"))
-    for key, value in TINY.items():
-        parser[key] = value
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    with torch.no_grad():  # a fresh encoder is zero (no effect): give the guidance (all three maps) some weight
-        network.click_encoder.guide.weight.normal_(0.0, 5.0)
-    torch.save({"model": network.state_dict(), "network_settings": parser.get_parsed_content("network_settings")},
-               os.path.join(target, "models", "model.pt"))
+    # a fresh encoder is zero (no effect): give the guidance (all three maps) some weight
+    test_monailabel.save_untrained(target, TINY, lambda network: network.click_encoder.guide.weight.data.normal_(0, 5))
     image = os.path.join(out, "img.nii.gz")
     volume = np.random.default_rng(0).random(SHAPE).astype(np.float32)
     nib.save(nib.Nifti1Image(volume, np.diag([1.2, 1.0, 5.0, 1.0])), image)
