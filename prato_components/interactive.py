@@ -324,11 +324,12 @@ def points_to_network(points: np.ndarray, image: torch.Tensor) -> np.ndarray:
     ``affine``, so resizing, spacing, orientation and cropping move the clicks as they move the image. A 2D picture
     that loads with one more axis gets index 0 there; the result is clipped to the input."""
     dims = image.ndim - 1
-    loaded = image.meta.get("original_affine") if hasattr(image, "meta") else None
-    loaded = np.eye(dims + 1) if loaded is None else np.asarray(loaded, dtype=np.float64)
     current = np.asarray(image.affine, dtype=np.float64) if hasattr(image, "affine") else np.eye(dims + 1)
-    rows = np.zeros((len(points), dims + 1))
-    rows[:, : points.shape[1]], rows[:, -1] = points, 1.0
+    rank = current.shape[0] - 1  # MONAI keeps 4 x 4 affines for 2D images too
+    loaded = image.meta.get("original_affine") if hasattr(image, "meta") else None
+    loaded = np.eye(rank + 1) if loaded is None else np.asarray(loaded, dtype=np.float64)
+    rows = np.zeros((len(points), rank + 1))
+    rows[:, : min(points.shape[1], rank)], rows[:, -1] = points[:, :rank], 1.0
     mapped = (np.linalg.solve(current, loaded @ rows.T)).T[:, :dims] + 0.5
     return np.clip(mapped, 0.0, np.asarray(image.shape[1:], dtype=np.float64))
 

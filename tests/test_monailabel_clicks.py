@@ -113,6 +113,34 @@ def test_points_map_through_the_preprocessing_as_the_image_does():
                                         [0.5 - 0.25 / 1.5, 0.5 - 0.25 / 1.5, 0.5]])
     picture = MetaTensor(torch.zeros(1, 32, 32, 1), affine=torch.diag(torch.tensor([1.5, 1.25, 1.0, 1.0])))
     np.testing.assert_allclose(points_to_network(np.array([[6.0, 4.0]]), picture), [[4.5, 3.7, 0.5]])  # PNG
+    rgb = MetaTensor(torch.zeros(3, 32, 32), affine=torch.tensor(  # a 2D image keeps a 4 x 4 affine in MONAI
+        [[1.5, 0, 0, 0.25], [0, 1.25, 0, 0.125], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float64))
+    np.testing.assert_allclose(points_to_network(np.array([[6.0, 4.0]]), rgb), [[(6 - 0.25) / 1.5 + 0.5, 3.6]])
+
+
+def test_clicks_and_a_previous_label_on_a_picture(tmp_path):
+    """PNG (ISIC-like RGB): clicks [x, y] and a previous label PNG reach the 2D network."""
+    from PIL import Image
+
+    bundle = str(tmp_path / "unetr_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), bundle)
+    os.makedirs(os.path.join(bundle, "models"))
+    test_monailabel.save_untrained(bundle, {**TINY, "dataset": "isic"},
+                                   lambda network: network.click_encoder.guide.weight.data.normal_(0, 5))
+    image, previous = str(tmp_path / "skin.png"), str(tmp_path / "previous.png")
+    Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8)).save(image)
+    mask = np.zeros((40, 48), np.uint8)  # rows, columns: x = column in [5, 20), y = row in [10, 30)
+    mask[10:30, 5:20] = 1
+    Image.fromarray(mask).save(previous)
+    segmenter = BoxPromptSegmenter(bundle, overrides={"dataset": "isic"})
+    box = [2, 2, 40, 30]
+    plain = _segment(segmenter, image, box=box)
+    clicked = _segment(segmenter, image, box=box, foreground=[[20, 20]])
+    with_label = _segment(segmenter, image, box=box, foreground=[[20, 20]], label=previous)
+    assert plain.shape == clicked.shape == with_label.shape == (48, 40)  # MONAI's (x, y)
+    assert (plain != clicked)[15:26, 15:26].any() and (clicked != with_label).any()
+    with pytest.raises(InputError, match=r"parameter 'foreground' point 1 is \(20, 45\) but the image is 48 x 40"):
+        segmenter.segment_request({"image": image, "box": box, "foreground": [[20, 45]]})
 
 
 @pytest.mark.parametrize("params, message", [
