@@ -242,7 +242,8 @@ def _server(python: str, bundles: str, studies: str, tmp_path, extra: list[str],
     url, /info/ at start, log path)."""
     log_path = tmp_path / f"server-{uuid.uuid4().hex[:8]}.log"
     conf = {"bundle_overrides": json.dumps(overrides)} if overrides else None
-    env = {"TMPDIR": tmpdir} if tmpdir is not None else None
+    # this checkout's package (the venv's editable install may point to another checkout)
+    env = {"PYTHONPATH": ROOT, **({"TMPDIR": tmpdir} if tmpdir is not None else {})}
     with monailabel_server(python, studies, bundles, str(log_path), conf, extra, cwd=str(tmp_path), env=env,
                            startup_timeout=240) as (base, info, _process):
         yield base, info, log_path

@@ -20,7 +20,7 @@ from monai.data import MetaTensor
 from prato_components.errors import InputError
 from prato_components.interactive import BoxPromptSegmenter, ClickSessions, points_to_network
 from prato_components.verification import tiny_overrides
-from tools.monailabel_load import monailabel_server, multipart_post
+from tools.monailabel_load import multipart_post
 
 SHAPE = (40, 48, 3)  # the image as loaded; the tiny bundle resizes it in-plane to 32 x 32
 BOX = [5, 5, 0, 35, 40, 3]
@@ -240,11 +240,9 @@ def test_monailabel_server_takes_clicks_and_the_previous_label(monailabel_python
     studies, server_tmp = tmp_path / "studies", tmp_path / "server_tmp"
     studies.mkdir()
     server_tmp.mkdir()
-    # this checkout's package (the venv's editable install may point to another one)
-    served = monailabel_server(monailabel_python, str(studies), os.path.dirname(bundle), str(tmp_path / "server.log"),
-                               cwd=str(tmp_path), env={"TMPDIR": str(server_tmp), "PYTHONPATH": ROOT},
-                               startup_timeout=240)
-    with served as (base, info, _process):
+    served = test_monailabel._server(monailabel_python, os.path.dirname(bundle), str(studies), tmp_path, [],
+                                     tmpdir=str(server_tmp))
+    with served as (base, info, _log):
         assert "point_labels" in info["models"]["unetr_prato"]["description"]
         url = f"{base}/infer/unetr_prato?output=image"
         for params, label, expected in (
