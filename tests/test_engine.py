@@ -5,8 +5,9 @@ import torch
 from conftest import UNETR_BOXES as BOXES
 from conftest import UNETR_TINY as TINY
 from conftest import tiny_unetr
+from monai.losses import DiceCELoss
 
-from prato_components.engine import PrunedSegLoss, label_on_grid, summarise_token_reports
+from prato_components.engine import PrunedSegLoss, label_on_grid, presence_on_grid, summarise_token_reports
 from prato_components.networks import PrunedUNETR
 
 
@@ -37,6 +38,26 @@ def test_loss_and_sparsity_summary_use_the_network_report():
     assert summary["kept_fraction/stage2"] == pytest.approx(9 / 12)
     assert summary["kept_fraction"] == pytest.approx((4 * 16 + 3 * 12 + 5 * 9) / (12 * 16))
     assert summary["token_sparsity"] == pytest.approx(47 / 192)
+
+
+def test_the_coarse_target_says_where_any_structure_is():
+    """A cell holding any foreground is foreground for the coarse head (a small structure too), its foreground
+    classes in proportion; the loss is the cross-entropy against that (binary for a single channel)."""
+    label = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    label[0, 0, 0, 0], label[0, 0, 0, 1], label[0, 0, 3, 3] = 2, 1, 1  # one voxel of 4 (a quarter cell) each
+    target = presence_on_grid(label, (2, 2), 3)
+    assert target[0, :, 0, 0].tolist() == [0.0, 0.5, 0.5]  # the majority label says background here
+    assert target[0, :, 1, 1].tolist() == [0.0, 1.0, 0.0] and target[0, :, 0, 1].tolist() == [1.0, 0.0, 0.0]
+    assert label_on_grid(label, (2, 2), 3)[0, 0, 1, 1].item() == 0
+
+    class WithCoarse(torch.nn.Module):
+        coarse_logits = torch.randn(1, 3, 2, 2)
+
+    loss = PrunedSegLoss(DiceCELoss(to_onehot_y=True, softmax=True), WithCoarse())
+    pred = torch.zeros(1, 3, 4, 4)
+    base = DiceCELoss(to_onehot_y=True, softmax=True)(pred, label)
+    expected = base + torch.nn.functional.cross_entropy(WithCoarse.coarse_logits, target)
+    torch.testing.assert_close(loss(pred, label), expected)
 
 
 def test_token_sparsity_means_the_same_for_every_backbone():

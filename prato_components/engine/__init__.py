@@ -28,4 +28,4 @@ from prato_components.engine.inferers import (
     windows_touching_boxes,
 )
 from prato_components.engine.inspection import record_retention
-from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid
+from prato_components.engine.losses import DistillationLoss, PrunedSegLoss, label_on_grid, presence_on_grid

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from prato_components.engine.checkpoint import load_weights
 from prato_components.engine.distributed import unwrap
 
-__all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid"]
+__all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid", "presence_on_grid"]
 
 
 def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -31,9 +31,23 @@ def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes:
     return pooled.argmax(dim=1, keepdim=True)
 
 
+def presence_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """What every grid cell contains, as class probabilities ``[B, C, *grid_shape]`` from an index label
+    ``[B, 1, *spatial]``: a cell holding any foreground is foreground (its foreground classes in proportion to their
+    voxels, background 0), else background. The coarse head's target: it must *find* structures, also those that
+    never fill half a cell (a majority label would call a small structure background everywhere)."""
+    one_hot = F.one_hot(label[:, 0].long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1).float()
+    pool = F.adaptive_avg_pool2d if len(grid_shape) == 2 else F.adaptive_avg_pool3d
+    fractions = pool(one_hot, grid_shape)
+    foreground = fractions[:, 1:].sum(1, keepdim=True)
+    found = foreground > 0
+    share = fractions[:, 1:] / foreground.clamp(min=1e-12)
+    return torch.cat([(~found).float(), torch.where(found, share, torch.zeros_like(share))], 1)
+
+
 class PrunedSegLoss(nn.Module):
     """``loss(pred, label) + aux_weight * network.aux_loss + logits_weight * mean_i loss(aux_logits_i, label_i)
-    + coarse_weight * loss(coarse_logits, label on their grid)``.
+    + coarse_weight * CE(coarse_logits, what each cell of their grid contains)`` (:func:`presence_on_grid`).
 
     Args:
         loss: the segmentation loss, e.g. MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``.
@@ -65,8 +79,18 @@ class PrunedSegLoss(nn.Module):
             total = total + self.logits_weight * torch.stack(terms).mean()
         coarse = getattr(self.network, "coarse_logits", None)
         if coarse is not None and self.coarse_weight:
-            total = total + self.coarse_weight * self._on_grid(coarse, label)
+            total = total + self.coarse_weight * self._coarse_term(coarse, label)
         return total
+
+    @staticmethod
+    def _coarse_term(coarse: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the coarse head's logits against :func:`presence_on_grid` (a single channel: binary
+        cross-entropy against "the cell holds foreground")."""
+        if coarse.shape[1] == 1:
+            target = presence_on_grid(label, tuple(coarse.shape[2:]), 2)[:, 1:]
+            return F.binary_cross_entropy_with_logits(coarse.float(), (target > 0).float())
+        target = presence_on_grid(label, tuple(coarse.shape[2:]), coarse.shape[1])
+        return F.cross_entropy(coarse.float(), target)
 
     def _on_grid(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """The segmentation loss of logits on a coarser grid against the label reduced to it."""

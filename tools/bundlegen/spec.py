@@ -21,7 +21,8 @@ CHANGELOG = {
     "decoded window; prato_components.networks.ClickSession reuses the image-only encoder work between the clicks "
     "on one image"
     "; coarse_threshold (default 0.4): guided decoding widens the decoded window only where the coarse "
-    "head's foreground probability reaches it (0.2 before), so a correct box decodes as box decoding does; "
+    "head's foreground probability reaches it (0.2 before), so a correct box decodes as box decoding does, and the "
+    "coarse head learns where any structure is in each cell (its majority class before), so it finds small ones; "
     "measured in docs/accuracy.md",
     "0.5.0": "bundle_root is \".\" (the bundle's folder, as in the MONAI Model Zoo: run from it or pass "
     "--bundle_root); a BTCV bundle's network builds from its configs alone (BTCV's 14 classes unless "
