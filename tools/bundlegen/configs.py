@@ -285,6 +285,11 @@ def _train(pruned: bool) -> dict:
         "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
                        "shuffle": True, "num_workers": "@num_workers"},
         "inferer": "@inferer",
+        # simulated corrective clicks (click_training; probability 0: the batch as prepared, docs/design.md §9)
+        "prepare_batch": {"_target_": "prato_components.engine.ClickTrainingBatch", "prepare_batch": "@prepare_batch",
+                          "network": "@network", "inferer": "@train#inferer",
+                          "probability": "@click_training#probability", "max_clicks": "@click_training#max_clicks",
+                          "sampling": "@click_training#sampling", "amp": "@amp"},
         "handlers": [
             *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
@@ -307,13 +312,14 @@ def _train(pruned: bool) -> dict:
             "optimizer": "@optimizer",
             "loss_function": "@loss",
             "inferer": "@train#inferer",
-            "prepare_batch": "@prepare_batch",
+            "prepare_batch": "@train#prepare_batch",
             "train_handlers": "@train#handlers",
         },
     }
 
 
 SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
+CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted"}
 
 
 def train_config(name: str) -> dict:
@@ -327,6 +333,9 @@ def train_config(name: str) -> dict:
         "learning_rate": 1e-4,
         "val_interval": 1,
         **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
+        # the fraction of batches trained with 1..max_clicks simulated clicks per image (0: none), drawn "weighted"
+        # toward the error components' centres or at the "centre" (engine.ClickTrainingBatch)
+        "click_training": CLICK_TRAINING,
         "cache_rate": 1.0,
         "resume": True,
         "splits": SPLITS,
@@ -362,6 +371,8 @@ def evaluate_config(name: str) -> dict:
         "prompt_factor": None,
         "prompts": "$prato_components.bundle.prompt_qualities(@prompt)",
         "split": "test",
+        # corrective clicks per structure of the interactive protocol (box, then clicks; 0: box only, as before)
+        "clicks": 0,
         "latency_repeats": 5,
         "compile": False,
         "test": {
@@ -380,7 +391,8 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
              "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
-             "latency_repeats": "@latency_repeats", "prompts": "@prompts"},
+             "latency_repeats": "@latency_repeats", "prompts": "@prompts", "clicks": "@clicks",
+             "inferer": "@inferer"},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
