@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import ALL_BUNDLES, BUNDLES_DIR, read_json
+from conftest import ALL_BUNDLES, BUNDLES_DIR, read_json, run_bundle
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import PrepareBatchExtraInput
@@ -304,11 +304,14 @@ def _evaluate(report: EvaluationReport, batches: list[dict]) -> Engine:
     return engine
 
 
-def test_evaluation_report_with_clicks_writes_the_protocol_and_the_figure(tmp_path):
+@pytest.mark.parametrize("decollated", [False, True])
+def test_evaluation_report_with_clicks_writes_the_protocol_and_the_figure(decollated, tmp_path):
     image, truth = _one_structure()
     second = torch.stack([truth, truth])  # already exact
     batch = {"image": torch.stack([image[0], second]), "label": torch.stack([truth, truth])[:, None],
              "box": torch.tensor([[[0.0, 0.0, 16.0, 16.0]]] * 2)}
+    if decollated:  # as MONAI's evaluators leave engine.state.batch
+        batch = [{key: value[b] for key, value in batch.items()} for b in range(2)]
     report = EvaluationReport(str(tmp_path), ["square"], ["mean_dice"], network=ClickedOracle(), clicks=3,
                               inferer=PromptedInferer(2))
     _evaluate(report, [batch])
@@ -361,3 +364,52 @@ def test_bundle_keys_default_to_no_clicks():
         assert train["train"]["prepare_batch"]["prepare_batch"] == "@prepare_batch"
     with pytest.raises(InputError, match="clicks must be an integer >= 0"):
         check_settings({"clicks": -2})
+
+
+
+class ClickConv(nn.Module):
+    """A bundle-sized stand-in that takes clicks: a 3x3 convolution plus, per output channel, a learned weight times
+    +1 within 3 pixels of each foreground click and -1 within 3 pixels of each background click. ``calls`` (shared
+    by every instance: the bundle builds its own) records the number of clicks of every call (``None``: no points)."""
+
+    calls: list[int | None] = []
+
+    def __init__(self, in_channels: int, out_channels: int, **unused) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.click_weight = nn.Parameter(torch.linspace(-1.0, 1.0, out_channels))
+
+    def forward(self, image, boxes=None, points=None, point_labels=None):
+        type(self).calls.append(None if points is None else points.shape[1])
+        logits = self.conv(image)
+        if points is None:
+            return logits
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in image.shape[2:]], indexing="ij"), -1)
+        guidance = torch.zeros(image.shape[0], *image.shape[2:], device=image.device)
+        for b in range(image.shape[0]):
+            for point, label in zip(points[b], point_labels[b]):
+                if label >= 0:
+                    near = (grid.to(point) - point).norm(dim=-1) <= 3
+                    guidance[b] += near * (1.0 if label == 1 else -1.0)
+        return logits + self.click_weight.view(1, -1, 1, 1) * guidance[:, None]
+
+
+def test_a_bundle_trains_and_evaluates_with_clicks(acdc_dir, tmp_path):
+    """``click_training`` reaches the trainer and ``clicks`` the evaluation report (a bundle with a stand-in network
+    that takes clicks): one training iteration with 1..2 simulated clicks, then the interactive protocol."""
+    root = str(tmp_path / "bundle")
+    network = {"network_def": {"_target_": "test_clicks.ClickConv", "in_channels": "@in_channels",
+                               "out_channels": "@out_channels"}}
+    ClickConv.calls.clear()
+    run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=1, **network,
+               **{"train#trainer#epoch_length": 1, "click_training#probability": 1.0, "click_training#max_clicks": 2})
+    clicks = max(c for c in ClickConv.calls if c is not None)
+    assert clicks in (1, 2) and ClickConv.calls[: clicks + 1] == [None, *range(1, clicks + 1)]
+    assert set(ClickConv.calls[clicks + 1 :]) == {None}  # validation: the box only
+    run_bundle("unetr_prato", "evaluate", root, dataset_dir=acdc_dir, latency_repeats=0, clicks=2, **network)
+    metrics = read_json(os.path.join(root, "eval", "metrics.json"))
+    interactive = metrics["interactive"]
+    assert interactive["clicks"] == 2 and len(interactive["dice_per_step"]["mean"]) == 3
+    assert interactive["num_structures"] >= metrics["num_present"]["left_ventricle"] > 0
+    assert 0.0 <= interactive["dice_auc"]["mean"] <= 1.0 and 0 <= interactive["noc90"]["mean"] <= 3
+    assert os.path.isfile(os.path.join(root, "eval", "dice_vs_clicks.png"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -199,6 +199,8 @@ class InteractiveEvaluation:
                  inferer: Callable | None = None) -> None:
         if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 0:
             raise ValueError(f"clicks must be an integer >= 0, got {clicks!r}")
+        if clicks:
+            check_takes_clicks(network, "the interactive evaluation")
         self.network, self.clicks, self.class_names, self.inferer = network, clicks, list(class_names), inferer
         self.records: list[list[StructureRecord]] = []  # per image, in the order evaluated
 
@@ -210,13 +212,15 @@ class InteractiveEvaluation:
         self.records = []
 
     def __call__(self, engine: Engine) -> None:
-        batch: Mapping = engine.state.batch
+        batch = engine.state.batch  # a collated dict, or the items MONAI's evaluators decollate it into
+        items = batch if isinstance(batch, Sequence) else [{k: batch[k][b] for k in ("image", "label", "box")}
+                                                            for b in range(len(batch["image"]))]
         device = next(unwrap(self.network).parameters()).device
         classes = list(range(1, len(self.class_names) + 1))
-        for b in range(len(batch["image"])):
-            image = torch.as_tensor(batch["image"][b : b + 1]).to(device)
-            label = torch.as_tensor(batch["label"][b]).to(device)
-            boxes = torch.as_tensor(batch["box"][b]).reshape(-1, 2 * (image.ndim - 2))
+        for item in items:
+            image = torch.as_tensor(item["image"])[None].to(device)
+            label = torch.as_tensor(item["label"]).to(device)
+            boxes = torch.as_tensor(item["box"]).reshape(-1, 2 * (image.ndim - 2))
             if boxes.shape[0] != len(classes):
                 boxes = boxes_from_label(label, per_class=True, classes=classes, on_empty="pad")
             self.records.append(interactive_evaluation(self.network, image, label, boxes, self.clicks, classes,
