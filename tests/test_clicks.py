@@ -26,8 +26,10 @@ from prato_components.engine import (
     PromptedInferer,
     StructureRecord,
     append_clicks,
+    click_evaluation,
     clicks_to_reach,
     dice_auc,
+    draw_dice_curve,
     error_masks,
     interactive_evaluation,
     next_click,
@@ -413,3 +415,11 @@ def test_a_bundle_trains_and_evaluates_with_clicks(acdc_dir, tmp_path):
     assert interactive["num_structures"] >= metrics["num_present"]["left_ventricle"] > 0
     assert 0.0 <= interactive["dice_auc"]["mean"] <= 1.0 and 0 <= interactive["noc90"]["mean"] <= 3
     assert os.path.isfile(os.path.join(root, "eval", "dice_vs_clicks.png"))
+
+
+def test_the_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch, caplog):
+    summary = summarise_interactive([StructureRecord(1, [0.5, 0.9], [1.0, 1.0])], ["a"])
+    assert draw_dice_curve(summary, str(tmp_path / "drawn.png")) and os.path.getsize(tmp_path / "drawn.png") > 0
+    monkeypatch.setattr(click_evaluation, "optional_import", lambda *args, **kwargs: (None, False))
+    assert not draw_dice_curve(summary, str(tmp_path / "skipped.png"))
+    assert "needs matplotlib" in caplog.text and not os.path.exists(tmp_path / "skipped.png")

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.metrics import compute_dice
+from monai.utils import optional_import
 
 from prato_components.atomic import atomic_open
 from prato_components.engine.clicks import Click, append_clicks, check_takes_clicks, next_click
@@ -239,15 +240,12 @@ class InteractiveEvaluation:
 def draw_dice_curve(summary: dict, path: str, title: str = "") -> bool:
     """The mean Dice after the box and after each click (``summary["dice_per_step"]``), per class and over all
     structures, as a PNG at ``path`` (written atomically). Returns False, with a warning, without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    figure, found = optional_import("matplotlib.figure", name="Figure")  # the "report" extra
+    if not found:
         logger.warning('the Dice-vs-clicks figure needs matplotlib (pip install -e ".[report]"); not drawn')
         return False
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=80)
+    fig = figure(figsize=(5, 3.5), dpi=80)
+    ax = fig.subplots()
     for name, values in summary["dice_per_step"].items():
         bold = name == "mean"
         ax.plot(range(len(values)), values, marker="o", linewidth=2.5 if bold else 1, color="black" if bold else None,
@@ -262,5 +260,4 @@ def draw_dice_curve(summary: dict, path: str, title: str = "") -> bool:
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png")
-    plt.close(fig)
     return True
