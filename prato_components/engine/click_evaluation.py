@@ -252,7 +252,7 @@ def draw_dice_curve(summary: dict, path: str, title: str = "") -> bool:
                 label=name, zorder=3 if bold else 2)
     ax.set_xlabel("corrective clicks (0: box only)")
     ax.set_ylabel("Dice")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_xticks(range(summary["clicks"] + 1))
     ax.set_title(title or f"Dice AUC {summary['dice_auc']['mean']:.3f}, final Dice {summary['final_dice']['mean']:.3f}",
                  fontsize=9)
