@@ -42,7 +42,8 @@ from prato_components.prompts.boxes import box_is_padding
 
 class ClickedOracle(nn.Module):
     """A stand-in for a network that takes clicks: channel 0 of the image is its guess (a class map), channel 1 the
-    truth; every real click (label 0 or 1) replaces the guess by the truth within ``radius`` voxels of it, and
+    truth; every real click (label 0 or 1) replaces the guess by the truth in the voxels whose centres lie within
+    ``radius`` of it, and
     outside the union of the boxes the answer is background. It records the points of every call."""
 
     def __init__(self, num_classes: int = 2, radius: float = 1.5) -> None:
@@ -54,6 +55,7 @@ class ClickedOracle(nn.Module):
     def forward(self, image, boxes=None, points=None, point_labels=None):
         guess, truth = image[:, 0].round().long().clone(), image[:, 1].round().long()
         grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in guess.shape[1:]], indexing="ij"), -1).float()
+        grid = grid + 0.5  # voxel centres
         for b in range(guess.shape[0]):
             for point, label in zip(points[b] if points is not None else [], point_labels[b] if points is not None
                                     else []):
@@ -65,8 +67,7 @@ class ClickedOracle(nn.Module):
                 rows = boxes[b].reshape(-1, 2 * (image.ndim - 2))
                 for row in rows[~box_is_padding(rows)]:
                     dims = len(row) // 2
-                    centre = grid + 0.5
-                    inside |= ((centre >= row[:dims]) & (centre < row[dims:])).all(-1)
+                    inside |= ((grid >= row[:dims]) & (grid < row[dims:])).all(-1)
                 guess[b][~inside] = 0
         self.calls.append((points, point_labels, guess))
         return F.one_hot(guess, self.num_classes).movedim(-1, 1).float() * 10 + self.weight
@@ -138,10 +139,10 @@ def test_sample_click_lies_in_the_errors_with_their_label_and_is_reproducible():
 
 def test_append_clicks_pads_images_without_a_click():
     points, labels = append_clicks(None, None, [Click((3, 4), 1), None])
-    assert points.tolist() == [[[3.0, 4.0]], [[0.0, 0.0]]] and labels.tolist() == [[1], [-1]]
+    assert points.tolist() == [[[3.5, 4.5]], [[0.0, 0.0]]] and labels.tolist() == [[1], [-1]]  # voxel centres
     points, labels = append_clicks(points, labels, [None, Click((5, 6), 0)])
     assert points.shape == (2, 2, 2) and points.dtype == torch.float32 and labels.dtype == torch.int64
-    assert points[1].tolist() == [[0.0, 0.0], [5.0, 6.0]] and labels.tolist() == [[1, -1], [-1, 0]]
+    assert points[1].tolist() == [[0.0, 0.0], [5.5, 6.5]] and labels.tolist() == [[1, -1], [-1, 0]]
     points, labels = append_clicks(None, None, [None, None], spatial_dims=3)
     assert points.shape == (2, 1, 3) and labels.tolist() == [[-1], [-1]]
     with pytest.raises(ValueError, match="spatial_dims is needed when no image has a click yet"):
@@ -189,7 +190,7 @@ def test_click_training_adds_k_clicks_in_the_errors_and_calls_the_network_k_plus
         assert (0 if given is None else given.shape[1]) == step
         assert torch.equal(points[:, : step], given if given is not None else points[:, :0])
         for b in range(2):
-            point, label = tuple(int(v) for v in points[b, step]), int(labels[b, step])
+            point, label = tuple(int(v) for v in points[b, step].floor()), int(labels[b, step])
             assert label in (0, 1), "every image has an error to click"
             cls = int(truth[b][point]) if label == 1 else int(guess[b][point])
             assert cls > 0 and (guess[b][point] != cls if label == 1 else truth[b][point] != cls)
@@ -201,7 +202,7 @@ def test_click_training_centre_sampling_clicks_the_evaluation_click():
     batch["label"] = (batch["label"] == 1).float()  # one structure: the hole in class 1 is the only miss
     batch["image"] = torch.cat([(batch["image"][:, :1] == 1).float(), batch["label"]], 1)
     image, label, _, kwargs = _hook(network, probability=1.0, max_clicks=1, sampling="centre")(batch)
-    assert kwargs["points"].tolist() == [[[4.0, 4.0]]] and kwargs["point_labels"].tolist() == [[1]]
+    assert kwargs["points"].tolist() == [[[4.5, 4.5]]] and kwargs["point_labels"].tolist() == [[1]]
     assert torch.equal(kwargs["boxes"], batch["box"]) and len(network.calls) == 1
 
 
@@ -246,7 +247,7 @@ def test_interactive_evaluation_records_the_dice_after_every_step_2d():
     assert record.dice == pytest.approx([54 / 67, 72 / 76, 1.0, 1.0, 1.0])
     assert record.clicks == [Click((4, 4), 1), Click((10, 10), 0)]
     assert len(network.calls) == 3 and len(record.seconds) == 3 and all(s >= 0 for s in record.seconds)
-    assert network.calls[2][0].tolist() == [[[4.0, 4.0], [10.0, 10.0]]] and network.calls[2][1].tolist() == [[1, 0]]
+    assert network.calls[2][0].tolist() == [[[4.5, 4.5], [10.5, 10.5]]] and network.calls[2][1].tolist() == [[1, 0]]
     (box_only,) = interactive_evaluation(network, image, truth, box, clicks=0)
     assert box_only.dice == pytest.approx([54 / 67])
 
@@ -386,7 +387,7 @@ class ClickConv(nn.Module):
         logits = self.conv(image)
         if points is None:
             return logits
-        grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in image.shape[2:]], indexing="ij"), -1)
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in image.shape[2:]], indexing="ij"), -1) + 0.5
         guidance = torch.zeros(image.shape[0], *image.shape[2:], device=image.device)
         for b in range(image.shape[0]):
             for point, label in zip(points[b], point_labels[b]):

@@ -1,11 +1,12 @@
 """Corrective clicks simulated against the error of a prediction (docs/design.md §9, "Corrective clicks").
 
 A click is a voxel of the network input and a label with VISTA3D's meaning: 1 (foreground) on a miss, 0
-(background) on a leak; -1 marks a padding row in the batched ``point_labels``. :func:`next_click` is the
-SEGFM3D protocol's deterministic click (the centre of the largest error component); :func:`sample_click` is the
-training sampler (any error voxel, weighted toward the centres of the error components); :func:`append_clicks`
-adds one click per image to the ``points`` ``[B, N, D]`` / ``point_labels`` ``[B, N]`` of the call convention
-``network(image, boxes=..., points=..., point_labels=...)``.
+(background) on a leak; -1 marks a padding row in the batched ``point_labels``. :func:`next_click` is the SEGFM3D
+protocol's deterministic click (the centre of the largest error component); :func:`sample_click` is the training
+sampler (any error voxel, weighted toward the centres of the error components); :func:`append_clicks` adds one
+click per image to the ``points`` ``[B, N, D]`` / ``point_labels`` ``[B, N]`` of the call convention
+``network(image, boxes=..., points=..., point_labels=...)``, as the voxel's centre in the boxes' continuous
+coordinates (voxel ``v`` covers ``[v, v + 1)``, its centre is ``v + 0.5``; docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -128,9 +129,9 @@ def append_clicks(points: torch.Tensor | None, point_labels: torch.Tensor | None
                   spatial_dims: int | None = None, device: torch.device | str | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``points`` ``[B, N, D]`` and ``point_labels`` ``[B, N]`` with one more click per image: ``[B, N + 1, D]``
-    (float32) and ``[B, N + 1]`` (int64). An image whose click is ``None`` gets a padding row (coordinates 0,
-    label :data:`PADDING`). ``points`` / ``point_labels`` ``None`` start from no clicks (``spatial_dims`` is then
-    taken from the first click when not given)."""
+    (float32: the clicked voxel's centre, ``index + 0.5``) and ``[B, N + 1]`` (int64). An image whose click is
+    ``None`` gets a padding row (coordinates 0, label :data:`PADDING`). ``points`` / ``point_labels`` ``None``
+    start from no clicks (``spatial_dims`` is then taken from the first click when not given)."""
     if (points is None) != (point_labels is None):
         raise ValueError("points and point_labels must be given together")
     if points is not None and (points.ndim != 3 or point_labels.shape != points.shape[:2]
@@ -145,7 +146,7 @@ def append_clicks(points: torch.Tensor | None, point_labels: torch.Tensor | None
     if any(c is not None and len(c.point) != dims for c in clicks):
         raise ValueError(f"every click must have {dims} coordinates, got {[c.point for c in clicks if c]}")
     device = points.device if points is not None else device
-    new_points = torch.tensor([list(c.point) if c is not None else [0] * dims for c in clicks],
+    new_points = torch.tensor([[i + 0.5 for i in c.point] if c is not None else [0.0] * dims for c in clicks],
                               dtype=torch.float32, device=device).view(len(clicks), 1, dims)
     new_labels = torch.tensor([c.label if c is not None else PADDING for c in clicks],
                               dtype=torch.long, device=device).view(len(clicks), 1)
