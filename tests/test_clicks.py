@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -44,15 +45,16 @@ class ClickedOracle(nn.Module):
     """A stand-in for a network that takes clicks: channel 0 of the image is its guess (a class map), channel 1 the
     truth; every real click (label 0 or 1) replaces the guess by the truth in the voxels whose centres lie within
     ``radius`` of it, and
-    outside the union of the boxes the answer is background. It records the points of every call."""
+    outside the union of the boxes the answer is background. It records the points, point labels, answer and
+    previous mask of every call."""
 
     def __init__(self, num_classes: int = 2, radius: float = 1.5) -> None:
         super().__init__()
         self.num_classes, self.radius = num_classes, radius
         self.weight = nn.Parameter(torch.zeros(()))  # gives the output a gradient
-        self.calls: list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]] = []
+        self.calls: list[tuple] = []
 
-    def forward(self, image, boxes=None, points=None, point_labels=None):
+    def forward(self, image, boxes=None, points=None, point_labels=None, previous_mask=None):
         guess, truth = image[:, 0].round().long().clone(), image[:, 1].round().long()
         grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in guess.shape[1:]], indexing="ij"), -1).float()
         grid = grid + 0.5  # voxel centres
@@ -69,7 +71,7 @@ class ClickedOracle(nn.Module):
                     dims = len(row) // 2
                     inside |= ((grid >= row[:dims]) & (grid < row[dims:])).all(-1)
                 guess[b][~inside] = 0
-        self.calls.append((points, point_labels, guess))
+        self.calls.append((points, point_labels, guess, previous_mask))
         return F.one_hot(guess, self.num_classes).movedim(-1, 1).float() * 10 + self.weight
 
 
@@ -181,12 +183,12 @@ def test_click_training_adds_k_clicks_in_the_errors_and_calls_the_network_k_plus
                                 prepare_batch=hook)
     torch.manual_seed(seed)
     trainer.run()
-    points, labels, _ = network.calls[-1]
+    points, labels, *_ = network.calls[-1]
     clicks = points.shape[1]
     assert 1 <= clicks <= 3 and len(network.calls) == clicks + 1 and labels.shape == (2, clicks)
     assert network.training and network.weight.grad is not None  # the training forward is the last one
     truth = batch["label"][:, 0]
-    for step, (given, _, guess) in enumerate(network.calls[:-1]):  # each round adds one click on its own errors
+    for step, (given, _, guess, _) in enumerate(network.calls[:-1]):  # each round adds one click on its own errors
         assert (0 if given is None else given.shape[1]) == step
         assert torch.equal(points[:, : step], given if given is not None else points[:, :0])
         for b in range(2):
@@ -194,6 +196,23 @@ def test_click_training_adds_k_clicks_in_the_errors_and_calls_the_network_k_plus
             assert label in (0, 1), "every image has an error to click"
             cls = int(truth[b][point]) if label == 1 else int(guess[b][point])
             assert cls > 0 and (guess[b][point] != cls if label == 1 else truth[b][point] != cls)
+
+
+def test_click_training_passes_the_previous_prediction_with_the_clicks():
+    network = ClickedOracle(num_classes=3)
+    hook = _hook(network, probability=1.0, max_clicks=3, previous_mask=True)
+    torch.manual_seed(0)
+    _, _, _, kwargs = hook(_training_batch())
+    clicks = kwargs["points"].shape[1]
+    assert len(network.calls) == clicks and network.calls[0][3] is None  # the first call has no clicks, no mask
+    answers = [call[2] for call in network.calls] + [None]
+    masks = [call[3] for call in network.calls[1:]] + [kwargs["previous_mask"]]
+    for answer, mask in zip(answers, masks):  # each mask: the answer before it, for the structure clicked
+        assert mask.shape == (2, 1, 12, 12) and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert any(torch.equal(mask[b, 0], (answer[b] == c).float()) for b in range(2) for c in (1, 2))
+    with pytest.raises(ValueError, match=r"click_training needs a network called as network\(image, boxes=..., "
+                                         r"points=..., point_labels=..., previous_mask=...\); ClickConv is not"):
+        _hook(ClickConv(2, 3), probability=1.0, previous_mask=True)
 
 
 def test_click_training_centre_sampling_clicks_the_evaluation_click():
@@ -220,10 +239,12 @@ def test_click_training_off_returns_the_batch_and_draws_nothing():
 def test_click_training_bad_settings_are_named():
     with pytest.raises(InputError, match=r"click_training: probability must be a number in \[0, 1\], got 1.5; "
                                          r"max_clicks must be an integer >= 1, got 0; sampling must be one of "
-                                         r"\['weighted', 'centre'\], got 'center'"):
-        _hook(ClickedOracle(), probability=1.5, max_clicks=0, sampling="center")
+                                         r"\['weighted', 'centre'\], got 'center'; "
+                                         r"previous_mask must be true or false, got 'yes'"):
+        _hook(ClickedOracle(), probability=1.5, max_clicks=0, sampling="center", previous_mask="yes")
     with pytest.raises(ValueError, match=r"click_training needs a network called as network\(image, boxes=..., "
-                                         r"points=..., point_labels=...\); Conv2d takes no clicks"):
+                                         r"points=..., point_labels=...\); Conv2d is not "
+                                         r"\(a network built with click_prompts is\)"):
         _hook(nn.Conv2d(2, 3, 1), probability=0.5)
 
 
@@ -250,6 +271,24 @@ def test_interactive_evaluation_records_the_dice_after_every_step_2d():
     assert network.calls[2][0].tolist() == [[[4.5, 4.5], [10.5, 10.5]]] and network.calls[2][1].tolist() == [[1, 0]]
     (box_only,) = interactive_evaluation(network, image, truth, box, clicks=0)
     assert box_only.dice == pytest.approx([54 / 67])
+
+
+def test_interactive_evaluation_with_the_previous_mask_and_a_session():
+    network = ClickedOracle()
+    image, truth = _one_structure()
+    box = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    sessions = []
+
+    def session(net, session_image, session_box):
+        sessions.append(session_box)
+        return SimpleNamespace(segment=lambda **clicks: net(session_image, boxes=session_box, **clicks))
+
+    (record,) = interactive_evaluation(network, image, truth, box, clicks=3, previous_mask=True, session=session)
+    assert record.dice == pytest.approx([54 / 67, 72 / 76, 1.0, 1.0]) and len(sessions) == 1
+    assert torch.equal(sessions[0], box[None])
+    assert network.calls[0][3] is None and torch.equal(network.calls[1][3], (network.calls[0][2] == 1)[:, None].float())
+    with pytest.raises(ValueError, match="previous_mask=...\\); ClickConv is not"):
+        interactive_evaluation(ClickConv(2, 2), image, truth, box, clicks=1, previous_mask=True)
 
 
 def test_interactive_evaluation_3d_each_structure_with_its_own_box_and_clicks():

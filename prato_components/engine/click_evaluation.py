@@ -64,16 +64,27 @@ def clicks_to_reach(dice: Sequence[float], threshold: float) -> int:
     return next((step for step, value in enumerate(dice) if value >= threshold), len(dice))
 
 
-def _segment(network: nn.Module, inferer: Callable | None, image: torch.Tensor, box: torch.Tensor,
-             points: torch.Tensor | None, point_labels: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-    """Class map ``[*spatial]`` of one network call and its seconds (CUDA synchronised)."""
-    given = {} if points is None else {"points": points, "point_labels": point_labels}
-    synchronize = torch.cuda.synchronize if image.device.type == "cuda" else (lambda: None)
-    synchronize()
+def _segmenter(network: nn.Module, inferer: Callable | None, session: Callable | None, image: torch.Tensor,
+               box: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """``segment(**clicks)`` -> logits for one structure: through ``session(network, image, box).segment``, else
+    ``inferer(image, network, boxes=box, ...)``, else ``network(image, boxes=box, ...)``."""
+    if session is not None:
+        return session(network, image, box).segment
+    if inferer is not None:
+        return lambda **clicks: inferer(image, network, boxes=box, **clicks)
+    return lambda **clicks: network(image, boxes=box, **clicks)
+
+
+def _timed(segment: Callable[..., torch.Tensor], cuda: bool, **clicks: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The class map ``[*spatial]`` of one call and its seconds (CUDA synchronised)."""
+    if cuda:
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    logits = inferer(image, network, boxes=box, **given) if inferer is not None else network(image, boxes=box, **given)
-    synchronize()
-    return logits.argmax(1)[0], time.perf_counter() - start
+    logits = segment(**clicks)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return logits.argmax(1)[0], seconds
 
 
 def _dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
@@ -81,8 +92,8 @@ def _dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch.Tensor, boxes: torch.Tensor,
-                           clicks: int = 5, classes: Sequence[int] | None = None,
-                           inferer: Callable | None = None) -> list[StructureRecord]:
+                           clicks: int = 5, classes: Sequence[int] | None = None, inferer: Callable | None = None,
+                           previous_mask: bool = False, session: Callable | None = None) -> list[StructureRecord]:
     """SEGFM3D's protocol on one image: per structure, its box alone, then ``clicks`` corrective clicks.
 
     Each structure (class ``c``) is segmented on its own: ``network(image, boxes=its box)``, the prediction being
@@ -102,6 +113,10 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
             the label is skipped (its Dice is undefined).
         inferer: called as ``inferer(image, network, boxes=..., points=..., point_labels=...)``; default the
             network itself.
+        previous_mask: also pass the structure's current prediction (``[1, 1, *spatial]``, 0 / 1) as
+            ``previous_mask`` with the clicks.
+        session: ``session(network, image, box)`` per structure, whose ``segment(points=..., point_labels=...)``
+            gives the logits (a session that reuses work between clicks); it replaces ``inferer``.
 
     Returns one :class:`StructureRecord` per structure present, with ``clicks + 1`` Dice values.
     """
@@ -112,7 +127,7 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
     if truth is None:
         raise ValueError(f"label of shape {tuple(label.shape)} is not one class map of the image's size {spatial}")
     if clicks > 0:
-        check_takes_clicks(network, "the interactive evaluation")
+        check_takes_clicks(network, "the interactive evaluation", previous_mask)
     classes = [int(c) for c in torch.unique(truth) if c > 0] if classes is None else [int(c) for c in classes]
     rows = boxes.reshape(-1, boxes.shape[-1]).to(image.device)
     if rows.shape[0] not in (1, len(classes)):
@@ -121,14 +136,15 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
     was_training = net.training
     net.eval()
     records = []
+    cuda = image.device.type == "cuda"
     try:
         with torch.no_grad():
             for i, c in enumerate(classes):
                 target = truth == c
                 if not target.any():
                     continue
-                box = rows[i if rows.shape[0] > 1 else 0].view(1, 1, -1)
-                prediction, seconds = _segment(network, inferer, image, box, None, None)
+                segment = _segmenter(network, inferer, session, image, rows[i if rows.shape[0] > 1 else 0][None, None])
+                prediction, seconds = _timed(segment, cuda)
                 record = StructureRecord(c, [_dice(prediction == c, target)], [seconds])
                 points = point_labels = None
                 for _ in range(clicks):
@@ -138,7 +154,10 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
                         continue
                     record.clicks.append(click)
                     points, point_labels = append_clicks(points, point_labels, [click], device=image.device)
-                    prediction, seconds = _segment(network, inferer, image, box, points, point_labels)
+                    given = {"points": points, "point_labels": point_labels}
+                    if previous_mask:
+                        given["previous_mask"] = (prediction == c)[None, None].float()
+                    prediction, seconds = _timed(segment, cuda, **given)
                     record.dice.append(_dice(prediction == c, target))
                     record.seconds.append(seconds)
                 records.append(record)
@@ -194,15 +213,18 @@ class InteractiveEvaluation:
         clicks: corrective clicks per structure.
         class_names: the foreground class names, in label order.
         inferer: the evaluator's inferer (it passes the clicks to the network); default the network itself.
+        previous_mask: pass each structure's current prediction as ``previous_mask`` with the clicks.
+        session: a per-structure session factory (:func:`interactive_evaluation`), instead of ``inferer``.
     """
 
-    def __init__(self, network: nn.Module, clicks: int, class_names: Sequence[str],
-                 inferer: Callable | None = None) -> None:
+    def __init__(self, network: nn.Module, clicks: int, class_names: Sequence[str], inferer: Callable | None = None,
+                 previous_mask: bool = False, session: Callable | None = None) -> None:
         if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 0:
             raise ValueError(f"clicks must be an integer >= 0, got {clicks!r}")
         if clicks:
-            check_takes_clicks(network, "the interactive evaluation")
+            check_takes_clicks(network, "the interactive evaluation", previous_mask)
         self.network, self.clicks, self.class_names, self.inferer = network, clicks, list(class_names), inferer
+        self.previous_mask, self.session = previous_mask, session
         self.records: list[list[StructureRecord]] = []  # per image, in the order evaluated
 
     def attach(self, engine: Engine) -> None:
@@ -225,7 +247,7 @@ class InteractiveEvaluation:
             if boxes.shape[0] != len(classes):
                 boxes = boxes_from_label(label, per_class=True, classes=classes, on_empty="pad")
             self.records.append(interactive_evaluation(self.network, image, label, boxes, self.clicks, classes,
-                                                       self.inferer))
+                                                       self.inferer, self.previous_mask, self.session))
 
     def summary(self, runs: int = 1) -> dict | list[dict]:
         """:func:`summarise_interactive` over every image; with ``runs`` > 1 (the data evaluated once per box

@@ -25,7 +25,7 @@ __all__ = ["CLICK_SAMPLING", "ClickTrainingBatch", "check_click_training"]
 CLICK_SAMPLING = ("weighted", "centre")
 
 
-def check_click_training(probability: float, max_clicks: int, sampling: str) -> None:
+def check_click_training(probability: float, max_clicks: int, sampling: str, previous_mask: bool = False) -> None:
     """``InputError`` naming each bad ``click_training`` value."""
     wrong = []
     if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
@@ -34,6 +34,8 @@ def check_click_training(probability: float, max_clicks: int, sampling: str) -> 
         wrong.append(f"max_clicks must be an integer >= 1, got {max_clicks!r}")
     if sampling not in CLICK_SAMPLING:
         wrong.append(f"sampling must be one of {list(CLICK_SAMPLING)}, got {sampling!r}")
+    if not isinstance(previous_mask, bool):
+        wrong.append(f"previous_mask must be true or false, got {previous_mask!r}")
     if wrong:
         raise InputError("click_training: " + "; ".join(wrong))
 
@@ -47,7 +49,9 @@ class ClickTrainingBatch(PrepareBatch):
     structure (a class drawn once per batch among those in its label, else among those predicted; an image with
     neither gets padding rows). ``sampling``: ``"weighted"`` (:func:`sample_click`) or ``"centre"``
     (:func:`next_click`, the evaluation's click). The training forward then runs with the ``k`` clicks, so the
-    network is called ``k + 1`` times. Draws use torch's global generator (recorded by the training checkpoint).
+    network is called ``k + 1`` times. With ``previous_mask`` every call with clicks also gets the previous
+    prediction of the clicked structure (``[B, 1, *spatial]``, 0 / 1) as ``previous_mask``. Draws use torch's global
+    generator (recorded by the training checkpoint).
 
     Args:
         prepare_batch: the trainer's own ``prepare_batch`` (``PrepareBatchExtraInput`` with the boxes).
@@ -57,15 +61,18 @@ class ClickTrainingBatch(PrepareBatch):
         max_clicks: most clicks per image.
         sampling: ``"weighted"`` or ``"centre"``.
         amp: run the simulation under autocast (as the trainer runs the training forward).
+        previous_mask: pass the previous prediction of the clicked structure with the clicks.
     """
 
     def __init__(self, prepare_batch: Callable, network: nn.Module, inferer: Inferer | Callable,
-                 probability: float = 0.0, max_clicks: int = 3, sampling: str = "weighted", amp: bool = False) -> None:
-        check_click_training(probability, max_clicks, sampling)
+                 probability: float = 0.0, max_clicks: int = 3, sampling: str = "weighted", amp: bool = False,
+                 previous_mask: bool = False) -> None:
+        check_click_training(probability, max_clicks, sampling, previous_mask)
         if probability > 0:
-            check_takes_clicks(network, "click_training")
+            check_takes_clicks(network, "click_training", previous_mask)
         self.prepare_batch, self.network, self.inferer = prepare_batch, network, inferer
         self.probability, self.max_clicks, self.sampling, self.amp = float(probability), max_clicks, sampling, amp
+        self.previous_mask = previous_mask
 
     def __call__(self, batchdata: Mapping, device: str | torch.device | None = None, non_blocking: bool = False,
                  **kwargs: Any) -> tuple:
@@ -74,31 +81,35 @@ class ClickTrainingBatch(PrepareBatch):
             return batch
         image, label, args, network_kwargs = batch if len(batch) == 4 else (*batch, (), {})
         clicks = int(torch.randint(1, self.max_clicks + 1, ()))
-        points, point_labels = self.simulate(image, label, args, network_kwargs, clicks)
-        return image, label, args, {**network_kwargs, "points": points, "point_labels": point_labels}
+        return image, label, args, {**network_kwargs, **self.simulate(image, label, args, network_kwargs, clicks)}
 
     def simulate(self, image: torch.Tensor, label: torch.Tensor, args: tuple, kwargs: dict, clicks: int
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``clicks`` rounds of segment-then-click on the batch; returns ``points`` ``[B, clicks, D]`` and
-        ``point_labels`` ``[B, clicks]``."""
+                 ) -> dict[str, torch.Tensor]:
+        """``clicks`` rounds of segment-then-click on the batch; returns the training forward's ``points``
+        ``[B, clicks, D]``, ``point_labels`` ``[B, clicks]`` (and ``previous_mask``)."""
         was_training = self.network.training
         self.network.eval()
-        points = point_labels = None
+        given: dict[str, torch.Tensor] = {}
         classes: list[int | None] | None = None
         click = sample_click if self.sampling == "weighted" else next_click
         try:
             with torch.no_grad(), torch.autocast(image.device.type, enabled=self.amp):
                 for _ in range(clicks):
-                    given = {} if points is None else {"points": points, "point_labels": point_labels}
                     prediction = self.inferer(image, self.network, *args, **kwargs, **given).argmax(1)
                     if classes is None:
                         classes = [_pick_class(label[b, 0], prediction[b]) for b in range(image.shape[0])]
                     found = [None if c is None else click(prediction[b] == c, label[b, 0] == c)
                              for b, c in enumerate(classes)]
-                    points, point_labels = append_clicks(points, point_labels, found, image.ndim - 2, image.device)
+                    points, point_labels = append_clicks(given.get("points"), given.get("point_labels"), found,
+                                                         image.ndim - 2, image.device)
+                    given = {"points": points, "point_labels": point_labels}
+                    if self.previous_mask:
+                        given["previous_mask"] = torch.stack([
+                            prediction[b] == c if c is not None else torch.zeros_like(prediction[b], dtype=torch.bool)
+                            for b, c in enumerate(classes)])[:, None].float()
         finally:
             self.network.train(was_training)
-        return points, point_labels
+        return given
 
 
 def _pick_class(label: torch.Tensor, prediction: torch.Tensor) -> int | None:

@@ -155,10 +155,12 @@ def append_clicks(points: torch.Tensor | None, point_labels: torch.Tensor | None
     return torch.cat([points.float(), new_points], 1), torch.cat([point_labels.long(), new_labels], 1)
 
 
-def check_takes_clicks(network: nn.Module, what: str) -> None:
-    """``ValueError`` unless ``network`` (DDP-wrapped is fine) is called with ``points`` and ``point_labels``."""
+def check_takes_clicks(network: nn.Module, what: str, previous_mask: bool = False) -> None:
+    """``ValueError`` unless ``network`` (DDP-wrapped is fine) is called with ``points`` and ``point_labels`` (and
+    ``previous_mask`` if asked)."""
     parameters = inspect.signature(unwrap(network).forward).parameters
-    if not ({"points", "point_labels"} <= set(parameters)
-            or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())):
-        raise ValueError(f"{what} needs a network called as network(image, boxes=..., points=..., point_labels=...); "
-                         f"{type(unwrap(network)).__name__} takes no clicks (build it with click_prompts)")
+    needed = {"points", "point_labels"} | ({"previous_mask"} if previous_mask else set())
+    if not (needed <= set(parameters) or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())):
+        extra = ", previous_mask=..." if previous_mask else ""
+        raise ValueError(f"{what} needs a network called as network(image, boxes=..., points=..., point_labels=..."
+                         f"{extra}); {type(unwrap(network)).__name__} is not (a network built with click_prompts is)")

@@ -68,6 +68,9 @@ class EvaluationReport:
             more than one, the images are that many equal runs of the data, one per quality.
         clicks: corrective clicks per structure of the interactive protocol; 0 (the default) skips it.
         inferer: the evaluator's inferer, through which the interactive protocol calls the network.
+        previous_mask: the interactive protocol also passes each structure's previous prediction.
+        click_session: a per-structure session factory for the interactive protocol, instead of ``inferer``
+            (:func:`~prato_components.engine.click_evaluation.interactive_evaluation`).
     """
 
     def __init__(
@@ -83,12 +86,15 @@ class EvaluationReport:
         prompts: Sequence[str] | None = None,
         clicks: int = 0,
         inferer: object | None = None,
+        previous_mask: bool = False,
+        click_session: object | None = None,
     ) -> None:
         self.output_dir, self.class_names, self.metric_names = output_dir, list(class_names), list(metric_names)
         self.network, self.input_shape = network, list(input_shape) if input_shape else None
         self.box_fraction, self.latency_repeats, self.threads = box_fraction, latency_repeats, threads
         self.prompts = list(prompts or [])
-        self.interactive = InteractiveEvaluation(network, clicks, class_names, inferer) if clicks else None
+        self.interactive = (InteractiveEvaluation(network, clicks, class_names, inferer, previous_mask, click_session)
+                            if clicks else None)
         self.summary: dict = {}
 
     def attach(self, engine: Engine) -> None:

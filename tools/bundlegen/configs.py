@@ -289,7 +289,8 @@ def _train(pruned: bool) -> dict:
         "prepare_batch": {"_target_": "prato_components.engine.ClickTrainingBatch", "prepare_batch": "@prepare_batch",
                           "network": "@network", "inferer": "@train#inferer",
                           "probability": "@click_training#probability", "max_clicks": "@click_training#max_clicks",
-                          "sampling": "@click_training#sampling", "amp": "@amp"},
+                          "sampling": "@click_training#sampling", "amp": "@amp",
+                          "previous_mask": "@click_training#previous_mask"},
         "handlers": [
             *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
@@ -319,7 +320,7 @@ def _train(pruned: bool) -> dict:
 
 
 SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
-CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted"}
+CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted", "previous_mask": False}
 
 
 def train_config(name: str) -> dict:
@@ -334,7 +335,8 @@ def train_config(name: str) -> dict:
         "val_interval": 1,
         **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
         # the fraction of batches trained with 1..max_clicks simulated clicks per image (0: none), drawn "weighted"
-        # toward the error components' centres or at the "centre" (engine.ClickTrainingBatch)
+        # toward the error components' centres or at the "centre"; previous_mask: the previous prediction goes with
+        # the clicks, in training and in the interactive evaluation (engine.ClickTrainingBatch)
         "click_training": CLICK_TRAINING,
         "cache_rate": 1.0,
         "resume": True,
@@ -392,7 +394,7 @@ def evaluate_config(name: str) -> dict:
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
              "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
              "latency_repeats": "@latency_repeats", "prompts": "@prompts", "clicks": "@clicks",
-             "inferer": "@inferer"},
+             "inferer": "@inferer", "previous_mask": "@click_training#previous_mask"},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",
