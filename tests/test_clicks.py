@@ -18,6 +18,7 @@ from conftest import ALL_BUNDLES, BUNDLES_DIR, read_json, run_bundle
 from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import PrepareBatchExtraInput
+from scipy import ndimage
 
 from prato_components.bundle import check_settings
 from prato_components.engine import (
@@ -37,6 +38,7 @@ from prato_components.engine import (
     sample_click,
     summarise_interactive,
 )
+from prato_components.engine import clicks as clicks_module
 from prato_components.errors import InputError
 from prato_components.prompts.boxes import box_is_padding
 
@@ -123,6 +125,17 @@ def test_next_click_region_and_no_error():
         next_click(prediction, torch.zeros(8, 9))
     with pytest.raises(ValueError, match="prediction must be a 2D or 3D mask"):
         next_click(torch.zeros(8), torch.zeros(8))
+
+
+@pytest.mark.parametrize("shape", [(30, 26), (14, 12, 10)])
+def test_the_depth_on_the_padded_bounding_box_equals_the_whole_image_distance_transform(shape):
+    """The click's distance transform runs on the error's bounding box: the same as on the whole (padded) image."""
+    generator = np.random.default_rng(0)
+    for _ in range(5):
+        mask = ndimage.binary_opening(generator.random(shape) > 0.45)  # blobs, some touching the image's edge
+        reference = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * len(shape)]
+        np.testing.assert_allclose(clicks_module._depth(mask), reference, rtol=1e-6)
+    assert not clicks_module._depth(np.zeros(shape, dtype=bool)).any()
 
 
 def test_sample_click_lies_in_the_errors_with_their_label_and_is_reproducible():
