@@ -689,6 +689,8 @@ SETTING_RULES: dict[str, tuple[Any, str]] = {
     "decode_margin": (lambda v: _integer(v, 0), "an integer >= 0, pixels around the prompt boxes"),
     "dataset": (lambda v: isinstance(v, str) and v.lower() in DATASETS, f"one of {list(DATASETS)}"),
     "dataset_dir": (lambda v: isinstance(v, str) and bool(v), "a folder path"),
+    "clicks": (lambda v: _integer(v, 0), "an integer >= 0, the corrective clicks per structure of the interactive "
+               "evaluation (0: the box only)"),
     "allow_missing_boxes": (lambda v: isinstance(v, bool), "true or false"),
     "skip_bad_inputs": (lambda v: isinstance(v, bool), "true or false"),
     "debug": (lambda v: isinstance(v, bool), "true or false (print the full traceback of an error)"),

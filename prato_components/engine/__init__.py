@@ -1,4 +1,5 @@
-"""Training and evaluation glue: losses with pruner side terms, ignite handlers, inferer, checkpoints."""
+"""Training and evaluation glue: losses with pruner side terms, ignite handlers, inferer, checkpoints, simulated
+corrective clicks (training and the interactive evaluation)."""
 
 from prato_components.engine.checkpoint import (
     RUN_TIME_SETTINGS,
@@ -10,6 +11,17 @@ from prato_components.engine.checkpoint import (
     load_weights,
     trained_settings,
 )
+from prato_components.engine.click_evaluation import (
+    InteractiveEvaluation,
+    StructureRecord,
+    clicks_to_reach,
+    dice_auc,
+    draw_dice_curve,
+    interactive_evaluation,
+    summarise_interactive,
+)
+from prato_components.engine.click_training import ClickTrainingBatch
+from prato_components.engine.clicks import Click, append_clicks, error_masks, next_click, sample_click
 from prato_components.engine.distributed import is_writer_rank, unwrap
 from prato_components.engine.evaluation import EvaluationReport
 from prato_components.engine.handlers import (

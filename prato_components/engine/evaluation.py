@@ -8,7 +8,9 @@ adds the token sparsity collected by :class:`~prato_components.engine.handlers.T
 network's GFLOPs and CPU latency on one input of the network's size, writes ``metrics.json`` and
 ``metrics.csv`` to ``output_dir`` and prints a table. An evaluation of several box qualities (``prompts``, the
 data evaluated once per quality, in that order) adds the paper's Table VI: per quality the metrics, and the ratio of
-the misleading to the tight box's mean Dice.
+the misleading to the tight box's mean Dice. With ``clicks`` > 0 it also runs the interactive protocol
+(:class:`~prato_components.engine.click_evaluation.InteractiveEvaluation`) on every image and adds its numbers
+(``interactive``) and a Dice-vs-clicks figure (``dice_vs_clicks.png``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from monai.utils import MetricReduction
 
 from prato_components.atomic import atomic_write_text
 from prato_components.efficiency import count_flops, measure_latency
+from prato_components.engine.click_evaluation import InteractiveEvaluation, draw_dice_curve
 from prato_components.engine.distributed import unwrap
 
 __all__ = ["EvaluationReport"]
@@ -63,6 +66,11 @@ class EvaluationReport:
         threads: torch threads during the latency measurement.
         prompts: the box qualities the data was evaluated with, in order (``evaluate.json``'s ``prompts``); with
             more than one, the images are that many equal runs of the data, one per quality.
+        clicks: corrective clicks per structure of the interactive protocol; 0 (the default) skips it.
+        inferer: the evaluator's inferer, through which the interactive protocol calls the network.
+        previous_mask: the interactive protocol also passes each structure's previous prediction.
+        click_session: a per-structure session factory for the interactive protocol, instead of ``inferer``
+            (:func:`~prato_components.engine.click_evaluation.interactive_evaluation`).
     """
 
     def __init__(
@@ -76,14 +84,22 @@ class EvaluationReport:
         latency_repeats: int = 5,
         threads: int = 2,
         prompts: Sequence[str] | None = None,
+        clicks: int = 0,
+        inferer: object | None = None,
+        previous_mask: bool = False,
+        click_session: object | None = None,
     ) -> None:
         self.output_dir, self.class_names, self.metric_names = output_dir, list(class_names), list(metric_names)
         self.network, self.input_shape = network, list(input_shape) if input_shape else None
         self.box_fraction, self.latency_repeats, self.threads = box_fraction, latency_repeats, threads
         self.prompts = list(prompts or [])
+        self.interactive = (InteractiveEvaluation(network, clicks, class_names, inferer, previous_mask, click_session)
+                            if clicks else None)
         self.summary: dict = {}
 
     def attach(self, engine: Engine) -> None:
+        if self.interactive is not None:
+            self.interactive.attach(engine)
         engine.add_event_handler(Events.COMPLETED, self)
 
     def efficiency(self) -> dict[str, float]:
@@ -139,6 +155,11 @@ class EvaluationReport:
         windows = {k: float(v) for k, v in engine.state.metrics.items() if k.startswith("windows_")}
         if windows:  # sliding-window evaluation (3D bundles): windows computed / skipped over the test images
             summary["windows"] = windows
+        if self.interactive is not None:
+            summary["interactive"] = self.interactive.summary()
+            if len(self.prompts) > 1:
+                summary["interactive_by_prompt"] = dict(zip(self.prompts, self.interactive.summary(len(self.prompts))))
+            draw_dice_curve(summary["interactive"], os.path.join(self.output_dir, "dice_vs_clicks.png"))
         summary.update(self.efficiency())
         self.summary = summary
         atomic_write_text(json.dumps(summary, indent=2, default=float), os.path.join(self.output_dir, "metrics.json"))
@@ -153,6 +174,8 @@ class EvaluationReport:
             for name, values in metrics.items():
                 writer.writerow([f"{name}@{prompt}", *[values.get(c, float("nan")) for c in self.class_names],
                                  values["mean"]])
+        if "interactive" in summary:
+            writer.writerows(self.interactive_rows(summary["interactive"]))
         atomic_write_text(buffer.getvalue(), os.path.join(self.output_dir, "metrics.csv"))
         print(self.format(summary), flush=True)
 
@@ -174,6 +197,19 @@ class EvaluationReport:
                 out[prompt][name]["mean"] = float(do_metric_reduction(chunk.clone(), MetricReduction.MEAN)[0])
         return out
 
+    def interactive_rows(self, interactive: dict) -> list[list]:
+        """The CSV rows of the interactive protocol: the Dice after each step, its AUC, the final Dice, NoC and the
+        not-reached fractions per class and over all structures; the seconds (over all structures) under "mean"."""
+        nan = float("nan")
+        per_step = interactive["dice_per_step"]
+        rows = [[f"dice@click{step}", *[per_step.get(c, [nan] * (step + 1))[step] for c in self.class_names],
+                 per_step["mean"][step]] for step in range(len(per_step["mean"]))]
+        for key in ("dice_auc", "final_dice", "noc85", "noc90", "not_reached85", "not_reached90"):
+            rows.append([key, *[interactive[key].get(c, nan) for c in self.class_names], interactive[key]["mean"]])
+        for key in ("seconds_first", "seconds_later", "later_over_first"):
+            rows.append([key, *[""] * len(self.class_names), interactive[key]])
+        return rows
+
     def format(self, summary: dict) -> str:
         """A plain-text table of the summary."""
         width = max([len(c) for c in self.class_names] + [8])
@@ -193,6 +229,13 @@ class EvaluationReport:
             lines.append(f"misleading / tight mean_dice: {summary['misleading_over_tight']:.4f}")
         for key, value in {**summary["tokens"], **summary.get("windows", {})}.items():
             lines.append(f"{key}: {value:.4f}")
+        if "interactive" in summary:
+            clicks = summary["interactive"]
+            lines.append(f"interactive ({clicks['clicks']} clicks, {clicks['num_structures']} structures): "
+                         f"Dice per step {' '.join(f'{v:.4f}' for v in clicks['dice_per_step']['mean'])}, "
+                         f"AUC {clicks['dice_auc']['mean']:.4f}, final {clicks['final_dice']['mean']:.4f}, "
+                         f"NoC@85 {clicks['noc85']['mean']:.2f}, NoC@90 {clicks['noc90']['mean']:.2f}, "
+                         f"later / first interaction time {clicks['later_over_first']:.3f}")
         for key in ("gflops", "latency_ms"):
             if key in summary:
                 lines.append(f"{key}: {summary[key]:.3f}")

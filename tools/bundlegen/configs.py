@@ -287,6 +287,12 @@ def _train(pruned: bool) -> dict:
         "dataloader": {"_target_": "DataLoader", "dataset": "@train#dataset", "batch_size": "@batch_size",
                        "shuffle": True, "num_workers": "@num_workers"},
         "inferer": "@inferer",
+        # simulated corrective clicks (click_training; probability 0: the batch as prepared, docs/design.md §9)
+        "prepare_batch": {"_target_": "prato_components.engine.ClickTrainingBatch", "prepare_batch": "@prepare_batch",
+                          "network": "@network", "inferer": "@train#inferer",
+                          "probability": "@click_training#probability", "max_clicks": "@click_training#max_clicks",
+                          "sampling": "@click_training#sampling", "amp": "@amp",
+                          "previous_mask": "@click_training#previous_mask"},
         "handlers": [
             *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
@@ -309,13 +315,14 @@ def _train(pruned: bool) -> dict:
             "optimizer": "@optimizer",
             "loss_function": "@loss",
             "inferer": "@train#inferer",
-            "prepare_batch": "@prepare_batch",
+            "prepare_batch": "@train#prepare_batch",
             "train_handlers": "@train#handlers",
         },
     }
 
 
 SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
+CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted", "previous_mask": False}
 
 
 def train_config(name: str) -> dict:
@@ -329,6 +336,10 @@ def train_config(name: str) -> dict:
         "learning_rate": 1e-4,
         "val_interval": 1,
         **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
+        # the fraction of batches trained with 1..max_clicks simulated clicks per image (0: none), drawn "weighted"
+        # toward the error components' centres or at the "centre"; previous_mask: the previous prediction goes with
+        # the clicks, in training and in the interactive evaluation (engine.ClickTrainingBatch)
+        "click_training": CLICK_TRAINING,
         "cache_rate": 1.0,
         "resume": True,
         "splits": SPLITS,
@@ -364,6 +375,8 @@ def evaluate_config(name: str) -> dict:
         "prompt_factor": None,
         "prompts": "$prato_components.bundle.prompt_qualities(@prompt)",
         "split": "test",
+        # corrective clicks per structure of the interactive protocol (box, then clicks; 0: box only, as before)
+        "clicks": 0,
         "latency_repeats": 5,
         "compile": False,
         "test": {
@@ -382,7 +395,8 @@ def evaluate_config(name: str) -> dict:
             {"_target_": "prato_components.engine.EvaluationReport", "output_dir": "@output_dir",
              "class_names": "$@spec['class_names']", "metric_names": ["mean_dice", "mean_iou", "hd95"],
              "network": "@network", "input_shape": "$[@in_channels] + [@image_size] * 2",
-             "latency_repeats": "@latency_repeats", "prompts": "@prompts"},
+             "latency_repeats": "@latency_repeats", "prompts": "@prompts", "clicks": "@clicks",
+             "inferer": "@inferer", "previous_mask": "@click_training#previous_mask"},
         ],
         "evaluator": {
             "_target_": "SupervisedEvaluator",

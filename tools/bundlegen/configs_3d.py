@@ -61,12 +61,14 @@ def _labelled_preprocessing_3d() -> dict:
 
 
 def _sliding_window_handlers(handlers: list) -> None:
-    """Token metrics over every computed window, windows computed / skipped, GFLOPs of one window."""
+    """Token metrics over every computed window, windows computed / skipped, GFLOPs of one window, the interactive
+    protocol through the sliding window."""
     for handler in handlers:
         if handler["_target_"] == "prato_components.engine.TokenSparsityHandler":
             handler["inferer"] = "@sw_inferer"
         if handler["_target_"] == "prato_components.engine.EvaluationReport":
             handler["input_shape"] = "$[@in_channels] + [@image_size] * 3"
+            handler["inferer"] = "@sw_inferer"
 
 
 def train_config_3d(name: str) -> dict:

@@ -30,6 +30,9 @@ EVAL_METRICS = {
     "token_sparsity": "share of the encoder's token-block work removed by pruning over the test split, 0 for a "
                       "baseline (tokens.token_sparsity, with tokens.kept_fraction/stageN)",
     "gflops": "GFLOPs of one network input with a central box (gflops; latency_ms on the evaluating machine)",
+    "interactive": "with --clicks N: per structure its box, then N corrective clicks at the centre of the largest "
+                   "error (SEGFM3D): Dice per step, Dice AUC, final Dice, NoC@85/90, later / first interaction time "
+                   "(interactive; eval/dice_vs_clicks.png)",
 }
 
 

@@ -157,8 +157,11 @@ Multi-GPU (or several CPU processes with gloo):
 
 {datasets}, `epochs`, `batch_size`, `learning_rate`, `val_interval`, `num_workers`, `device`, `bundle_root`,
 `output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`, `amp` (mixed precision;
-default: on with CUDA); in `evaluate.json` also `prompt` (`tight` |
-`oversized` | `partial` | `misleading`), `prompt_factor`, `split`; in `inference.json` `input_dir`, `boxes_file`,
+default: on with CUDA), `click_training#probability` (the share of batches trained with 1 to
+`click_training#max_clicks` simulated corrective clicks; 0, the default: none); in `evaluate.json` also `prompt`
+(`tight` | `oversized` | `partial` | `misleading`), `prompt_factor`, `split`, `clicks` (N > 0: per structure its
+box, then N corrective clicks at the centre of the largest error; Dice per click, its AUC, NoC@85/90 in
+`eval/metrics.json`, `eval/dice_vs_clicks.png`); in `inference.json` `input_dir`, `boxes_file`,
 `allow_missing_boxes`, `skip_bad_inputs` (segment the good images, list the others in `skipped.json`), `ckpt_path`;
 in both `compile` (`false`; `true`: `torch.compile`, compiled on the first batch and reused; `"trt"`: TensorRT, on a
 GPU); `debug` (the full traceback of an error, also `PRATO_DEBUG=1`). Every input is checked before anything is
