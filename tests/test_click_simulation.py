@@ -453,7 +453,7 @@ def test_a_bundle_trains_and_evaluates_with_clicks(acdc_dir, tmp_path):
     """``click_training`` reaches the trainer and ``clicks`` the evaluation report (a bundle with a stand-in network
     that takes clicks): one training iteration with 1..2 simulated clicks, then the interactive protocol."""
     root = str(tmp_path / "bundle")
-    network = {"network_def": {"_target_": "test_clicks.ClickConv", "in_channels": "@in_channels",
+    network = {"network_def": {"_target_": "test_click_simulation.ClickConv", "in_channels": "@in_channels",
                                "out_channels": "@out_channels"}}
     ClickConv.calls.clear()
     run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=1, **network,
@@ -468,6 +468,21 @@ def test_a_bundle_trains_and_evaluates_with_clicks(acdc_dir, tmp_path):
     assert interactive["num_structures"] >= metrics["num_present"]["left_ventricle"] > 0
     assert 0.0 <= interactive["dice_auc"]["mean"] <= 1.0 and 0 <= interactive["noc90"]["mean"] <= 3
     assert os.path.isfile(os.path.join(root, "eval", "dice_vs_clicks.png"))
+
+
+def test_the_bundle_network_itself_trains_and_evaluates_with_clicks(acdc_dir, tmp_path):
+    """The same with the bundle's own network (its click encoder): clicks reach it in training and evaluation, the
+    encoder gets a gradient, and the report is written."""
+    root = str(tmp_path / "bundle")
+    run_bundle("unetr_prato", "train", root, dataset_dir=acdc_dir, epochs=1,
+               **{"train#trainer#epoch_length": 1, "click_training#probability": 1.0, "click_training#max_clicks": 2})
+    weights = torch.load(os.path.join(root, "models", "model_final.pt"), map_location="cpu", weights_only=True)
+    weights = weights.get("model", weights)
+    encoder = [v for k, v in weights.items() if k.startswith("click_encoder.")]
+    assert encoder and any(float(v.abs().max()) > 0 for v in encoder)  # moved from its zero start by the clicks
+    run_bundle("unetr_prato", "evaluate", root, dataset_dir=acdc_dir, latency_repeats=0, clicks=2)
+    interactive = read_json(os.path.join(root, "eval", "metrics.json"))["interactive"]
+    assert interactive["clicks"] == 2 and len(interactive["dice_per_step"]["mean"]) == 3
 
 
 def test_the_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch, caplog):
