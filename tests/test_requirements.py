@@ -19,10 +19,11 @@ from conftest import ROOT
 # modules MONAI imports optionally that the bundles' components need at run time (``monai.utils.optional_import``
 # hides them from an import walk): HausdorffDistance (HD95) uses scipy.ndimage
 INDIRECT = {"scipy": "install_requires"}
-# local modules; test_region: the decoding tests' shared networks (tests/networks/)
-LOCAL = {"prato_components", "tools", "conftest", "monailabel_app", "lib", "main", "test_region"}
+# local modules; test_region: the decoding tests' shared networks (tests/networks/); test_monailabel: the served
+# bundles and the real-server helpers the click tests share
+LOCAL = {"prato_components", "tools", "conftest", "monailabel_app", "lib", "main", "test_region", "test_monailabel"}
 # test module -> the tools it tests (imported, or run by path); any other use of tools/ by a test fails below.
-# test_monailabel.py is the one exception: it starts MONAI Label through tools/monailabel_load.py's launcher and
+# test_monailabel.py (and test_monailabel_clicks.py) start MONAI Label through tools/monailabel_load.py's launcher and
 # tools/monailabel_env.sh's environment (tests/conftest.py).
 TOOL_SUBJECTS = {
     "tests/test_3d.py": {"make_data"},
@@ -34,6 +35,7 @@ TOOL_SUBJECTS = {
     "tests/test_experiments.py": {"experiment_plan", "experiments", "report"},
     "tests/test_gpu_benchmark.py": {"gpu_benchmark"},
     "tests/test_monailabel.py": {"monailabel_load", "monailabel_env"},
+    "tests/test_monailabel_clicks.py": {"monailabel_load"},
     "tests/test_share_bundles.py": {"package_bundles"},
     "tests/test_verify_bundles.py": {"verify_bundles"},
 }
