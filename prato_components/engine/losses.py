@@ -23,12 +23,14 @@ __all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid", "presence_on_gr
 
 def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
     """Majority class of every grid cell: ``[B, 1, *spatial]`` index label -> ``[B, 1, *grid_shape]``."""
-    one_hot = F.one_hot(label[:, 0].long().clamp(0, num_classes - 1), num_classes)
-    one_hot = one_hot.movedim(-1, 1).float()
-    pooled = F.adaptive_avg_pool2d(one_hot, grid_shape) if len(grid_shape) == 2 else F.adaptive_avg_pool3d(
-        one_hot, grid_shape
-    )
-    return pooled.argmax(dim=1, keepdim=True)
+    return _class_fractions(label, grid_shape, num_classes).argmax(dim=1, keepdim=True)
+
+
+def _class_fractions(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
+    """The share of every class in every grid cell ``[B, C, *grid_shape]`` of an index label ``[B, 1, *spatial]``."""
+    one_hot = F.one_hot(label[:, 0].long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1).float()
+    pool = F.adaptive_avg_pool2d if len(grid_shape) == 2 else F.adaptive_avg_pool3d
+    return pool(one_hot, grid_shape)
 
 
 def presence_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -36,9 +38,7 @@ def presence_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_class
     ``[B, 1, *spatial]``: a cell holding any foreground is foreground (its foreground classes in proportion to their
     voxels, background 0), else background. The coarse head's target: it must *find* structures, also those that
     never fill half a cell (a majority label would call a small structure background everywhere)."""
-    one_hot = F.one_hot(label[:, 0].long().clamp(0, num_classes - 1), num_classes).movedim(-1, 1).float()
-    pool = F.adaptive_avg_pool2d if len(grid_shape) == 2 else F.adaptive_avg_pool3d
-    fractions = pool(one_hot, grid_shape)
+    fractions = _class_fractions(label, grid_shape, num_classes)
     foreground = fractions[:, 1:].sum(1, keepdim=True)
     found = foreground > 0
     share = fractions[:, 1:] / foreground.clamp(min=1e-12)
