@@ -27,8 +27,9 @@ Every parameter is parsed strictly (a ``true`` is not a coordinate, ``"maybe"`` 
 parameter, a slice or a click outside the image raises ``InputError`` (a ``ValueError``) naming the parameter the
 client sent (the app answers HTTP 422).
 
-Consecutive requests on one image reuse the network's image-only work (:class:`ClickSessions`, one
-:class:`~prato_components.networks.clicks.ClickSession` per network input, keyed by the image file's content).
+Consecutive requests on one image reuse the network's image-only work (:class:`ClickSessions`: a
+:class:`~prato_components.networks.clicks.SessionNetwork` per image, keyed by the image file's content), and a 3D
+window whose clicks and previous label did not change keeps its answer.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from prato_components.engine.checkpoint import load_weights
 from prato_components.errors import InputError
 from prato_components.export import compiled_network
 from prato_components.inputs import IMAGE_SUFFIXES, check_image_file
-from prato_components.networks.clicks import ClickPromptMixin, ClickSession
+from prato_components.networks.clicks import ClickPromptMixin, SessionNetwork
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 from prato_components.prompts.points import BACKGROUND, FOREGROUND
 
@@ -334,29 +335,6 @@ def points_to_network(points: np.ndarray, image: torch.Tensor) -> np.ndarray:
     return np.clip(mapped, 0.0, np.asarray(image.shape[1:], dtype=np.float64))
 
 
-class _SessionNetwork:
-    """The network as the inferers call it, each call through the :class:`ClickSession` of its input (a window, a
-    batch of slices or the whole image) and boxes; other attributes are the network's."""
-
-    def __init__(self, network: ClickPromptMixin, sessions: OrderedDict) -> None:
-        self.network, self.sessions = network, sessions
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.network, name)
-
-    def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None, **clicks: Any) -> torch.Tensor:
-        digest = hashlib.blake2b(digest_size=16)
-        for part in (image, boxes):
-            if part is not None:
-                part = torch.as_tensor(part).detach().cpu().contiguous()
-                digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
-                digest.update(part.numpy().tobytes())
-        key = digest.hexdigest()
-        if key not in self.sessions:
-            self.sessions[key] = ClickSession(self.network, image, boxes)
-        return self.sessions[key].segment(**clicks)
-
-
 class ClickSessions:
     """The :class:`~prato_components.networks.clicks.ClickSession` s of the last ``max_images`` images one network
     segmented (least recently used dropped first), so consecutive requests on one image do the image-only work
@@ -376,13 +354,14 @@ class ClickSessions:
     def __len__(self) -> int:
         return len(self._images)
 
-    def network_for(self, image_key: str) -> _SessionNetwork:
-        """The network for an inference on the image ``image_key`` (call with :attr:`lock` held)."""
+    def network_for(self, image_key: str) -> SessionNetwork:
+        """The network for an inference on the image ``image_key`` (call with :attr:`lock` held): a window whose
+        clicks and previous label did not change keeps its last answer."""
         sessions = self._images.pop(image_key, None)
         self._images[image_key] = OrderedDict() if sessions is None else sessions
         while len(self._images) > self.max_images:
             self._images.popitem(last=False)
-        return _SessionNetwork(self.network, self._images[image_key])
+        return SessionNetwork(self.network, self._images[image_key], follow_previous_mask=True)
 
 
 class BoxPromptSegmenter:

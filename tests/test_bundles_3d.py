@@ -83,18 +83,24 @@ def test_a_2d_bundle_trains_on_btcv_slices(btcv_dir, tmp_path):
 
 
 def test_demo_3d_at_tiny_size(tmp_path, capsys):
-    """``tools/demo.py --bundle unetr3d_prato`` end to end (one epoch, tiny widths): trained and untrained Dice."""
+    """``tools/demo.py --bundle unetr3d_prato --clicks 1`` end to end (one epoch, tiny widths): trained and untrained
+    Dice, then the trained network's Dice after each structure's box and after one click."""
     from tools.demo import demo
 
     tiny = {"image_size": 32, **TINY_NETWORKS["unetr3d"]}
-    summaries = demo(str(tmp_path), epochs=1, patients=5, bundle="unetr3d_prato", sizes=tiny)
+    summaries = demo(str(tmp_path), epochs=1, patients=5, bundle="unetr3d_prato", sizes=tiny, clicks=1)
     splits = read_json(os.path.join(str(tmp_path), "unetr3d_prato", "models", "datalist_decathlon.json"))
     assert all(splits[k] for k in ("training", "validation", "test"))
     for name in ("trained", "untrained"):
         dice = summaries[name]["metrics"]["mean_dice"]
         assert set(dice) == {"liver", "spleen", "kidney", "mean"} and 0.0 <= dice["mean"] <= 1.0
         assert summaries[name]["windows"]["windows_total"] > 1  # whole volumes, several 32^3 windows
+    interactive = summaries["trained"]["interactive"]
+    assert interactive["clicks"] == 1 and interactive["num_structures"] >= 1
+    assert all(len(values) == 2 for values in interactive["dice_per_step"].values()) and "interactive" not in \
+        summaries["untrained"]
     out = capsys.readouterr().out
     assert "Dice per class, trained vs untrained (test split of 5 synthetic volumes)" in out and "kidney" in out
+    assert "Dice per structure after its box and after each corrective click" in out and " +1 " in out
     with pytest.raises(ValueError, match="holds demo data made with 5 patients and seed 0, not 6 and 0"):
         demo(str(tmp_path), epochs=1, patients=6, bundle="unetr3d_prato", sizes=tiny)  # the data is kept, not mixed

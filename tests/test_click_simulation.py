@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -40,6 +39,7 @@ from prato_components.engine import (
 )
 from prato_components.engine import clicks as clicks_module
 from prato_components.errors import InputError
+from prato_components.networks import PrunedUNETR
 from prato_components.prompts.boxes import box_is_padding
 
 
@@ -286,22 +286,39 @@ def test_interactive_evaluation_records_the_dice_after_every_step_2d():
     assert box_only.dice == pytest.approx([54 / 67])
 
 
-def test_interactive_evaluation_with_the_previous_mask_and_a_session():
+def test_interactive_evaluation_with_the_previous_mask():
     network = ClickedOracle()
     image, truth = _one_structure()
     box = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
-    sessions = []
-
-    def session(net, session_image, session_box):
-        sessions.append(session_box)
-        return SimpleNamespace(segment=lambda **clicks: net(session_image, boxes=session_box, **clicks))
-
-    (record,) = interactive_evaluation(network, image, truth, box, clicks=3, previous_mask=True, session=session)
-    assert record.dice == pytest.approx([54 / 67, 72 / 76, 1.0, 1.0]) and len(sessions) == 1
-    assert torch.equal(sessions[0], box[None])
+    (record,) = interactive_evaluation(network, image, truth, box, clicks=3, previous_mask=True)
+    assert record.dice == pytest.approx([54 / 67, 72 / 76, 1.0, 1.0])
     assert network.calls[0][3] is None and torch.equal(network.calls[1][3], (network.calls[0][2] == 1)[:, None].float())
     with pytest.raises(ValueError, match="previous_mask=...\\); ClickConv is not"):
         interactive_evaluation(ClickConv(2, 2), image, truth, box, clicks=1, previous_mask=True)
+
+
+def test_interactive_evaluation_reuses_work_between_the_clicks_of_a_structure():
+    """A backbone of this package runs each structure's clicks as a session: the same Dice as calling it afresh,
+    the image-only work once per structure (its patch embedding runs once per structure, not once per call)."""
+    torch.manual_seed(0)
+    network = PrunedUNETR(in_channels=1, out_channels=3, img_size=(32, 32), spatial_dims=2, hidden_size=32,
+                          mlp_dim=64, num_heads=2, feature_size=8, norm_name="batch", pruner="prato",
+                          click_prompts=True).eval()
+    with torch.no_grad():
+        for parameter in network.click_encoder.parameters():
+            parameter.copy_(torch.randn(parameter.shape) * 0.5)
+    truth = torch.zeros(32, 32, dtype=torch.long)
+    truth[4:14, 4:14], truth[18:28, 16:30] = 1, 2
+    image = truth[None, None].float() + 0.3 * torch.randn(1, 1, 32, 32)
+    boxes = torch.tensor([[3.0, 3.0, 15.0, 15.0], [17.0, 15.0, 29.0, 31.0]])
+    embeddings = []
+    network.vit.patch_embedding.register_forward_hook(lambda *_: embeddings.append(1))
+    fresh = interactive_evaluation(network, image, truth, boxes, clicks=3, reuse=False)
+    calls_fresh, embeddings[:] = len(embeddings), []
+    reused = interactive_evaluation(network, image, truth, boxes, clicks=3)
+    assert [r.dice for r in reused] == [r.dice for r in fresh] and [r.clicks for r in reused] == [
+        r.clicks for r in fresh]
+    assert calls_fresh == sum(len(r.seconds) for r in fresh) > 2 and len(embeddings) == 2
 
 
 def test_interactive_evaluation_3d_each_structure_with_its_own_box_and_clicks():

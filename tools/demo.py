@@ -3,13 +3,16 @@
     python tools/demo.py                      # about 6 minutes on 2 CPU cores (13 while other jobs ran)
     python tools/demo.py --epochs 30 --workdir /tmp/prato_demo
     python tools/demo.py --bundle unetr3d_prato --workdir /tmp/prato_demo3d     # 3D: synthetic MSD-layout volumes
+    python tools/demo.py --clicks 3            # then per structure its box and 3 corrective clicks: Dice after each
 
 It runs the bundle exactly as a user would (``python -m monai.bundle run ...`` in a subprocess; the commands
 are printed), evaluates the trained network and, for reference, the same network untrained, and prints
 both metric tables. The network is a small ViT (``hidden_size`` 192) at 96 x 96 so the demo fits a laptop CPU;
 the bundle's defaults are the paper's (ViT-B/16 at 224 x 224). A 3D bundle (``BUNDLES_3D``) trains on synthetic
 MSD/decathlon-layout CT volumes (three organs, LPS affine, anisotropic spacing; ``make_decathlon_like``) with
-``SMALL_3D`` windows and evaluates on whole volumes with the prompt-aware sliding window.
+``SMALL_3D`` windows and evaluates on whole volumes with the prompt-aware sliding window. With ``--clicks N`` the
+trained network is also evaluated interactively (``evaluate.json``'s ``clicks``: per structure its box, then N clicks
+at the centre of the largest error), and the Dice after the box and after each click is printed.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _make_data(workdir: str, bundle: str, patients: int, seed: int) -> tuple[dic
 
 
 def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: int | None = None,
-         bundle: str = "unetr_prato", seed: int = 0, sizes: dict | None = None) -> dict:
+         bundle: str = "unetr_prato", seed: int = 0, sizes: dict | None = None, clicks: int = 0) -> dict:
     """Generate data, train ``bundle`` for ``epochs``, evaluate it trained and untrained, print the Dice.
 
     Args:
@@ -99,10 +102,13 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
         bundle: a bundle under ``bundles/``; a 3D one (``BUNDLES_3D``) trains on synthetic MSD-layout volumes.
         seed: data seed.
         sizes: overrides of the network and window settings (default ``SMALL`` / ``SMALL_3D``).
+        clicks: corrective clicks per structure in the trained network's evaluation (0: the box only).
 
     Returns:
         ``{"trained": metrics.json, "untrained": metrics.json}`` of the two evaluations.
     """
+    if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 0:
+        raise ValueError(f"--clicks must be an integer >= 0, got {clicks!r}")
     if not os.path.isfile(os.path.join(ROOT, "bundles", bundle, "configs", "train.json")):
         raise ValueError(f"unknown bundle {bundle!r}; the bundles are the folders of {os.path.join(ROOT, 'bundles')}")
     three_d = bundle in BUNDLES_3D
@@ -123,7 +129,7 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
     if three_d:
         data_settings["latency_repeats"] = 1  # the demo prints Dice; one timed window is enough
     summaries = {}
-    for name, extra in (("trained", {}), ("untrained", {"handlers#0#_disabled_": True})):
+    for name, extra in (("trained", {"clicks": clicks}), ("untrained", {"handlers#0#_disabled_": True})):
         out = os.path.join(bundle_root, f"eval_{name}")
         print(f"\n== evaluation of the {name} network (test split) ==", flush=True)
         _run(["--config_file", str([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")]),
@@ -133,15 +139,31 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
     print(f"\nDice per class, trained vs untrained (test split of {described}):")
     for cls, value in summaries["trained"]["metrics"]["mean_dice"].items():
         print(f"  {cls:<16} {value:.4f}   untrained {summaries['untrained']['metrics']['mean_dice'][cls]:.4f}")
+    if clicks:
+        print_clicks(summaries["trained"]["interactive"])
     print(f"token sparsity {summaries['trained']['tokens'].get('token_sparsity', 0.0):.3f}, "
           f"wall time {time.time() - start:.0f} s", flush=True)
     return summaries
 
 
+def print_clicks(interactive: dict) -> None:
+    """The Dice per class after the box and after each click, the Dice AUC and NoC@90 of an interactive evaluation
+    (``metrics.json``'s ``interactive``)."""
+    steps = interactive["clicks"] + 1
+    print(f"\nDice per structure after its box and after each corrective click ({interactive['num_structures']} "
+          f"structures; AUC: area under Dice vs clicks; NoC@90: clicks to Dice 0.90, {steps} if never):")
+    print(f"  {'':<16} {'box':>6} " + " ".join(f"{f'+{c}':>6}" for c in range(1, steps)) + f" {'AUC':>6} {'NoC@90':>7}")
+    for name, values in interactive["dice_per_step"].items():
+        print(f"  {name:<16} " + " ".join(f"{v:>6.3f}" for v in values)
+              + f" {interactive['dice_auc'][name]:>6.3f} {interactive['noc90'][name]:>7.2f}")
+    print(f"  seconds per interaction: box {interactive['seconds_first']:.3f}, each click "
+          f"{interactive['seconds_later']:.3f} (ratio {interactive['later_over_first']:.2f})", flush=True)
+
+
 def main(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: int | None = None,
-         bundle: str = "unetr_prato", seed: int = 0) -> None:
+         bundle: str = "unetr_prato", seed: int = 0, clicks: int = 0) -> None:
     """The command line of :func:`demo` (prints; returns nothing for ``fire`` to print)."""
-    demo(workdir, epochs, patients, bundle, seed)
+    demo(workdir, epochs, patients, bundle, seed, clicks=clicks)
 
 
 if __name__ == "__main__":

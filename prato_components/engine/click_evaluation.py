@@ -26,6 +26,7 @@ from monai.utils import optional_import
 from prato_components.atomic import atomic_open
 from prato_components.engine.clicks import Click, append_clicks, check_takes_clicks, next_click
 from prato_components.engine.distributed import unwrap
+from prato_components.networks.clicks import ClickPromptMixin, SessionNetwork
 from prato_components.prompts.boxes import boxes_from_label
 
 __all__ = [
@@ -64,12 +65,13 @@ def clicks_to_reach(dice: Sequence[float], threshold: float) -> int:
     return next((step for step, value in enumerate(dice) if value >= threshold), len(dice))
 
 
-def _segmenter(network: nn.Module, inferer: Callable | None, session: Callable | None, image: torch.Tensor,
+def _segmenter(network: nn.Module, inferer: Callable | None, reuse: bool, image: torch.Tensor,
                box: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """``segment(**clicks)`` -> logits for one structure: through ``session(network, image, box).segment``, else
-    ``inferer(image, network, boxes=box, ...)``, else ``network(image, boxes=box, ...)``."""
-    if session is not None:
-        return session(network, image, box).segment
+    """``segment(**clicks)`` -> logits for one structure: ``inferer(image, network, boxes=box, ...)``, or without an
+    inferer ``network(image, boxes=box, ...)``; with ``reuse`` (and a backbone of this package) the network is a
+    :class:`~prato_components.networks.SessionNetwork` of this structure's clicks."""
+    if reuse and isinstance(unwrap(network), ClickPromptMixin):
+        network = SessionNetwork(unwrap(network))
     if inferer is not None:
         return lambda **clicks: inferer(image, network, boxes=box, **clicks)
     return lambda **clicks: network(image, boxes=box, **clicks)
@@ -93,7 +95,7 @@ def _dice(prediction: torch.Tensor, truth: torch.Tensor) -> float:
 
 def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch.Tensor, boxes: torch.Tensor,
                            clicks: int = 5, classes: Sequence[int] | None = None, inferer: Callable | None = None,
-                           previous_mask: bool = False, session: Callable | None = None) -> list[StructureRecord]:
+                           previous_mask: bool = False, reuse: bool = True) -> list[StructureRecord]:
     """SEGFM3D's protocol on one image: per structure, its box alone, then ``clicks`` corrective clicks.
 
     Each structure (class ``c``) is segmented on its own: ``network(image, boxes=its box)``, the prediction being
@@ -115,8 +117,9 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
             network itself.
         previous_mask: also pass the structure's current prediction (``[1, 1, *spatial]``, 0 / 1) as
             ``previous_mask`` with the clicks.
-        session: ``session(network, image, box)`` per structure, whose ``segment(points=..., point_labels=...)``
-            gives the logits (a session that reuses work between clicks); it replaces ``inferer``.
+        reuse: reuse work between the calls on one structure, as an interactive session does
+            (:class:`~prato_components.networks.SessionNetwork`: the image-only work once; through a sliding window,
+            the windows a click does not touch keep their answer); a network of another package is called as is.
 
     Returns one :class:`StructureRecord` per structure present, with ``clicks + 1`` Dice values.
     """
@@ -143,7 +146,7 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
                 target = truth == c
                 if not target.any():
                     continue
-                segment = _segmenter(network, inferer, session, image, rows[i if rows.shape[0] > 1 else 0][None, None])
+                segment = _segmenter(network, inferer, reuse, image, rows[i if rows.shape[0] > 1 else 0][None, None])
                 prediction, seconds = _timed(segment, cuda)
                 record = StructureRecord(c, [_dice(prediction == c, target)], [seconds])
                 points = point_labels = None
@@ -214,17 +217,17 @@ class InteractiveEvaluation:
         class_names: the foreground class names, in label order.
         inferer: the evaluator's inferer (it passes the clicks to the network); default the network itself.
         previous_mask: pass each structure's current prediction as ``previous_mask`` with the clicks.
-        session: a per-structure session factory (:func:`interactive_evaluation`), instead of ``inferer``.
+        reuse: reuse work between the clicks on one structure (:func:`interactive_evaluation`).
     """
 
     def __init__(self, network: nn.Module, clicks: int, class_names: Sequence[str], inferer: Callable | None = None,
-                 previous_mask: bool = False, session: Callable | None = None) -> None:
+                 previous_mask: bool = False, reuse: bool = True) -> None:
         if isinstance(clicks, bool) or not isinstance(clicks, int) or clicks < 0:
             raise ValueError(f"clicks must be an integer >= 0, got {clicks!r}")
         if clicks:
             check_takes_clicks(network, "the interactive evaluation", previous_mask)
         self.network, self.clicks, self.class_names, self.inferer = network, clicks, list(class_names), inferer
-        self.previous_mask, self.session = previous_mask, session
+        self.previous_mask, self.reuse = previous_mask, reuse
         self.records: list[list[StructureRecord]] = []  # per image, in the order evaluated
 
     def attach(self, engine: Engine) -> None:
@@ -247,7 +250,7 @@ class InteractiveEvaluation:
             if boxes.shape[0] != len(classes):
                 boxes = boxes_from_label(label, per_class=True, classes=classes, on_empty="pad")
             self.records.append(interactive_evaluation(self.network, image, label, boxes, self.clicks, classes,
-                                                       self.inferer, self.previous_mask, self.session))
+                                                       self.inferer, self.previous_mask, self.reuse))
 
     def summary(self, runs: int = 1) -> dict | list[dict]:
         """:func:`summarise_interactive` over every image; with ``runs`` > 1 (the data evaluated once per box

@@ -69,8 +69,8 @@ class EvaluationReport:
         clicks: corrective clicks per structure of the interactive protocol; 0 (the default) skips it.
         inferer: the evaluator's inferer, through which the interactive protocol calls the network.
         previous_mask: the interactive protocol also passes each structure's previous prediction.
-        click_session: a per-structure session factory for the interactive protocol, instead of ``inferer``
-            (:func:`~prato_components.engine.click_evaluation.interactive_evaluation`).
+        click_reuse: the interactive protocol reuses work between the clicks on one structure, as an interactive
+            session does (:func:`~prato_components.engine.click_evaluation.interactive_evaluation`).
     """
 
     def __init__(
@@ -87,13 +87,13 @@ class EvaluationReport:
         clicks: int = 0,
         inferer: object | None = None,
         previous_mask: bool = False,
-        click_session: object | None = None,
+        click_reuse: bool = True,
     ) -> None:
         self.output_dir, self.class_names, self.metric_names = output_dir, list(class_names), list(metric_names)
         self.network, self.input_shape = network, list(input_shape) if input_shape else None
         self.box_fraction, self.latency_repeats, self.threads = box_fraction, latency_repeats, threads
         self.prompts = list(prompts or [])
-        self.interactive = (InteractiveEvaluation(network, clicks, class_names, inferer, previous_mask, click_session)
+        self.interactive = (InteractiveEvaluation(network, clicks, class_names, inferer, previous_mask, click_reuse)
                             if clicks else None)
         self.summary: dict = {}
 

@@ -15,13 +15,16 @@ previous_mask=None)``. The clicks act three ways:
 
 The work before stage boundary 1 sees only the image. :class:`ClickSession` keeps it for consecutive clicks on one
 image and box (the backbones read the session's cache through :meth:`ClickPromptMixin._reused` and
-:meth:`ClickPromptMixin._image_layer`).
+:meth:`ClickPromptMixin._image_layer`). :class:`SessionNetwork` is the network as an inferer calls it during the
+clicks on one image: one session per input it is called with (the whole image, a batch of slices or of sliding
+windows), and an input whose clicks did not change keeps its last answer (the windows a click does not touch).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,10 +37,11 @@ from prato_components.prompts.points import BACKGROUND, FOREGROUND, point_boxes,
 from prato_components.tokens import tracing
 from prato_components.tokens.executor import TokenState
 
-__all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "click_maps"]
+__all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "SessionNetwork", "click_maps"]
 
 CLICK_SIGMA = 3.0  # voxels: the standard deviation of a click's Gaussian in the guidance maps
 CLICK_CHANNELS = 3  # foreground clicks, background clicks, previous mask
+CLICK_GAIN = 10.0  # the encoder's output scale: its zero-initialised weights move the logits ten times as fast
 
 
 def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],
@@ -62,16 +66,27 @@ def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: 
 class ClickEncoder(nn.Module):
     """The click guidance: ``tokens`` turns the click maps into an embedding ``[B, token_dim, *grid]`` (kernel =
     stride = ``token_stride``), ``guide`` into a full-resolution map of ``guide_channels`` (3x3); both start at
-    zero and have no bias, so empty click maps (an image whose clicks are all padding) add nothing."""
+    zero and have no bias, so empty click maps (an image whose clicks are all padding) add nothing. Both outputs are
+    multiplied by ``gain`` (as LoRA scales its zero-initialised branch): Adam moves each weight by about the learning
+    rate per step whatever its gradient, so the gain sets how fast the clicks come to matter (docs/design.md §6.2)."""
 
     def __init__(self, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int], guide_channels: int,
-                 ) -> None:
+                 gain: float = CLICK_GAIN) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
         self.tokens = conv(CLICK_CHANNELS, token_dim, kernel_size=token_stride, stride=token_stride, bias=False)
         self.guide = conv(CLICK_CHANNELS, guide_channels, kernel_size=3, padding=1, bias=False)
+        self.gain = float(gain)
         for layer in (self.tokens, self.guide):
             nn.init.zeros_(layer.weight)
+
+    def embedding(self, maps: torch.Tensor) -> torch.Tensor:
+        """The token embedding ``[B, token_dim, *grid]`` of click maps ``[B, 3, *spatial]``."""
+        return self.tokens(maps) * self.gain
+
+    def guidance(self, maps: torch.Tensor) -> torch.Tensor:
+        """The full-resolution guidance ``[B, guide_channels, *spatial]`` of click maps ``[B, 3, *spatial]``."""
+        return self.guide(maps) * self.gain
 
 
 @dataclass
@@ -137,7 +152,7 @@ class ClickPromptMixin:
             stride = self.click_encoder.tokens.stride
             extra = [g * st - s for g, st, s in zip(grid, stride, maps.shape[2:])]
             maps = F.pad(maps, [p for e in reversed(extra) for p in (0, max(e, 0))])
-        embedding = self.click_encoder.tokens(maps)  # [B, C, *grid]
+        embedding = self.click_encoder.embedding(maps)  # [B, C, *grid]
         return tokens + (embedding if channels_first else embedding.flatten(2).transpose(1, 2))
 
     def _click_guide(self, features: torch.Tensor, click_maps: torch.Tensor | None) -> torch.Tensor:
@@ -145,7 +160,7 @@ class ClickPromptMixin:
         ``click_maps``; ``features`` itself without clicks."""
         if click_maps is None:
             return features
-        return features + self.click_encoder.guide(click_maps.to(features.dtype))
+        return features + self.click_encoder.guidance(click_maps.to(features.dtype))
 
     def _clicks_done(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` of a forward pass, whose clicks are then forgotten (a later encoder-only pass, e.g.
@@ -262,3 +277,72 @@ class ClickSession:
         with self.network.reusing(self.cache):
             return self.network(self.image, boxes=self.boxes, points=points, point_labels=point_labels,
                                 previous_mask=previous_mask)
+
+
+def _digest(*parts: torch.Tensor | None) -> str:
+    """A digest of tensors' dtypes, shapes and values (``None`` parts skipped)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        if part is not None:
+            part = torch.as_tensor(part).detach().cpu().contiguous()
+            digest.update(f"{part.dtype}{tuple(part.shape)}".encode())
+            digest.update(part.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def given_clicks(points: torch.Tensor | None, point_labels: torch.Tensor | None) -> tuple:
+    """The clicks of each image of a batch without the padding rows (label -1), as plain numbers; ``()`` when there
+    are none: equal for two calls whose clicks can make no difference to the network (padding rows are ignored)."""
+    if points is None or point_labels is None:
+        return ()
+    points, point_labels = torch.as_tensor(points).detach().cpu(), torch.as_tensor(point_labels).detach().cpu()
+    given = tuple(tuple((tuple(p.tolist()), int(v)) for p, v in zip(rows, labels) if v >= 0)
+                  for rows, labels in zip(points, point_labels))
+    return given if any(given) else ()
+
+
+class SessionNetwork:
+    """The network as an inferer calls it during the clicks on one image (docs/design.md §6.2).
+
+    Each input it is called with (the whole image, a batch of slices or of sliding windows, told apart by the
+    digest of the input and its boxes) gets its own :class:`ClickSession`, so the image-only work is done once per
+    input. An input called with the same clicks as last time (padding rows aside) keeps its last answer without a
+    network call: in a sliding window, the windows that a new click does not touch. With ``follow_previous_mask``
+    a changed previous mask is a change too; without, such a window keeps its answer rather than following the
+    previous mask (which, in the interactive protocol, is the network's own last answer blended over the windows).
+    :attr:`calls` and :attr:`kept` count the network calls and the answers kept. Other attributes are the
+    network's, so the inferers read ``decode_region``, ``finds_foreground`` and the reports through it.
+
+    Args:
+        network: a backbone of this package (:class:`ClickPromptMixin`).
+        sessions: where the sessions live (keyed by input digest), e.g. shared by the requests on one image.
+        follow_previous_mask: recompute an input whose previous mask changed although its clicks did not (a
+            label the annotator sent).
+    """
+
+    def __init__(self, network: nn.Module, sessions: MutableMapping | None = None,
+                 follow_previous_mask: bool = False) -> None:
+        if not isinstance(network, ClickPromptMixin):
+            raise TypeError(f"SessionNetwork needs a network of prato_components, got {type(network).__name__}")
+        self.network, self.follow_previous_mask = network, follow_previous_mask
+        self.sessions: MutableMapping = {} if sessions is None else sessions
+        self.calls = self.kept = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.network, name)
+
+    def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
+                 point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+        key = _digest(image, boxes)
+        if key not in self.sessions:
+            self.sessions[key] = [ClickSession(self.network, image, boxes), None, None]
+        entry = self.sessions[key]
+        clicks = given_clicks(points, point_labels)
+        if self.follow_previous_mask:
+            clicks = (clicks, _digest(previous_mask))
+        if entry[2] is not None and entry[1] == clicks:
+            self.kept += 1
+            return entry[2]
+        self.calls += 1
+        entry[1], entry[2] = clicks, entry[0].segment(points, point_labels, previous_mask)
+        return entry[2]

@@ -7,7 +7,7 @@ from conftest import image
 
 from prato_components.engine import PromptedInferer, PromptedSlidingWindowInferer
 from prato_components.engine.inferers import points_for_slices, points_in_window
-from prato_components.networks import ClickSession, PrunedSwinUNETR, PrunedUNETR, SegFormer, TransUNet
+from prato_components.networks import ClickSession, PrunedSwinUNETR, PrunedUNETR, SegFormer, SessionNetwork, TransUNet
 from prato_components.networks.clicks import click_maps
 from prato_components.prompts import validate_points
 
@@ -342,3 +342,44 @@ def test_segformer_takes_clicks_on_an_image_size_off_its_strides():
         clicked = net(x, torch.tensor([[[2.0, 4.0, 30.0, 40.0]]]), points=torch.tensor([[[39.0, 51.5]]]),
                       point_labels=torch.tensor([[1]]))
     assert clicked.shape == plain.shape == (1, 3, 40, 52) and float((clicked - plain).abs().max()) > 1e-3
+
+
+def test_windows_a_click_does_not_touch_keep_their_answer():
+    """Through the sliding window a session network calls only the windows whose clicks changed; every window's
+    answer is what the network gives it with its clicks (the untouched ones: what they gave before)."""
+    torch.manual_seed(0)
+    net = _with_click_weights(PrunedUNETR(in_channels=1, out_channels=3, img_size=(32, 32), spatial_dims=2,
+                                          hidden_size=32,
+                                          mlp_dim=64, num_heads=2, feature_size=8, norm_name="batch",
+                                          click_prompts=True, **PRATO)).eval()
+    inferer = PromptedSlidingWindowInferer((32, 32), sw_batch_size=1, overlap=0.0, margin=0)  # 4 windows
+    box = torch.tensor([[[2.0, 2.0, 62.0, 62.0]]])
+    image = _image()[:1]
+    session = SessionNetwork(net)
+    with torch.no_grad():
+        first = inferer(image, session, boxes=box)
+        assert (session.calls, session.kept) == (4, 0)
+        steps = [torch.tensor([[[10.0, 12.0]]]), torch.tensor([[[10.0, 12.0], [40.0, 50.0]]]),
+                 torch.tensor([[[10.0, 12.0], [40.0, 50.0]]])]  # the third: a background click on the same spot
+        labels = [torch.tensor([[1]]), torch.tensor([[1, 1]]), torch.tensor([[1, 0]])]
+        answers = [inferer(image, session, boxes=box, points=p, point_labels=lab) for p, lab in zip(steps, labels)]
+        # window (0, 0) holds click 1; window (1, 1) holds click 2
+        assert (session.calls, session.kept) == (4 + 1 + 1 + 1, 3 + 3 + 3)
+        direct = [inferer(image, net, boxes=box, points=p, point_labels=lab) for p, lab in zip(steps, labels)]
+        assert torch.equal(answers[0][..., 32:, :], first[..., 32:, :])  # untouched windows: their answer
+        assert not torch.equal(answers[0][..., :32, :32], first[..., :32, :32])
+        for answer, expected in zip(answers, direct):
+            assert torch.equal(answer, expected)  # a window with only padding clicks answers as without clicks
+
+
+def test_a_session_network_follows_a_changed_previous_mask_only_when_asked():
+    net = _with_click_weights(_unetr(click_prompts=True, **PRATO)).eval()
+    points, labels = POINTS[:1, :1], LABELS[:1, :1]
+    masks = [torch.zeros(1, 1, *SIZE), torch.ones(1, 1, *SIZE)]
+    with torch.no_grad():
+        for follow, calls in ((False, 1), (True, 2)):
+            session = SessionNetwork(net, follow_previous_mask=follow)
+            answers = [session(_image()[:1], BOX[:1], points, labels, previous_mask=mask) for mask in masks]
+            assert session.calls == calls and torch.equal(answers[0], answers[1]) == (calls == 1)
+    with pytest.raises(TypeError, match="SessionNetwork needs a network of prato_components, got Linear"):
+        SessionNetwork(torch.nn.Linear(1, 1))
