@@ -37,8 +37,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monailabel.client import MONAILabelClient
-from monailabel.client.client import MONAILabelClientException
+
+try:
+    from monailabel.client import MONAILabelClient
+    from monailabel.client.client import MONAILabelClientException
+except ImportError as missing:  # run by another python than MONAI Label's
+    raise SystemExit(f"{missing}: run this tool with the MONAI Label environment's python (bash tools/monailabel_env.sh"
+                     "; .venv-monailabel/bin/python tools/monailabel_session.py ...)") from None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -306,6 +311,14 @@ def main() -> int:
         parser.error("--image and --label go together")
     if args.structure != "all" and not args.structure.isdigit():
         parser.error(f"--structure must be a class number or 'all', got {args.structure!r}")
+    if args.clicks < 0:
+        parser.error(f"--clicks must be >= 0, got {args.clicks}")
+    for path in filter(None, (args.image, args.label)):
+        if not path.lower().endswith((".nii", ".nii.gz")) or not os.path.isfile(path):
+            parser.error(f"--image / --label must be NIfTI files (.nii, .nii.gz), got {path!r}")
+    if args.image and nib.load(args.image).shape[:3] != nib.load(args.label).shape:
+        parser.error(f"--label {nib.load(args.label).shape} must have the shape of --image "
+                     f"{nib.load(args.image).shape[:3]}")
 
     work = tempfile.mkdtemp(prefix="prato_session_")
     try:
