@@ -106,12 +106,23 @@ def _infer(client: MONAILabelClient, model: str, image_id: str, params: dict,
         os.remove(path)
 
 
+def click_params(points: list[list[int]], point_labels: list[int], keys: str) -> dict[str, list]:
+    """The clicks as request parameters: VISTA3D's ``points`` + ``point_labels`` (``keys`` ``"vista3d"``) or
+    DeepEdit's ``foreground`` / ``background`` (``"deepedit"``; an empty list is left out)."""
+    if keys == "vista3d":
+        return {"points": points, "point_labels": point_labels}
+    split = {"foreground": [p for p, k in zip(points, point_labels) if k == FOREGROUND],
+             "background": [p for p, k in zip(points, point_labels) if k != FOREGROUND]}
+    return {key: value for key, value in split.items() if value}
+
+
 def run_session(client: MONAILabelClient, model: str, image_id: str, truth: nib.Nifti1Image, structure: int,
-                clicks: int, folder: str, radius: int = 3, previous_label: bool = True) -> dict[str, Any]:
-    """One structure: its tight box, then ``clicks`` corrective clicks (each request: the box, every click so far,
-    and the previous label of the structure via ``label_in`` unless ``previous_label`` is false). The record of each
-    step: Dice, changed voxels, a change at / near the click, the seconds; a note when the label did not change
-    near the click or when no error was left to click on."""
+                clicks: int, folder: str, radius: int = 3, previous_label: bool = True, keys: str = "vista3d",
+                ) -> dict[str, Any]:
+    """One structure: its tight box, then ``clicks`` corrective clicks (each request: the box, every click so far
+    in the spelling ``keys`` (:func:`click_params`), and the previous label of the structure via ``label_in`` unless
+    ``previous_label`` is false). The record of each step: Dice, changed voxels, a change at / near the click, the
+    seconds; a note when the label did not change near the click or when no error was left to click on."""
     gt = np.asarray(truth.dataobj) == structure
     box = np.asarray(boxes_from_label(gt.astype(np.uint8), spatial_dims=gt.ndim)).reshape(-1).tolist()
     label, seconds = _infer(client, model, image_id, {"box": box}, None)
@@ -129,7 +140,7 @@ def run_session(client: MONAILabelClient, model: str, image_id: str, truth: nib.
         points.append(list(click.point))
         point_labels.append(click.label)
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), truth.affine), previous_path)
-        params = {"box": box, "points": points, "point_labels": point_labels}
+        params = {"box": box, **click_params(points, point_labels, keys)}
         label, seconds = _infer(client, model, image_id, params, previous_path if previous_label else None)
         new = label == structure
         changed = new != mask
@@ -268,7 +279,7 @@ def session(args: argparse.Namespace, work: str) -> dict[str, Any]:
         "weights": "random (no models/model.pt: saved fresh, seed 0)" if fresh else "models/model.pt",
         "image": image if args.image else f"synthetic ACDC-like test slice {os.path.basename(image)}",
         "image_shape": list(nib.load(image).shape), "clicks": args.clicks, "previous_label": not args.no_previous_label,
-        "near_voxels": args.near}
+        "near_voxels": args.near, "click_keys": args.click_keys}
     start = time.monotonic()
     with monailabel_server(args.python, studies, bundles, os.path.join(work, "server.log"), conf, args.server_args,
                            cwd=work, env={"PYTHONPATH": ROOT}, startup_timeout=args.timeout) as (base, info, server):
@@ -280,7 +291,7 @@ def session(args: argparse.Namespace, work: str) -> dict[str, Any]:
         result["sessions"] = []
         for c in structures:
             record = run_session(client, args.bundle, image_id, truth, c, args.clicks, folder, args.near,
-                                 not args.no_previous_label)
+                                 not args.no_previous_label, args.click_keys)
             result["sessions"].append({"name": names.get(c, str(c)), **record})
         box = result["sessions"][0]["box"]
         result["bad_requests"] = send_bad_requests(client, args.bundle, image_id,
@@ -299,6 +310,8 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=3)
     parser.add_argument("--near", type=int, default=3, help="voxels around a click that count as 'near' it")
     parser.add_argument("--no_previous_label", action="store_true", help="do not send the previous label")
+    parser.add_argument("--click_keys", choices=("vista3d", "deepedit"), default="vista3d",
+                        help="send clicks as points + point_labels (VISTA3D) or foreground / background (DeepEdit)")
     parser.add_argument("--size", type=int, default=128, help="in-plane size of the synthetic image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     parser.add_argument("--overrides", default="{}", help="JSON bundle overrides (given to the server)")
