@@ -255,9 +255,15 @@ def _remove(*paths: str | None) -> None:
                 pass
 
 
+def _file_name(upload: UploadFile, default_name: str) -> str:
+    """The uploaded file's name without folders: MONAI Label's ``MONAILabelClient`` sends the client's local path as
+    the multipart file name, which the server's messages must not echo."""
+    return os.path.basename((upload.filename or "").replace("\\", "/")) or default_name
+
+
 def _upload(upload: UploadFile, field: str, default_name: str) -> str:
     """Form field ``field`` (an image or a label file) saved to a temporary file of its type; 415 for another type."""
-    filename = upload.filename or default_name
+    filename = _file_name(upload, default_name)
     suffix = "".join(pathlib.Path(filename).suffixes[-2:]).lower()
     if not suffix.endswith(IMAGE_SUFFIXES):
         raise HTTPException(status_code=415, detail=f"uploaded {field} {filename!r}: unsupported file type "
@@ -313,7 +319,7 @@ def install_infer_route(fastapi_app: Any) -> None:
         uploaded = _upload(file, "file", "upload.nii.gz") if file else None
         if uploaded:
             image = uploaded
-            parsed["image_name"] = file.filename or "upload.nii.gz"
+            parsed["image_name"] = _file_name(file, "upload.nii.gz")
         try:
             previous = _upload(label, "label", "label.nii.gz") if label else None  # the previous label
         except BaseException:

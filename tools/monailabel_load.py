@@ -159,27 +159,35 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def served_bundle(source: str, bundles: str, name: str, overrides: dict) -> bool:
+    """Copy the bundle folder ``source`` to ``<bundles>/<name>``; without ``models/model.pt`` the network built
+    with ``overrides`` is saved there with random weights (seed 0) first. ``True`` when the weights were made."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    target = os.path.join(bundles, name)
+    shutil.copytree(source, target)
+    weights = os.path.join(target, "models", "model.pt")
+    if os.path.isfile(weights):
+        return False
+    os.makedirs(os.path.dirname(weights), exist_ok=True)
+    parser = ConfigParser()
+    parser.read_config(os.path.join(target, "configs", "inference.json"))
+    for key, value in overrides.items():
+        parser[key] = value
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    return True
+
+
 def _prepare(args, work: str) -> tuple[str, dict, bytes]:
     """The bundles folder (the bundle with weights), the overrides and the image file's bytes."""
     import nibabel as nib
     import numpy as np
-    import torch
-    from monai.bundle import ConfigParser
 
-    source = os.path.join(ROOT, "bundles", args.bundle)
     bundles = os.path.join(work, "bundles")
-    target = os.path.join(bundles, args.bundle)
-    shutil.copytree(source, target)
     overrides = json.loads(args.overrides)
-    weights = os.path.join(target, "models", "model.pt")
-    if not os.path.isfile(weights):
-        os.makedirs(os.path.dirname(weights), exist_ok=True)
-        parser = ConfigParser()
-        parser.read_config(os.path.join(target, "configs", "inference.json"))
-        for key, value in overrides.items():
-            parser[key] = value
-        torch.manual_seed(0)
-        torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    served_bundle(os.path.join(ROOT, "bundles", args.bundle), bundles, args.bundle, overrides)
     shape = [int(s) for s in args.shape.split(",")]
     rng = np.random.default_rng(0)
     image = os.path.join(work, "image.nii.gz")
