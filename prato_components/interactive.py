@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -56,10 +57,13 @@ from prato_components.networks.clicks import ClickPromptMixin, SessionNetwork
 from prato_components.prompts.boxes import clip_boxes, validate_boxes
 from prato_components.prompts.points import BACKGROUND, FOREGROUND
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
     "flag_from_request", "restrict_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image",
     "clicks_from_request", "request_clicks_for_image", "points_to_network", "restrict_to_boxes", "ClickSessions",
+    "clicks_trained",
     "BoxPromptSegmenter",
 ]
 
@@ -335,6 +339,14 @@ def points_to_network(points: np.ndarray, image: torch.Tensor) -> np.ndarray:
     return np.clip(mapped, 0.0, np.asarray(image.shape[1:], dtype=np.float64))
 
 
+def clicks_trained(network: torch.nn.Module) -> bool | None:
+    """Whether ``network``'s click encoder has learnt anything (a weight not zero); ``None`` without an encoder."""
+    encoder = getattr(network, "click_encoder", None)
+    if encoder is None:
+        return None
+    return any(bool(parameter.detach().ne(0).any()) for parameter in encoder.parameters())
+
+
 class ClickSessions:
     """The :class:`~prato_components.networks.clicks.ClickSession` s of the last ``max_images`` images one network
     segmented (least recently used dropped first), so consecutive requests on one image do the image-only work
@@ -394,6 +406,11 @@ class BoxPromptSegmenter:
         self.network = parser.get_parsed_content("network")
         self.network.load_state_dict(load_weights(self.checkpoint, self.device)[0])
         self.network.eval()
+        self.clicks_trained = clicks_trained(self.network)
+        if self.clicks_trained is False:
+            logger.warning("%s: %s was trained without clicks (its click encoder is zero), so clicks will not change "
+                           "its answers; train with --click_training#probability 0.5 (docs/accuracy.md, \"Corrective "
+                           "clicks\")", self.name, self.checkpoint)
         # the bundle key compile: one compiled network (its first call compiles), reused by every call and thread
         self.network = compiled_network(self.network, parser.get_parsed_content("compile", default=False))
         self.spec = parser.get_parsed_content("spec")

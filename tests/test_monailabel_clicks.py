@@ -286,3 +286,15 @@ def test_clicks_on_a_volume_follow_orientation_spacing_and_crop(served_3d):
     assert runs >= 1 and direct_runs == 3 * runs, (runs, direct_runs)  # the clicks lie in the box's windows
     for a, b in zip(direct, labels):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpoint_trained_without_clicks_is_named_when_served(segmenter, tmp_path, caplog):
+    assert segmenter.clicks_trained is True
+    target = str(tmp_path / "unetr_prato")
+    shutil.copytree(os.path.join(ROOT, "bundles", "unetr_prato"), target)
+    os.makedirs(os.path.join(target, "models"))
+    test_monailabel.save_untrained(target, TINY)  # a fresh click encoder is zero, as after a training without clicks
+    with caplog.at_level("WARNING", logger="prato_components.interactive"):
+        served = BoxPromptSegmenter(target)
+    assert served.clicks_trained is False
+    assert "was trained without clicks (its click encoder is zero), so clicks will not change its answers" in caplog.text

@@ -68,16 +68,17 @@ def synthetic_case(in_channels: int, shape: tuple[int, ...], seed: int = 0) -> t
     return image, label
 
 
-def measure(bundle: str, clicks: int, repeats: int, shape: tuple[int, ...] | None) -> dict:
-    """Per step (box, click 1..N) the median seconds with and without reuse, over ``repeats`` runs of the protocol
-    on both structures."""
+def measure(bundle: str, clicks: int, repeats: int, shape: tuple[int, ...] | None,
+            modes: tuple[str, ...] = ("afresh", "reuse")) -> dict:
+    """Per step (box, click 1..N) the median seconds of each of ``modes`` (``afresh``, ``reuse``), over ``repeats``
+    runs of the protocol on both structures."""
     network, inferer, in_channels, size = build(bundle)
     image, label = synthetic_case(in_channels, tuple(shape or size))
     boxes = boxes_from_label(label[None], per_class=True, classes=[1, 2])
-    seconds: dict[str, list[list[float]]] = {"afresh": [], "reuse": []}
+    seconds: dict[str, list[list[float]]] = {mode: [] for mode in modes}
     calls: dict[str, int] = {}
     for _ in range(repeats):
-        for mode in ("afresh", "reuse"):
+        for mode in modes:
             records = interactive_evaluation(network, image, label, boxes, clicks, [1, 2], inferer,
                                              reuse=mode == "reuse")
             seconds[mode].extend(r.seconds for r in records if len(r.seconds) == clicks + 1)
@@ -98,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shape", type=json.loads, default=None, help="image shape (default: the network input)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--modes", nargs="+", default=["afresh", "reuse"], choices=["afresh", "reuse"])
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = measure(args.bundle, args.clicks, args.repeats, args.shape)
+    result = measure(args.bundle, args.clicks, args.repeats, args.shape, tuple(args.modes))
     print(f"{args.bundle}, image {result['image_shape']}, {args.threads} thread(s), runs {result['runs']}")
     print(f"{'step':<8} " + " ".join(f"{m + ' s':>10} {'ratio':>6}" for m in result["seconds_per_step"]))
     for step in range(args.clicks + 1):

@@ -12,7 +12,8 @@ the bundle's defaults are the paper's (ViT-B/16 at 224 x 224). A 3D bundle (``BU
 MSD/decathlon-layout CT volumes (three organs, LPS affine, anisotropic spacing; ``make_decathlon_like``) with
 ``SMALL_3D`` windows and evaluates on whole volumes with the prompt-aware sliding window. With ``--clicks N`` the
 trained network is also evaluated interactively (``evaluate.json``'s ``clicks``: per structure its box, then N clicks
-at the centre of the largest error), and the Dice after the box and after each click is printed.
+at the centre of the largest error), and the Dice after the box and after each click is printed; the training then
+simulates clicks too (``CLICK_TRAINING``: half the batches, 1 to 5 clicks on the network's own errors).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SMALL = {"image_size": 96, **BACKBONES["unetr"]["small"]}
 SMALL_3D = {"image_size": 32, "pixdim": [2.0, 2.0, 2.0], "sw_batch_size": 2, **BACKBONES_3D["unetr3d"]["small"]}
 DATA_3D = {"size": (80, 80, 32), "spacing": (1.2, 1.2, 2.5), "organs": 3, "orientation": "LPS"}
 """The synthetic CT volumes of the 3D demo (liver, spleen, kidney): about 48 x 48 x 40 voxels of 2 mm, 8 windows."""
+CLICK_TRAINING = {"click_training#probability": 0.5, "click_training#max_clicks": 5}
+"""The click training of ``--clicks`` (docs/accuracy.md, "Corrective clicks")."""
 
 
 def _run(args: list[str]) -> None:
@@ -102,7 +105,8 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
         bundle: a bundle under ``bundles/``; a 3D one (``BUNDLES_3D``) trains on synthetic MSD-layout volumes.
         seed: data seed.
         sizes: overrides of the network and window settings (default ``SMALL`` / ``SMALL_3D``).
-        clicks: corrective clicks per structure in the trained network's evaluation (0: the box only).
+        clicks: corrective clicks per structure in the trained network's evaluation (0: the box only); with clicks
+            the training simulates clicks (``CLICK_TRAINING``).
 
     Returns:
         ``{"trained": metrics.json, "untrained": metrics.json}`` of the two evaluations.
@@ -121,6 +125,7 @@ def demo(workdir: str = "/tmp/prato_demo", epochs: int | None = None, patients: 
     small = {**(SMALL_3D if three_d else SMALL), **(sizes or {})}
     training = {"batch_size": 2, "num_samples": 2, "learning_rate": 2e-3} if three_d else \
         {"batch_size": 8, "learning_rate": 3e-4}
+    training.update(CLICK_TRAINING if clicks else {})
     configs = os.path.join("bundles", bundle, "configs")
     _run(["--config_file", os.path.join(configs, "train.json"),
           *_overrides({**common, **small, "epochs": epochs, **training, "val_interval": min(5, epochs)})])

@@ -10,8 +10,13 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.6.0"
+BUNDLE_VERSION = "0.6.1"
 CHANGELOG = {
+    "0.6.1": "the click encoder's outputs are scaled by a gain of 10, so a click training makes clicks act sooner; the "
+    "interactive evaluation (clicks) reuses work between the clicks on a structure as an annotator's session does "
+    "(prato_components.networks.SessionNetwork: the image-only work once, and in 3D the windows a click does not "
+    "touch keep their answer); the MONAI Label app warns when it serves a checkpoint trained without clicks; "
+    "click_training stays off (measured in docs/accuracy.md, Corrective clicks)",
     "0.6.0": "click prompts: every network takes network(image, boxes, points, point_labels) (VISTA3D's labels: 1 "
     "foreground, 0 background, -1 padding; voxels of the network input) and, in an interactive session, the previous "
     "mask; every bundle builds the click encoder (click_prompts, default true, the same in PrATo, the baseline and "
