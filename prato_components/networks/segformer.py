@@ -97,6 +97,22 @@ def _to_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.permute(0, 2, 3, 1).reshape(feature_map.shape[0], -1, feature_map.shape[1])
 
 
+def _channels_last_weights(module: nn.Module, skip: nn.Module | None = None) -> None:
+    """Store the weights of the convolutions of ``module`` (but ``skip``) channels-last, in place.
+
+    Their inputs are channels-last maps (:func:`_to_map`), which oneDNN convolves channels-last already, so the eager
+    results are the same. A compiled program needs the weights' layout to decide so: inductor gives a batch of one
+    the batch stride 0 in a map it gathered itself (a restored grid), which PyTorch's layout rule does not read as
+    channels-last; with a contiguous weight the depth-wise conv then copies its input to channels-first and runs
+    there, several times slower, and a full conv's weight is converted on every call.
+    """
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and conv is not skip:
+            # not .contiguous(channels_last): a depth-wise weight [C, 1, k, k] passes for channels-last as it is
+            weight = torch.empty_like(conv.weight.data, memory_format=torch.channels_last)
+            conv.weight.data = weight.copy_(conv.weight.data)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Overlapping patch embedding: a ``kernel``/``stride`` conv (padding ``kernel // 2``) and a LayerNorm."""
 
@@ -442,6 +458,7 @@ class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         self.stages = nn.ModuleList(stages)
         self.head = AllMLPHead(self.embed_dims, config["decoder_dim"], out_channels, head_dropout)
         self.apply(self._init_weights)
+        _channels_last_weights(self.stages, skip=self.stages[0].patch_embed.proj)
 
         widths = {stage: self.embed_dims[stage] for stage in SEGFORMER_STAGES}  # boundary s feeds MiT stage s + 1
         pruners = stage_pruners("SegFormer", settings.pruner, settings.pruner_kwargs, settings.prune_stages, widths,
