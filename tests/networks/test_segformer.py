@@ -13,7 +13,13 @@ from conftest import tiny_segformer as make
 from monai.networks.blocks import Convolution
 
 from prato_components.efficiency import count_flops
-from prato_components.networks.segformer import AllMLPHead, EfficientSelfAttention, MixTransformerBlock, SegFormer
+from prato_components.networks.segformer import (
+    AllMLPHead,
+    EfficientSelfAttention,
+    MixTransformerBlock,
+    SegFormer,
+    upsample_bilinear,
+)
 from prato_components.pruners import MultiLayerTokenAssembly
 from prato_components.pruners.base import TokenPruner, keep_count, select_topk
 from prato_components.tokens import TokenSelection, TokenState
@@ -433,3 +439,51 @@ def test_stp_mta_per_pruned_stage_feeds_only_the_head_and_learns():
         completed, carried = net.encode(image(), BOXES), plain.encode(image(), BOXES)
     torch.testing.assert_close(inputs[1].tokens, plain_inputs[1].tokens)  # the next stage embeds the carried map
     assert not torch.allclose(completed[1], carried[1]) and torch.equal(completed[3], carried[3])
+
+
+def _encoder_convs(net: SegFormer) -> list[nn.Conv2d]:
+    """The convolutions whose inputs are channels-last maps: all of the encoder's but the first patch embedding's."""
+    first = net.stages[0].patch_embed.proj
+    return [m for m in net.stages.modules() if isinstance(m, nn.Conv2d) and m is not first]
+
+
+def test_encoder_convolutions_stay_channels_last_for_a_batch_of_one():
+    """A compiled program hands a convolution the restored map of a batch of one with the batch stride 0, which
+    PyTorch's layout rule does not read as channels-last; the channels-last weights keep every encoder convolution
+    (the depth-wise ones of the pruned stages included) channels-last there, with the same values."""
+    net = make(pruner="prato").eval()
+    convs = _encoder_convs(net)
+    assert {m.groups > 1 for m in convs} == {True, False}
+    for conv in convs:
+        x = torch.randn(1, 8, 8, conv.in_channels).permute(0, 3, 1, 2)  # a channels-last view, as _to_map gives
+        stride_zero = x.as_strided(x.shape, (0, *x.stride()[1:]))
+        with torch.no_grad():
+            out = conv(stride_zero)
+            assert out.stride(1) == 1, (conv, out.stride())  # channels innermost: no copy to channels-first
+            assert torch.equal(out, conv(x))
+
+
+def test_channels_last_weights_change_no_value_and_survive_loading():
+    """The stored layout changes no eager value (logits of a pruned network bit-identical with contiguous weights),
+    and a checkpoint with contiguous weights loads into channels-last storage."""
+    net = make(pruner="prato").eval()
+    plain = make(pruner="prato").eval()
+    for conv in _encoder_convs(plain):
+        conv.weight.data = torch.empty_like(conv.weight, memory_format=torch.contiguous_format).copy_(conv.weight)
+    assert all(conv.weight.stride(1) != 1 for conv in _encoder_convs(plain) if conv.groups > 1)
+    x, boxes = image(), torch.tensor([[8.0, 8.0, 40.0, 40.0]] * 2)
+    with torch.no_grad():
+        assert torch.equal(net(x, boxes=boxes), plain(x, boxes=boxes))
+    loaded = make(pruner="prato")
+    loaded.load_state_dict(plain.state_dict())
+    for conv in _encoder_convs(loaded):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.stride(1) == 1
+
+
+def test_compiled_upsampling_is_aten_bilinear():
+    """The final upsampling of a compiled program (one opaque operation) gives ``F.interpolate``'s values, and its
+    registration passes torch's operator checks (schema, fake tensor, autograd registration)."""
+    logits = torch.randn(2, 3, 5, 7)
+    expected = F.interpolate(logits, size=(20, 28), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample_bilinear(logits, 20, 28), expected)
+    torch.library.opcheck(upsample_bilinear, (logits, 20, 28))
