@@ -297,4 +297,5 @@ def test_a_checkpoint_trained_without_clicks_is_named_when_served(segmenter, tmp
     with caplog.at_level("WARNING", logger="prato_components.interactive"):
         served = BoxPromptSegmenter(target)
     assert served.clicks_trained is False
-    assert "was trained without clicks (its click encoder is zero), so clicks will not change its answers" in caplog.text
+    assert "was trained without clicks (its click encoder is zero), so clicks will not change its answers" in \
+        caplog.text
