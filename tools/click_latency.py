@@ -24,7 +24,6 @@ import statistics
 import sys
 
 import torch
-from monai.bundle import ConfigParser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -32,18 +31,13 @@ sys.path.insert(0, ROOT)
 from prato_components.atomic import atomic_write_text  # noqa: E402
 from prato_components.engine import interactive_evaluation  # noqa: E402
 from prato_components.prompts.boxes import boxes_from_label  # noqa: E402
+from tools.click_reuse import bundle_parser  # noqa: E402
 
 
 def build(bundle: str) -> tuple[torch.nn.Module, object, int, tuple[int, ...]]:
     """The bundle's network (eval mode, random click weights), its evaluation inferer, its input channels and
     network input size."""
-    configs = os.path.join(ROOT, "bundles", bundle, "configs")
-    parser = ConfigParser()
-    parser.read_config([os.path.join(configs, "train.json"), os.path.join(configs, "evaluate.json")])
-    parser.read_meta(os.path.join(configs, "metadata.json"))
-    parser["bundle_root"] = os.path.dirname(configs)
-    parser["click_prompts"] = True
-    torch.manual_seed(0)
+    parser = bundle_parser(bundle, ("train.json", "evaluate.json"))
     network = parser.get_parsed_content("network_def").eval()
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

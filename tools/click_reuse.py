@@ -29,15 +29,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONES = ("unetr", "transunet", "segformer", "swin_unetr")
 
 
-def build(backbone: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The PrATo bundle's network of ``backbone`` (seed 0, eval mode) and its example image and box."""
-    configs = os.path.join(ROOT, "bundles", f"{backbone}_prato", "configs")
+def bundle_parser(bundle: str, config_files: tuple[str, ...] = ("train.json",)) -> ConfigParser:
+    """The configs ``config_files`` of ``bundles/<bundle>`` with its metadata, ``click_prompts`` on, and torch's
+    seed set to 0 (so that the network built next from it has the same weights every time)."""
+    configs = os.path.join(ROOT, "bundles", bundle, "configs")
     parser = ConfigParser()
-    parser.read_config(os.path.join(configs, "train.json"))
+    parser.read_config([os.path.join(configs, name) for name in config_files])
     parser.read_meta(os.path.join(configs, "metadata.json"))
     parser["bundle_root"] = os.path.dirname(configs)
     parser["click_prompts"] = True
     torch.manual_seed(0)
+    return parser
+
+
+def build(backbone: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The PrATo bundle's network of ``backbone`` (seed 0, eval mode) and its example image and box."""
+    parser = bundle_parser(f"{backbone}_prato")
     network = parser.get_parsed_content("network_def").eval()
     size = int(parser.get_parsed_content("image_size"))
     image, boxes = example_inputs(parser.get_parsed_content("in_channels"), (size, size), num_boxes=1)

@@ -37,6 +37,8 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 
 try:
     from monailabel.client import MONAILabelClient
@@ -83,9 +85,9 @@ def default_case(folder: str, size: int, seed: int, structures: list[int] | None
 
 # ---------------------------------------------------------------------------------------------- one session
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two binary masks (1 when both are empty)."""
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
+    """Dice of two binary masks (1 when both are empty), MONAI's ``compute_dice``."""
+    return float(compute_dice(torch.as_tensor(a, dtype=torch.float32)[None, None],
+                              torch.as_tensor(b, dtype=torch.float32)[None, None], ignore_empty=False))
 
 
 def near(point: tuple[int, ...], shape: tuple[int, ...], radius: int) -> tuple[slice, ...]:
