@@ -25,9 +25,9 @@ holding the prompt: ``box`` (``[x1, y1, x2, y2]`` / ``[x1, y1, z1, x2, y2, z2]``
 (3D Slicer's ROI: ``[i0, i1, j0, j1, k0, k1]``) and/or clicks, DeepEdit's ``foreground`` / ``background`` or
 VISTA3D's ``points`` + ``point_labels`` (1 foreground, 0 background), all in voxel coordinates of the image as
 loaded (NIfTI: i, j, k = array axes = Slicer IJK; PNG/JPG: x = column, y = row). The previous label, uploaded as
-form field ``label`` (or a ``label`` file path in ``params``), reaches the network as its ``previous_mask``.
-Consecutive requests on one image (same content) reuse the network's image-only work. See
-:mod:`prato_components.interactive`.
+form field ``label`` (or a ``label`` file path in ``params``), reaches the network as its ``previous_mask``, and
+``prompt_class`` (a class name or index) names the structure the clicks are about. Consecutive requests on one
+image (same content) reuse the network's image-only work. See :mod:`prato_components.interactive`.
 
 Failures the client sees (``{"detail": reason}``): a missing or invalid prompt or parameter (every parameter is
 parsed strictly: ``box`` values, ``slice``, ``point_margin``, ``restrict_to_box``, clicks and their labels,
@@ -96,8 +96,8 @@ class BoxPromptInferTask(InferTask):
         self.name = name or self.segmenter.name  # the served name (/infer/<name>), in messages and results
         meta = self.segmenter.meta
         description = (f"{meta.get('task', meta.get('name'))}. Prompt: params 'box' or 'roi' and/or clicks "
-                       "('foreground' / 'background' or 'points' + 'point_labels'); previous label: form field "
-                       "'label'.")
+                       "('foreground' / 'background' or 'points' + 'point_labels', 'prompt_class': the clicked "
+                       "structure); previous label: form field 'label'.")
         super().__init__(type=InferType.SEGMENTATION, labels=self.segmenter.labels,
                          dimension=self.segmenter.spatial_dims,
                          description=description,
@@ -123,7 +123,8 @@ class BoxPromptInferTask(InferTask):
         info = super().info()
         info["version"] = self.version
         info["prompt"] = ("box [x1, y1, (z1,) x2, y2, (z2)] | roi (3D Slicer), and/or clicks foreground / background "
-                          "or points + point_labels (1 fg, 0 bg); image voxels; form field label: previous label")
+                          "or points + point_labels (1 fg, 0 bg), prompt_class (the clicked structure); image voxels; "
+                          "form field label: previous label")
         return info
 
     def is_valid(self) -> bool:

@@ -17,6 +17,9 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
   (default 5) in-plane; along z it spans the clicked slices.
 - ``label``: the previous label (a file on the image's grid, as MONAI Label passes the uploaded ``label``): its
   nonzero voxels become the network's ``previous_mask``; it needs clicks.
+- ``prompt_class`` (VISTA3D's name): the structure the clicks are about, a class name of the bundle or its index
+  ``1 ..``; it reaches the network as its ``prompt_class`` (its foreground clicks go to that class's guidance
+  channel). A bundle with one structure needs none; it needs clicks.
 - ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
   2D box applies to every slice.
 
@@ -62,8 +65,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "IMAGE_SUFFIXES", "boxes_from_request", "slice_from_request", "margin_from_request",
     "flag_from_request", "restrict_from_request", "check_image_file", "boxes_for_image", "request_boxes_for_image",
-    "clicks_from_request", "request_clicks_for_image", "points_to_network", "restrict_to_boxes", "ClickSessions",
-    "clicks_trained",
+    "clicks_from_request", "request_clicks_for_image", "prompt_class_from_request", "points_to_network",
+    "restrict_to_boxes", "ClickSessions", "clicks_trained",
     "BoxPromptSegmenter",
 ]
 
@@ -112,6 +115,27 @@ def margin_from_request(params: Mapping[str, Any], default: float = 5.0) -> floa
     if not math.isfinite(margin) or margin < 0 or margin > FLOAT32_MAX:
         raise InputError(f"parameter 'point_margin' must be a finite number of voxels >= 0, got {value!r}")
     return margin
+
+
+def prompt_class_from_request(params: Mapping[str, Any], class_names: Sequence[str]) -> int | None:
+    """``prompt_class``: one of ``class_names`` or its index ``1 .. len(class_names)`` (``None`` when absent)."""
+    value = params.get("prompt_class")
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value in class_names:
+        return list(class_names).index(value) + 1
+    number = value
+    if isinstance(value, str):
+        try:
+            number = json.loads(value)
+        except ValueError:
+            number = value
+    if isinstance(number, list) and len(number) == 1:  # VISTA3D's [class]
+        number = number[0]
+    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(class_names):
+        raise InputError(f"parameter 'prompt_class' must be one of {list(class_names)} or an index 1 .. "
+                         f"{len(class_names)}, got {value!r}")
+    return number
 
 
 def slice_from_request(params: Mapping[str, Any]) -> int | None:
@@ -439,9 +463,14 @@ class BoxPromptSegmenter:
                              "or 'points' with 'point_labels'")
         if previous not in (None, "") and (not isinstance(previous, str) or not os.path.isfile(previous)):
             raise InputError(f"parameter 'label' must be the previous label's file, got {previous!r}")
+        prompt_class = prompt_class_from_request(params, self.spec["class_names"])
+        if prompt_class is not None and clicks is None:
+            raise InputError("parameter 'prompt_class' (the structure the clicks are about) needs clicks: send "
+                             "'foreground' / 'background' or 'points' with 'point_labels'")
         points, point_labels = (None, None) if clicks is None else clicks
         return self(params["image"], boxes, restrict=restrict, points=points, point_labels=point_labels,
-                    previous_label=previous or None, point_margin=margin_from_request(params))
+                    previous_label=previous or None, point_margin=margin_from_request(params),
+                    prompt_class=prompt_class)
 
     @staticmethod
     def image_shape(image_path: str) -> tuple[int, ...]:
@@ -464,12 +493,13 @@ class BoxPromptSegmenter:
 
     def __call__(self, image_path: str, boxes: Sequence[Sequence[float]], slice_index: int | None = None,
                  restrict: bool | None = None, points: np.ndarray | None = None, point_labels: np.ndarray | None = None,
-                 previous_label: str | None = None, point_margin: float = 5.0,
+                 previous_label: str | None = None, point_margin: float = 5.0, prompt_class: int | None = None,
                  ) -> tuple[np.ndarray, np.ndarray | None, list[list[float]]]:
         """Segment ``image_path`` with ``boxes`` (image voxel coordinates) and clicks: ``points`` ``[N, D]`` (voxel
-        indices of the image), ``point_labels`` ``[N]`` (1 foreground, 0 background) and the previous label's file
-        ``previous_label`` (its nonzero voxels). ``restrict``: set the label to background outside the boxes and the
-        foreground clicks grown by ``point_margin`` in-plane (``None``: :attr:`restricts_to_boxes`).
+        indices of the image), ``point_labels`` ``[N]`` (1 foreground, 0 background), the previous label's file
+        ``previous_label`` (its nonzero voxels) and the class of the clicked structure ``prompt_class``.
+        ``restrict``: set the label to background outside the boxes and the foreground clicks grown by
+        ``point_margin`` in-plane (``None``: :attr:`restricts_to_boxes`).
 
         Returns:
             the label array (class indices, the image's spatial shape), the image affine (or ``None``) and the
@@ -489,6 +519,8 @@ class BoxPromptSegmenter:
             prompts["point_labels"] = torch.as_tensor(point_labels, dtype=torch.int64)[None]
             if previous_label is not None:
                 prompts["previous_mask"] = self._previous_mask(previous_label, image, shape)[None]
+            if prompt_class is not None:
+                prompts["prompt_class"] = torch.tensor([int(prompt_class)])
             kept += boxes_from_request({"foreground": points[point_labels == FOREGROUND].tolist()}, point_margin
                                        ) if (point_labels == FOREGROUND).any() else []
         prompts = {k: v.to(self.device) for k, v in prompts.items()}

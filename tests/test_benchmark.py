@@ -101,3 +101,15 @@ def test_compiled_reports_eager_and_compiled_columns_per_batch_and_threads(tmp_p
     # at 32 px the box's window is the whole image: no saving from box decoding at this size
     assert rows[0]["flops_ratio"] == 1.0 and box["flops_ratio"] <= full["flops_ratio"]
     assert "compiled: torch.compile('eager', fullgraph=True)" in text.splitlines()[0]
+
+
+def test_tokens_compares_dense_blocks_on_all_and_on_the_kept_tokens():
+    table = Benchmark().tokens(tokens=16, keep=0.75, hidden_size=32, mlp_dim=64, num_heads=2, depth=2, threads=(1,),
+                               repeats=1, warmup=0, compile=False)
+    header, _, _, row = table.splitlines()
+    assert "16 -> 12 tokens, eager" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # per block and token: qkv, projection and MLP 2 * (4 * D^2 + 2 * D * M); attention 4 * T * D (QK^T and AV)
+    flops = {t: t * 2 * (4 * 32**2 + 2 * 32 * 64) + 4 * t * t * 32 for t in (16, 12)}
+    assert cells[0] == "1" and float(cells[4]) == pytest.approx(flops[12] / flops[16], abs=5e-4)
+    assert float(cells[1]) >= 0 and float(cells[2]) >= 0 and len(cells) == 6

@@ -48,15 +48,16 @@ class ClickedOracle(nn.Module):
     truth; every real click (label 0 or 1) replaces the guess by the truth in the voxels whose centres lie within
     ``radius`` of it, and
     outside the union of the boxes the answer is background. It records the points, point labels, answer and
-    previous mask of every call."""
+    previous mask of every call (:attr:`calls`) and its ``prompt_class`` (:attr:`classes`)."""
 
     def __init__(self, num_classes: int = 2, radius: float = 1.5) -> None:
         super().__init__()
         self.num_classes, self.radius = num_classes, radius
         self.weight = nn.Parameter(torch.zeros(()))  # gives the output a gradient
         self.calls: list[tuple] = []
+        self.classes: list = []
 
-    def forward(self, image, boxes=None, points=None, point_labels=None, previous_mask=None):
+    def forward(self, image, boxes=None, points=None, point_labels=None, previous_mask=None, prompt_class=None):
         guess, truth = image[:, 0].round().long().clone(), image[:, 1].round().long()
         grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in guess.shape[1:]], indexing="ij"), -1).float()
         grid = grid + 0.5  # voxel centres
@@ -74,6 +75,7 @@ class ClickedOracle(nn.Module):
                     inside |= ((grid >= row[:dims]) & (grid < row[dims:])).all(-1)
                 guess[b][~inside] = 0
         self.calls.append((points, point_labels, guess, previous_mask))
+        self.classes.append(prompt_class)
         return F.one_hot(guess, self.num_classes).movedim(-1, 1).float() * 10 + self.weight
 
 
@@ -209,6 +211,8 @@ def test_click_training_adds_k_clicks_in_the_errors_and_calls_the_network_k_plus
             assert label in (0, 1), "every image has an error to click"
             cls = int(truth[b][point]) if label == 1 else int(guess[b][point])
             assert cls > 0 and (guess[b][point] != cls if label == 1 else truth[b][point] != cls)
+            assert int(network.classes[-1][b]) == cls  # the clicked structure's class goes with the clicks
+    assert network.classes[0] is None and all(torch.equal(c, network.classes[-1]) for c in network.classes[1:])
 
 
 def test_click_training_passes_the_previous_prediction_with_the_clicks():
@@ -282,6 +286,7 @@ def test_interactive_evaluation_records_the_dice_after_every_step_2d():
     assert record.clicks == [Click((4, 4), 1), Click((10, 10), 0)]
     assert len(network.calls) == 3 and len(record.seconds) == 3 and all(s >= 0 for s in record.seconds)
     assert network.calls[2][0].tolist() == [[[4.5, 4.5], [10.5, 10.5]]] and network.calls[2][1].tolist() == [[1, 0]]
+    assert network.classes[0] is None and network.classes[2].tolist() == [1]  # the clicks are about class 1
     (box_only,) = interactive_evaluation(network, image, truth, box, clicks=0)
     assert box_only.dice == pytest.approx([54 / 67])
 
@@ -451,7 +456,7 @@ class ClickConv(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.click_weight = nn.Parameter(torch.linspace(-1.0, 1.0, out_channels))
 
-    def forward(self, image, boxes=None, points=None, point_labels=None):
+    def forward(self, image, boxes=None, points=None, point_labels=None, prompt_class=None):
         type(self).calls.append(None if points is None else points.shape[1])
         logits = self.conv(image)
         if points is None:

@@ -103,6 +103,22 @@ def test_the_previous_label_reaches_the_network(segmenter, clicky, tmp_path):
     assert not np.array_equal(with_label, _segment(segmenter, image, box=BOX, foreground=[[20, 20, 1]]))
 
 
+def test_the_clicked_structure_reaches_the_network_by_name_or_index(segmenter, clicky):
+    seen = []
+    hook = segmenter.network.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("prompt_class")), with_kwargs=True)
+    try:
+        by_name = _segment(segmenter, clicky[1], box=BOX, foreground=[[20, 20, 1]], prompt_class="myocardium")
+        by_index = _segment(segmenter, clicky[1], box=BOX, foreground=[[20, 20, 1]], prompt_class="[2]")
+        _segment(segmenter, clicky[1], box=BOX, foreground=[[20, 20, 1]])
+    finally:
+        hook.remove()
+    # one class per slice of the 2D network; the request by index asked the same (its session kept the answer: no
+    # call), the request without a class did not
+    assert len(seen) == 2 and seen[0].tolist() == [2, 2, 2] and seen[1] is None
+    np.testing.assert_array_equal(by_name, by_index)
+
+
 def test_points_map_through_the_preprocessing_as_the_image_does():
     image = MetaTensor(torch.zeros(1, 32, 32, 3), affine=torch.tensor(
         [[1.5, 0, 0, 0.25], [0, 1.5, 0, 0.25], [0, 0, 5.0, 0], [0, 0, 0, 1]], dtype=torch.float64),
@@ -167,6 +183,12 @@ def test_clicks_and_a_previous_label_on_a_picture(tmp_path):
     ({"box": BOX, "label": "previous.nii.gz"}, r"parameter 'label' \(the previous label\) needs clicks"),
     ({"box": BOX, "foreground": [[1, 1, 1]], "label": "no/such/file.nii.gz"},
      "parameter 'label' must be the previous label's file"),
+    ({"box": BOX, "foreground": [[1, 1, 1]], "prompt_class": "liver"},
+     r"parameter 'prompt_class' must be one of \['right_ventricle', 'myocardium', 'left_ventricle'\] or an index "
+     r"1 .. 3, got 'liver'"),
+    ({"box": BOX, "foreground": [[1, 1, 1]], "prompt_class": 4}, r"parameter 'prompt_class' must be one of .* got 4"),
+    ({"box": BOX, "foreground": [[1, 1, 1]], "prompt_class": True}, "parameter 'prompt_class' must be one of"),
+    ({"box": BOX, "prompt_class": 1}, r"parameter 'prompt_class' \(the structure the clicks are about\) needs clicks"),
 ])
 def test_bad_clicks_are_named(segmenter, clicky, params, message):
     with pytest.raises(InputError, match=message):

@@ -25,6 +25,11 @@ run per batch size and thread count; it reports median latency, images/s, the FL
 
     python tools/benchmark.py compiled segformer --image_size 224 --batch_sizes "[1,8]" --threads "[1,2]"
 
+``tokens`` times dense ViT blocks (MONAI's ``TransformerBlock``, no pruner, no gathers) on all tokens and on the kept
+fraction of them: the most any token pruner can turn into time on this machine, per thread count::
+
+    python tools/benchmark.py tokens --tokens 196 --keep 0.755 --threads "[1,2]"
+
 ``volume`` times whole-volume inference of 3D bundles with the prompt-aware sliding window (a box around one
 organ), against the first bundle computing every window (MONAI's plain sliding window)::
 
@@ -459,6 +464,32 @@ class Benchmark:
         header = (f"{backbone}, input [B, {', '.join(map(str, shape))}], central box {box_fraction:g} of each side, "
                   f"repeats={repeats}, compiled: torch.compile({backend!r}, fullgraph=True), torch {torch.__version__}")
         return header + "\n" + format_compiled_table(rows)
+
+    def tokens(self, tokens: int = 196, keep: float = 0.755, hidden_size: int = 768, mlp_dim: int = 3072,
+               num_heads: int = 12, depth: int = 12, threads: Sequence[int] = (1, 2), repeats: int = 10,
+               warmup: int = 3, compile: bool = True) -> str:
+        """``depth`` dense ViT blocks on ``tokens`` tokens against the same blocks on ``round(keep * tokens)``
+        (batch 1): per thread count the median latencies, the latency ratio, the FLOPs ratio and the realization
+        (time saved / FLOPs saved), which bounds what a token pruner that keeps ``keep`` of the tokens realizes."""
+        from monai.networks.blocks import TransformerBlock
+
+        torch.manual_seed(0)
+        blocks = nn.Sequential(*[TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(depth)]).eval()
+        run = torch.compile(blocks, fullgraph=True) if compile else blocks
+        kept = round(keep * tokens)
+        inputs = {"all": torch.randn(1, tokens, hidden_size), "kept": torch.randn(1, kept, hidden_size)}
+        flops = {name: count_flops(lambda x=x: blocks(x)) for name, x in inputs.items()}
+        lines = [f"{depth} x TransformerBlock({hidden_size}, {mlp_dim}, {num_heads}), {tokens} -> {kept} tokens, "
+                 f"{'compiled' if compile else 'eager'}, repeats={repeats}, torch {torch.__version__}",
+                 "| threads | ms all | ms kept | latency ratio | FLOPs ratio | realization |",
+                 "|---|---|---|---|---|---|"]
+        for count in threads:
+            seconds = interleaved_latency({name: (lambda x=x: run(x)) for name, x in inputs.items()}, warmup=warmup,
+                                          repeats=repeats, threads=count)
+            ratio, flops_ratio = seconds["kept"] / seconds["all"], flops["kept"] / flops["all"]
+            lines.append(f"| {count} | {1e3 * seconds['all']:.1f} | {1e3 * seconds['kept']:.1f} | {ratio:.3f} | "
+                         f"{flops_ratio:.3f} | {(1 - ratio) / (1 - flops_ratio):.2f} |")
+        return "\n".join(lines)
 
     def volume(self, dirs: str | Sequence[str] = "bundles/unetr3d_baseline,bundles/unetr3d_prato",
                volume_shape: Sequence[int] = (256, 256, 128), image_size: int | None = None, organ: str = "spleen",

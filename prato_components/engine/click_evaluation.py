@@ -101,11 +101,12 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
     Each structure (class ``c``) is segmented on its own: ``network(image, boxes=its box)``, the prediction being
     the voxels whose argmax is ``c``; then each click is :func:`next_click` of that prediction against
     ``label == c`` and the network runs again with all the structure's clicks so far (``points`` ``[1, n, D]``,
-    ``point_labels`` ``[1, n]``). When the prediction is exact, the remaining steps keep its Dice without a call.
+    ``point_labels`` ``[1, n]``, ``prompt_class`` ``[c]``: the clicks are about structure ``c``). When the
+    prediction is exact, the remaining steps keep its Dice without a call.
 
     Args:
-        network: called as ``network(image, boxes=..., points=..., point_labels=...)`` (in eval mode, no
-            gradients); with ``clicks`` 0 it needs no clicks.
+        network: called as ``network(image, boxes=..., points=..., point_labels=..., prompt_class=...)`` (in eval
+            mode, no gradients); with ``clicks`` 0 it needs no clicks.
         image: ``[1, C, *spatial]``, on the network's device.
         label: the class map ``[1, 1, *spatial]``, ``[1, *spatial]`` or ``[*spatial]``.
         boxes: ``[len(classes), 2*D]`` (a row per structure, in ``classes`` order) or ``[1, 2*D]`` (one box for every
@@ -157,7 +158,8 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
                         continue
                     record.clicks.append(click)
                     points, point_labels = append_clicks(points, point_labels, [click], device=image.device)
-                    given = {"points": points, "point_labels": point_labels}
+                    given = {"points": points, "point_labels": point_labels,
+                             "prompt_class": torch.tensor([c], device=image.device)}
                     if previous_mask:
                         given["previous_mask"] = (prediction == c)[None, None].float()
                     prediction, seconds = _timed(segment, cuda, **given)

@@ -47,10 +47,11 @@ class ClickTrainingBatch(PrepareBatch):
     network (eval mode, no gradients, autocast with ``amp``) segments the batch ``k`` times through ``inferer``,
     each time with the clicks so far, and each image gets one more click on the errors of its prediction for one
     structure (a class drawn once per batch among those in its label, else among those predicted; an image with
-    neither gets padding rows). ``sampling``: ``"weighted"`` (:func:`sample_click`) or ``"centre"``
-    (:func:`next_click`, the evaluation's click). The training forward then runs with the ``k`` clicks, so the
-    network is called ``k + 1`` times. With ``previous_mask`` every call with clicks also gets the previous
-    prediction of the clicked structure (``[B, 1, *spatial]``, 0 / 1) as ``previous_mask``. Draws use torch's global
+    neither gets padding rows), and that structure's class goes with the clicks as ``prompt_class``. ``sampling``:
+    ``"weighted"`` (:func:`sample_click`) or ``"centre"`` (:func:`next_click`, the evaluation's click). The
+    training forward then runs with the ``k`` clicks, so the network is called ``k + 1`` times. With
+    ``previous_mask`` every call with clicks also gets the previous prediction of the clicked structure
+    (``[B, 1, *spatial]``, 0 / 1) as ``previous_mask``. Draws use torch's global
     generator (recorded by the training checkpoint).
 
     Args:
@@ -86,7 +87,7 @@ class ClickTrainingBatch(PrepareBatch):
     def simulate(self, image: torch.Tensor, label: torch.Tensor, args: tuple, kwargs: dict, clicks: int
                  ) -> dict[str, torch.Tensor]:
         """``clicks`` rounds of segment-then-click on the batch; returns the training forward's ``points``
-        ``[B, clicks, D]``, ``point_labels`` ``[B, clicks]`` (and ``previous_mask``)."""
+        ``[B, clicks, D]``, ``point_labels`` ``[B, clicks]``, ``prompt_class`` ``[B]`` (and ``previous_mask``)."""
         was_training = self.network.training
         self.network.eval()
         given: dict[str, torch.Tensor] = {}
@@ -102,7 +103,8 @@ class ClickTrainingBatch(PrepareBatch):
                              for b, c in enumerate(classes)]
                     points, point_labels = append_clicks(given.get("points"), given.get("point_labels"), found,
                                                          image.ndim - 2, image.device)
-                    given = {"points": points, "point_labels": point_labels}
+                    given = {"points": points, "point_labels": point_labels,
+                             "prompt_class": torch.tensor([c or 1 for c in classes], device=image.device)}
                     if self.previous_mask:
                         given["previous_mask"] = torch.stack([
                             prediction[b] == c if c is not None else torch.zeros_like(prediction[b], dtype=torch.bool)

@@ -1,6 +1,6 @@
-"""Inferers that pass box prompts (and clicks: ``points``, ``point_labels``, ``previous_mask``) to the network: whole
-images, the slices of a volume (:class:`PromptedInferer`) and sliding windows that skip the windows no box touches
-(:class:`PromptedSlidingWindowInferer`)."""
+"""Inferers that pass box prompts (and clicks: ``points``, ``point_labels``, ``previous_mask``, ``prompt_class``) to
+the network: whole images, the slices of a volume (:class:`PromptedInferer`) and sliding windows that skip the
+windows no box touches (:class:`PromptedSlidingWindowInferer`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from monai.utils import BlendMode, PytorchPadMode, ensure_tuple_rep, fall_back_t
 from prato_components.engine.distributed import unwrap
 from prato_components.networks.region import background_logits
 from prato_components.prompts.boxes import box_is_padding, clip_boxes, padding_boxes
-from prato_components.prompts.points import FOREGROUND, PADDING, point_boxes
+from prato_components.prompts.points import FOREGROUND, PADDING, point_boxes, validate_prompt_class
 
 __all__ = [
     "PromptedInferer", "PromptedSlidingWindowInferer", "WindowReport", "boxes_for_slices", "boxes_in_window",
@@ -32,9 +32,11 @@ def _plain(value: Any) -> Any:
     return value.as_tensor() if isinstance(value, MetaTensor) else value
 
 
-def _clicks(points: Any, point_labels: Any, previous_mask: Any) -> dict:
-    """The network's click keywords that are given (a network without clicks is called as before)."""
-    given = {"points": _plain(points), "point_labels": _plain(point_labels), "previous_mask": _plain(previous_mask)}
+def _clicks(points: Any, point_labels: Any, previous_mask: Any, prompt_class: Any = None, batch: int = 1) -> dict:
+    """The network's click keywords that are given (a network without clicks is called as before); ``prompt_class``
+    as ``[batch]`` (its values are the network's to check)."""
+    given = {"points": _plain(points), "point_labels": _plain(point_labels), "previous_mask": _plain(previous_mask),
+             "prompt_class": validate_prompt_class(_plain(prompt_class), batch, 0, check_values=False)}
     return {key: value for key, value in given.items() if value is not None}
 
 
@@ -86,8 +88,8 @@ def boxes_for_slices(boxes: torch.Tensor | None, num_slices: int) -> torch.Tenso
 class PromptedInferer(Inferer):
     """``network(image, boxes=boxes)`` for images with the network's dimensionality; a 2D network runs over
     the slices (last axis) of a volume in batches of ``slice_batch_size``, each slice with its in-plane box. Clicks
-    (``points``, ``point_labels``, ``previous_mask``) go to the network, a volume's to the slices that hold them
-    (:func:`points_for_slices`).
+    (``points``, ``point_labels``, ``previous_mask``, ``prompt_class``) go to the network, a volume's to the slices
+    that hold them (:func:`points_for_slices`).
 
     Args:
         spatial_dims: the network's spatial dimensionality.
@@ -100,8 +102,8 @@ class PromptedInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, boxes: torch.Tensor | None = None,
                  points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
-                 previous_mask: torch.Tensor | None = None, **kwargs):
-        boxes, clicks = _plain(boxes), _clicks(points, point_labels, previous_mask)
+                 previous_mask: torch.Tensor | None = None, prompt_class: torch.Tensor | None = None, **kwargs):
+        boxes, clicks = _plain(boxes), _clicks(points, point_labels, previous_mask, prompt_class, inputs.shape[0])
         image_dims = inputs.ndim - 2
         if image_dims == self.spatial_dims:  # float32 logits under autocast, as MONAI's sliding window gives
             return network(inputs, *args, boxes=boxes, **clicks, **kwargs).to(inputs.dtype)
@@ -121,6 +123,8 @@ class PromptedInferer(Inferer):
         if "previous_mask" in clicks:  # [B, 1, *spatial] or [B, *spatial] -> [B*Z, *in-plane]
             mask = clicks["previous_mask"].reshape(batch, *inputs.shape[2:])
             clicks["previous_mask"] = mask.movedim(-1, 1).reshape(batch * num_slices, *inputs.shape[2:-1])
+        if "prompt_class" in clicks:
+            clicks["prompt_class"] = clicks["prompt_class"].repeat_interleave(num_slices)
         outputs = []
         for start in range(0, slices.shape[0], self.slice_batch_size):
             part = slice(start, start + self.slice_batch_size)
@@ -213,9 +217,10 @@ class PromptedSlidingWindowInferer(Inferer):
     - Without boxes (``boxes=None``), or for an image whose rows are all padding, every window is computed (no
       prompt says nothing about where the target is). Boxes are clipped to the image first, so a box lying
       entirely outside it counts as padding.
-    - Clicks (``points [B, N, D]``, ``point_labels [B, N]``, ``previous_mask``) reach every computed window in its
-      coordinates (:func:`points_in_window`: a click outside it is padding there); the voxel under a foreground
-      click counts as a box when choosing the windows of an image that has a box (docs/design.md §6.2).
+    - Clicks (``points [B, N, D]``, ``point_labels [B, N]``, ``previous_mask``, ``prompt_class [B]``) reach every
+      computed window in its coordinates (:func:`points_in_window`: a click outside it is padding there); the voxel
+      under a foreground click counts as a box when choosing the windows of an image that has a box (docs/design.md
+      §6.2).
 
     Computed windows are batched ``sw_batch_size`` at a time, across the images of the batch. After each call
     :attr:`last_report` (a :class:`WindowReport`) says how many windows were computed and skipped, and
@@ -263,7 +268,7 @@ class PromptedSlidingWindowInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any,
                  boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
                  point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
-                 **kwargs: Any) -> torch.Tensor:
+                 prompt_class: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """Blended logits ``[B, C, *spatial]`` of ``network`` over ``inputs [B, C_in, *spatial]`` with box prompts
         ``boxes [B, M, 2D]`` or ``[B, 2D]`` (voxels of ``inputs``) or ``None``, and clicks, if any."""
         source = inputs if isinstance(inputs, MetaTensor) else None
@@ -283,7 +288,7 @@ class PromptedSlidingWindowInferer(Inferer):
             pads = [v for axis in reversed(range(dims)) for v in (before[axis], after[axis])]
             inputs = F.pad(inputs, pads, mode=self.padding_mode, value=self.cval)
         boxes = self._image_boxes(boxes, batch, dims, image_size, before)
-        clicks = _clicks(points, point_labels, previous_mask)
+        clicks = _clicks(points, point_labels, previous_mask, prompt_class, batch)
         if "points" in clicks and "point_labels" in clicks:
             offset = torch.tensor(before, dtype=torch.float32)
             clicks["points"] = torch.as_tensor(clicks["points"]).detach().float().cpu() + offset
@@ -386,6 +391,8 @@ class PromptedSlidingWindowInferer(Inferer):
             mask = clicks["previous_mask"]
             out["previous_mask"] = torch.cat([mask[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part])
             out["previous_mask"] = out["previous_mask"].to(device)
+        if "prompt_class" in clicks:
+            out["prompt_class"] = torch.stack([clicks["prompt_class"][b] for b, _ in part]).to(device)
         return out
 
     @staticmethod

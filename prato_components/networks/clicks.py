@@ -1,7 +1,7 @@
 """Click prompts inside the networks (docs/design.md §6.2): the guidance encoder and reusing work between clicks.
 
 A network built with ``click_prompts=True`` takes ``network(image, boxes=None, points=None, point_labels=None,
-previous_mask=None)``. The clicks act three ways:
+previous_mask=None, prompt_class=None)``. The clicks act three ways:
 
 - **Guidance** (:class:`ClickEncoder`): foreground and background click maps (Gaussians of :data:`CLICK_SIGMA`
   voxels, DeepEdit's guidance signal) and the previous mask are turned into (a) an embedding added to the tokens
@@ -33,21 +33,32 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv
 
 from prato_components.networks.vit_pruning import own_random_stream
-from prato_components.prompts.points import BACKGROUND, FOREGROUND, point_boxes, validate_points
+from prato_components.prompts.points import BACKGROUND, FOREGROUND, point_boxes, validate_points, validate_prompt_class
 from prato_components.tokens import tracing
 from prato_components.tokens.executor import TokenState
 
-__all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "SessionNetwork", "click_maps"]
+__all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "SessionNetwork", "click_channels",
+           "click_maps"]
 
 CLICK_SIGMA = 3.0  # voxels: the standard deviation of a click's Gaussian in the guidance maps
-CLICK_CHANNELS = 3  # foreground clicks, background clicks, previous mask
+CLICK_CHANNELS = 3  # foreground clicks of no stated class, background clicks, previous mask
 CLICK_GAIN = 10.0  # the encoder's output scale: its zero-initialised weights move the logits ten times as fast
 
 
+def click_channels(num_classes: int | None) -> int:
+    """The channels of :func:`click_maps`: :data:`CLICK_CHANNELS`, plus one per foreground class with
+    ``num_classes`` (the network's output channels, background included)."""
+    return CLICK_CHANNELS + (num_classes - 1 if num_classes else 0)
+
+
 def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],
-               previous_mask: torch.Tensor | None = None, sigma: float = CLICK_SIGMA) -> torch.Tensor:
-    """The guidance maps ``[B, 3, *spatial_shape]`` of checked clicks: per voxel the largest Gaussian (peak 1,
-    ``sigma`` voxels) of the foreground clicks, of the background clicks, and the previous mask (0 without one)."""
+               previous_mask: torch.Tensor | None = None, sigma: float = CLICK_SIGMA,
+               prompt_class: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
+    """The guidance maps ``[B, click_channels(num_classes), *spatial_shape]`` of checked clicks: per voxel the
+    largest Gaussian (peak 1, ``sigma`` voxels) of the foreground clicks, of the background clicks, and the previous
+    mask (0 without one). With ``num_classes``, channel ``3 + c - 1`` holds the foreground clicks of the images whose
+    ``prompt_class`` (``[B]``) is ``c``, and channel 0 only those of images without a class (DeepEdit's guidance
+    per label)."""
     centres = [torch.arange(s, device=points.device, dtype=points.dtype) + 0.5 for s in spatial_shape]
     maps = []
     for label in (FOREGROUND, BACKGROUND):
@@ -60,25 +71,44 @@ def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: 
             gauss = gauss * factor.view(*points.shape[:2], *shape)
         maps.append(gauss.amax(1) if points.shape[1] else gauss.new_zeros(points.shape[0], *spatial_shape))
     previous = torch.zeros_like(maps[0]) if previous_mask is None else previous_mask.reshape(maps[0].shape)
-    return torch.stack([*maps, previous.to(maps[0])], 1)
+    if not num_classes:
+        return torch.stack([*maps, previous.to(maps[0])], 1)
+    foreground = maps[0].unsqueeze(1)  # [B, 1, *spatial]
+    per_class = foreground.new_zeros(foreground.shape[0], num_classes - 1, *spatial_shape)
+    if prompt_class is not None:
+        one_hot = F.one_hot(prompt_class - 1, num_classes - 1).to(foreground)  # [B, K - 1]
+        per_class = one_hot.view(*one_hot.shape, *([1] * len(spatial_shape))) * foreground
+        foreground = torch.zeros_like(foreground)
+    return torch.cat([foreground, maps[1].unsqueeze(1), previous.to(maps[0]).unsqueeze(1), per_class], 1)
 
 
 class ClickEncoder(nn.Module):
-    """The click guidance: ``tokens`` turns the click maps into an embedding ``[B, token_dim, *grid]`` (kernel =
-    stride = ``token_stride``), ``guide`` into a full-resolution map of ``guide_channels`` (3x3); both start at
-    zero and have no bias, so empty click maps (an image whose clicks are all padding) add nothing. Both outputs are
-    multiplied by ``gain`` (as LoRA scales its zero-initialised branch): Adam moves each weight by about the learning
-    rate per step whatever its gradient, so the gain sets how fast the clicks come to matter (docs/design.md §6.2)."""
+    """The click guidance: ``tokens`` turns the ``channels`` click maps (:func:`click_maps`) into an embedding
+    ``[B, token_dim, *grid]`` (kernel = stride = ``token_stride``), ``guide`` into a full-resolution map of
+    ``guide_channels`` (3x3); both start at zero and have no bias, so empty click maps (an image whose clicks are all
+    padding) add nothing. Both outputs are multiplied by ``gain`` (as LoRA scales its zero-initialised branch): Adam
+    moves each weight by about the learning rate per step whatever its gradient, so the gain sets how fast the clicks
+    come to matter (docs/design.md §6.2). Weights saved with fewer input channels (before the per-class channels)
+    load with the missing channels at zero."""
 
     def __init__(self, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int], guide_channels: int,
-                 gain: float = CLICK_GAIN) -> None:
+                 gain: float = CLICK_GAIN, channels: int = CLICK_CHANNELS) -> None:
         super().__init__()
         conv = Conv[Conv.CONV, spatial_dims]
-        self.tokens = conv(CLICK_CHANNELS, token_dim, kernel_size=token_stride, stride=token_stride, bias=False)
-        self.guide = conv(CLICK_CHANNELS, guide_channels, kernel_size=3, padding=1, bias=False)
+        self.tokens = conv(channels, token_dim, kernel_size=token_stride, stride=token_stride, bias=False)
+        self.guide = conv(channels, guide_channels, kernel_size=3, padding=1, bias=False)
         self.gain = float(gain)
         for layer in (self.tokens, self.guide):
             nn.init.zeros_(layer.weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in ("tokens", "guide"):
+            key, weight = f"{prefix}{name}.weight", getattr(self, name).weight
+            saved = state_dict.get(key)
+            if saved is not None and saved.ndim == weight.ndim and saved.shape[1] < weight.shape[1]:
+                state_dict[key] = torch.cat([saved, saved.new_zeros(saved.shape[0], weight.shape[1] - saved.shape[1],
+                                                                    *saved.shape[2:])], 1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embedding(self, maps: torch.Tensor) -> torch.Tensor:
         """The token embedding ``[B, token_dim, *grid]`` of click maps ``[B, 3, *spatial]``."""
@@ -104,32 +134,41 @@ class ClickPromptMixin:
     _session_cache: dict | None = None
 
     def _setup_clicks(self, enabled: bool, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int],
-                      guide_channels: int) -> None:
-        """Build the click encoder when ``enabled``, on its own random stream (the other weights stay those of a
-        network without it); a checkpoint without its weights loads (they stay zero)."""
-        self.click_encoder = None
+                      guide_channels: int, num_classes: int) -> None:
+        """Build the click encoder when ``enabled`` (its maps with one foreground channel per class of the
+        ``num_classes`` output channels), on its own random stream (the other weights stay those of a network without
+        it); a checkpoint without its weights loads (they stay zero)."""
+        self.click_encoder, self.click_classes = None, int(num_classes)
         if enabled:
             with own_random_stream():
-                self.click_encoder = ClickEncoder(spatial_dims, token_dim, token_stride, guide_channels)
+                self.click_encoder = ClickEncoder(spatial_dims, token_dim, token_stride, guide_channels,
+                                                  channels=click_channels(num_classes))
             self.register_load_state_dict_post_hook(_tolerate_missing_click_encoder)
         self._clicks = None
 
     def _read_clicks(self, points, point_labels, previous_mask, boxes: torch.Tensor | None,
-                     spatial_shape: Sequence[int], batch: int) -> torch.Tensor | None:
+                     spatial_shape: Sequence[int], batch: int, prompt_class=None) -> torch.Tensor | None:
         """Check this forward pass's clicks, keep their guidance maps (:attr:`_clicks`) and return the prompt boxes
         with the foreground clicks' boxes added to the images that have a real box (``boxes`` as is without
-        clicks)."""
+        clicks). A network with one foreground class reads clicks without ``prompt_class`` as that class's."""
         points, labels = validate_points(points, point_labels, spatial_shape, batch, check_values=not tracing())
         self._clicks = None
         if points is None:
             if previous_mask is not None:
                 raise ValueError("previous_mask was given without clicks (points and point_labels)")
+            if prompt_class is not None:
+                raise ValueError("prompt_class was given without clicks (points and point_labels)")
             return boxes
         if getattr(self, "click_encoder", None) is None:
             raise ValueError("this network takes no clicks: build it with click_prompts=True")
         if previous_mask is not None:
             previous_mask = _check_previous_mask(previous_mask, batch, spatial_shape)
-        maps = click_maps(points, labels, spatial_shape, previous_mask)
+        classes = self.click_classes
+        prompt_class = validate_prompt_class(prompt_class, batch, classes, check_values=not tracing())
+        if prompt_class is None and classes == 2:
+            prompt_class = torch.ones(batch, dtype=torch.long, device=points.device)
+        maps = click_maps(points, labels, spatial_shape, previous_mask, prompt_class=prompt_class,
+                          num_classes=classes if self.click_encoder.tokens.in_channels > CLICK_CHANNELS else None)
         self._clicks = ClickInputs(maps, point_boxes(points, labels, spatial_shape))
         if boxes is None:
             return None
@@ -271,12 +310,12 @@ class ClickSession:
 
     @torch.no_grad()
     def segment(self, points: torch.Tensor | None = None, point_labels: torch.Tensor | None = None,
-                previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                previous_mask: torch.Tensor | None = None, prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         """The logits for the session's image and box with these clicks (all clicks so far, ``[B, N, D]`` and
-        ``[B, N]``) and the previous mask, if any."""
+        ``[B, N]``), the previous mask and the clicked structure's class, if any."""
         with self.network.reusing(self.cache):
             return self.network(self.image, boxes=self.boxes, points=points, point_labels=point_labels,
-                                previous_mask=previous_mask)
+                                previous_mask=previous_mask, prompt_class=prompt_class)
 
 
 def _digest(*parts: torch.Tensor | None) -> str:
@@ -332,17 +371,20 @@ class SessionNetwork:
         return getattr(self.network, name)
 
     def __call__(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                 point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                 point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                 prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         key = _digest(image, boxes)
         if key not in self.sessions:
             self.sessions[key] = [ClickSession(self.network, image, boxes), None, None]
         entry = self.sessions[key]
         clicks = given_clicks(points, point_labels)
+        if clicks:
+            clicks = (clicks, _digest(prompt_class))
         if self.follow_previous_mask:
             clicks = (clicks, _digest(previous_mask))
         if entry[2] is not None and entry[1] == clicks:
             self.kept += 1
             return entry[2]
         self.calls += 1
-        entry[1], entry[2] = clicks, entry[0].segment(points, point_labels, previous_mask)
+        entry[1], entry[2] = clicks, entry[0].segment(points, point_labels, previous_mask, prompt_class)
         return entry[2]

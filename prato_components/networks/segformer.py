@@ -481,7 +481,7 @@ class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         self.completion = build_completions(settings.completion, {s: self.embed_dims[s] for s in self.prune_stages})
         self.grid_shapes: list[tuple[int, int]] = []
         self._setup_coarse_head(settings.coarse_head, self.embed_dims[-1], out_channels, 2)
-        self._setup_clicks(settings.click_prompts, 2, self.embed_dims[1], 8, out_channels)  # boundary 1: stride 8
+        self._setup_clicks(settings.click_prompts, 2, self.embed_dims[1], 8, out_channels, out_channels)  # stride 8
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -554,11 +554,13 @@ class SegFormer(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         return maps
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, image.shape[2:] if image.ndim == 4 else (0, 0))
         size = tuple(image.shape[2:])
         boxes = check_network_boxes(boxes, image.shape[0], size)
-        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, image.shape[0])
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, image.shape[0],
+                                  prompt_class)
         maps = self.encode(image, boxes)
         self._coarse_pass(maps[-1], boxes, size, None if any(s % 32 for s in size) else 32)
         maps, strides = self._with_click_maps(maps, [4 * 2**index for index in range(len(maps))])

@@ -206,14 +206,15 @@ class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin,
                                 self.spatial_dims)
         # the clicks join stage 1: the merged grid at 2 x patch_size, 2 x embed_dim channels
         self._setup_clicks(settings.click_prompts, self.spatial_dims, 2 * int(vit.embed_dim), 2 * self.patch_size,
-                           self.encoder1.layer.conv2.conv.out_channels)
+                           self.encoder1.layer.conv2.conv.out_channels, self.out.conv.conv.out_channels)
         self.window_report: list[WindowReport] = []
         self.pruned_grid_tokens = 1
         self._layouts: dict = {}  # WindowLayout per (grid, window, shift, device): fixed for a given input size
 
     # ------------------------------------------------------------------ forward
     def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         dims = self.spatial_dims
         if x_in.ndim != dims + 2:
             raise ValueError(
@@ -228,7 +229,8 @@ class PrunedSwinUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin,
                              f"divisible by {self.patch_size}**5.")
         size = tuple(x_in.shape[2:])
         boxes = check_network_boxes(boxes, x_in.shape[0], size)
-        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, x_in.shape[0])
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, size, x_in.shape[0],
+                                  prompt_class)
         hidden_states_out = self._encode(x_in, boxes)
         strides = [tuple(s // h for s, h in zip(size, tap.shape[2:])) for tap in hidden_states_out]
         self._coarse_pass(hidden_states_out[-1], boxes, size, strides[-1])

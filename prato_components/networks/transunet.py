@@ -266,7 +266,7 @@ class TransUNet(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         self._install_pruners(pruners, settings.executor, settings.fill)
         self.completion = build_completion(settings.completion, hidden_size)
         self._setup_coarse_head(settings.coarse_head, self.cnn.out_channels, out_channels, 2)
-        self._setup_clicks(settings.click_prompts, 2, hidden_size, self.patch_size, decoder_channels[-1])
+        self._setup_clicks(settings.click_prompts, 2, hidden_size, self.patch_size, decoder_channels[-1], out_channels)
 
     def encode(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The hybrid encoder: the restored token grid ``[B, N, hidden]`` (after the final norm) and the CNN skips.
@@ -315,9 +315,11 @@ class TransUNet(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, nn.Mo
         return math.prod(self.feat_size)
 
     def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         check_image(image, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, image.shape[0], self.img_size)
-        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, image.shape[0])
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, image.shape[0],
+                                  prompt_class)
         grid, skips = self.encode(image, boxes)
         return self._clicks_done(self.decode(grid, skips, self._decode_window(boxes, self.img_size, self.patch_size)))

@@ -113,15 +113,17 @@ class PrunedUNETR(ClickPromptMixin, RegionDecodingMixin, PrunedNetworkMixin, UNE
         self.completion = build_completion(settings.completion, self.hidden_size)
         self._setup_coarse_head(settings.coarse_head, self.hidden_size, num_classes, len(self.patch_size))
         self._setup_clicks(settings.click_prompts, len(self.patch_size), self.hidden_size, tuple(self.patch_size),
-                           self.encoder1.layer.conv2.conv.out_channels)
+                           self.encoder1.layer.conv2.conv.out_channels, num_classes)
         self.in_channels = self.vit.patch_embedding.patch_dim // math.prod(self.patch_size)
         self.img_size = tuple(f * p for f, p in zip(self.feat_size, self.patch_size))
 
     def forward(self, x_in: torch.Tensor, boxes: torch.Tensor | None = None, points: torch.Tensor | None = None,
-                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None) -> torch.Tensor:
+                point_labels: torch.Tensor | None = None, previous_mask: torch.Tensor | None = None,
+                prompt_class: torch.Tensor | None = None) -> torch.Tensor:
         check_image(x_in, self.in_channels, self.img_size)
         boxes = check_network_boxes(boxes, x_in.shape[0], self.img_size)
-        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, x_in.shape[0])
+        boxes = self._read_clicks(points, point_labels, previous_mask, boxes, self.img_size, x_in.shape[0],
+                                  prompt_class)
         taps, final, state = self._encode(x_in, boxes)
         self._take_reports(state)
         window = self._decode_window(boxes, self.img_size, self.patch_size)

@@ -18,7 +18,15 @@ from prato_components.prompts.boxes import (
     validate_boxes,
     whole_image_boxes,
 )
-from prato_components.prompts.points import BACKGROUND, FOREGROUND, PADDING, POINT_LABELS, point_boxes, validate_points
+from prato_components.prompts.points import (
+    BACKGROUND,
+    FOREGROUND,
+    PADDING,
+    POINT_LABELS,
+    point_boxes,
+    validate_points,
+    validate_prompt_class,
+)
 from prato_components.prompts.transforms import (
     BoxFromLabeld,
     BoxToRegionMaskd,
@@ -56,6 +64,7 @@ __all__ = [
     "POINT_LABELS",
     "point_boxes",
     "validate_points",
+    "validate_prompt_class",
     "BoxFromLabeld",
     "BoxToRegionMaskd",
     "ClipBoxd",

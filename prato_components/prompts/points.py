@@ -7,6 +7,8 @@ Conventions (docs/design.md §3), those of VISTA3D's ``points`` / ``point_labels
   ``v + 0.5``).
 - ``point_labels`` ``[B, N]`` integers: :data:`FOREGROUND` (1), :data:`BACKGROUND` (0) or :data:`PADDING` (-1, no
   click: pads images to a common ``N``). A padding row is ignored whatever its coordinates.
+- ``prompt_class`` ``[B]`` (or VISTA3D's ``[B, 1]``) integers, optional: the class (``1 .. num_classes - 1``) of
+  the structure each image's clicks are about (DeepEdit keeps its clicks per label for the same reason).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import torch
 
 from prato_components.prompts.boxes import padding_boxes
 
-__all__ = ["FOREGROUND", "BACKGROUND", "PADDING", "POINT_LABELS", "validate_points", "point_boxes"]
+__all__ = [
+    "FOREGROUND", "BACKGROUND", "PADDING", "POINT_LABELS", "validate_points", "validate_prompt_class", "point_boxes",
+]
 
 FOREGROUND, BACKGROUND, PADDING = 1, 0, -1
 POINT_LABELS = (FOREGROUND, BACKGROUND, PADDING)
@@ -86,6 +90,33 @@ def validate_points(
         raise ValueError(f"points [{b}, {n}] {_fmt_point(points[b, n])} lies outside the image of spatial shape "
                          f"{tuple(int(s) for s in spatial_shape)} (a point is in [0, size] on every axis)")
     return points, labels
+
+
+def validate_prompt_class(prompt_class: torch.Tensor | Sequence | int | None, batch: int, num_classes: int,
+                          check_values: bool = True) -> torch.Tensor | None:
+    """Check ``prompt_class`` (``[B]``, ``[B, 1]`` or one number for the whole batch) and return it as int64 ``[B]``,
+    or ``None`` without one. Raises ``ValueError``, naming the problem, for a wrong shape or batch size, a value
+    that is not an integer, or a class outside ``1 .. num_classes - 1`` (0 is the background)."""
+    if prompt_class is None:
+        return None
+    classes = torch.as_tensor(prompt_class)
+    if classes.ndim == 0:
+        classes = classes.expand(batch)
+    if classes.ndim == 2 and classes.shape[1] == 1:
+        classes = classes[:, 0]
+    if classes.ndim != 1 or classes.shape[0] != batch:
+        raise ValueError(f"prompt_class must have shape [B] or [B, 1] with B = {batch} (one class per image), got "
+                         f"shape {tuple(classes.shape)}")
+    if classes.is_floating_point() and check_values and not bool((classes == classes.round()).all()):
+        raise ValueError("prompt_class must hold integers (class indices)")
+    classes = classes.long()
+    if check_values:
+        wrong = (classes < 1) | (classes >= num_classes)
+        if bool(wrong.any()):
+            b = int(wrong.nonzero()[0, 0])
+            raise ValueError(f"prompt_class [{b}] is {int(classes[b])}; a class is in 1 .. {num_classes - 1} "
+                             f"(the network has {num_classes} output channels, 0 is the background)")
+    return classes
 
 
 def point_boxes(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],

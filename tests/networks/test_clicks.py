@@ -1,5 +1,6 @@
-"""Click prompts: ``network(image, boxes, points, point_labels)`` on every backbone, the checks of the clicks, how the
-clicks act (guidance, pruning, decoding window) and the work a ``ClickSession`` reuses between clicks."""
+"""Click prompts: ``network(image, boxes, points, point_labels, previous_mask, prompt_class)`` on every backbone, the
+checks of the clicks, how the clicks act (guidance, pruning, decoding window) and the work a ``ClickSession`` reuses
+between clicks."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from prato_components.engine import PromptedInferer, PromptedSlidingWindowInfere
 from prato_components.engine.inferers import points_for_slices, points_in_window
 from prato_components.networks import ClickSession, PrunedSwinUNETR, PrunedUNETR, SegFormer, SessionNetwork, TransUNet
 from prato_components.networks.clicks import click_maps
-from prato_components.prompts import validate_points
+from prato_components.prompts import validate_points, validate_prompt_class
 
 SIZE = (64, 64)
 BOX = torch.tensor([[[4.0, 6.0, 28.0, 30.0]], [[30.0, 20.0, 60.0, 50.0]]])
@@ -96,6 +97,29 @@ def test_bad_clicks_raise_a_message_naming_the_problem(points, labels, message):
         validate_points(points, labels, SIZE, batch=2)
 
 
+@pytest.mark.parametrize(
+    "prompt_class, message",
+    [
+        ([1, 2, 1], r"prompt_class must have shape \[B\] or \[B, 1\] with B = 2 \(one class per image\), got "
+                    r"shape \(3,\)"),
+        ([[1, 2]], r"prompt_class must have shape \[B\] or \[B, 1\] with B = 2"),
+        ([1, 0], r"prompt_class \[1\] is 0; a class is in 1 .. 2 \(the network has 3 output channels, 0 is the "),
+        ([3, 1], r"prompt_class \[0\] is 3; a class is in 1 .. 2"),
+        ([1.0, 1.5], "prompt_class must hold integers"),
+    ],
+)
+def test_a_bad_prompt_class_raises_a_message_naming_the_problem(prompt_class, message):
+    with pytest.raises(ValueError, match=message):
+        validate_prompt_class(prompt_class, 2, 3)
+
+
+def test_a_prompt_class_is_one_class_per_image():
+    assert validate_prompt_class(None, 2, 3) is None
+    assert validate_prompt_class([[2], [1]], 2, 3).tolist() == [2, 1]  # VISTA3D's [B, 1]
+    assert validate_prompt_class(2, 3, 3).tolist() == [2, 2, 2]  # one number for the batch
+    assert validate_prompt_class(torch.tensor([1.0, 2.0]), 2, 3).dtype == torch.int64
+
+
 def test_padding_rows_are_accepted_whatever_their_coordinates():
     points = torch.tensor([[[1.0, 2.0], [float("nan"), -5.0], [500.0, 1e9]]])
     checked, labels = validate_points(points, torch.tensor([[1, -1, -1]]), SIZE, batch=1)
@@ -112,6 +136,10 @@ def test_the_network_checks_its_clicks(name):
         net(_image(), BOX, previous_mask=torch.zeros(2, 1, *SIZE))
     with pytest.raises(ValueError, match=r"previous_mask must have shape \[2, 1, 64, 64\]"):
         net(_image(), BOX, points=POINTS, point_labels=LABELS, previous_mask=torch.zeros(1, 1, *SIZE))
+    with pytest.raises(ValueError, match="prompt_class was given without clicks"):
+        net(_image(), BOX, prompt_class=torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match=r"prompt_class \[1\] is 3; a class is in 1 .. 2"):
+        net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([1, 3]))
 
 
 def test_a_network_built_without_clicks_refuses_them():
@@ -194,6 +222,61 @@ def test_click_maps_peak_at_the_click_by_label():
     assert float(maps[0, 0, 10, 20]) == pytest.approx(1.0) and float(maps[0, 0].sum()) > 1
     assert float(maps[0, 0, 3, 3]) < 1e-6 and float(maps[0, 1].abs().max()) == 0.0  # padding and no background
     assert bool((maps[0, 2] == 1).all())
+
+
+def test_click_maps_put_a_foreground_click_in_the_channel_of_its_class():
+    points, labels = torch.tensor([[[10.5, 20.5], [30.5, 30.5]]] * 2), torch.tensor([[1, 0]] * 2)
+    free = click_maps(points, labels, SIZE, num_classes=3)
+    assert free.shape == (2, 5, *SIZE)  # free foreground, background, previous mask, class 1, class 2
+    assert float(free[0, 0, 10, 20]) == pytest.approx(1.0) and float(free[:, 3:].abs().max()) == 0.0
+    given = click_maps(points, labels, SIZE, num_classes=3, prompt_class=torch.tensor([2, 1]))
+    assert float(given[:, 0].abs().max()) == 0.0 and torch.equal(given[:, 1:3], free[:, 1:3])
+    assert torch.equal(given[0, 4], free[0, 0]) and float(given[0, 3].abs().max()) == 0.0  # image 0: class 2
+    assert torch.equal(given[1, 3], free[1, 0]) and float(given[1, 4].abs().max()) == 0.0  # image 1: class 1
+    assert torch.equal(click_maps(points, labels, SIZE), free[:, :3])  # without classes: the three channels
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_the_prompt_class_steers_the_foreground_clicks(name):
+    net = _with_click_weights(BACKBONES[name](click_prompts=True)).eval()
+    assert net.click_encoder.tokens.in_channels == 5  # three outputs: two foreground classes
+    with torch.no_grad():
+        free = net(_image(), BOX, points=POINTS, point_labels=LABELS)
+        one = net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([1, 1]))
+        two = net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([[2], [2]]))
+        mixed = net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([1, 2]))
+    assert float((one - free).abs().max()) > 1e-3 and float((two - one).abs().max()) > 1e-3
+    torch.testing.assert_close(mixed[:1], one[:1]) and torch.testing.assert_close(mixed[1:], two[1:])
+
+
+def test_a_single_class_network_reads_its_clicks_as_that_class():
+    torch.manual_seed(0)
+    net = _with_click_weights(PrunedUNETR(in_channels=1, out_channels=2, img_size=SIZE, spatial_dims=2,
+                                          hidden_size=32, mlp_dim=64, num_heads=2, feature_size=8, norm_name="batch",
+                                          click_prompts=True)).eval()
+    with torch.no_grad():
+        free = net(_image(), BOX, points=POINTS, point_labels=LABELS)
+        given = net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([1, 1]))
+    assert torch.equal(free, given)
+
+
+def test_click_weights_saved_before_the_class_channels_load_with_those_at_zero():
+    net = _with_click_weights(_unetr(click_prompts=True)).eval()
+    state = net.state_dict()
+    old = {k: (v[:, :3].clone() if k.startswith("click_encoder.") else v) for k, v in state.items()}
+    loaded = _unetr(click_prompts=True).eval()
+    loaded.load_state_dict(old)  # strict, as MONAI's CheckpointLoader loads
+    for part in ("tokens", "guide"):
+        weight = getattr(loaded.click_encoder, part).weight.detach()
+        assert float(weight[:, 3:].abs().max()) == 0.0
+        assert torch.equal(weight[:, :3], old[f"click_encoder.{part}.weight"])
+    classes = torch.tensor([1, 2])
+    with torch.no_grad():  # clicks without a class fill only the first three channels: the same answer
+        assert torch.equal(loaded(_image(), BOX, points=POINTS, point_labels=LABELS),
+                           net(_image(), BOX, points=POINTS, point_labels=LABELS))
+        with_class = loaded(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=classes)
+    assert float((with_class - net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=classes)
+                  ).abs().max()) > 1e-3  # the class channels were not trained
 
 
 # ------------------------------------------------------------------ pruning and the decoding window
@@ -292,16 +375,18 @@ def test_clicks_in_a_window_are_moved_and_the_others_are_padding():
 
 def test_the_prompted_inferers_pass_the_clicks_on():
     net = _with_click_weights(_unetr(click_prompts=True, **PRATO)).eval()
+    clicks = {"points": POINTS, "point_labels": LABELS, "prompt_class": torch.tensor([2, 1])}
     with torch.no_grad():
-        direct = net(_image(), BOX, points=POINTS, point_labels=LABELS)
-        assert torch.equal(PromptedInferer()(_image(), net, boxes=BOX, points=POINTS, point_labels=LABELS), direct)
+        direct = net(_image(), BOX, **clicks)
+        assert float((direct - net(_image(), BOX, points=POINTS, point_labels=LABELS)).abs().max()) > 1e-3
+        assert torch.equal(PromptedInferer()(_image(), net, boxes=BOX, **clicks), direct)
         window = PromptedSlidingWindowInferer(SIZE, sw_batch_size=2, margin=0)  # one window per image
-        torch.testing.assert_close(window(_image(), net, boxes=BOX, points=POINTS, point_labels=LABELS), direct)
+        torch.testing.assert_close(window(_image(), net, boxes=BOX, **clicks), direct)
         volume = _image().unsqueeze(-1).expand(2, 1, *SIZE, 2)  # two equal slices; the clicks are on slice 1
         points = torch.cat([POINTS, torch.full_like(POINTS[..., :1], 1.5)], -1)
         boxes = torch.cat([BOX[..., :2], torch.zeros_like(BOX[..., :1]), BOX[..., 2:],
                            torch.full_like(BOX[..., :1], 2.0)], -1)
-        slices = PromptedInferer()(volume, net, boxes=boxes, points=points, point_labels=LABELS)
+        slices = PromptedInferer()(volume, net, boxes=boxes, **{**clicks, "points": points})
         plain = net(_image(), BOX)
     assert float((direct - plain).abs().max()) > 1e-3
     torch.testing.assert_close(slices[..., 1], direct)  # four slices in one batch: equal up to rounding

@@ -55,8 +55,8 @@ README_PARTS: dict[int, dict[str, str]] = {
                   "elsewhere), `decode_margin`, `coarse_head` (the light head `guided` reads,\ntrained alone on "
                   "detached features), `coarse_threshold` (the coarse foreground probability from\nwhich `guided` "
                   "decodes outside the box window too, default 0.4), "
-                  "`click_prompts` (the network also takes clicks, `points` and\n`point_labels`; "
-                  "default `true`)",
+                  "`click_prompts` (the network also takes clicks, `points` and\n`point_labels`, and "
+                  "`prompt_class`, the structure they are about; default `true`)",
 
         "data": """## Data
 
