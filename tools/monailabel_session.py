@@ -60,7 +60,7 @@ from tools.monailabel_load import monailabel_server, served_bundle  # noqa: E402
 
 # the click cases of tools/bad_inputs.py (prompts, clicks and their labels, the previous label, point_margin)
 CLICK_CASES = ("click_", "points_", "point_label", "labels_no_points", "clicks_both_styles", "background_only_points",
-               "label_without_clicks", "margin_")
+               "label_without_clicks", "margin_", "prompt_class")
 REFERENCE_SLICES = 3  # tools/bad_inputs.py's cases are written for a volume of 3 slices (indices 0 to 2)
 
 
@@ -122,9 +122,10 @@ def run_session(client: MONAILabelClient, model: str, image_id: str, truth: nib.
                 clicks: int, folder: str, radius: int = 3, previous_label: bool = True, keys: str = "vista3d",
                 ) -> dict[str, Any]:
     """One structure: its tight box, then ``clicks`` corrective clicks (each request: the box, every click so far
-    in the spelling ``keys`` (:func:`click_params`), and the previous label of the structure via ``label_in`` unless
-    ``previous_label`` is false). The record of each step: Dice, changed voxels, a change at / near the click, the
-    seconds; a note when the label did not change near the click or when no error was left to click on."""
+    in the spelling ``keys`` (:func:`click_params`), the structure as ``prompt_class``, and the previous label of the
+    structure via ``label_in`` unless ``previous_label`` is false). The record of each step: Dice, changed voxels, a
+    change at / near the click, the seconds; a note when the label did not change near the click or when no error was
+    left to click on."""
     gt = np.asarray(truth.dataobj) == structure
     box = np.asarray(boxes_from_label(gt.astype(np.uint8), spatial_dims=gt.ndim)).reshape(-1).tolist()
     label, seconds = _infer(client, model, image_id, {"box": box}, None)
@@ -142,7 +143,7 @@ def run_session(client: MONAILabelClient, model: str, image_id: str, truth: nib.
         points.append(list(click.point))
         point_labels.append(click.label)
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), truth.affine), previous_path)
-        params = {"box": box, **click_params(points, point_labels, keys)}
+        params = {"box": box, **click_params(points, point_labels, keys), "prompt_class": structure}
         label, seconds = _infer(client, model, image_id, params, previous_path if previous_label else None)
         new = label == structure
         changed = new != mask

@@ -46,9 +46,9 @@ CLICK_GAIN = 10.0  # the encoder's output scale: its zero-initialised weights mo
 
 
 def click_channels(num_classes: int | None) -> int:
-    """The channels of :func:`click_maps`: :data:`CLICK_CHANNELS`, plus one per foreground class with
-    ``num_classes`` (the network's output channels, background included)."""
-    return CLICK_CHANNELS + (num_classes - 1 if num_classes else 0)
+    """The channels of :func:`click_maps`: :data:`CLICK_CHANNELS`, plus with ``num_classes`` (the network's output
+    channels, background included) two per foreground class (its foreground and its background clicks)."""
+    return CLICK_CHANNELS + (2 * (num_classes - 1) if num_classes else 0)
 
 
 def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],
@@ -56,9 +56,9 @@ def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: 
                prompt_class: torch.Tensor | None = None, num_classes: int | None = None) -> torch.Tensor:
     """The guidance maps ``[B, click_channels(num_classes), *spatial_shape]`` of checked clicks: per voxel the
     largest Gaussian (peak 1, ``sigma`` voxels) of the foreground clicks, of the background clicks, and the previous
-    mask (0 without one). With ``num_classes``, channel ``3 + c - 1`` holds the foreground clicks of the images whose
-    ``prompt_class`` (``[B]``) is ``c``, and channel 0 only those of images without a class (DeepEdit's guidance
-    per label)."""
+    mask (0 without one). With ``num_classes`` (``K``), the clicks of an image whose ``prompt_class`` (``[B]``) is
+    ``c`` go to channels ``3 + c - 1`` (foreground) and ``3 + K - 1 + c - 1`` (background) instead of 0 and 1, which
+    keep the clicks of images without a class (DeepEdit's guidance per label)."""
     centres = [torch.arange(s, device=points.device, dtype=points.dtype) + 0.5 for s in spatial_shape]
     maps = []
     for label in (FOREGROUND, BACKGROUND):
@@ -73,13 +73,13 @@ def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: 
     previous = torch.zeros_like(maps[0]) if previous_mask is None else previous_mask.reshape(maps[0].shape)
     if not num_classes:
         return torch.stack([*maps, previous.to(maps[0])], 1)
-    foreground = maps[0].unsqueeze(1)  # [B, 1, *spatial]
-    per_class = foreground.new_zeros(foreground.shape[0], num_classes - 1, *spatial_shape)
+    free = torch.stack(maps, 1)  # [B, 2, *spatial]: foreground, background
+    per_class = free.new_zeros(free.shape[0], 2, num_classes - 1, *spatial_shape)
     if prompt_class is not None:
-        one_hot = F.one_hot(prompt_class - 1, num_classes - 1).to(foreground)  # [B, K - 1]
-        per_class = one_hot.view(*one_hot.shape, *([1] * len(spatial_shape))) * foreground
-        foreground = torch.zeros_like(foreground)
-    return torch.cat([foreground, maps[1].unsqueeze(1), previous.to(maps[0]).unsqueeze(1), per_class], 1)
+        one_hot = F.one_hot(prompt_class - 1, num_classes - 1).to(free)  # [B, K - 1]
+        per_class = one_hot.view(one_hot.shape[0], 1, -1, *([1] * len(spatial_shape))) * free.unsqueeze(2)
+        free = torch.zeros_like(free)
+    return torch.cat([free, previous.to(free).unsqueeze(1), per_class.flatten(1, 2)], 1)
 
 
 class ClickEncoder(nn.Module):

@@ -224,22 +224,26 @@ def test_click_maps_peak_at_the_click_by_label():
     assert bool((maps[0, 2] == 1).all())
 
 
-def test_click_maps_put_a_foreground_click_in_the_channel_of_its_class():
+def test_click_maps_put_the_clicks_in_the_channels_of_their_class():
     points, labels = torch.tensor([[[10.5, 20.5], [30.5, 30.5]]] * 2), torch.tensor([[1, 0]] * 2)
     free = click_maps(points, labels, SIZE, num_classes=3)
-    assert free.shape == (2, 5, *SIZE)  # free foreground, background, previous mask, class 1, class 2
-    assert float(free[0, 0, 10, 20]) == pytest.approx(1.0) and float(free[:, 3:].abs().max()) == 0.0
+    # free foreground, free background, previous mask, foreground of class 1, 2, background of class 1, 2
+    assert free.shape == (2, 7, *SIZE)
+    assert float(free[0, 0, 10, 20]) == pytest.approx(1.0) and float(free[0, 1, 30, 30]) == pytest.approx(1.0)
+    assert float(free[:, 3:].abs().max()) == 0.0
     given = click_maps(points, labels, SIZE, num_classes=3, prompt_class=torch.tensor([2, 1]))
-    assert float(given[:, 0].abs().max()) == 0.0 and torch.equal(given[:, 1:3], free[:, 1:3])
-    assert torch.equal(given[0, 4], free[0, 0]) and float(given[0, 3].abs().max()) == 0.0  # image 0: class 2
-    assert torch.equal(given[1, 3], free[1, 0]) and float(given[1, 4].abs().max()) == 0.0  # image 1: class 1
+    assert float(given[:, :2].abs().max()) == 0.0 and torch.equal(given[:, 2], free[:, 2])
+    for b, (fg, bg) in enumerate([(4, 6), (3, 5)]):  # image 0: class 2; image 1: class 1
+        assert torch.equal(given[b, fg], free[b, 0]) and torch.equal(given[b, bg], free[b, 1])
+        others = [c for c in range(3, 7) if c not in (fg, bg)]
+        assert float(given[b, others].abs().max()) == 0.0
     assert torch.equal(click_maps(points, labels, SIZE), free[:, :3])  # without classes: the three channels
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_the_prompt_class_steers_the_foreground_clicks(name):
     net = _with_click_weights(BACKBONES[name](click_prompts=True)).eval()
-    assert net.click_encoder.tokens.in_channels == 5  # three outputs: two foreground classes
+    assert net.click_encoder.tokens.in_channels == 7  # three outputs: two classes, foreground and background each
     with torch.no_grad():
         free = net(_image(), BOX, points=POINTS, point_labels=LABELS)
         one = net(_image(), BOX, points=POINTS, point_labels=LABELS, prompt_class=torch.tensor([1, 1]))

@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUNDLE_VERSION = "0.6.2"
 CHANGELOG = {
     "0.6.2": "clicks name their structure: network(..., prompt_class=[B]) (VISTA3D's name; the class each image's "
-    "clicks are about) sends the foreground clicks to that class's guidance map (one per class, as DeepEdit keeps "
-    "its guidance per label); click training and the interactive evaluation pass the clicked structure's class; "
+    "clicks are about) sends the clicks to that class's guidance maps (a foreground and a background map per class, "
+    "as DeepEdit keeps its guidance per label); click training and the interactive evaluation pass the clicked structure's class; "
     "the MONAI Label app takes prompt_class (a class name or index); a network with one structure needs none, and "
     "checkpoints with the earlier three guidance maps load (the class maps start at zero)",
     "0.6.1": "the click encoder's outputs are scaled by a gain of 10, so a click training makes clicks act sooner; the "
