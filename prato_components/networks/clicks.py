@@ -102,6 +102,7 @@ class ClickEncoder(nn.Module):
             nn.init.zeros_(layer.weight)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Weights with fewer input channels than this encoder's get zero weights for the missing channels."""
         for name in ("tokens", "guide"):
             key, weight = f"{prefix}{name}.weight", getattr(self, name).weight
             saved = state_dict.get(key)
@@ -111,11 +112,11 @@ class ClickEncoder(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def embedding(self, maps: torch.Tensor) -> torch.Tensor:
-        """The token embedding ``[B, token_dim, *grid]`` of click maps ``[B, 3, *spatial]``."""
+        """The token embedding ``[B, token_dim, *grid]`` of click maps ``[B, channels, *spatial]``."""
         return self.tokens(maps) * self.gain
 
     def guidance(self, maps: torch.Tensor) -> torch.Tensor:
-        """The full-resolution guidance ``[B, guide_channels, *spatial]`` of click maps ``[B, 3, *spatial]``."""
+        """The full-resolution guidance ``[B, guide_channels, *spatial]`` of click maps ``[B, channels, *spatial]``."""
         return self.guide(maps) * self.gain
 
 
@@ -135,9 +136,9 @@ class ClickPromptMixin:
 
     def _setup_clicks(self, enabled: bool, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int],
                       guide_channels: int, num_classes: int) -> None:
-        """Build the click encoder when ``enabled`` (its maps with one foreground channel per class of the
-        ``num_classes`` output channels), on its own random stream (the other weights stay those of a network without
-        it); a checkpoint without its weights loads (they stay zero)."""
+        """Build the click encoder when ``enabled`` (its maps with a foreground and a background channel per class of
+        the ``num_classes`` output channels, :func:`click_channels`), on its own random stream (the other weights
+        stay those of a network without it); a checkpoint without its weights loads (they stay zero)."""
         self.click_encoder, self.click_classes = None, int(num_classes)
         if enabled:
             with own_random_stream():
@@ -168,7 +169,7 @@ class ClickPromptMixin:
         if prompt_class is None and classes == 2:
             prompt_class = torch.ones(batch, dtype=torch.long, device=points.device)
         maps = click_maps(points, labels, spatial_shape, previous_mask, prompt_class=prompt_class,
-                          num_classes=classes if self.click_encoder.tokens.in_channels > CLICK_CHANNELS else None)
+                          num_classes=classes if classes > 1 else None)
         self._clicks = ClickInputs(maps, point_boxes(points, labels, spatial_shape))
         if boxes is None:
             return None

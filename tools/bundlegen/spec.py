@@ -14,9 +14,9 @@ BUNDLE_VERSION = "0.6.2"
 CHANGELOG = {
     "0.6.2": "clicks name their structure: network(..., prompt_class=[B]) (VISTA3D's name; the class each image's "
     "clicks are about) sends the clicks to that class's guidance maps (a foreground and a background map per class, "
-    "as DeepEdit keeps its guidance per label); click training and the interactive evaluation pass the clicked structure's class; "
-    "the MONAI Label app takes prompt_class (a class name or index); a network with one structure needs none, and "
-    "checkpoints with the earlier three guidance maps load (the class maps start at zero)",
+    "as DeepEdit keeps its guidance per label); click training and the interactive evaluation pass the clicked "
+    "structure's class; the MONAI Label app takes prompt_class (a class name or index); a network with one "
+    "structure needs none, and checkpoints with the earlier three guidance maps load (the class maps start at zero)",
     "0.6.1": "the click encoder's outputs are scaled by a gain of 10, so a click training makes clicks act sooner; the "
     "interactive evaluation (clicks) reuses work between the clicks on a structure as an annotator's session does "
     "(prato_components.networks.SessionNetwork: the image-only work once, and in 3D the windows a click does not "
