@@ -36,7 +36,6 @@ from prato_components.verification import find_bundles, make_tiny_acdc, run_conf
 from prato_components.verification import tiny_overrides as shrink  # noqa: E402
 
 
-
 def worker_threads() -> int:
     """Torch threads for this pytest process: the cores it may use divided by the number of xdist workers (at least
     one), and no more than ``OMP_NUM_THREADS`` when that is set."""
@@ -53,16 +52,27 @@ os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the subprocesses a test starts (
 
 # tests that share something other than their tmp_path run on one worker, one after another (``--dist loadgroup``):
 # fixture -> xdist group. The MONAI Label server tests share the server's venv (built on first use) and the app
-# folder the server writes its logs into.
-XDIST_GROUPS = {"monailabel_python": "monailabel_server"}
+# folder the server writes its logs into; the bundles they serve are trained once for them and the in-process tests.
+XDIST_GROUPS = {
+    "monailabel_python": "monailabel_server",
+    "served_bundles": "monailabel_server",
+    "served_3d": "monailabel_server",
+    "trained": "checkpoint_settings",  # tests/test_checkpoint_settings.py's trained bundle
+    "work": "bad_inputs",  # tests/test_bad_inputs.py's data and one-epoch bundle
+    "unetr_export": "unetr_export",  # tests/test_verify_bundles.py's exported program
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test in at most one xdist group; under xdist the ``slow`` tests are handed out first, so that the longest
+    ones do not end the run on one worker while the others wait (the same order on every worker)."""
     for item in items:
-        for fixture, group in XDIST_GROUPS.items():
-            if fixture in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(group))
+        group = next((g for f, g in XDIST_GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 BUNDLES_DIR = os.path.join(ROOT, "bundles")
