@@ -2,6 +2,10 @@
 bundles on disk, and the tiny networks, images and stage inputs the unit tests under ``pruners/``, ``networks/`` and
 ``tokens/`` share.
 
+The suite runs on every core through pytest-xdist (``-n auto`` in setup.cfg): each worker process gets an equal
+share of the cores for torch's threads (``worker_threads``), and subprocesses it starts inherit that share through
+``OMP_NUM_THREADS``.
+
 Test modules import the plain helpers with ``from conftest import ...``: pytest puts this folder on ``sys.path``
 (rootdir-relative ``prepend`` import mode, no ``__init__.py``), so the same import works from every subfolder.
 
@@ -30,6 +34,46 @@ from prato_components.tokens import TokenState  # noqa: E402
 from prato_components.tokens.attention import ReducedAttention, WindowAttention, reduced_key_cells  # noqa: E402
 from prato_components.verification import find_bundles, make_tiny_acdc, run_config, spatial_dims  # noqa: E402
 from prato_components.verification import tiny_overrides as shrink  # noqa: E402
+
+
+def worker_threads() -> int:
+    """Torch threads for this pytest process: the cores it may use divided by the number of xdist workers (at least
+    one), and no more than ``OMP_NUM_THREADS`` when that is set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        threads = min(threads, int(os.environ["OMP_NUM_THREADS"]))
+    return threads
+
+
+THREADS = worker_threads()
+torch.set_num_threads(THREADS)
+os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the subprocesses a test starts (bundle runs, torchrun, servers)
+
+# tests that share something other than their tmp_path run on one worker, one after another (``--dist loadgroup``):
+# fixture -> xdist group. The MONAI Label server tests share the server's venv (built on first use) and the app
+# folder the server writes its logs into; the bundles they serve are trained once for them and the in-process tests.
+XDIST_GROUPS = {
+    "monailabel_python": "monailabel_server",
+    "served_bundles": "monailabel_server",
+    "served_3d": "monailabel_server",
+    "trained": "checkpoint_settings",  # tests/test_checkpoint_settings.py's trained bundle
+    "work": "bad_inputs",  # tests/test_bad_inputs.py's data and one-epoch bundle
+    "unetr_export": "unetr_export",  # tests/test_verify_bundles.py's exported program
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test in at most one xdist group; under xdist the ``slow`` tests are handed out first, so that the longest
+    ones do not end the run on one worker while the others wait (the same order on every worker)."""
+    for item in items:
+        group = next((g for f, g in XDIST_GROUPS.items() if f in getattr(item, "fixturenames", ())), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
 
 BUNDLES_DIR = os.path.join(ROOT, "bundles")
 SCHEMA = os.path.join(ROOT, "schemas", "meta_schema.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -189,10 +190,17 @@ def _post(url: str, file_path: str, params: dict) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def monailabel_python() -> str:
-    """The MONAI Label venv (tools/monailabel_env.sh; reused when it already works)."""
+    """The MONAI Label venv (tools/monailabel_env.sh; reused when it already works). The modules that serve share
+    it, and so may parallel workers: one at a time builds or checks it (a lock on its folder)."""
     venv = os.environ.get("PRATO_MONAILABEL_VENV", os.path.join(ROOT, ".venv-monailabel"))
-    done = subprocess.run(["bash", os.path.join(ROOT, "tools", "monailabel_env.sh"), venv], capture_output=True,
-                          text=True, timeout=1800)
+    os.makedirs(venv, exist_ok=True)
+    folder = os.open(venv, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)  # released when the folder is closed
+        done = subprocess.run(["bash", os.path.join(ROOT, "tools", "monailabel_env.sh"), venv], capture_output=True,
+                              text=True, timeout=1800)
+    finally:
+        os.close(folder)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return os.path.join(venv, "bin", "python")
 

@@ -55,8 +55,10 @@ def test_torchrun_two_processes_gloo(acdc_dir, tmp_path):
     try:
         log, _ = process.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
+        # SIGTERM: torchrun's agent stops its workers (they run in sessions of their own, out of reach of killpg;
+        # killed launcher, they would keep the log pipe open and this test would wait for them forever)
+        os.killpg(process.pid, signal.SIGTERM)
+        log, _ = process.communicate(timeout=60)
         pytest.fail(f"torchrun did not finish in 300 s:\n{log[-4000:]}")
     assert process.returncode == 0, log[-4000:]
 
