@@ -18,8 +18,8 @@ NIfTI that is (i, j, k) = 3D Slicer's IJK, for PNG/JPG (x, y) = (column, row)):
 - ``label``: the previous label (a file on the image's grid, as MONAI Label passes the uploaded ``label``): its
   nonzero voxels become the network's ``previous_mask``; it needs clicks.
 - ``prompt_class`` (VISTA3D's name): the structure the clicks are about, a class name of the bundle or its index
-  ``1 ..``; it reaches the network as its ``prompt_class`` (its foreground clicks go to that class's guidance
-  channel). A bundle with one structure needs none; it needs clicks.
+  ``1 ..``; it reaches the network as its ``prompt_class`` (the clicks go to that class's guidance maps). A bundle
+  with one structure needs none; it needs clicks.
 - ``slice``: with a 2D box on a volume, the slice it applies to (3D Slicer sends it for 2D models); without it a
   2D box applies to every slice.
 
@@ -37,6 +37,7 @@ window whose clicks and previous label did not change keeps its answer.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -117,24 +118,23 @@ def margin_from_request(params: Mapping[str, Any], default: float = 5.0) -> floa
     return margin
 
 
-def prompt_class_from_request(params: Mapping[str, Any], class_names: Sequence[str]) -> int | None:
-    """``prompt_class``: one of ``class_names`` or its index ``1 .. len(class_names)`` (``None`` when absent)."""
+def prompt_class_from_request(params: Mapping[str, Any], labels: Mapping[str, int]) -> int | None:
+    """``prompt_class``: a class name of ``labels`` (name -> index) or its index, also as VISTA3D's ``[index]``
+    (``None`` when absent)."""
     value = params.get("prompt_class")
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value in class_names:
-        return list(class_names).index(value) + 1
+    if isinstance(value, str) and value in labels:
+        return labels[value]
     number = value
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             number = json.loads(value)
-        except ValueError:
-            number = value
-    if isinstance(number, list) and len(number) == 1:  # VISTA3D's [class]
+    if isinstance(number, list) and len(number) == 1:
         number = number[0]
-    if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= len(class_names):
-        raise InputError(f"parameter 'prompt_class' must be one of {list(class_names)} or an index 1 .. "
-                         f"{len(class_names)}, got {value!r}")
+    if isinstance(number, bool) or not isinstance(number, int) or number not in labels.values():
+        raise InputError(f"parameter 'prompt_class' must be one of {list(labels)} or an index 1 .. {len(labels)}, "
+                         f"got {value!r}")
     return number
 
 
@@ -463,7 +463,7 @@ class BoxPromptSegmenter:
                              "or 'points' with 'point_labels'")
         if previous not in (None, "") and (not isinstance(previous, str) or not os.path.isfile(previous)):
             raise InputError(f"parameter 'label' must be the previous label's file, got {previous!r}")
-        prompt_class = prompt_class_from_request(params, self.spec["class_names"])
+        prompt_class = prompt_class_from_request(params, self.labels)
         if prompt_class is not None and clicks is None:
             raise InputError("parameter 'prompt_class' (the structure the clicks are about) needs clicks: send "
                              "'foreground' / 'background' or 'points' with 'point_labels'")

@@ -392,7 +392,7 @@ class PromptedSlidingWindowInferer(Inferer):
             out["previous_mask"] = torch.cat([mask[(slice(b, b + 1), slice(None), *slices[w])] for b, w in part])
             out["previous_mask"] = out["previous_mask"].to(device)
         if "prompt_class" in clicks:
-            out["prompt_class"] = torch.stack([clicks["prompt_class"][b] for b, _ in part]).to(device)
+            out["prompt_class"] = clicks["prompt_class"][[b for b, _ in part]].to(device)
         return out
 
     @staticmethod
