@@ -264,14 +264,16 @@ class CompiledNetwork(nn.Module):
     :func:`~prato_components.tokens.tracing`); so does the choice of the box decoding window
     (``plan_decoding`` of the backbones, docs/design.md §6.1): a new window recompiles (windows snap to the decoder
     alignment, so there are few). The first call also runs ``network`` once eagerly (it records the decoding
-    geometry and the random pruner's evaluation draws). The compile time is logged once.
+    geometry and the random pruner's evaluation draws). The compile time is logged once. ``options`` go to
+    ``torch.compile`` (inductor's, e.g. ``{"freezing": True}``; docs/benchmarks.md, "Compiled inference").
     """
 
-    def __init__(self, network: nn.Module, backend: str = "inductor", trt_path: str | None = None) -> None:
+    def __init__(self, network: nn.Module, backend: str = "inductor", trt_path: str | None = None,
+                 options: dict | None = None) -> None:
         super().__init__()
         if backend == "trt" and not torch.cuda.is_available():
             raise RuntimeError("compile 'trt' needs a CUDA GPU (TensorRT); use compile true (torch.compile) on CPU")
-        self.network, self.backend, self.trt_path = network, backend, trt_path
+        self.network, self.backend, self.trt_path, self.options = network, backend, trt_path, dict(options or {})
         self.compile_seconds: float | None = None
         self._compiled = None
 
@@ -282,7 +284,8 @@ class CompiledNetwork(nn.Module):
         if self.backend == "trt":
             self._compiled = _trt_compiled(self.network, self.trt_path)
         else:
-            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True)
+            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True,
+                                           options=self.options or None)
         if hasattr(self.network, "plan_decoding"):
             self.network.plan_decoding(boxes)
         with torch._dynamo.config.patch(**COMPILE_CONFIG):

@@ -48,7 +48,8 @@ class ClickedOracle(nn.Module):
     truth; every real click (label 0 or 1) replaces the guess by the truth in the voxels whose centres lie within
     ``radius`` of it, and
     outside the union of the boxes the answer is background. It records the points, point labels, answer and
-    previous mask of every call (:attr:`calls`) and its ``prompt_class`` (:attr:`classes`)."""
+    previous mask of every call (:attr:`calls`), its ``prompt_class`` (:attr:`classes`) and its ``boxes``
+    (:attr:`boxes`)."""
 
     def __init__(self, num_classes: int = 2, radius: float = 1.5) -> None:
         super().__init__()
@@ -56,6 +57,7 @@ class ClickedOracle(nn.Module):
         self.weight = nn.Parameter(torch.zeros(()))  # gives the output a gradient
         self.calls: list[tuple] = []
         self.classes: list = []
+        self.boxes: list = []
 
     def forward(self, image, boxes=None, points=None, point_labels=None, previous_mask=None, prompt_class=None):
         guess, truth = image[:, 0].round().long().clone(), image[:, 1].round().long()
@@ -76,6 +78,7 @@ class ClickedOracle(nn.Module):
                 guess[b][~inside] = 0
         self.calls.append((points, point_labels, guess, previous_mask))
         self.classes.append(prompt_class)
+        self.boxes.append(boxes)
         return F.one_hot(guess, self.num_classes).movedim(-1, 1).float() * 10 + self.weight
 
 
@@ -191,7 +194,7 @@ def _hook(network, **kwargs) -> ClickTrainingBatch:
 def test_click_training_adds_k_clicks_in_the_errors_and_calls_the_network_k_plus_one_times(seed):
     network = ClickedOracle(num_classes=3)
     batch = _training_batch()
-    hook = _hook(network, probability=1.0, max_clicks=3)
+    hook = _hook(network, probability=1.0, max_clicks=3, box="batch")  # the whole image
     trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[batch], network=network,
                                 optimizer=torch.optim.SGD(network.parameters(), lr=0.1),
                                 loss_function=lambda pred, label: pred.mean(), inferer=PromptedInferer(2),
@@ -237,9 +240,27 @@ def test_click_training_centre_sampling_clicks_the_evaluation_click():
     batch = _training_batch(batch=1)
     batch["label"] = (batch["label"] == 1).float()  # one structure: the hole in class 1 is the only miss
     batch["image"] = torch.cat([(batch["image"][:, :1] == 1).float(), batch["label"]], 1)
-    image, label, _, kwargs = _hook(network, probability=1.0, max_clicks=1, sampling="centre")(batch)
+    image, label, _, kwargs = _hook(network, probability=1.0, max_clicks=1, sampling="centre", box="batch")(batch)
     assert kwargs["points"].tolist() == [[[4.5, 4.5]]] and kwargs["point_labels"].tolist() == [[1]]
     assert torch.equal(kwargs["boxes"], batch["box"]) and len(network.calls) == 1
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_click_training_structure_box_is_the_clicked_structures_box(seed):
+    network = ClickedOracle(num_classes=3)
+    batch = _training_batch()
+    batch["label"][1] = 0  # the second image has no structure: the whole image, padding clicks
+    torch.manual_seed(seed)
+    _, _, _, kwargs = _hook(network, probability=1.0, max_clicks=2)(batch)  # box "structure", the default
+    boxes, classes = kwargs["boxes"], kwargs["prompt_class"]
+    assert boxes.shape == (2, 1, 4) and torch.equal(boxes[1, 0], torch.tensor([0.0, 0.0, 12.0, 12.0]))
+    assert (kwargs["point_labels"][1] == -1).all()
+    tight = {1: torch.tensor([2.0, 2.0, 8.0, 8.0]), 2: torch.tensor([9.0, 1.0, 11.0, 5.0])}[int(classes[0])]
+    size = tight[2:] - tight[:2]
+    assert ((boxes[0, 0] - tight).abs() <= 0.15 * size.repeat(2) + 1e-6).all()  # jittered by at most 0.1 + 0.05
+    assert (boxes[0, 0, :2] >= 0).all() and (boxes[0, 0, 2:] <= 12).all()
+    # every simulated call saw these boxes
+    assert len(network.boxes) == 2 and all(torch.equal(given, boxes) for given in network.boxes)
 
 
 def test_click_training_off_returns_the_batch_and_draws_nothing():
@@ -257,8 +278,9 @@ def test_click_training_bad_settings_are_named():
     with pytest.raises(InputError, match=r"click_training: probability must be a number in \[0, 1\], got 1.5; "
                                          r"max_clicks must be an integer >= 1, got 0; sampling must be one of "
                                          r"\['weighted', 'centre'\], got 'center'; "
-                                         r"previous_mask must be true or false, got 'yes'"):
-        _hook(ClickedOracle(), probability=1.5, max_clicks=0, sampling="center", previous_mask="yes")
+                                         r"previous_mask must be true or false, got 'yes'; "
+                                         r"box must be one of \['batch', 'structure'\], got 'tight'"):
+        _hook(ClickedOracle(), probability=1.5, max_clicks=0, sampling="center", previous_mask="yes", box="tight")
     with pytest.raises(ValueError, match=r"click_training needs a network called as network\(image, boxes=..., "
                                          r"points=..., point_labels=...\); Conv2d is not "
                                          r"\(a network built with click_prompts is\)"):

@@ -94,6 +94,23 @@ def test_compiled_network_checks_inputs_and_reuses_the_compilation():
             compiled(image, outside)
 
 
+def test_compiled_network_passes_its_options_to_torch_compile(monkeypatch):
+    seen = []
+
+    def fake_compile(network, **kwargs):
+        seen.append(kwargs)
+        return network
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    network, channels, spatial = _tiny("unetr_prato")
+    image, boxes = example_inputs(channels, spatial, batch=1, seed=1)
+    with torch.no_grad():
+        CompiledNetwork(network, options={"freezing": True})(image, boxes)
+        CompiledNetwork(network)(image, boxes)
+    assert seen == [{"backend": "inductor", "fullgraph": True, "options": {"freezing": True}},
+                    {"backend": "inductor", "fullgraph": True, "options": None}]
+
+
 def test_compile_key_values():
     network = torch.nn.Identity()
     assert compiled_network(network, False) is network

@@ -192,12 +192,13 @@ def compare_compiled(
     warmup: int = 2,
     repeats: int = 10,
     backend: str = "inductor",
+    options: dict | None = None,
 ) -> list[dict]:
-    """Every network eager and compiled, in one interleaved run per batch size and thread count; one row per network,
-    batch size and thread count (first network = reference of the ratios). The compile (first call of each batch
-    size) is timed apart, before the runs."""
+    """Every network eager and compiled (``options``: ``torch.compile``'s), in one interleaved run per batch size and
+    thread count; one row per network, batch size and thread count (first network = reference of the ratios). The
+    compile (first call of each batch size) is timed apart, before the runs."""
     rows = []
-    compiled = {name: CompiledNetwork(net.eval(), backend) for name, net in networks.items()}
+    compiled = {name: CompiledNetwork(net.eval(), backend, options=options) for name, net in networks.items()}
     for batch in batch_sizes:
         torch.manual_seed(0)
         image = torch.randn(batch, *image_shape)
@@ -444,9 +445,11 @@ class Benchmark:
 
     def compiled(self, backbone: str = "unetr", image_size: int = 224, batch_sizes: Sequence[int] = (1, 8),
                  threads: Sequence[int] = (1, 2), repeats: int = 10, warmup: int = 2, box_fraction: float = 0.4,
-                 overrides: dict | None = None, backend: str = "inductor", json_out: str | None = None) -> str:
+                 overrides: dict | None = None, backend: str = "inductor", json_out: str | None = None,
+                 options: dict | None = None) -> str:
         """``backbone``'s baseline, PrATo decoding the box and PrATo decoding the whole image (its
-        ``<backbone>_baseline`` and ``<backbone>_prato`` bundles), eager and compiled (:func:`compare_compiled`)."""
+        ``<backbone>_baseline`` and ``<backbone>_prato`` bundles), eager and compiled (:func:`compare_compiled`;
+        ``options``: inductor's, e.g. ``'{"freezing": true}'``)."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         entries = {"baseline": ("baseline", {}), "prato_box": ("prato", {"decode_region": "box"}),
                    "prato_full": ("prato", {"decode_region": "full"})}
@@ -457,12 +460,13 @@ class Benchmark:
                                            {"image_size": image_size, **dict(overrides or {}), **settings})
             networks[name], shape = net, shape or shape_d
         rows = compare_compiled(networks, shape, list(batch_sizes), list(threads), box_fraction, warmup, repeats,
-                                backend)
+                                backend, options)
         if json_out:
             with open(json_out, "w") as f:
                 json.dump(rows, f, indent=2)
         header = (f"{backbone}, input [B, {', '.join(map(str, shape))}], central box {box_fraction:g} of each side, "
-                  f"repeats={repeats}, compiled: torch.compile({backend!r}, fullgraph=True), torch {torch.__version__}")
+                  f"repeats={repeats}, compiled: torch.compile({backend!r}, fullgraph=True"
+                  f"{f', options={options}' if options else ''}), torch {torch.__version__}")
         return header + "\n" + format_compiled_table(rows)
 
     def tokens(self, tokens: int = 196, keep: float = 0.755, hidden_size: int = 768, mlp_dim: int = 3072,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from monai.engines.utils import PrepareBatch
@@ -19,13 +20,17 @@ from monai.inferers import Inferer
 
 from prato_components.engine.clicks import append_clicks, check_takes_clicks, next_click, sample_click
 from prato_components.errors import InputError
+from prato_components.prompts.boxes import boxes_from_label, clip_boxes, jitter_boxes, whole_image_boxes
 
-__all__ = ["CLICK_SAMPLING", "ClickTrainingBatch", "check_click_training"]
+__all__ = ["CLICK_BOXES", "CLICK_SAMPLING", "ClickTrainingBatch", "check_click_training"]
 
 CLICK_SAMPLING = ("weighted", "centre")
+CLICK_BOXES = ("batch", "structure")
+STRUCTURE_BOX_JITTER = 0.1  # shift and per-side scale fractions of a clicked structure's box (the training prompt's)
 
 
-def check_click_training(probability: float, max_clicks: int, sampling: str, previous_mask: bool = False) -> None:
+def check_click_training(probability: float, max_clicks: int, sampling: str, previous_mask: bool = False,
+                         box: str = "structure") -> None:
     """``InputError`` naming each bad ``click_training`` value."""
     wrong = []
     if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
@@ -36,6 +41,8 @@ def check_click_training(probability: float, max_clicks: int, sampling: str, pre
         wrong.append(f"sampling must be one of {list(CLICK_SAMPLING)}, got {sampling!r}")
     if not isinstance(previous_mask, bool):
         wrong.append(f"previous_mask must be true or false, got {previous_mask!r}")
+    if box not in CLICK_BOXES:
+        wrong.append(f"box must be one of {list(CLICK_BOXES)}, got {box!r}")
     if wrong:
         raise InputError("click_training: " + "; ".join(wrong))
 
@@ -51,8 +58,11 @@ class ClickTrainingBatch(PrepareBatch):
     ``"weighted"`` (:func:`sample_click`) or ``"centre"`` (:func:`next_click`, the evaluation's click). The
     training forward then runs with the ``k`` clicks, so the network is called ``k + 1`` times. With
     ``previous_mask`` every call with clicks also gets the previous prediction of the clicked structure
-    (``[B, 1, *spatial]``, 0 / 1) as ``previous_mask``. Draws use torch's global
-    generator (recorded by the training checkpoint).
+    (``[B, 1, *spatial]``, 0 / 1) as ``previous_mask``. ``box``: ``"batch"``, the batch's boxes; ``"structure"``,
+    each image's box becomes the tight box of the clicked structure's label (jittered as the training prompt is,
+    :data:`STRUCTURE_BOX_JITTER`; the whole image for an image without foreground), as the interactive
+    evaluation and an annotator box one structure. Draws use torch's global generator (recorded by the training
+    checkpoint).
 
     Args:
         prepare_batch: the trainer's own ``prepare_batch`` (``PrepareBatchExtraInput`` with the boxes).
@@ -63,17 +73,18 @@ class ClickTrainingBatch(PrepareBatch):
         sampling: ``"weighted"`` or ``"centre"``.
         amp: run the simulation under autocast (as the trainer runs the training forward).
         previous_mask: pass the previous prediction of the clicked structure with the clicks.
+        box: ``"batch"`` or ``"structure"``: the boxes of the batches with clicks.
     """
 
     def __init__(self, prepare_batch: Callable, network: nn.Module, inferer: Inferer | Callable,
                  probability: float = 0.0, max_clicks: int = 3, sampling: str = "weighted", amp: bool = False,
-                 previous_mask: bool = False) -> None:
-        check_click_training(probability, max_clicks, sampling, previous_mask)
+                 previous_mask: bool = False, box: str = "structure") -> None:
+        check_click_training(probability, max_clicks, sampling, previous_mask, box)
         if probability > 0:
             check_takes_clicks(network, "click_training", previous_mask)
         self.prepare_batch, self.network, self.inferer = prepare_batch, network, inferer
         self.probability, self.max_clicks, self.sampling, self.amp = float(probability), max_clicks, sampling, amp
-        self.previous_mask = previous_mask
+        self.previous_mask, self.box = previous_mask, box
 
     def __call__(self, batchdata: Mapping, device: str | torch.device | None = None, non_blocking: bool = False,
                  **kwargs: Any) -> tuple:
@@ -87,11 +98,15 @@ class ClickTrainingBatch(PrepareBatch):
     def simulate(self, image: torch.Tensor, label: torch.Tensor, args: tuple, kwargs: dict, clicks: int
                  ) -> dict[str, torch.Tensor]:
         """``clicks`` rounds of segment-then-click on the batch; returns the training forward's ``points``
-        ``[B, clicks, D]``, ``point_labels`` ``[B, clicks]``, ``prompt_class`` ``[B]`` (and ``previous_mask``)."""
+        ``[B, clicks, D]``, ``point_labels`` ``[B, clicks]``, ``prompt_class`` ``[B]`` (and ``previous_mask``; with
+        ``box`` ``"structure"`` the ``boxes`` ``[B, 1, 2D]`` of the clicked structures)."""
         was_training = self.network.training
         self.network.eval()
         given: dict[str, torch.Tensor] = {}
         classes: list[int | None] | None = None
+        if self.box == "structure":
+            classes = [_pick_class(label[b, 0]) for b in range(image.shape[0])]
+            kwargs = {**kwargs, "boxes": structure_boxes(label, classes)}
         click = sample_click if self.sampling == "weighted" else next_click
         try:
             with torch.no_grad(), torch.autocast(image.device.type, enabled=self.amp):
@@ -111,13 +126,28 @@ class ClickTrainingBatch(PrepareBatch):
                             for b, c in enumerate(classes)])[:, None].float()
         finally:
             self.network.train(was_training)
-        return given
+        return {**given, "boxes": kwargs["boxes"]} if self.box == "structure" else given
 
 
-def _pick_class(label: torch.Tensor, prediction: torch.Tensor) -> int | None:
-    """A class drawn uniformly among the foreground classes of ``label``, else of ``prediction``; ``None`` if both
-    are all background."""
-    for source in (label, prediction):
+def structure_boxes(label: torch.Tensor, classes: list[int | None]) -> torch.Tensor:
+    """``[B, 1, 2D]``: per image of ``label`` ``[B, 1, *spatial]`` the tight box of class ``classes[b]``, jittered
+    by :data:`STRUCTURE_BOX_JITTER` (a stream seeded from torch's global generator) and clipped to the image; the
+    whole image for ``None``."""
+    spatial = tuple(label.shape[2:])
+    whole = whole_image_boxes(spatial)
+    rows = torch.cat([whole if c is None else
+                      boxes_from_label(label[b, 0], per_class=True, classes=[c], spatial_dims=len(spatial)).cpu()
+                      for b, c in enumerate(classes)])
+    rng = np.random.default_rng(int(torch.randint(2**31, ())))
+    rows = clip_boxes(jitter_boxes(rows, STRUCTURE_BOX_JITTER, STRUCTURE_BOX_JITTER, rng), spatial)
+    empty = torch.tensor([c is None for c in classes])
+    return torch.where(empty[:, None], whole, rows).to(label.device)[:, None]
+
+
+def _pick_class(*sources: torch.Tensor) -> int | None:
+    """A class drawn uniformly among the foreground classes of the first of ``sources`` (class maps) that has one;
+    ``None`` if all are background."""
+    for source in sources:
         present = [int(c) for c in torch.unique(source) if c > 0]
         if present:
             return present[int(torch.randint(len(present), ()))]

@@ -292,7 +292,7 @@ def _train(pruned: bool) -> dict:
                           "network": "@network", "inferer": "@train#inferer",
                           "probability": "@click_training#probability", "max_clicks": "@click_training#max_clicks",
                           "sampling": "@click_training#sampling", "amp": "@amp",
-                          "previous_mask": "@click_training#previous_mask"},
+                          "previous_mask": "@click_training#previous_mask", "box": "@click_training#box"},
         "handlers": [
             *([{"_target_": "prato_components.engine.PruningWarmup", "network": "@network",
                 "warmup_epochs": "@warmup_epochs", "ramp_epochs": "@ramp_epochs"}] if pruned else []),
@@ -322,7 +322,8 @@ def _train(pruned: bool) -> dict:
 
 
 SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
-CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted", "previous_mask": False}
+CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted", "previous_mask": False,
+                  "box": "structure"}
 
 
 def train_config(name: str) -> dict:
@@ -338,7 +339,9 @@ def train_config(name: str) -> dict:
         **({"warmup_epochs": 0, "ramp_epochs": 0} if pruned else {}),
         # the fraction of batches trained with 1..max_clicks simulated clicks per image (0: none), drawn "weighted"
         # toward the error components' centres or at the "centre"; previous_mask: the previous prediction goes with
-        # the clicks, in training and in the interactive evaluation (engine.ClickTrainingBatch)
+        # the clicks, in training and in the interactive evaluation; box: the batch's boxes ("batch") or the clicked
+        # structure's own box ("structure"), as the interactive evaluation boxes each structure
+        # (engine.ClickTrainingBatch)
         "click_training": CLICK_TRAINING,
         "cache_rate": 1.0,
         "resume": True,

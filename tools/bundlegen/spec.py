@@ -10,8 +10,11 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.6.2"
+BUNDLE_VERSION = "0.6.3"
 CHANGELOG = {
+    "0.6.3": "click training boxes the clicked structure (click_training#box \"structure\", the default): a batch "
+    "with clicks gets the tight box of the clicked structure's label, jittered and clipped, as the interactive "
+    "evaluation and an annotator box one structure (\"batch\" keeps the batch's boxes)",
     "0.6.2": "clicks name their structure: network(..., prompt_class=[B]) (VISTA3D's name; the class each image's "
     "clicks are about) sends the clicks to that class's guidance maps (a foreground and a background map per class, "
     "as DeepEdit keeps its guidance per label); click training and the interactive evaluation pass the clicked "
