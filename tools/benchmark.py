@@ -449,7 +449,7 @@ class Benchmark:
                  options: dict | None = None) -> str:
         """``backbone``'s baseline, PrATo decoding the box and PrATo decoding the whole image (its
         ``<backbone>_baseline`` and ``<backbone>_prato`` bundles), eager and compiled (:func:`compare_compiled`;
-        ``options``: inductor's, e.g. ``'{"freezing": true}'``)."""
+        ``options``: inductor's, e.g. ``'{"freezing": True}'``, a Python literal)."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         entries = {"baseline": ("baseline", {}), "prato_box": ("prato", {"decode_region": "box"}),
                    "prato_full": ("prato", {"decode_region": "full"})}

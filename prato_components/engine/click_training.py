@@ -106,7 +106,7 @@ class ClickTrainingBatch(PrepareBatch):
         classes: list[int | None] | None = None
         if self.box == "structure":
             classes = [_pick_class(label[b, 0]) for b in range(image.shape[0])]
-            kwargs = {**kwargs, "boxes": structure_boxes(label, classes)}
+            kwargs = {**kwargs, "boxes": _structure_boxes(label, classes)}
         click = sample_click if self.sampling == "weighted" else next_click
         try:
             with torch.no_grad(), torch.autocast(image.device.type, enabled=self.amp):
@@ -129,7 +129,7 @@ class ClickTrainingBatch(PrepareBatch):
         return {**given, "boxes": kwargs["boxes"]} if self.box == "structure" else given
 
 
-def structure_boxes(label: torch.Tensor, classes: list[int | None]) -> torch.Tensor:
+def _structure_boxes(label: torch.Tensor, classes: list[int | None]) -> torch.Tensor:
     """``[B, 1, 2D]``: per image of ``label`` ``[B, 1, *spatial]`` the tight box of class ``classes[b]``, jittered
     by :data:`STRUCTURE_BOX_JITTER` (a stream seeded from torch's global generator) and clipped to the image; the
     whole image for ``None``."""
