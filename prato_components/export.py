@@ -273,7 +273,8 @@ class CompiledNetwork(nn.Module):
         super().__init__()
         if backend == "trt" and not torch.cuda.is_available():
             raise RuntimeError("compile 'trt' needs a CUDA GPU (TensorRT); use compile true (torch.compile) on CPU")
-        self.network, self.backend, self.trt_path, self.options = network, backend, trt_path, dict(options or {})
+        self.network, self.backend, self.trt_path = network, backend, trt_path
+        self.options = dict(options) if options else None
         self.compile_seconds: float | None = None
         self._compiled = None
 
@@ -284,8 +285,7 @@ class CompiledNetwork(nn.Module):
         if self.backend == "trt":
             self._compiled = _trt_compiled(self.network, self.trt_path)
         else:
-            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True,
-                                           options=self.options or None)
+            self._compiled = torch.compile(self.network, backend=self.backend, fullgraph=True, options=self.options)
         if hasattr(self.network, "plan_decoding"):
             self.network.plan_decoding(boxes)
         with torch._dynamo.config.patch(**COMPILE_CONFIG):

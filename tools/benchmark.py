@@ -54,6 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from prato_components.bundle import trained_bundle_config  # noqa: E402
 from prato_components.efficiency import count_flops, count_parameters, interleaved_latency  # noqa: E402
 from prato_components.export import CompiledNetwork  # noqa: E402
+from prato_components.pruners.base import keep_count  # noqa: E402
 
 UNETR_2D = {
     "_target_": "prato_components.networks.PrunedUNETR",
@@ -472,15 +473,16 @@ class Benchmark:
     def tokens(self, tokens: int = 196, keep: float = 0.755, hidden_size: int = 768, mlp_dim: int = 3072,
                num_heads: int = 12, depth: int = 12, threads: Sequence[int] = (1, 2), repeats: int = 10,
                warmup: int = 3, compile: bool = True) -> str:
-        """``depth`` dense ViT blocks on ``tokens`` tokens against the same blocks on ``round(keep * tokens)``
-        (batch 1): per thread count the median latencies, the latency ratio, the FLOPs ratio and the realization
-        (time saved / FLOPs saved), which bounds what a token pruner that keeps ``keep`` of the tokens realizes."""
+        """``depth`` dense ViT blocks on ``tokens`` tokens against the same blocks on the ``keep_count(tokens, keep)``
+        that the pruners keep (batch 1): per thread count the median latencies, the latency ratio, the FLOPs ratio and
+        the realization (time saved / FLOPs saved), which bounds what a token pruner that keeps ``keep`` of the tokens
+        realizes."""
         from monai.networks.blocks import TransformerBlock
 
         torch.manual_seed(0)
         blocks = nn.Sequential(*[TransformerBlock(hidden_size, mlp_dim, num_heads) for _ in range(depth)]).eval()
         run = torch.compile(blocks, fullgraph=True) if compile else blocks
-        kept = round(keep * tokens)
+        kept = keep_count(tokens, keep)
         inputs = {"all": torch.randn(1, tokens, hidden_size), "kept": torch.randn(1, kept, hidden_size)}
         flops = {name: count_flops(lambda x=x: blocks(x)) for name, x in inputs.items()}
         lines = [f"{depth} x TransformerBlock({hidden_size}, {mlp_dim}, {num_heads}), {tokens} -> {kept} tokens, "
