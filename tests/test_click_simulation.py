@@ -306,11 +306,14 @@ def test_interactive_evaluation_records_the_dice_after_every_step_2d():
     # box: 27 of 36 found, 4 leaked; click 1 (the miss's centre, fg) fills the hole; click 2 (the leak, bg) removes it
     assert record.dice == pytest.approx([54 / 67, 72 / 76, 1.0, 1.0, 1.0])
     assert record.clicks == [Click((4, 4), 1), Click((10, 10), 0)]
+    assert record.followed == [True, True]  # each answer gives the clicked voxel the click's label
     assert len(network.calls) == 3 and len(record.seconds) == 3 and all(s >= 0 for s in record.seconds)
     assert network.calls[2][0].tolist() == [[[4.5, 4.5], [10.5, 10.5]]] and network.calls[2][1].tolist() == [[1, 0]]
     assert network.classes[0] is None and network.classes[2].tolist() == [1]  # the clicks are about class 1
     (box_only,) = interactive_evaluation(network, image, truth, box, clicks=0)
     assert box_only.dice == pytest.approx([54 / 67])
+    (ignored,) = interactive_evaluation(ClickedOracle(radius=-1.0), image, truth, box, clicks=2)  # deaf to clicks
+    assert ignored.clicks == [Click((4, 4), 1)] * 2 and ignored.followed == [False, False]
 
 
 def test_interactive_evaluation_with_the_previous_mask():
@@ -380,7 +383,8 @@ def test_dice_auc_and_clicks_to_reach_with_known_sequences():
 
 
 def test_summarise_interactive_per_class_and_over_all_structures():
-    records = [StructureRecord(1, [0.5, 0.86, 0.95], [2.0, 1.0, 0.5]), StructureRecord(2, [0.2, 0.4, 0.6], [2.0, 0.5]),
+    records = [StructureRecord(1, [0.5, 0.86, 0.95], [2.0, 1.0, 0.5], followed=[True, True]),
+               StructureRecord(2, [0.2, 0.4, 0.6], [2.0, 0.5], followed=[False, True]),
                StructureRecord(1, [0.9, 0.9, 0.9], [2.0])]
     summary = summarise_interactive(records, ["a", "b", "c"])
     assert summary["clicks"] == 2 and summary["num_structures"] == 3
@@ -394,6 +398,7 @@ def test_summarise_interactive_per_class_and_over_all_structures():
     assert summary["not_reached90"] == pytest.approx({"a": 0.0, "b": 1.0, "mean": 1 / 3})
     assert summary["seconds_first"] == 2.0 and summary["seconds_later"] == pytest.approx(2.0 / 3)
     assert summary["later_over_first"] == pytest.approx(1 / 3)
+    assert summary["clicks_followed"] == pytest.approx({"a": 1.0, "b": 0.5, "mean": 0.75})
 
 
 def _evaluate(report: EvaluationReport, batches: list[dict]) -> Engine:
@@ -457,6 +462,7 @@ def test_bundle_keys_default_to_no_clicks():
         configs = os.path.join(BUNDLES_DIR, bundle, "configs")
         train, evaluate = (read_json(os.path.join(configs, f"{name}.json")) for name in ("train", "evaluate"))
         assert evaluate["clicks"] == 0 and train["click_training"]["probability"] == 0.0, bundle
+        assert train["click_training"]["focus"] == 0.3 and train["loss"]["click_weight"] == "@click_training#focus"
         report = next(h for h in evaluate["handlers"] if h["_target_"].endswith("EvaluationReport"))
         assert report["clicks"] == "@clicks" and report["inferer"] == evaluate["evaluator"]["inferer"], bundle
         assert train["train"]["trainer"]["prepare_batch"] == "@train#prepare_batch"
@@ -527,6 +533,7 @@ def test_the_bundle_network_itself_trains_and_evaluates_with_clicks(acdc_dir, tm
     run_bundle("unetr_prato", "evaluate", root, dataset_dir=acdc_dir, latency_repeats=0, clicks=2)
     interactive = read_json(os.path.join(root, "eval", "metrics.json"))["interactive"]
     assert interactive["clicks"] == 2 and len(interactive["dice_per_step"]["mean"]) == 3
+    assert 0.0 <= interactive["clicks_followed"]["mean"] <= 1.0
 
 
 def test_the_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monkeypatch, caplog):
@@ -535,3 +542,30 @@ def test_the_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monke
     monkeypatch.setattr(click_evaluation, "optional_import", lambda *args, **kwargs: (None, False))
     assert not draw_dice_curve(summary, str(tmp_path / "skipped.png"))
     assert "needs matplotlib" in caplog.text and not os.path.exists(tmp_path / "skipped.png")
+
+
+class GuessNetwork(nn.Module):
+    """Answers the box with channel 0 of the image (a class map), whatever the box; takes no clicks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))  # where the evaluation finds the device
+
+    def forward(self, image, boxes=None):
+        return F.one_hot(image[:, 0].round().long(), 2).movedim(-1, 1).float()
+
+
+def test_the_click_ceiling_fixes_the_clicked_error_component_and_nothing_else():
+    from tools.click_ceiling import click_ceiling
+
+    image, truth = _one_structure()
+    truth_far = truth.clone()
+    truth_far[13:15, 0:2] = 1  # a second miss, as large as the leak
+    item = {"image": image[0], "label": truth_far[None], "box": torch.tensor([[0.0, 0.0, 16.0, 16.0]])}
+    summary = click_ceiling(GuessNetwork(), [item], ["a"], clicks=3)
+    # box: 27 of 40 found, 4 leaked; click 1 fills the 3x3 miss, click 2 the 2x2 miss (a miss before a leak of its
+    # size), click 3 removes the 2x2 leak: each click fixes exactly its own component
+    assert summary["dice_per_step"]["a"] == pytest.approx([54 / 71, 72 / 80, 80 / 84, 1.0])
+    assert summary["clicks_followed"]["a"] == 1.0
+    with pytest.raises(ValueError, match="the ceiling takes 2D images"):
+        click_ceiling(GuessNetwork(), [{**item, "image": image[0][..., None]}], ["a"], clicks=1)

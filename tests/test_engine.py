@@ -60,6 +60,29 @@ def test_the_coarse_target_says_where_any_structure_is():
     torch.testing.assert_close(loss(pred, label), expected)
 
 
+def test_the_click_focused_term_weights_the_cross_entropy_by_where_the_clicks_are():
+    label = torch.tensor([[[[0, 1], [2, 1]]]])
+    pred = torch.randn(1, 3, 2, 2, requires_grad=True)
+
+    class WithClicks(torch.nn.Module):
+        click_focus = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]])
+
+    base = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss = PrunedSegLoss(base, WithClicks(), click_weight=2.0)
+    ce = torch.nn.functional.cross_entropy(pred, label[:, 0], reduction="none")[0]
+    expected = base(pred, label) + 2.0 * (1.0 * ce[0, 0] + 0.5 * ce[0, 1]) / 1.5
+    value = loss(pred, label)
+    torch.testing.assert_close(value, expected)
+    value.backward()
+    assert float(pred.grad[0, :, 1, 0].abs().sum()) > 0  # the Dice term still reaches every voxel
+    # off by default, and a batch whose images have no click (all weights 0) adds nothing
+    torch.testing.assert_close(PrunedSegLoss(base, WithClicks())(pred, label), base(pred, label))
+    WithClicks.click_focus = torch.zeros(1, 2, 2)
+    torch.testing.assert_close(loss(pred, label), base(pred, label))
+    with pytest.raises(ValueError, match=r"click_weight \(the bundles' click_training#focus\) must be a number >= 0"):
+        PrunedSegLoss(base, WithClicks(), click_weight=-1.0)
+
+
 def test_token_sparsity_means_the_same_for_every_backbone():
     """One definition: 1 - tokens the encoder's transformer blocks ran on / tokens they run on unpruned, per image.
     The bundles' default budget (keep 0.75 at stages 1 and 2) at 224 x 224, real grids, tiny widths."""

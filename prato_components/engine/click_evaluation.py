@@ -24,7 +24,7 @@ from monai.metrics import compute_dice
 from monai.utils import optional_import
 
 from prato_components.atomic import atomic_open
-from prato_components.engine.clicks import Click, append_clicks, check_takes_clicks, next_click
+from prato_components.engine.clicks import FOREGROUND, Click, append_clicks, check_takes_clicks, next_click
 from prato_components.engine.distributed import unwrap
 from prato_components.networks.clicks import ClickPromptMixin, SessionNetwork
 from prato_components.prompts.boxes import boxes_from_label
@@ -43,12 +43,13 @@ NOC_THRESHOLDS = (0.85, 0.90)  # NoC@85, NoC@90
 class StructureRecord:
     """One structure of one image: its class, the Dice after the box (``dice[0]``) and after each click, the seconds
     of each network call (a step whose prediction was already exact calls nothing and keeps its Dice), the
-    clicks."""
+    clicks, and per click whether the answer to it gives the clicked voxel the click's label (``followed``)."""
 
     label: int
     dice: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     clicks: list[Click] = field(default_factory=list)
+    followed: list[bool] = field(default_factory=list)
 
 
 def dice_auc(dice: Sequence[float]) -> float:
@@ -163,6 +164,7 @@ def interactive_evaluation(network: nn.Module, image: torch.Tensor, label: torch
                     if previous_mask:
                         given["previous_mask"] = (prediction == c)[None, None].float()
                     prediction, seconds = _timed(segment, cuda, **given)
+                    record.followed.append(bool(prediction[click.point] == c) == (click.label == FOREGROUND))
                     record.dice.append(_dice(prediction == c, target))
                     record.seconds.append(seconds)
                 records.append(record)
@@ -179,7 +181,8 @@ def summarise_interactive(records: Sequence[StructureRecord], class_names: Seque
     """The protocol's numbers over ``records`` (any images; class ``c`` is ``class_names[c - 1]``): per class and
     over all structures (``"mean"``), the mean Dice per step (``dice_per_step``), ``dice_auc``, ``final_dice``,
     ``noc85`` / ``noc90`` (N + 1 when not reached) and the fraction of structures that did not reach them
-    (``not_reached85`` / ``not_reached90``); the mean seconds of the first interaction (the box) and of the later
+    (``not_reached85`` / ``not_reached90``), the share of clicks whose answer gives the clicked voxel the click's
+    label (``clicks_followed``); the mean seconds of the first interaction (the box) and of the later
     ones (the clicks) over all structures, and ``later_over_first``, their ratio."""
     groups: dict[str, list[StructureRecord]] = {name: [r for r in records if r.label == i + 1]
                                                 for i, name in enumerate(class_names)}
@@ -197,6 +200,8 @@ def summarise_interactive(records: Sequence[StructureRecord], class_names: Seque
                                 for name, group in groups.items()}
         summary[f"not_reached{key}"] = {name: _mean([float(clicks_to_reach(r.dice, threshold) == len(r.dice))
                                                      for r in group]) for name, group in groups.items()}
+    summary["clicks_followed"] = {name: _mean([float(f) for r in group for f in r.followed])
+                                  for name, group in groups.items()}
     first = _mean([r.seconds[0] for r in records])
     later = _mean([s for r in records for s in r.seconds[1:]])
     summary.update({"seconds_first": first, "seconds_later": later,

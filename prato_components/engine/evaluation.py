@@ -204,7 +204,7 @@ class EvaluationReport:
         per_step = interactive["dice_per_step"]
         rows = [[f"dice@click{step}", *[per_step.get(c, [nan] * (step + 1))[step] for c in self.class_names],
                  per_step["mean"][step]] for step in range(len(per_step["mean"]))]
-        for key in ("dice_auc", "final_dice", "noc85", "noc90", "not_reached85", "not_reached90"):
+        for key in ("dice_auc", "final_dice", "noc85", "noc90", "not_reached85", "not_reached90", "clicks_followed"):
             rows.append([key, *[interactive[key].get(c, nan) for c in self.class_names], interactive[key]["mean"]])
         for key in ("seconds_first", "seconds_later", "later_over_first"):
             rows.append([key, *[""] * len(self.class_names), interactive[key]])
@@ -235,6 +235,7 @@ class EvaluationReport:
                          f"Dice per step {' '.join(f'{v:.4f}' for v in clicks['dice_per_step']['mean'])}, "
                          f"AUC {clicks['dice_auc']['mean']:.4f}, final {clicks['final_dice']['mean']:.4f}, "
                          f"NoC@85 {clicks['noc85']['mean']:.2f}, NoC@90 {clicks['noc90']['mean']:.2f}, "
+                         f"clicks followed {clicks['clicks_followed']['mean']:.2f}, "
                          f"later / first interaction time {clicks['later_over_first']:.3f}")
         for key in ("gflops", "latency_ms"):
             if key in summary:

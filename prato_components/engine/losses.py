@@ -3,8 +3,9 @@
 MONAI's ``SupervisedTrainer`` calls ``loss_function(pred, label)`` right after ``network(image, boxes=...)``,
 so the wrapped loss reads what the pruned network stored in that forward pass: ``network.aux_loss``
 (e.g. DynamicViT's ratio loss), ``network.aux_logits`` (e.g. DToP's auxiliary heads, supervised with the
-label reduced to their token grid) and ``network.coarse_logits`` (the coarse head of guided decoding, supervised the
-same way; it reads detached features, so its term trains the head alone).
+label reduced to their token grid), ``network.coarse_logits`` (the coarse head of guided decoding, supervised the
+same way; it reads detached features, so its term trains the head alone) and ``network.click_focus`` (where the
+training forward's simulated clicks were, for the click-focused term).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from prato_components.engine.checkpoint import load_weights
 from prato_components.engine.distributed import unwrap
 
-__all__ = ["DistillationLoss", "PrunedSegLoss", "label_on_grid", "presence_on_grid"]
+__all__ = ["DistillationLoss", "PrunedSegLoss", "click_focused_ce", "label_on_grid", "presence_on_grid"]
 
 
 def label_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_classes: int) -> torch.Tensor:
@@ -45,9 +46,23 @@ def presence_on_grid(label: torch.Tensor, grid_shape: tuple[int, ...], num_class
     return torch.cat([(~found).float(), torch.where(found, share, torch.zeros_like(share))], 1)
 
 
+def click_focused_ce(pred: torch.Tensor, label: torch.Tensor, focus: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``pred`` ``[B, K, *spatial]`` against the index ``label`` ``[B, 1, *spatial]``, averaged with
+    the weights ``focus`` ``[B, *spatial]`` (:func:`~prato_components.networks.clicks.click_focus`: 1 at a click,
+    falling with its Gaussian), so the voxels around the clicks count, whatever the size of the structure; 0 when
+    ``focus`` is 0 everywhere (no image of the batch has a click). A single channel is read as binary logits."""
+    if pred.shape[1] == 1:
+        ce = F.binary_cross_entropy_with_logits(pred[:, 0].float(), (label[:, 0] > 0).float(), reduction="none")
+    else:
+        ce = F.cross_entropy(pred.float(), label[:, 0].long(), reduction="none")
+    weights = focus.to(ce)
+    return (weights * ce).sum() / weights.sum().clamp(min=1e-6)
+
+
 class PrunedSegLoss(nn.Module):
     """``loss(pred, label) + aux_weight * network.aux_loss + logits_weight * mean_i loss(aux_logits_i, label_i)
-    + coarse_weight * CE(coarse_logits, what each cell of their grid contains)`` (:func:`presence_on_grid`).
+    + coarse_weight * CE(coarse_logits, what each cell of their grid contains)`` (:func:`presence_on_grid`)
+    ``+ click_weight * click_focused_ce(pred, label, network.click_focus)`` (:func:`click_focused_ce`).
 
     Args:
         loss: the segmentation loss, e.g. MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``.
@@ -55,14 +70,20 @@ class PrunedSegLoss(nn.Module):
         aux_weight: weight of ``network.aux_loss``.
         logits_weight: weight of the auxiliary segmentation losses.
         coarse_weight: weight of the coarse head's loss (a network without a coarse head has none).
+        click_weight: weight of the cross-entropy around the training forward's clicks (the bundles'
+            ``click_training#focus``; a forward without clicks has none).
     """
 
     def __init__(self, loss: nn.Module, network: nn.Module, aux_weight: float = 1.0, logits_weight: float = 0.4,
-                 coarse_weight: float = 1.0):
+                 coarse_weight: float = 1.0, click_weight: float = 0.0):
         super().__init__()
+        if isinstance(click_weight, bool) or not isinstance(click_weight, (int, float)) or not click_weight >= 0:
+            raise ValueError(f"click_weight (the bundles' click_training#focus) must be a number >= 0, got "
+                             f"{click_weight!r}")
         self.loss = loss
         self._network = [network]  # a list, so the network is not registered as a submodule of the loss
         self.aux_weight, self.logits_weight, self.coarse_weight = aux_weight, logits_weight, coarse_weight
+        self.click_weight = float(click_weight)
 
     @property
     def network(self) -> nn.Module:
@@ -80,6 +101,9 @@ class PrunedSegLoss(nn.Module):
         coarse = getattr(self.network, "coarse_logits", None)
         if coarse is not None and self.coarse_weight:
             total = total + self.coarse_weight * self._coarse_term(coarse, label)
+        focus = getattr(self.network, "click_focus", None)
+        if focus is not None and self.click_weight:
+            total = total + self.click_weight * click_focused_ce(pred, label, focus)
         return total
 
     @staticmethod

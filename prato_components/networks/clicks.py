@@ -38,7 +38,7 @@ from prato_components.tokens import tracing
 from prato_components.tokens.executor import TokenState
 
 __all__ = ["CLICK_SIGMA", "ClickEncoder", "ClickPromptMixin", "ClickSession", "SessionNetwork", "click_channels",
-           "click_maps"]
+           "click_focus", "click_maps"]
 
 CLICK_SIGMA = 3.0  # voxels: the standard deviation of a click's Gaussian in the guidance maps
 CLICK_CHANNELS = 3  # foreground clicks of no stated class, background clicks, previous mask
@@ -49,6 +49,12 @@ def click_channels(num_classes: int | None) -> int:
     """The channels of :func:`click_maps`: :data:`CLICK_CHANNELS`, plus with ``num_classes`` (the network's output
     channels, background included) two per foreground class (its foreground and its background clicks)."""
     return CLICK_CHANNELS + (2 * (num_classes - 1) if num_classes else 0)
+
+
+def click_focus(maps: torch.Tensor) -> torch.Tensor:
+    """Where the clicks are, ``[B, *spatial]``: per voxel the largest of the click channels of :func:`click_maps`
+    ``maps`` (every channel but the previous mask's), so 1 at a click and falling with its Gaussian."""
+    return torch.cat([maps[:, :2], maps[:, CLICK_CHANNELS:]], 1).amax(1)
 
 
 def click_maps(points: torch.Tensor, point_labels: torch.Tensor, spatial_shape: Sequence[int],
@@ -133,6 +139,7 @@ class ClickPromptMixin:
 
     _clicks: ClickInputs | None = None
     _session_cache: dict | None = None
+    click_focus: torch.Tensor | None = None  # [B, *spatial] of the last training forward with clicks (see _read_clicks)
 
     def _setup_clicks(self, enabled: bool, spatial_dims: int, token_dim: int, token_stride: int | Sequence[int],
                       guide_channels: int, num_classes: int) -> None:
@@ -149,11 +156,12 @@ class ClickPromptMixin:
 
     def _read_clicks(self, points, point_labels, previous_mask, boxes: torch.Tensor | None,
                      spatial_shape: Sequence[int], batch: int, prompt_class=None) -> torch.Tensor | None:
-        """Check this forward pass's clicks, keep their guidance maps (:attr:`_clicks`) and return the prompt boxes
+        """Check this forward pass's clicks, keep their guidance maps (:attr:`_clicks`; in training also
+        :attr:`click_focus`, :func:`click_focus` of them, for the loss) and return the prompt boxes
         with the foreground clicks' boxes added to the images that have a real box (``boxes`` as is without
         clicks). A network with one foreground class reads clicks without ``prompt_class`` as that class's."""
         points, labels = validate_points(points, point_labels, spatial_shape, batch, check_values=not tracing())
-        self._clicks = None
+        self._clicks = self.click_focus = None
         if points is None:
             if previous_mask is not None:
                 raise ValueError("previous_mask was given without clicks (points and point_labels)")
@@ -171,6 +179,8 @@ class ClickPromptMixin:
         maps = click_maps(points, labels, spatial_shape, previous_mask, prompt_class=prompt_class,
                           num_classes=classes if classes > 1 else None)
         self._clicks = ClickInputs(maps, point_boxes(points, labels, spatial_shape))
+        if self.training:
+            self.click_focus = click_focus(maps)
         if boxes is None:
             return None
         dims = len(spatial_shape)

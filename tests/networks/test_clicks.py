@@ -472,3 +472,21 @@ def test_a_session_network_follows_a_changed_previous_mask_only_when_asked():
             assert session.calls == calls and torch.equal(answers[0], answers[1]) == (calls == 1)
     with pytest.raises(TypeError, match="SessionNetwork needs a network of prato_components, got Linear"):
         SessionNetwork(torch.nn.Linear(1, 1))
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_a_training_forward_records_where_its_clicks_are_and_others_do_not(name):
+    net = BACKBONES[name](click_prompts=True, **PRATO).train()
+    net(_image(), BOX, points=POINTS, point_labels=LABELS)
+    focus = net.click_focus
+    assert focus.shape == (2, *SIZE)
+    # 1 at each real click (its voxel holds the click's centre), nothing from the padding rows, Gaussian fall-off
+    for b, (points, labels) in enumerate(zip(POINTS, LABELS)):
+        for point, label in zip(points, labels):
+            if label >= 0:
+                assert float(focus[b][tuple(point.long())]) == pytest.approx(1.0, abs=0.06)
+    assert float(focus[0, 0, 0]) < 1e-4 and 0 < float(focus[1, 40, 33]) < 1  # [0, 0]: a padding row's coordinates
+    net(_image(), BOX)  # a forward without clicks forgets them
+    assert net.click_focus is None
+    net.eval()(_image(), BOX, points=POINTS, point_labels=LABELS)  # nor does inference keep them
+    assert net.click_focus is None

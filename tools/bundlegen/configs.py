@@ -323,7 +323,7 @@ def _train(pruned: bool) -> dict:
 
 SPLITS = "$prato_components.bundle.bundle_splits(@dataset, @dataset_dir, @datalist_path, @seed)"
 CLICK_TRAINING = {"probability": 0.0, "max_clicks": 3, "sampling": "weighted", "previous_mask": False,
-                  "box": "structure"}
+                  "box": "structure", "focus": 0.3}
 
 
 def train_config(name: str) -> dict:
@@ -341,7 +341,7 @@ def train_config(name: str) -> dict:
         # toward the error components' centres or at the "centre"; previous_mask: the previous prediction goes with
         # the clicks, in training and in the interactive evaluation; box: the batch's boxes ("batch") or the clicked
         # structure's own box ("structure"), as the interactive evaluation boxes each structure
-        # (engine.ClickTrainingBatch)
+        # (engine.ClickTrainingBatch); focus: the weight of a cross-entropy around the clicks (engine.PrunedSegLoss)
         "click_training": CLICK_TRAINING,
         "cache_rate": 1.0,
         "resume": True,
@@ -349,7 +349,7 @@ def train_config(name: str) -> dict:
         **_labelled_preprocessing(),  # loading and normalisation, shared by train, validate and evaluate.json
         "loss": {"_target_": "prato_components.engine.PrunedSegLoss",
                  "loss": {"_target_": "DiceCELoss", "to_onehot_y": True, "softmax": True},
-                 "network": "@network"},
+                 "network": "@network", "click_weight": "@click_training#focus"},
         "optimizer": {"_target_": "torch.optim.AdamW", "params": "$@network.parameters()", "lr": "@learning_rate",
                       "weight_decay": 1e-5},
         "lr_scheduler": {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR", "optimizer": "@optimizer",

@@ -10,8 +10,12 @@ from prato_components.verification import TINY_NETWORKS, split_bundle_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-BUNDLE_VERSION = "0.6.3"
+BUNDLE_VERSION = "0.6.4"
 CHANGELOG = {
+    "0.6.4": "click_training#focus (default 0.3; 0: none): the click training adds that weight times a "
+    "cross-entropy around the training forward's simulated clicks (each voxel weighted by the clicks' Gaussian "
+    "guidance, 1 at a click), so that a network learns to answer its clicks; the interactive evaluation also reports "
+    "clicks_followed, the share of clicks whose voxel takes the click's label",
     "0.6.3": "click training boxes the clicked structure (click_training#box \"structure\", the default): a batch "
     "with clicks gets the tight box of the clicked structure's label, jittered and clipped, as the interactive "
     "evaluation and an annotator box one structure (\"batch\" keeps the batch's boxes)",

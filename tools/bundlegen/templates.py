@@ -159,7 +159,8 @@ Multi-GPU (or several CPU processes with gloo):
 `output_dir`, `ckpt_dir`, {pruning_keys}{decode}, `resume`, `amp` (mixed precision;
 default: on with CUDA), `click_training#probability` (the share of batches trained with 1 to
 `click_training#max_clicks` simulated corrective clicks; 0, the default: none; each such batch boxes the clicked
-structure alone, `click_training#box` `structure`, or keeps its boxes, `batch`); in `evaluate.json` also `prompt`
+structure alone, `click_training#box` `structure`, or keeps its boxes, `batch`; `click_training#focus`, 0.3 by
+default, weights a cross-entropy around the clicks); in `evaluate.json` also `prompt`
 (`tight` | `oversized` | `partial` | `misleading`), `prompt_factor`, `split`, `clicks` (N > 0: per structure its
 box, then N corrective clicks at the centre of the largest error; Dice per click, its AUC, NoC@85/90 in
 `eval/metrics.json`, `eval/dice_vs_clicks.png`); in `inference.json` `input_dir`, `boxes_file`,
