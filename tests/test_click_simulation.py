@@ -542,30 +542,3 @@ def test_the_figure_is_skipped_with_a_warning_without_matplotlib(tmp_path, monke
     monkeypatch.setattr(click_evaluation, "optional_import", lambda *args, **kwargs: (None, False))
     assert not draw_dice_curve(summary, str(tmp_path / "skipped.png"))
     assert "needs matplotlib" in caplog.text and not os.path.exists(tmp_path / "skipped.png")
-
-
-class GuessNetwork(nn.Module):
-    """Answers the box with channel 0 of the image (a class map), whatever the box; takes no clicks."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(()))  # where the evaluation finds the device
-
-    def forward(self, image, boxes=None):
-        return F.one_hot(image[:, 0].round().long(), 2).movedim(-1, 1).float()
-
-
-def test_the_click_ceiling_fixes_the_clicked_error_component_and_nothing_else():
-    from tools.click_ceiling import click_ceiling
-
-    image, truth = _one_structure()
-    truth_far = truth.clone()
-    truth_far[13:15, 0:2] = 1  # a second miss, as large as the leak
-    item = {"image": image[0], "label": truth_far[None], "box": torch.tensor([[0.0, 0.0, 16.0, 16.0]])}
-    summary = click_ceiling(GuessNetwork(), [item], ["a"], clicks=3)
-    # box: 27 of 40 found, 4 leaked; click 1 fills the 3x3 miss, click 2 the 2x2 miss (a miss before a leak of its
-    # size), click 3 removes the 2x2 leak: each click fixes exactly its own component
-    assert summary["dice_per_step"]["a"] == pytest.approx([54 / 71, 72 / 80, 80 / 84, 1.0])
-    assert summary["clicks_followed"]["a"] == 1.0
-    with pytest.raises(ValueError, match="the ceiling takes 2D images"):
-        click_ceiling(GuessNetwork(), [{**item, "image": image[0][..., None]}], ["a"], clicks=1)

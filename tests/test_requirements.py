@@ -32,6 +32,7 @@ TOOL_SUBJECTS = {
     "tests/test_benchmark.py": {"benchmark"},
     "tests/test_bundle_configs.py": {"bundlegen"},
     "tests/test_bundles_3d.py": {"demo"},
+    "tests/test_click_ceiling.py": {"click_ceiling"},
     "tests/test_experiments.py": {"experiment_plan", "experiments", "report"},
     "tests/test_gpu_benchmark.py": {"gpu_benchmark"},
     "tests/test_monailabel.py": {"monailabel_load", "monailabel_env"},
