@@ -49,9 +49,9 @@ class ComponentOracle(nn.Module):
             structure = int(prompt_class[0])
             point = tuple(int(v) for v in points[0, -1].floor())
             missed, leaked = error_masks(self.answer == structure, self.label == structure)
-            errors = torch.from_numpy(missed if int(point_labels[0, -1]) == FOREGROUND else leaked)
-            components, _ = ndimage.label(errors.numpy(), ndimage.generate_binary_structure(errors.ndim, errors.ndim))
-            fixed = torch.from_numpy(components == components[point]) & errors
+            errors = missed if int(point_labels[0, -1]) == FOREGROUND else leaked
+            components, _ = ndimage.label(errors, ndimage.generate_binary_structure(errors.ndim, errors.ndim))
+            fixed = torch.from_numpy((components == components[point]) & errors)
             self.answer = torch.where(fixed.to(self.answer.device), self.label.to(self.answer), self.answer)
         return F.one_hot(self.answer[None], self.num_classes).movedim(-1, 1).float()
 
@@ -64,10 +64,11 @@ def click_ceiling(network: nn.Module, items, class_names: list[str], clicks: int
     evaluation = InteractiveEvaluation(oracle, clicks, class_names, inferer, reuse=False)
     with torch.no_grad():
         for item in items:
-            if torch.as_tensor(item["image"]).ndim != 3:
+            shape = tuple(torch.as_tensor(item["image"]).shape)
+            if len(shape) != 3:
                 raise ValueError("the ceiling takes 2D images [C, H, W] (a volume's clicks go through the sliding "
-                                 f"window), got shape {tuple(torch.as_tensor(item['image']).shape)}")
-            oracle.label = torch.as_tensor(item["label"]).reshape(torch.as_tensor(item["image"]).shape[1:])
+                                 f"window), got shape {shape}")
+            oracle.label = torch.as_tensor(item["label"]).reshape(shape[1:])
             evaluation(SimpleNamespace(state=SimpleNamespace(batch=[item])))
     return evaluation.summary()
 
