@@ -28,6 +28,7 @@ from prato_components.engine import (
     StructureRecord,
     append_clicks,
     click_evaluation,
+    clicked_error,
     clicks_to_reach,
     dice_auc,
     draw_dice_curve,
@@ -155,6 +156,17 @@ def test_sample_click_lies_in_the_errors_with_their_label_and_is_reproducible():
     centre_share = sum(c.point[1] in (6, 7) for c in draws if c.label == 1) / sum(c.label == 1 for c in draws)
     assert centre_share > 2 / 4  # the miss's columns 5..8: its middle two weigh more than its border ones
     assert sample_click(label.clone(), label) is None
+
+
+def test_clicked_error_is_the_error_component_holding_the_click():
+    truth = _masks((8, 8), (slice(1, 5), slice(1, 5)))
+    guess = _masks((8, 8), (slice(1, 5), slice(1, 2)), (slice(6, 8), slice(6, 8)), (slice(5, 6), slice(5, 6)))
+    miss = clicked_error(guess, truth, Click((2, 3), 1))  # the missed 4x3 block, nothing else
+    assert torch.equal(torch.from_numpy(miss), truth & ~guess)
+    leak = clicked_error(guess, truth, Click((7, 7), 0))  # the leaks at (5, 5) and (6..7, 6..7) touch diagonally
+    assert torch.equal(torch.from_numpy(leak), guess & ~truth) and leak.sum() == 5
+    assert not clicked_error(guess, truth, Click((0, 0), 1)).any()  # not an error voxel
+    assert not clicked_error(guess, truth, Click((2, 3), 0)).any()  # a miss is no leak
 
 
 def test_append_clicks_pads_images_without_a_click():

@@ -21,13 +21,11 @@ import fire
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from scipy import ndimage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from prato_components.engine import InteractiveEvaluation, error_masks  # noqa: E402
-from prato_components.engine.clicks import FOREGROUND  # noqa: E402
+from prato_components.engine import Click, InteractiveEvaluation, clicked_error  # noqa: E402
 
 
 class ComponentOracle(nn.Module):
@@ -47,11 +45,8 @@ class ComponentOracle(nn.Module):
             self.answer = self.network(image, boxes=boxes).argmax(1)[0]
         else:
             structure = int(prompt_class[0])
-            point = tuple(int(v) for v in points[0, -1].floor())
-            missed, leaked = error_masks(self.answer == structure, self.label == structure)
-            errors = missed if int(point_labels[0, -1]) == FOREGROUND else leaked
-            components, _ = ndimage.label(errors, ndimage.generate_binary_structure(errors.ndim, errors.ndim))
-            fixed = torch.from_numpy((components == components[point]) & errors)
+            click = Click(tuple(int(v) for v in points[0, -1].floor()), int(point_labels[0, -1]))
+            fixed = torch.from_numpy(clicked_error(self.answer == structure, self.label == structure, click))
             self.answer = torch.where(fixed.to(self.answer.device), self.label.to(self.answer), self.answer)
         return F.one_hot(self.answer[None], self.num_classes).movedim(-1, 1).float()
 

@@ -21,7 +21,7 @@ from prato_components.engine.click_evaluation import (
     summarise_interactive,
 )
 from prato_components.engine.click_training import ClickTrainingBatch
-from prato_components.engine.clicks import Click, append_clicks, error_masks, next_click, sample_click
+from prato_components.engine.clicks import Click, append_clicks, clicked_error, error_masks, next_click, sample_click
 from prato_components.engine.distributed import is_writer_rank, unwrap
 from prato_components.engine.evaluation import EvaluationReport
 from prato_components.engine.handlers import (

@@ -24,8 +24,8 @@ from scipy import ndimage
 from prato_components.engine.distributed import unwrap
 
 __all__ = [
-    "BACKGROUND", "FOREGROUND", "PADDING", "Click", "append_clicks", "check_takes_clicks", "error_masks",
-    "next_click", "sample_click",
+    "BACKGROUND", "FOREGROUND", "PADDING", "Click", "append_clicks", "check_takes_clicks", "clicked_error",
+    "error_masks", "next_click", "sample_click",
 ]
 
 FOREGROUND, BACKGROUND, PADDING = 1, 0, -1
@@ -68,6 +68,18 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     if count <= 1:
         return components > 0
     return components == int(np.argmax(np.bincount(components.ravel())[1:])) + 1
+
+
+def clicked_error(prediction: torch.Tensor | np.ndarray, label: torch.Tensor | np.ndarray, click: Click
+                  ) -> np.ndarray:
+    """The error component ``click`` was placed in: the connected component (full connectivity, as
+    :func:`next_click`) of the misses (a :data:`FOREGROUND` click) or of the leaks (a :data:`BACKGROUND` click) of
+    ``prediction`` against ``label`` that holds the clicked voxel; all ``False`` when that voxel is no such error."""
+    missed, leaked = error_masks(prediction, label)
+    errors = missed if click.label == FOREGROUND else leaked
+    components, _ = ndimage.label(errors, structure=ndimage.generate_binary_structure(errors.ndim, errors.ndim))
+    number = components[click.point]
+    return components == number if number else np.zeros_like(errors)
 
 
 def _depth(mask: np.ndarray) -> np.ndarray:
