@@ -61,10 +61,15 @@ def error_masks(prediction: torch.Tensor | np.ndarray, label: torch.Tensor | np.
     return missed, leaked
 
 
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``scipy.ndimage.label`` of ``mask`` with full connectivity (8 in 2D, 26 in 3D): the components numbered from
+    1 (0 outside them) and their count."""
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of ``mask`` (full connectivity: 8 in 2D, 26 in 3D); of equal ones, the
-    first in scan order."""
-    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
+    """The largest connected component of ``mask`` (:func:`_components`); of equal ones, the first in scan order."""
+    components, count = _components(mask)
     if count <= 1:
         return components > 0
     return components == int(np.argmax(np.bincount(components.ravel())[1:])) + 1
@@ -77,7 +82,7 @@ def clicked_error(prediction: torch.Tensor | np.ndarray, label: torch.Tensor | n
     ``prediction`` against ``label`` that holds the clicked voxel; all ``False`` when that voxel is no such error."""
     missed, leaked = error_masks(prediction, label)
     errors = missed if click.label == FOREGROUND else leaked
-    components, _ = ndimage.label(errors, structure=ndimage.generate_binary_structure(errors.ndim, errors.ndim))
+    components, _ = _components(errors)
     number = components[click.point]
     return components == number if number else np.zeros_like(errors)
 
