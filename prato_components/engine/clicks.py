@@ -3,7 +3,8 @@
 A click is a voxel of the network input and a label with VISTA3D's meaning: 1 (foreground) on a miss, 0
 (background) on a leak; -1 marks a padding row in the batched ``point_labels``. :func:`next_click` is the SEGFM3D
 protocol's deterministic click (the centre of the largest error component); :func:`sample_click` is the training
-sampler (any error voxel, weighted toward the centres of the error components); :func:`append_clicks` adds one
+sampler (any error voxel, weighted toward the centres of the error components); :func:`clicked_error` is the error
+component a click was placed in (what a perfect click would fix); :func:`append_clicks` adds one
 click per image to the ``points`` ``[B, N, D]`` / ``point_labels`` ``[B, N]`` of the call convention
 ``network(image, boxes=..., points=..., point_labels=...)``, as the voxel's centre in the boxes' continuous
 coordinates (voxel ``v`` covers ``[v, v + 1)``, its centre is ``v + 0.5``; docs/design.md §3).
